@@ -1,0 +1,76 @@
+"""Every exception pycanary raises, and the one map from script error codes to them.
+
+User mistakes are `PycanaryError`s carrying the name of the bad field, so every face (CLI, API,
+TUI) can print one clear line instead of a traceback.
+"""
+
+from __future__ import annotations
+
+
+class PycanaryError(Exception):
+    """Base of every error pycanary raises on purpose."""
+
+    #: Short machine-readable code, used by the HTTP API's error body.
+    code = "error"
+
+    def __init__(self, message: str, *, field: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.field = field
+
+    def __str__(self) -> str:
+        return f"{self.field}: {self.message}" if self.field else self.message
+
+
+class ValidationError(PycanaryError, ValueError):
+    """A value given by the user is malformed or out of range; nothing was written."""
+
+    code = "invalid"
+
+
+class WeightAboveMaxError(ValidationError):
+    """A weight above the queue's max_weight guard was refused."""
+
+    code = "above_max_weight"
+
+
+class MaxWeightBelowWeightError(ValidationError):
+    """Lowering max_weight below a weight in force was refused."""
+
+    code = "max_below_weight"
+
+
+class PayloadTooLargeError(ValidationError):
+    code = "payload_too_large"
+
+
+class ConnectionFailedError(PycanaryError):
+    """Redis could not be reached (not a user mistake in the command itself)."""
+
+    code = "unavailable"
+
+
+class ScriptError(PycanaryError):
+    """A Lua script refused a call with a code that has no better mapping."""
+
+    code = "script_error"
+
+
+# Negative integers returned by lua/*.lua, in one place (see each script's header).
+INVALID_WEIGHT = -1
+ABOVE_MAX_WEIGHT = -2
+MAX_BELOW_WEIGHT = -3
+INVALID_ARGUMENT = -4
+
+_SCRIPT_ERRORS: dict[int, tuple[type[PycanaryError], str]] = {
+    INVALID_WEIGHT: (ValidationError, "must be an integer number of basis points 0..10000"),
+    ABOVE_MAX_WEIGHT: (WeightAboveMaxError, "is above the queue's max_weight"),
+    MAX_BELOW_WEIGHT: (MaxWeightBelowWeightError, "is below a weight in force; lower it first"),
+    INVALID_ARGUMENT: (ValidationError, "invalid argument"),
+}
+
+
+def raise_for_code(code: int, *, script: str, field: str | None = None, detail: str = "") -> None:
+    """Raise the exception mapped to a script's negative return code."""
+    cls, message = _SCRIPT_ERRORS.get(code, (ScriptError, f"{script} failed with code {code}"))
+    raise cls(f"{message}{detail}", field=field)

@@ -1,0 +1,40 @@
+"""The routing contract of DESIGN.md section 2, in Python.
+
+The Lua scripts compute the same thing; pycanary's own producer precomputes the sticky bucket
+here (saving the Lua FNV loop on the server) and the script trusts it only when the salt the
+client used is the salt in force.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+FNV_OFFSET = 2166136261
+FNV_PRIME = 16777619
+BUCKETS = 10_000
+MAX_WEIGHT_BP = 10_000
+
+
+def fnv1a32(data: bytes, h: int = FNV_OFFSET) -> int:
+    """FNV-1a-32 of data, continuing from state h."""
+    for b in data:
+        h = ((h ^ b) * FNV_PRIME) & 0xFFFFFFFF
+    return h
+
+
+@lru_cache(maxsize=256)
+def _salt_state(salt: str) -> int:
+    return fnv1a32(salt.encode())
+
+
+def sticky_bucket(key: str, salt: str = "") -> int:
+    """bucket = FNV-1a-32(UTF-8(salt + key)) mod 10000."""
+    return fnv1a32(key.encode(), _salt_state(salt)) % BUCKETS
+
+
+def is_canary_sticky(key: str, weight_bp: int, salt: str = "") -> bool:
+    return sticky_bucket(key, salt) < weight_bp
+
+
+def is_canary_draw(draw: int, weight_bp: int) -> bool:
+    return draw < weight_bp

@@ -1,0 +1,135 @@
+"""The registry of Lua scripts: loaded once per server, called by EVALSHA, reloaded on NOSCRIPT.
+
+Scripts live in the top-level ``lua/`` folder (installed as ``pycanary/lua`` in a wheel). A line
+``-- @include NAME`` is replaced by ``lua/includes/NAME.lua`` so that shared helpers (FNV-1a, the
+lane decision) exist once, in the manner of BullMQ's includes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+from redis.exceptions import NoScriptError
+
+_INCLUDE = re.compile(r"^-- @include (\w+)\s*$", re.MULTILINE)
+
+
+def lua_dir() -> Path:
+    """Where the scripts are: inside the installed package, else the source tree's lua/."""
+    here = Path(__file__).resolve().parent
+    for candidate in (here / "lua", here.parent / "lua"):
+        if (candidate / "route_enqueue.lua").is_file():
+            return candidate
+    raise RuntimeError(f"pycanary Lua scripts not found next to {here}")
+
+
+@dataclass(frozen=True)
+class Script:
+    name: str
+    source: str
+    sha: str
+
+
+def _expand(text: str, includes: Path, seen: tuple[str, ...] = ()) -> str:
+    def repl(m: re.Match[str]) -> str:
+        name = m.group(1)
+        if name in seen:
+            raise RuntimeError(f"include cycle: {' -> '.join((*seen, name))}")
+        return _expand((includes / f"{name}.lua").read_text(), includes, (*seen, name))
+
+    return _INCLUDE.sub(repl, text)
+
+
+@cache
+def load_all() -> dict[str, Script]:
+    """Read and expand every script once per process."""
+    root = lua_dir()
+    out: dict[str, Script] = {}
+    for path in sorted(root.glob("*.lua")):
+        source = _expand(path.read_text(), root / "includes")
+        sha = hashlib.sha1(source.encode()).hexdigest()
+        out[path.stem] = Script(path.stem, source, sha)
+    return out
+
+
+class Scripts:
+    """Calls scripts by name on one client; NOSCRIPT (after SCRIPT FLUSH or a failover) reloads.
+
+    ``pipeline()`` gives a batch whose script calls are replayed after a reload if the server
+    answered NOSCRIPT to them: those calls did not run, so replaying them is safe.
+    """
+
+    def __init__(self, client: Any) -> None:
+        self.client = client
+        self.scripts = load_all()
+
+    def __getitem__(self, name: str) -> Script:
+        return self.scripts[name]
+
+    def load(self, client: Any | None = None) -> None:
+        """SCRIPT LOAD every script (on every primary, for a cluster client)."""
+        c = client or self.client
+        for script in self.scripts.values():
+            c.script_load(script.source)
+
+    def call(self, name: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
+        script = self.scripts[name]
+        try:
+            return self.client.evalsha(script.sha, len(keys), *keys, *args)
+        except NoScriptError:
+            self.client.script_load(script.source)
+            return self.client.evalsha(script.sha, len(keys), *keys, *args)
+
+    def pipeline(self) -> ScriptPipeline:
+        return ScriptPipeline(self)
+
+
+class ScriptPipeline:
+    """A non-transactional pipeline of script calls (and plain commands) with NOSCRIPT replay."""
+
+    def __init__(self, scripts: Scripts) -> None:
+        self._scripts = scripts
+        self._calls: list[tuple[str | None, Sequence[str], Sequence[Any]]] = []
+
+    def call(self, name: str, keys: Sequence[str], args: Sequence[Any]) -> None:
+        self._calls.append((name, keys, args))
+
+    def command(self, *args: Any) -> None:
+        """A plain command, e.g. ("SADD", key, member)."""
+        self._calls.append((None, (), args))
+
+    def __len__(self) -> int:
+        return len(self._calls)
+
+    def _send(self, calls: list[tuple[str | None, Sequence[str], Sequence[Any]]]) -> list[Any]:
+        client = self._scripts.client
+        pipe = client.pipeline(transaction=False)
+        for name, keys, args in calls:
+            if name is None:
+                pipe.execute_command(*args)
+            else:
+                sha = self._scripts[name].sha
+                pipe.evalsha(sha, len(keys), *keys, *args)
+        return pipe.execute(raise_on_error=False)
+
+    def execute(self) -> list[Any]:
+        calls, self._calls = self._calls, []
+        if not calls:
+            return []
+        results = self._send(calls)
+        missing = [i for i, r in enumerate(results) if isinstance(r, NoScriptError)]
+        if missing:
+            self._scripts.load()
+            replayed = self._send([calls[i] for i in missing])
+            for i, r in zip(missing, replayed, strict=True):
+                results[i] = r
+        for r in results:
+            if isinstance(r, Exception):
+                raise r
+        return results

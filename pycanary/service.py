@@ -1,0 +1,161 @@
+"""Operations every face shares (CLI, HTTP API, TUI, demo): parse-free, render-free.
+
+Faces turn user text into arguments, call one function here and render what it returns; the
+logic lives here and in the domain modules below it, once.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from . import queue_config, validation
+from .connection import Connection
+from .errors import ValidationError
+from .producer import EnqueueResult, Producer
+from .routing import sticky_bucket
+
+#: Jobs per enqueue_many call when a face enqueues many, so progress can be reported.
+ENQUEUE_CHUNK = 5_000
+
+
+def parse_payload(text: str | None) -> Any:
+    """JSON text from a user -> payload; ``None`` means an empty object."""
+    if text is None:
+        return {}
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ValidationError(
+            f"not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}", field="payload"
+        ) from None
+
+
+@dataclass
+class EnqueueSummary:
+    queue: str
+    enqueued: int = 0
+    by_lane: dict[str, int] = field(default_factory=lambda: {"stable": 0, "canary": 0})
+    jobs: list[EnqueueResult] = field(default_factory=list)
+
+    def add(self, results: list[EnqueueResult], keep_jobs: int) -> None:
+        """Count every result; keep at most ``keep_jobs`` of them in total."""
+        self.enqueued += len(results)
+        for r in results:
+            self.by_lane[r.lane] += 1
+        room = keep_jobs - len(self.jobs)
+        if room > 0:
+            self.jobs.extend(results[:room])
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "queue": self.queue,
+            "enqueued": self.enqueued,
+            "lanes": dict(self.by_lane),
+            "jobs": [{"job_id": j.job_id, "lane": j.lane} for j in self.jobs],
+        }
+
+
+def enqueue(
+    conn: Connection,
+    queue: str,
+    payload: Any,
+    *,
+    job_id: str | None = None,
+    sticky_key: str | None = None,
+    tenant: str | None = None,
+    count: int = 1,
+    keep_jobs: int = 1000,
+    progress: Callable[[int, int], None] | None = None,
+    max_payload_bytes: int | None = None,
+) -> EnqueueSummary:
+    """Enqueue ``count`` copies of a payload; ids of at most ``keep_jobs`` jobs are returned."""
+    validation.queue_name(queue)
+    if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+        raise ValidationError(f"must be a positive integer, got {count!r}", field="count")
+    if job_id is not None and count > 1:
+        raise ValidationError("cannot be given with --count above 1 (ids are unique)",
+                              field="job_id")
+    kwargs = {} if max_payload_bytes is None else {"max_payload_bytes": max_payload_bytes}
+    producer = Producer(conn, **kwargs)
+    summary = EnqueueSummary(queue)
+    if count == 1:
+        res = producer.enqueue(queue, payload, job_id=job_id, sticky_key=sticky_key,
+                               tenant=tenant)
+        summary.add([res], keep_jobs)
+        return summary
+    done = 0
+    while done < count:
+        n = min(ENQUEUE_CHUNK, count - done)
+        keys = None if sticky_key is None else [sticky_key] * n
+        results = producer.enqueue_many(queue, [payload] * n, tenant=tenant, sticky_keys=keys)
+        summary.add(results, keep_jobs)
+        done += n
+        if progress is not None:
+            progress(done, count)
+    return summary
+
+
+def set_weight(
+    conn: Connection, queue: str, percent: Any | None, *, tenant: str | None = None
+) -> queue_config.WeightChange:
+    """Set a queue's (or a tenant's) canary weight in percent; ``None`` clears a tenant's."""
+    bp = None if percent is None else validation.percent_to_bp(percent, "weight")
+    return queue_config.set_weight(conn, queue, bp, tenant=tenant)
+
+
+def configure_queue(
+    conn: Connection,
+    queue: str,
+    *,
+    max_weight: Any | None = None,
+    stable_version: str | None = None,
+    backend: str | None = None,
+    sticky: bool | None = None,
+    salt: str | None = None,
+    enabled: bool | None = None,
+) -> queue_config.QueueConfig:
+    bp = None if max_weight is None else validation.percent_to_bp(max_weight, "max_weight")
+    return queue_config.configure(
+        conn, queue, max_weight_bp=bp, stable_version=stable_version, backend=backend,
+        sticky=sticky, salt=salt, enabled=enabled,
+    )
+
+
+def queue_info(conn: Connection, queue: str) -> dict[str, Any]:
+    """Config, lane depths and routed counts of one queue."""
+    cfg = queue_config.read_config(conn, queue)
+    qk = conn.keys.queue(queue)
+    pipe = conn.client.pipeline(transaction=False)
+    pipe.llen(qk.lane_stable)
+    pipe.llen(qk.lane_canary)
+    pipe.hgetall(qk.routed)
+    stable_len, canary_len, routed = pipe.execute()
+    info = cfg.to_dict()
+    info["depth"] = {"stable": stable_len, "canary": canary_len}
+    info["routed"] = {"stable": int(routed.get("stable", 0)), "canary": int(routed.get("canary", 0))}
+    return info
+
+
+def list_queues(conn: Connection) -> list[dict[str, Any]]:
+    return [queue_info(conn, q) for q in queue_config.list_queues(conn)]
+
+
+def explain_route(
+    conn: Connection, queue: str, key: str, *, tenant: str | None = None
+) -> dict[str, Any]:
+    """Which lane a sticky key gets now, computed by the server script and by Python."""
+    validation.queue_name(queue)
+    validation.sticky_key(key, "key")
+    validation.tenant(tenant)
+    lane, weight, bucket, salt, mode = conn.scripts.call(
+        "explain_route", conn.keys.queue(queue).config_keys(), (key, tenant or "", 0)
+    )
+    return {
+        "queue": queue, "key": key, "tenant": tenant, "mode": mode, "salt": salt,
+        "weight_bp": int(weight), "bucket": int(bucket),
+        "bucket_python": sticky_bucket(key, salt),
+        "lane": lane if mode == "sticky" else None,
+    }
