@@ -85,7 +85,9 @@ def enqueue(
     ctx: typer.Context,
     queue: Annotated[str, typer.Argument(help="Queue name, e.g. payments.")],
     payload: Annotated[str | None, typer.Argument(help="Job payload as JSON (default {}).")] = None,
-    job_id: Annotated[str | None, typer.Option("--job-id", help="Job id (default: UUIDv7).")] = None,
+    job_id: Annotated[
+        str | None, typer.Option("--job-id", help="Job id (default: UUIDv7).")
+    ] = None,
     sticky_key: Annotated[
         str | None, typer.Option("--sticky-key", help="Route by this key instead of the job id.")
     ] = None,
@@ -234,7 +236,8 @@ def route_explain(
     """Show the bucket of a sticky key and the lane it gets at the weight in force."""
     info = service.explain_route(_state(ctx).conn(), queue, key, tenant=tenant)
     text = (f"{key!r} on {queue}: bucket {info['bucket']} (python {info['bucket_python']}), "
-            f"weight {info['weight_bp']} bp, mode {info['mode']} -> {info['lane'] or 'random draw'}")
+            f"weight {info['weight_bp']} bp, mode {info['mode']} -> "
+            f"{info['lane'] or 'random draw'}")
     _emit(info, as_json, text)
 
 

@@ -61,7 +61,9 @@ class Connection:
             close()
 
 
-def connect(url: str = "memory://", *, prefix: str = DEFAULT_PREFIX, **client_kwargs: Any) -> Connection:
+def connect(
+    url: str = "memory://", *, prefix: str = DEFAULT_PREFIX, **client_kwargs: Any
+) -> Connection:
     """Connect to Redis (or the embedded default) and return a `Connection`."""
     if not prefix or any(c in prefix for c in "{} \t\n"):
         raise ValidationError(f"must be non-empty, without braces or spaces, got {prefix!r}",

@@ -27,7 +27,7 @@ def routing_demo(url: str = "memory://demo", *, jobs: int = 10_000, weight: Any 
         elapsed = time.perf_counter() - t0
         info = service.queue_info(conn, queue)
     finally:
-        keys = conn.keys.queue(queue).all() + [conn.keys.queues]
+        keys = [*conn.keys.queue(queue).all(), conn.keys.queues]
         conn.client.delete(*keys)
     p = change.weight_bp / 10_000
     canary = summary.by_lane["canary"]

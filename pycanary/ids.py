@@ -9,22 +9,47 @@ import time
 _lock = threading.Lock()
 _last_ms = 0
 _last_rand = 0
+_RAND_BITS = 74
 
 
-def uuid7(now_ms: int | None = None) -> str:
-    """A new UUIDv7 string. Within one millisecond the 74 random bits are incremented, so ids made
-    by one process are strictly increasing."""
+def _reserve(n: int, now_ms: int | None) -> tuple[int, int]:
+    """Reserve n consecutive (ms, counter) values; within one millisecond the 74 random bits are
+    incremented, so ids made by one process are strictly increasing."""
     global _last_ms, _last_rand
     ms = time.time_ns() // 1_000_000 if now_ms is None else now_ms
     with _lock:
-        if ms <= _last_ms:
+        if ms <= _last_ms and _last_rand + n < (1 << _RAND_BITS):
             ms = _last_ms
             rand = _last_rand + 1
         else:
-            rand = int.from_bytes(os.urandom(10), "big") >> 6  # 74 bits
-        _last_ms, _last_rand = ms, rand
-    rand_a = (rand >> 62) & 0xFFF
-    rand_b = rand & ((1 << 62) - 1)
-    value = (ms & ((1 << 48) - 1)) << 80 | 0x7 << 76 | rand_a << 64 | 0b10 << 62 | rand_b
+            ms = max(ms, _last_ms + (ms <= _last_ms))
+            # leave headroom so a batch of increments never overflows the 74 bits
+            rand = int.from_bytes(os.urandom(10), "big") >> 7
+        _last_ms, _last_rand = ms, rand + n - 1
+    return ms, rand
+
+
+def _format(ms: int, rand: int) -> str:
+    value = (
+        (ms & ((1 << 48) - 1)) << 80
+        | 0x7 << 76
+        | ((rand >> 62) & 0xFFF) << 64
+        | 0b10 << 62
+        | (rand & ((1 << 62) - 1))
+    )
     h = f"{value:032x}"
     return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+
+
+def uuid7(now_ms: int | None = None) -> str:
+    """A new UUIDv7 string."""
+    ms, rand = _reserve(1, now_ms)
+    return _format(ms, rand)
+
+
+def uuid7_many(n: int, now_ms: int | None = None) -> list[str]:
+    """n new UUIDv7 strings, consecutive, reserved under one lock acquisition."""
+    if n <= 0:
+        return []
+    ms, rand = _reserve(n, now_ms)
+    return [_format(ms, rand + i) for i in range(n)]

@@ -7,13 +7,13 @@ import random
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from . import validation
 from .connection import Connection
 from .errors import PayloadTooLargeError, ValidationError
-from .ids import uuid7
-from .routing import sticky_bucket
+from .ids import uuid7, uuid7_many
+from .routing import StickyHasher
 
 #: Envelope format version (how the envelope itself is laid out).
 ENVELOPE_FORMAT = 1
@@ -25,10 +25,32 @@ BATCHES_PER_ROUND_TRIP = 20
 MAX_BATCH_SIZE = 1000
 
 _LANE_CODE = {"s": "stable", "c": "canary"}
+# One encoder, made once: json.dumps with options builds a new encoder on every call.
+_encode_json = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode
 
 
-@dataclass(frozen=True)
-class EnqueueResult:
+def _json_name(name: str | None) -> str:
+    """JSON of a validated queue or tenant name: their alphabet needs no escaping."""
+    return "null" if name is None else f'"{name}"'
+
+
+def render_envelope(
+    id_json: str, queue: str, payload_json: str, sticky_json: str, tenant: str | None,
+    attempts: int, enqueued_at: int, schema: int,
+) -> str:
+    """The envelope's JSON text, from parts already encoded. `Job.decode` parses it back.
+
+    Built as one f-string because encoding a dict per job costs more than the round trip
+    budget allows; only the payload (and a user's id or sticky key) needs a JSON encoder.
+    """
+    return (
+        f'{{"id":{id_json},"queue":"{queue}","payload":{payload_json},'
+        f'"sticky_key":{sticky_json},"tenant":{_json_name(tenant)},"attempts":{attempts},'
+        f'"enqueued_at":{enqueued_at},"schema":{schema},"v":{ENVELOPE_FORMAT}}}'
+    )
+
+
+class EnqueueResult(NamedTuple):
     job_id: str
     lane: str
     queue: str
@@ -51,20 +73,10 @@ class Job:
     format: int = ENVELOPE_FORMAT
 
     def encode(self) -> str:
-        return json.dumps(
-            {
-                "v": self.format,
-                "id": self.id,
-                "queue": self.queue,
-                "payload": self.payload,
-                "tenant": self.tenant,
-                "sticky_key": self.sticky_key,
-                "attempts": self.attempts,
-                "enqueued_at": self.enqueued_at,
-                "schema": self.schema,
-            },
-            separators=(",", ":"),
-            ensure_ascii=False,
+        return render_envelope(
+            _encode_json(self.id), self.queue, _encode_json(self.payload),
+            _encode_json(self.sticky_key), self.tenant, self.attempts, self.enqueued_at,
+            self.schema,
         )
 
     @classmethod
@@ -81,6 +93,12 @@ class Job:
             schema=int(d.get("schema", 1)),
             format=int(d.get("v", ENVELOPE_FORMAT)),
         )
+
+
+def _check_schema(schema: int) -> int:
+    if isinstance(schema, bool) or not isinstance(schema, int) or not 1 <= schema <= 65535:
+        raise ValidationError(f"must be an integer 1-65535, got {schema!r}", field="schema")
+    return schema
 
 
 class Producer:
@@ -106,49 +124,31 @@ class Producer:
         self._rng = rng or random.Random()
         self._clock_ms = clock_ms or (lambda: time.time_ns() // 1_000_000)
         self._salts: dict[str, str] = {}
-        self._registered: set[str] = set()
+        self._queues: dict[str, list[str]] = {}  # validated and registered -> routing KEYS
+        self._hasher = StickyHasher()
 
-    # -- building ---------------------------------------------------------------------------
-    def _envelope(
-        self,
-        queue: str,
-        payload: Any,
-        job_id: str | None,
-        sticky_key: str | None,
-        tenant: str | None,
-        schema: int,
-        now_ms: int,
-    ) -> tuple[str, str, str]:
-        """Validate and encode one job; returns (envelope, job id, sticky key used)."""
-        jid = uuid7(now_ms) if job_id is None else validation.job_id(job_id)
-        key = jid if sticky_key is None else validation.sticky_key(sticky_key)
-        job = Job(jid, queue, payload, tenant, sticky_key, 0, now_ms, schema)
-        try:
-            raw = job.encode()
-        except (TypeError, ValueError) as exc:
-            raise ValidationError(f"must be JSON-serialisable: {exc}", field="payload") from None
-        size = len(raw.encode()) if len(raw) * 4 > self.max_payload_bytes else len(raw)
-        if size > self.max_payload_bytes:
-            raise PayloadTooLargeError(
-                f"job envelope is {size} bytes, above the limit of {self.max_payload_bytes}",
-                field="payload",
-            )
-        return raw, jid, key
-
-    def _route_args(self, queue: str, sticky: str) -> tuple[int, int, str]:
-        salt = self._salts.get(queue, "")
-        return self._rng.randrange(10_000), sticky_bucket(sticky, salt), salt
-
-    def _register(self, queue: str) -> None:
-        if queue not in self._registered:
+    def _queue_keys(self, queue: str) -> list[str]:
+        """Validate a queue name once, register it in the queue index, return its KEYS."""
+        keys = self._queues.get(queue)
+        if keys is None:
+            validation.queue_name(queue)
             self.conn.client.sadd(self.conn.keys.queues, queue)
-            self._registered.add(queue)
+            keys = self._queues[queue] = self.conn.keys.queue(queue).routing()
+        return keys
 
-    @staticmethod
-    def _check_schema(schema: int) -> int:
-        if isinstance(schema, bool) or not isinstance(schema, int) or not 1 <= schema <= 65535:
-            raise ValidationError(f"must be an integer 1-65535, got {schema!r}", field="schema")
-        return schema
+    def _payload_json(self, payload: Any, field: str) -> str:
+        try:
+            return _encode_json(payload)
+        except (TypeError, ValueError) as exc:
+            raise ValidationError(f"must be JSON-serialisable: {exc}", field=field) from None
+
+    def _check_size(self, raw: str, field: str) -> None:
+        limit = self.max_payload_bytes
+        if len(raw) * 4 > limit and len(raw.encode()) > limit:  # UTF-8: <= 4 bytes a char
+            raise PayloadTooLargeError(
+                f"job envelope is {len(raw.encode())} bytes, above the limit of {limit}",
+                field=field,
+            )
 
     # -- enqueueing -------------------------------------------------------------------------
     def enqueue(
@@ -162,19 +162,36 @@ class Producer:
         schema: int = 1,
     ) -> EnqueueResult:
         """Route and push one job in one EVALSHA."""
-        validation.queue_name(queue)
-        validation.tenant(tenant)
-        self._check_schema(schema)
-        now = self._clock_ms()
-        raw, jid, key = self._envelope(queue, payload, job_id, sticky_key, tenant, schema, now)
-        self._register(queue)
-        draw, bucket, salt = self._route_args(queue, key)
+        if tenant is not None:
+            validation.tenant(tenant)
+        if schema != 1:
+            _check_schema(schema)
+        if job_id is None:
+            now = self._clock_ms()
+            jid = uuid7(now)
+            id_json = f'"{jid}"'
+        else:
+            jid = validation.job_id(job_id)
+            now = self._clock_ms()
+            id_json = _encode_json(jid)
+        if sticky_key is None:
+            key, sticky_json = jid, "null"
+        else:
+            key = validation.sticky_key(sticky_key)
+            sticky_json = _encode_json(key)
+        keys = self._queue_keys(queue)
+        raw = render_envelope(id_json, queue, self._payload_json(payload, "payload"),
+                              sticky_json, tenant, 0, now, schema)
+        self._check_size(raw, "payload")
+        salt = self._salts.get(queue, "")
         lane, weight, salt_now, _n = self.conn.scripts.call(
             "route_enqueue",
-            self.conn.keys.queue(queue).routing(),
-            (raw, key, tenant or "", draw, bucket, salt),
+            keys,
+            (raw, key, tenant or "", self._rng.randrange(10_000), self._hasher.bucket(key, salt),
+             salt),
         )
-        self._salts[queue] = salt_now
+        if salt_now != salt:
+            self._salts[queue] = salt_now
         return EnqueueResult(jid, lane, queue, int(weight))
 
     def enqueue_many(
@@ -189,34 +206,37 @@ class Producer:
     ) -> list[EnqueueResult]:
         """Route and push many jobs: one script call per batch, many batches per round trip.
 
-        Every job is validated before anything is sent, so a bad payload enqueues nothing.
+        Every job is validated and encoded before anything is sent, so a bad payload enqueues
+        nothing. Each batch is atomic; batches are not atomic with each other.
         """
-        validation.queue_name(queue)
         validation.tenant(tenant)
-        self._check_schema(schema)
+        _check_schema(schema)
         if not 1 <= batch_size <= MAX_BATCH_SIZE:
             raise ValidationError(f"must be 1-{MAX_BATCH_SIZE}, got {batch_size}",
                                   field="batch_size")
         payloads = list(payloads)
         if sticky_keys is not None and len(sticky_keys) != len(payloads):
             raise ValidationError("must have one key per payload", field="sticky_keys")
+        keys = self._queue_keys(queue)
         now = self._clock_ms()
         tenant_arg = tenant or ""
         salt = self._salts.get(queue, "")
         randrange = self._rng.randrange
-        jobs: list[tuple[str, str]] = []
+        bucket = self._hasher.bucket
+        ids = uuid7_many(len(payloads), now)
         args: list[Any] = []
         for i, payload in enumerate(payloads):
-            sk = None if sticky_keys is None else sticky_keys[i]
-            try:
-                raw, jid, key = self._envelope(queue, payload, None, sk, tenant, schema, now)
-            except ValidationError as exc:
-                exc.field = f"payloads[{i}]" + ("" if exc.field == "payload" else f".{exc.field}")
-                raise
-            jobs.append((jid, raw))
-            args.extend((raw, key, tenant_arg, randrange(10_000), sticky_bucket(key, salt)))
-        self._register(queue)
-        keys = self.conn.keys.queue(queue).routing()
+            jid = ids[i]
+            if sticky_keys is None:
+                key, sticky_json = jid, "null"
+            else:
+                key = validation.sticky_key(sticky_keys[i], f"sticky_keys[{i}]")
+                sticky_json = _encode_json(key)
+            raw = render_envelope(f'"{jid}"', queue, self._payload_json(payload, f"payloads[{i}]"),
+                                  sticky_json, tenant, 0, now, schema)
+            self._check_size(raw, f"payloads[{i}]")
+            args.extend((raw, key, tenant_arg, randrange(10_000), bucket(key, salt)))
+
         results: list[EnqueueResult] = []
         step = batch_size * 5
         pipe = self.conn.scripts.pipeline()
@@ -225,10 +245,11 @@ class Producer:
         def flush() -> None:
             for start, (lanes, weight, salt_now) in zip(starts, pipe.execute(), strict=True):
                 self._salts[queue] = salt_now
-                for j, code in enumerate(lanes):
-                    results.append(
-                        EnqueueResult(jobs[start + j][0], _LANE_CODE[code], queue, int(weight))
-                    )
+                weight = int(weight)
+                results.extend(
+                    EnqueueResult(ids[start + j], _LANE_CODE[code], queue, weight)
+                    for j, code in enumerate(lanes)
+                )
             starts.clear()
 
         for start in range(0, len(args), step):

@@ -135,7 +135,7 @@ def queue_info(conn: Connection, queue: str) -> dict[str, Any]:
     stable_len, canary_len, routed = pipe.execute()
     info = cfg.to_dict()
     info["depth"] = {"stable": stable_len, "canary": canary_len}
-    info["routed"] = {"stable": int(routed.get("stable", 0)), "canary": int(routed.get("canary", 0))}
+    info["routed"] = {lane: int(routed.get(lane, 0)) for lane in ("stable", "canary")}
     return info
 
 
