@@ -114,8 +114,9 @@ class ScriptPipeline:
             if name is None:
                 pipe.execute_command(*args)
             else:
-                sha = self._scripts[name].sha
-                pipe.evalsha(sha, len(keys), *keys, *args)
+                # execute_command, not pipe.evalsha: redis-py's cluster pipeline blocks the
+                # method but routes the raw command by its keys like any other.
+                pipe.execute_command("EVALSHA", self._scripts[name].sha, len(keys), *keys, *args)
         return pipe.execute(raise_on_error=False)
 
     def execute(self) -> list[Any]:

@@ -1,0 +1,103 @@
+"""Start and stop throwaway redis-server processes on free loopback ports (tests only).
+
+Only what these helpers started is stopped; the shared server on 6379 is never touched.
+"""
+
+from __future__ import annotations
+
+import random
+import shutil
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import redis
+
+
+def _is_free(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def free_port() -> int:
+    """A free loopback port whose cluster bus port (+10000) is free too, as cluster mode needs."""
+    rng = random.Random()
+    for _ in range(200):
+        port = rng.randrange(20_000, 45_000)
+        if _is_free(port) and _is_free(port + 10_000):
+            return port
+    raise RuntimeError("no free port pair found")
+
+
+class RedisProcess:
+    def __init__(self, workdir: Path, *extra: str) -> None:
+        binary = shutil.which("redis-server")
+        if binary is None:  # pragma: no cover - the machine has it; fail loudly if not
+            raise RuntimeError("redis-server is not on PATH")
+        self.port = free_port()
+        self.dir = workdir / f"redis-{self.port}"
+        self.dir.mkdir(parents=True)
+        self.proc = subprocess.Popen(
+            [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+             "--appendonly", "no", "--dir", str(self.dir), "--logfile",
+             str(self.dir / "log"), *extra],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        self.client = redis.Redis(port=self.port, decode_responses=True)
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                self.client.ping()
+                break
+            except redis.exceptions.ConnectionError:
+                if time.monotonic() > deadline or self.proc.poll() is not None:
+                    self.stop()
+                    raise RuntimeError(f"redis-server on {self.port} did not start") from None
+                time.sleep(0.05)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+class RedisCluster3:
+    """Three primaries, no replicas: enough to spread slots across nodes."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.nodes: list[RedisProcess] = []
+        try:
+            for _ in range(3):
+                self.nodes.append(RedisProcess(workdir, "--cluster-enabled", "yes",
+                                               "--cluster-config-file", "nodes.conf"))
+            subprocess.run(
+                ["redis-cli", "--cluster", "create",
+                 *[f"127.0.0.1:{n.port}" for n in self.nodes], "--cluster-replicas", "0",
+                 "--cluster-yes"],
+                check=True, capture_output=True, timeout=60,
+            )
+            deadline = time.monotonic() + 30
+            while any(n.client.cluster("info").get("cluster_state") != "ok" for n in self.nodes):
+                if time.monotonic() > deadline:
+                    raise RuntimeError("cluster did not reach state ok")
+                time.sleep(0.1)
+        except BaseException:
+            self.stop()
+            raise
+
+    @property
+    def url(self) -> str:
+        return f"redis+cluster://127.0.0.1:{self.nodes[0].port}"
+
+    def stop(self) -> None:
+        for n in self.nodes:
+            n.stop()
