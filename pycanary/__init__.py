@@ -2,15 +2,19 @@
 
 from .connection import Connection, connect
 from .errors import PycanaryError, ValidationError
-from .producer import EnqueueResult, Job, Producer
+from .job import Envelope, Job
+from .producer import EnqueueResult, Producer
+from .worker import Worker
 
 __all__ = [
     "Connection",
     "EnqueueResult",
+    "Envelope",
     "Job",
     "Producer",
     "PycanaryError",
     "ValidationError",
+    "Worker",
     "connect",
 ]
 __version__ = "0.1.0"

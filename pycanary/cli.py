@@ -241,6 +241,88 @@ def route_explain(
     _emit(info, as_json, text)
 
 
+# -- workers ---------------------------------------------------------------------------------
+@app.command()
+def worker(
+    ctx: typer.Context,
+    queues: Annotated[list[str], typer.Argument(help="Queues to consume.")],
+    version: Annotated[str, typer.Option("--version", help="This worker's build label, e.g. v2.")],
+    handler: Annotated[
+        str, typer.Option("--handler", help="module:function called with each Job.")
+    ],
+    concurrency: Annotated[
+        int, typer.Option("--concurrency", help="Jobs at once (threads, or tasks if async).")
+    ] = 1,
+    lane: Annotated[
+        str | None, typer.Option("--lane", help="Pin a lane (stable or canary) instead of "
+                                 "following the queue config.")
+    ] = None,
+    schemas: Annotated[
+        str | None, typer.Option("--schemas", help="Payload schema versions accepted, e.g. 1,2 "
+                                 "(default: any).")
+    ] = None,
+    heartbeat: Annotated[
+        float, typer.Option("--heartbeat", help="Seconds between heartbeats.")
+    ] = 2.0,
+    max_attempts: Annotated[
+        int, typer.Option("--max-attempts", help="Attempts before dead-lettering.")
+    ] = 3,
+    timeout: Annotated[
+        float | None, typer.Option("--timeout", help="Seconds a job may run (default: none).")
+    ] = None,
+    log_level: Annotated[str, typer.Option("--log-level", help="debug, info, warning.")] = "info",
+) -> None:
+    """Run a worker: takes jobs of its version's lane, runs the handler, records outcomes.
+
+    SIGTERM or Ctrl-C finishes in-flight jobs and exits 0; a second signal exits at once.
+    """
+    import logging
+    import os
+
+    from .worker import Worker, load_handler
+
+    logging.basicConfig(level=getattr(logging, log_level.upper(), logging.INFO),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())  # like uvicorn: module:function from the current dir
+    fn = load_handler(handler)
+    w = Worker(_state(ctx).conn(), queues, version, fn, concurrency=concurrency, lane=lane,
+               schemas=service.parse_schemas(schemas), heartbeat_s=heartbeat,
+               max_attempts=max_attempts, job_timeout_s=timeout)
+    typer.echo(f"worker {w.id} version {version} on {', '.join(w.queues)}", err=True)
+    stats = w.run()
+    typer.echo(f"worker {w.id} stopped: {stats.done} done, {stats.failed} failed attempts, "
+               f"{stats.dead} dead-lettered", err=True)
+
+
+def _ago(ms: int) -> str:
+    import time as _time
+
+    s = max(0.0, _time.time() - ms / 1000)
+    return f"{s:.1f}s ago" if s < 120 else f"{s / 60:.0f}m ago"
+
+
+@app.command()
+def workers(
+    ctx: typer.Context,
+    queue: Annotated[
+        str | None, typer.Option("--queue", help="Only workers of this queue.")
+    ] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """List workers: version, lane, queues, state (active/outdated/retiring/dead), jobs done."""
+    rows = service.list_workers(_state(ctx).conn(), queue=queue)
+    lines = [f"{'WORKER':<32} {'VERSION':<12} {'STATE':<9} {'LANES':<28} {'DONE':>8} "
+             f"{'LAST SEEN':>10}"]
+    for w in rows:
+        lanes = ",".join(f"{q}={lane}" for q, lane in w["queues"].items())
+        lines.append(f"{w['id']:<32} {w['version']:<12} {w['state']:<9} {lanes:<28} "
+                     f"{w['done'] or 0:>8,} {_ago(w['last_seen_ms']):>10}")
+    if not rows:
+        lines = ["no workers registered"]
+    _emit(rows, as_json, "\n".join(lines))
+
+
 # -- demo --------------------------------------------------------------------------------------
 @app.command()
 def demo(

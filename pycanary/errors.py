@@ -61,12 +61,16 @@ INVALID_WEIGHT = -1
 ABOVE_MAX_WEIGHT = -2
 MAX_BELOW_WEIGHT = -3
 INVALID_ARGUMENT = -4
+VERSION_ROLLED_BACK = -5
+NO_CANARY = -6
 
 _SCRIPT_ERRORS: dict[int, tuple[type[PycanaryError], str]] = {
     INVALID_WEIGHT: (ValidationError, "must be an integer number of basis points 0..10000"),
     ABOVE_MAX_WEIGHT: (WeightAboveMaxError, "is above the queue's max_weight"),
     MAX_BELOW_WEIGHT: (MaxWeightBelowWeightError, "is below a weight in force; lower it first"),
     INVALID_ARGUMENT: (ValidationError, "invalid argument"),
+    VERSION_ROLLED_BACK: (ValidationError, "this version was rolled back on the queue"),
+    NO_CANARY: (ValidationError, "the queue has no canary version to promote"),
 }
 
 

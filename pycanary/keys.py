@@ -22,6 +22,12 @@ class QueueKeys:
     lane_stable: str
     lane_canary: str
     routed: str
+    delayed_stable: str
+    delayed_canary: str
+    dlq: str
+    rolled_back: str
+    former_stable: str
+    base: str
 
     def lane(self, lane: str) -> str:
         if lane == "stable":
@@ -29,6 +35,17 @@ class QueueKeys:
         if lane == "canary":
             return self.lane_canary
         raise ValueError(f"unknown lane {lane!r}")
+
+    def delayed(self, lane: str) -> str:
+        return self.delayed_stable if lane == "stable" else self.delayed_canary
+
+    def processing(self, worker_id: str) -> str:
+        """A worker's in-flight jobs of this queue (reliable fetch target)."""
+        return f"{self.base}:processing:{worker_id}"
+
+    def metrics_slot(self, version: str, lane: str, slot: int) -> str:
+        """Per version and lane outcome counts and latency histograms of one time slot."""
+        return f"{self.base}:m:{version}:{lane}:{slot}"
 
     def routing(self) -> list[str]:
         """KEYS of route_enqueue / route_enqueue_many, in their order."""
@@ -39,7 +56,10 @@ class QueueKeys:
         return [self.config, self.tenant_weights]
 
     def all(self) -> list[str]:
-        return [self.config, self.tenant_weights, self.lane_stable, self.lane_canary, self.routed]
+        """Fixed keys of the queue (not per-worker or per-slot ones)."""
+        return [self.config, self.tenant_weights, self.lane_stable, self.lane_canary, self.routed,
+                self.delayed_stable, self.delayed_canary, self.dlq, self.rolled_back,
+                self.former_stable]
 
 
 class Keys:
@@ -54,6 +74,25 @@ class Keys:
         """Set of known queue names (global, not in any queue's slot)."""
         return f"{self.prefix}:queues"
 
+    # The worker registry shares its own hash tag so its scripts touch one slot.
+    @property
+    def registry(self) -> str:
+        """Sorted set: worker id -> last heartbeat (ms)."""
+        return f"{self.prefix}:{{workers}}:registry"
+
+    @property
+    def worker_meta(self) -> str:
+        """Hash: worker id -> JSON {version, queues: {queue: lane}}; kept until reaped."""
+        return f"{self.prefix}:{{workers}}:meta"
+
+    def worker_info(self, worker_id: str) -> str:
+        """Hash of a worker's live details, expiring after missed heartbeats."""
+        return f"{self.prefix}:{{workers}}:info:{worker_id}"
+
+    @property
+    def reaper_lock(self) -> str:
+        return f"{self.prefix}:{{workers}}:reaper_lock"
+
     def queue(self, queue: str) -> QueueKeys:
         qk = self._cache.get(queue)
         if qk is None:
@@ -65,6 +104,12 @@ class Keys:
                 lane_stable=f"{base}:lane:stable",
                 lane_canary=f"{base}:lane:canary",
                 routed=f"{base}:routed",
+                delayed_stable=f"{base}:delayed:stable",
+                delayed_canary=f"{base}:delayed:canary",
+                dlq=f"{base}:dlq",
+                rolled_back=f"{base}:rolled_back",
+                former_stable=f"{base}:former_stable",
+                base=base,
             )
             self._cache[queue] = qk
         return qk

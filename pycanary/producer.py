@@ -2,21 +2,18 @@
 
 from __future__ import annotations
 
-import json
 import random
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 from . import validation
 from .connection import Connection
 from .errors import PayloadTooLargeError, ValidationError
 from .ids import uuid7, uuid7_many
+from .job import encode_json, render_envelope
 from .routing import StickyHasher
 
-#: Envelope format version (how the envelope itself is laid out).
-ENVELOPE_FORMAT = 1
 DEFAULT_MAX_PAYLOAD_BYTES = 1024 * 1024
 #: Jobs per route_enqueue_many call; bounded so no script call runs long.
 DEFAULT_BATCH_SIZE = 100
@@ -25,29 +22,7 @@ BATCHES_PER_ROUND_TRIP = 20
 MAX_BATCH_SIZE = 1000
 
 _LANE_CODE = {"s": "stable", "c": "canary"}
-# One encoder, made once: json.dumps with options builds a new encoder on every call.
-_encode_json = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode
-
-
-def _json_name(name: str | None) -> str:
-    """JSON of a validated queue or tenant name: their alphabet needs no escaping."""
-    return "null" if name is None else f'"{name}"'
-
-
-def render_envelope(
-    id_json: str, queue: str, payload_json: str, sticky_json: str, tenant: str | None,
-    attempts: int, enqueued_at: int, schema: int,
-) -> str:
-    """The envelope's JSON text, from parts already encoded. `Job.decode` parses it back.
-
-    Built as one f-string because encoding a dict per job costs more than the round trip
-    budget allows; only the payload (and a user's id or sticky key) needs a JSON encoder.
-    """
-    return (
-        f'{{"id":{id_json},"queue":"{queue}","payload":{payload_json},'
-        f'"sticky_key":{sticky_json},"tenant":{_json_name(tenant)},"attempts":{attempts},'
-        f'"enqueued_at":{enqueued_at},"schema":{schema},"v":{ENVELOPE_FORMAT}}}'
-    )
+_encode_json = encode_json
 
 
 class EnqueueResult(NamedTuple):
@@ -56,43 +31,6 @@ class EnqueueResult(NamedTuple):
     queue: str
     #: The weight (basis points) the script used to decide; 0 means routing was off.
     weight_bp: int
-
-
-@dataclass(frozen=True)
-class Job:
-    """The envelope pushed onto a lane; what a worker receives."""
-
-    id: str
-    queue: str
-    payload: Any
-    tenant: str | None
-    sticky_key: str | None
-    attempts: int
-    enqueued_at: int
-    schema: int = 1
-    format: int = ENVELOPE_FORMAT
-
-    def encode(self) -> str:
-        return render_envelope(
-            _encode_json(self.id), self.queue, _encode_json(self.payload),
-            _encode_json(self.sticky_key), self.tenant, self.attempts, self.enqueued_at,
-            self.schema,
-        )
-
-    @classmethod
-    def decode(cls, raw: str | bytes) -> Job:
-        d = json.loads(raw)
-        return cls(
-            id=d["id"],
-            queue=d["queue"],
-            payload=d.get("payload"),
-            tenant=d.get("tenant"),
-            sticky_key=d.get("sticky_key"),
-            attempts=int(d.get("attempts", 0)),
-            enqueued_at=int(d["enqueued_at"]),
-            schema=int(d.get("schema", 1)),
-            format=int(d.get("v", ENVELOPE_FORMAT)),
-        )
 
 
 def _check_schema(schema: int) -> int:

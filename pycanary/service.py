@@ -11,7 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import queue_config, validation
+from . import queue_config, registry, validation
 from .connection import Connection
 from .errors import ValidationError
 from .producer import EnqueueResult, Producer
@@ -159,3 +159,30 @@ def explain_route(
         "bucket_python": sticky_bucket(key, salt),
         "lane": lane if mode == "sticky" else None,
     }
+
+
+def list_workers(conn: Connection, *, queue: str | None = None,
+                 heartbeat_s: float = registry.DEFAULT_HEARTBEAT_S) -> list[dict[str, Any]]:
+    """Registered workers with their state (active, outdated, retiring, standby, dead)."""
+    if queue is not None:
+        validation.queue_name(queue)
+    ttl_ms = int(heartbeat_s * registry.TTL_HEARTBEATS * 1000)
+    rows = [w.to_dict() for w in registry.list_workers(conn, ttl_ms=ttl_ms)]
+    if queue is not None:
+        rows = [w for w in rows if queue in w["queues"]]
+    return rows
+
+
+def parse_schemas(text: str | None) -> list[int] | None:
+    """"1,2" -> [1, 2]; None or "any" -> None (every schema)."""
+    if text is None or text.strip().lower() == "any":
+        return None
+    try:
+        values = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise ValidationError(f"must be a comma-separated list of integers, got {text!r}",
+                              field="schemas") from None
+    if not values or any(not 1 <= v <= 65535 for v in values):
+        raise ValidationError(f"must list schema versions 1-65535, got {text!r}",
+                              field="schemas")
+    return values

@@ -9,7 +9,8 @@ import pytest
 import pycanary
 from pycanary.errors import PayloadTooLargeError, ValidationError
 from pycanary.ids import uuid7, uuid7_many
-from pycanary.producer import Job, Producer
+from pycanary.job import Envelope as Job
+from pycanary.producer import Producer
 
 
 def lanes_total(conn, queue: str) -> int:

@@ -1,0 +1,17 @@
+--[[
+  bounce_job: a worker that does not accept a job's payload schema puts it back at the tail of
+  its lane for another worker (never failed).
+
+  KEYS[1] processing     list  the worker's in-flight jobs of the queue
+  KEYS[2] lane           list  the lane it came from
+
+  ARGV[1] envelope       as fetched
+
+  Returns 1 if bounced, 0 if it was no longer held (a reaper returned it already)
+]]
+local rcall = redis.call
+local processing_key, lane_key = KEYS[1], KEYS[2]
+
+if rcall('LREM', processing_key, -1, ARGV[1]) == 0 then return 0 end
+rcall('LPUSH', lane_key, ARGV[1])
+return 1

@@ -1,0 +1,14 @@
+-- Per-slot metrics: counts in Lua tables first, then one HINCRBY per distinct field, so a batch
+-- of jobs costs a handful of writes. Histogram fields: r<bucket> run time, w<bucket> wait.
+local function bump(t, field, n)
+  t[field] = (t[field] or 0) + n
+end
+
+local function flush_metrics(metrics_key, t, ttl)
+  local any = false
+  for field, n in pairs(t) do
+    rcall('HINCRBY', metrics_key, field, n)
+    any = true
+  end
+  if any then rcall('EXPIRE', metrics_key, ttl) end
+end

@@ -1,0 +1,29 @@
+--[[
+  promote_canary: the canary version becomes the stable version in one step. The old stable
+  version is remembered as former stable, so its workers keep serving the stable lane as
+  outdated (promotion never drops capacity); weight back to 0, tenant overrides removed.
+
+  KEYS[1] config         hash  queue config
+  KEYS[2] tenant_weights hash  tenant -> weight_bp overrides
+  KEYS[3] former_stable  zset  version -> when it stopped being stable (ms)
+  KEYS[4] rolled_back    set   versions rolled back on this queue
+
+  ARGV[1] now_ms         client clock
+
+  Returns {old stable version ('' if none), new stable version}
+  Errors  -6 no canary version to promote
+]]
+local rcall = redis.call
+local config_key, tenant_key, former_key, rolled_back_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+
+local cfg = rcall('HMGET', config_key, 'stable_version', 'canary_version')
+local old, new = cfg[1] or '', cfg[2] or ''
+if new == '' then return -6 end
+rcall('HSET', config_key, 'stable_version', new, 'canary_version', '', 'weight_bp', 0,
+      'updated_at', ARGV[1])
+rcall('DEL', tenant_key)
+if old ~= '' and old ~= new then rcall('ZADD', former_key, ARGV[1], old) end
+rcall('ZREM', former_key, new)
+rcall('SREM', rolled_back_key, new)
+rcall('HINCRBY', config_key, 'rev', 1)
+return {old, new}

@@ -1,0 +1,140 @@
+"""Per-version SLO metrics: where workers write them and how the controller reads them.
+
+Workers record outcomes in the ack/fail scripts, in the same atomic step as the ack, into one
+hash per (queue, version, lane, time slot): counts (`ok`, `failed`, `retried`, `dead`, `late`)
+and two histograms with the fixed buckets of `histogram.py` (`r<b>` run time, `w<b>` queue
+wait). Slots are `slot_s` seconds long (default 10 s) and expire after `keep_s` (default 1 h).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from . import histogram
+from .connection import Connection
+
+DEFAULT_SLOT_S = 10
+DEFAULT_KEEP_S = 3600
+COUNT_FIELDS = ("ok", "failed", "retried", "dead", "late")
+
+
+def slot_of(ms: int, slot_s: int = DEFAULT_SLOT_S) -> int:
+    """The slot number (start of the slot in seconds since the epoch) holding time ms."""
+    return (ms // 1000) // slot_s * slot_s
+
+
+@dataclass
+class WindowStats:
+    """What one lane did in a window: counts, histograms, and the figures derived from them."""
+
+    queue: str
+    version: str
+    lane: str
+    start_ms: int
+    end_ms: int
+    ok: int = 0
+    failed: int = 0
+    retried: int = 0
+    dead: int = 0
+    late: int = 0
+    run_hist: dict[int, int] = field(default_factory=dict)
+    wait_hist: dict[int, int] = field(default_factory=dict)
+    slots_with_data: int = 0
+
+    @property
+    def finished(self) -> int:
+        return self.ok + self.failed
+
+    @property
+    def error_rate(self) -> float | None:
+        """Failed attempts / finished attempts (a retried job counts every attempt)."""
+        return self.failed / self.finished if self.finished else None
+
+    @property
+    def seconds(self) -> float:
+        return max(0.0, (self.end_ms - self.start_ms) / 1000)
+
+    @property
+    def throughput(self) -> float:
+        """Finished attempts per second over the window."""
+        return self.finished / self.seconds if self.seconds else 0.0
+
+    def run_quantile(self, q: float) -> float | None:
+        """Run time quantile in microseconds."""
+        return histogram.quantile(self.run_hist, q)
+
+    def wait_quantile(self, q: float) -> float | None:
+        return histogram.quantile(self.wait_hist, q)
+
+    def to_dict(self) -> dict[str, Any]:
+        def ms(us: float | None) -> float | None:
+            return None if us is None else round(us / 1000, 3)
+
+        return {
+            "queue": self.queue, "version": self.version, "lane": self.lane,
+            "start_ms": self.start_ms, "end_ms": self.end_ms,
+            "ok": self.ok, "failed": self.failed, "retried": self.retried, "dead": self.dead,
+            "late": self.late, "finished": self.finished, "error_rate": self.error_rate,
+            "throughput_per_s": round(self.throughput, 3),
+            "run_ms": {"p50": ms(self.run_quantile(0.5)), "p95": ms(self.run_quantile(0.95)),
+                       "p99": ms(self.run_quantile(0.99))},
+            "wait_ms": {"p50": ms(self.wait_quantile(0.5)), "p95": ms(self.wait_quantile(0.95)),
+                        "p99": ms(self.wait_quantile(0.99))},
+        }
+
+
+def add_slot(stats: WindowStats, raw: dict[str, str]) -> None:
+    """Fold one slot hash into a window."""
+    if not raw:
+        return
+    stats.slots_with_data += 1
+    for name, value in raw.items():
+        n = int(value)
+        first = name[0]
+        if first == "r" and name[1:].isdigit():
+            b = int(name[1:])
+            stats.run_hist[b] = stats.run_hist.get(b, 0) + n
+        elif first == "w" and name[1:].isdigit():
+            b = int(name[1:])
+            stats.wait_hist[b] = stats.wait_hist.get(b, 0) + n
+        elif name in COUNT_FIELDS:
+            setattr(stats, name, getattr(stats, name) + n)
+
+
+def read_window(
+    conn: Connection,
+    queue: str,
+    version: str,
+    lane: str,
+    start_ms: int,
+    end_ms: int,
+    *,
+    slot_s: int = DEFAULT_SLOT_S,
+) -> WindowStats:
+    """Sum the slots overlapping [start_ms, end_ms) of one queue, version and lane."""
+    stats = WindowStats(queue, version, lane, start_ms, end_ms)
+    first = slot_of(start_ms, slot_s)
+    last = slot_of(max(start_ms, end_ms - 1), slot_s)
+    qk = conn.keys.queue(queue)
+    slots = range(first, last + 1, slot_s)
+    pipe = conn.client.pipeline(transaction=False)
+    for s in slots:
+        pipe.hgetall(qk.metrics_slot(version, lane, s))
+    for raw in pipe.execute():
+        add_slot(stats, raw)
+    return stats
+
+
+def read_lanes(
+    conn: Connection, queue: str, versions: dict[str, str], start_ms: int, end_ms: int,
+    *, slot_s: int = DEFAULT_SLOT_S,
+) -> dict[str, WindowStats]:
+    """Side by side: {lane: stats} for {lane: version}."""
+    return {lane: read_window(conn, queue, v, lane, start_ms, end_ms, slot_s=slot_s)
+            for lane, v in versions.items()}
+
+
+def bucket_us(us: float) -> int:
+    return histogram.bucket_index(us) if us > 0 and math.isfinite(us) else 0
