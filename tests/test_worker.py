@@ -1,0 +1,277 @@
+"""Workers in-process, on fakeredis and real Redis: acks, retries, dead letters, metrics, lane
+rules, schemas, the reaper, timeouts and async handlers."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+import time
+from collections.abc import Callable
+
+import pytest
+
+from pycanary import metrics, queue_config, registry, service
+from pycanary.job import Envelope, Job
+from pycanary.producer import Producer
+from pycanary.worker import Worker, assign_lane, load_handler
+
+
+def run_until(worker: Worker, done: Callable[[], bool], timeout: float = 30.0) -> None:
+    """Run a worker in a thread until done() holds, then stop it and wait for it."""
+    t = threading.Thread(target=worker.run, daemon=True)
+    t.start()
+    deadline = time.monotonic() + timeout
+    try:
+        while not done():
+            assert time.monotonic() < deadline, "worker did not finish in time"
+            time.sleep(0.01)
+    finally:
+        worker.stop()
+        t.join(15)
+    assert not t.is_alive()
+
+
+def drained(conn, queue: str, worker: Worker) -> Callable[[], bool]:
+    qk = conn.keys.queue(queue)
+
+    def check() -> bool:
+        c = conn.client
+        return (c.llen(qk.lane_stable) == 0 and c.llen(qk.lane_canary) == 0
+                and c.zcard(qk.delayed_stable) == 0 and c.zcard(qk.delayed_canary) == 0
+                and c.llen(qk.processing(worker.id)) == 0 and worker._inflight == 0)
+
+    return check
+
+
+def window(conn, queue: str, version: str, lane: str) -> metrics.WindowStats:
+    now = registry.now_ms()
+    return metrics.read_window(conn, queue, version, lane, now - 120_000, now + 1_000)
+
+
+def test_ack_retry_dead_letter_and_metrics(conn) -> None:
+    Producer(conn).enqueue_many("payments", [{"i": i} for i in range(200)])
+    seen: list[tuple[int, int]] = []
+
+    def handler(job: Job) -> None:
+        seen.append((job.payload["i"], job.attempt))
+        assert job.lane == "stable" and job.version == "v1" and job.queue == "payments"
+        if job.payload["i"] % 10 == 0:
+            raise ValueError(f"bad item {job.payload['i']}")
+
+    w = Worker(conn, ["payments"], "v1", handler, backoff_s=0.001, heartbeat_s=0.2)
+    run_until(w, drained(conn, "payments", w))
+    assert w.stats.done == 180 and w.stats.failed == 60
+    assert (w.stats.retried, w.stats.dead) == (40, 20)
+    assert sorted(a for i, a in seen if i == 10) == [1, 2, 3]
+    qk = conn.keys.queue("payments")
+    dlq = [json.loads(x) for x in conn.client.lrange(qk.dlq, 0, -1)]
+    assert sorted(d["job"]["payload"]["i"] for d in dlq) == list(range(0, 200, 10))
+    d = dlq[0]
+    assert d["error"].startswith("ValueError: bad item") and d["version"] == "v1"
+    assert d["lane"] == "stable" and d["attempts"] == 3
+    st = window(conn, "payments", "v1", "stable")
+    assert (st.ok, st.failed, st.retried, st.dead, st.late) == (180, 60, 40, 20, 0)
+    assert st.error_rate == pytest.approx(60 / 240)
+    assert sum(st.run_hist.values()) == 240 and sum(st.wait_hist.values()) == 240
+    assert st.run_quantile(0.5) is not None
+    # the first worker of a queue with no stable version adopted its version
+    assert queue_config.read_config(conn, "payments").stable_version == "v1"
+
+
+def test_canary_worker_takes_only_canary_jobs(conn) -> None:
+    queue_config.configure(conn, "payments", stable_version="v1", canary_version="v2")
+    queue_config.set_weight(conn, "payments", 5000)
+    res = Producer(conn).enqueue_many("payments", [{}] * 300)
+    canary_ids = {r.job_id for r in res if r.lane == "canary"}
+    got: list[str] = []
+    w = Worker(conn, ["payments"], "v2", lambda job: got.append(job.id), heartbeat_s=0.2)
+    qk = conn.keys.queue("payments")
+    run_until(w, lambda: conn.client.llen(qk.lane_canary) == 0 and len(got) == len(canary_ids))
+    assert set(got) == canary_ids
+    assert conn.client.llen(qk.lane_stable) == 300 - len(canary_ids)
+    st = window(conn, "payments", "v2", "canary")
+    assert st.ok == len(canary_ids)
+
+
+def test_lane_rules() -> None:
+    a = assign_lane("v1", stable_version="v1", canary_version="v2", rolled_back=False,
+                    former_stable=False)
+    assert (a.lane, a.state) == ("stable", "active")
+    a = assign_lane("v2", stable_version="v1", canary_version="v2", rolled_back=False,
+                    former_stable=False)
+    assert (a.lane, a.state) == ("canary", "active")
+    a = assign_lane("v2", stable_version="v1", canary_version=None, rolled_back=True,
+                    former_stable=False)
+    assert (a.lane, a.state) == (None, "retiring")
+    a = assign_lane("v1", stable_version="v2", canary_version=None, rolled_back=False,
+                    former_stable=True)
+    assert (a.lane, a.state) == ("stable", "outdated")
+    a = assign_lane("v3", stable_version="v1", canary_version="v2", rolled_back=False,
+                    former_stable=False)
+    assert (a.lane, a.state) == (None, "standby")
+    a = assign_lane("v3", stable_version="v1", canary_version=None, rolled_back=False,
+                    former_stable=False, pinned_lane="canary")
+    assert (a.lane, a.state) == ("canary", "active")
+    a = assign_lane("v3", stable_version="v1", canary_version=None, rolled_back=True,
+                    former_stable=False, pinned_lane="canary")
+    assert a.state == "retiring"
+
+
+def test_promotion_keeps_old_workers_serving_stable_as_outdated(conn) -> None:
+    queue_config.configure(conn, "payments", stable_version="v1", canary_version="v2")
+    keys = conn.keys.queue("payments")
+    old, new = conn.scripts.call("promote_canary", [keys.config, keys.tenant_weights,
+                                                    keys.former_stable, keys.rolled_back], [1])
+    assert (old, new) == ("v1", "v2")
+    Producer(conn).enqueue_many("payments", [{}] * 50)
+    w = Worker(conn, ["payments"], "v1", lambda job: None, heartbeat_s=0.2)
+    run_until(w, drained(conn, "payments", w))
+    assert w.stats.done == 50
+    assert w._assignments["payments"].state == "outdated"
+    cfg = queue_config.read_config(conn, "payments")
+    assert (cfg.stable_version, cfg.canary_version, cfg.weight_bp) == ("v2", None, 0)
+
+
+def test_schema_not_accepted_is_put_back_never_failed(conn) -> None:
+    p = Producer(conn)
+    p.enqueue_many("payments", [{"s": 1}] * 5)
+    p.enqueue_many("payments", [{"s": 2}] * 3, schema=2)
+    seen: list[int] = []
+    w1 = Worker(conn, ["payments"], "v1", lambda job: seen.append(job.schema), schemas=[1],
+                heartbeat_s=0.2)
+    qk = conn.keys.queue("payments")
+    run_until(w1, lambda: len(seen) == 5 and w1.stats.bounced >= 3)
+    assert seen == [1] * 5 and w1.stats.failed == 0
+    assert conn.client.llen(qk.lane_stable) == 3
+    assert conn.client.llen(qk.dlq) == 0
+    w2 = Worker(conn, ["payments"], "v1", lambda job: seen.append(job.schema), schemas=[1, 2],
+                heartbeat_s=0.2)
+    run_until(w2, drained(conn, "payments", w2))
+    assert sorted(seen) == [1] * 5 + [2] * 3
+
+
+def _fake_dead_worker(conn, queue: str, lane: str, n: int, version: str) -> tuple[str, list[str]]:
+    """Register a worker that fetched n jobs and then 'died' (its heartbeat is old)."""
+    wid = f"dead-{lane}-{time.monotonic_ns()}"
+    qk = conn.keys.queue(queue)
+    fetched = conn.scripts.call("fetch_jobs", [qk.lane(lane), qk.processing(wid),
+                                               qk.rolled_back], [n, version])
+    registry.heartbeat(conn, wid, version=version, queues={queue: lane}, info={"state": "active"},
+                       ttl_ms=1_000, now=registry.now_ms() - 10_000)
+    return wid, [Envelope.decode(x).id for x in fetched]
+
+
+def test_reaper_returns_jobs_to_their_lane_then_to_stable_after_rollback(conn) -> None:
+    queue_config.configure(conn, "payments", stable_version="v1", canary_version="v2")
+    queue_config.set_weight(conn, "payments", 10_000)
+    Producer(conn).enqueue_many("payments", [{"i": i} for i in range(10)])
+    qk = conn.keys.queue("payments")
+    wid, held = _fake_dead_worker(conn, "payments", "canary", 4, "v2")
+    assert conn.client.llen(qk.lane_canary) == 6
+    report = registry.reap(conn, ttl_ms=1_000)
+    assert (report.workers, report.jobs, report.by_lane["canary"]) == (1, 4, 4)
+    # back at the head, oldest first, so they run next in their order
+    head = [Envelope.decode(x).id for x in conn.client.lrange(qk.lane_canary, -4, -1)]
+    assert list(reversed(head)) == held
+    assert conn.client.zscore(conn.keys.registry, wid) is None
+    # after a rollback, a dead canary worker's jobs go to stable
+    wid2, held2 = _fake_dead_worker(conn, "payments", "canary", 3, "v2")
+    conn.scripts.call("rollback_canary", [qk.config, qk.tenant_weights, qk.rolled_back],
+                      ["", 1])
+    report = registry.reap(conn, ttl_ms=1_000)
+    assert report.by_lane == {"stable": 3, "canary": 0}
+    head = [Envelope.decode(x).id for x in conn.client.lrange(qk.lane_stable, -3, -1)]
+    assert list(reversed(head)) == held2
+    assert conn.client.llen(qk.processing(wid2)) == 0
+
+
+def test_reaper_leaves_live_workers_alone(conn) -> None:
+    Producer(conn).enqueue_many("payments", [{}] * 5)
+    qk = conn.keys.queue("payments")
+    conn.scripts.call("fetch_jobs", [qk.lane_stable, qk.processing("alive"), qk.rolled_back],
+                      [5, "v1"])
+    registry.heartbeat(conn, "alive", version="v1", queues={"payments": "stable"},
+                       info={"state": "active"}, ttl_ms=60_000)
+    assert registry.reap(conn, ttl_ms=60_000).jobs == 0
+    assert conn.client.llen(qk.processing("alive")) == 5
+    rows = service.list_workers(conn, queue="payments")
+    assert [(r["id"], r["state"]) for r in rows] == [("alive", "active")]
+
+
+def test_rolled_back_worker_retires(conn) -> None:
+    queue_config.configure(conn, "payments", stable_version="v1", canary_version="v2")
+    queue_config.set_weight(conn, "payments", 10_000)
+    Producer(conn).enqueue_many("payments", [{}] * 20)
+    qk = conn.keys.queue("payments")
+    conn.scripts.call("rollback_canary", [qk.config, qk.tenant_weights, qk.rolled_back],
+                      ["", 1])
+    ran: list[str] = []
+    w = Worker(conn, ["payments"], "v2", lambda job: ran.append(job.id), heartbeat_s=0.2)
+    t = threading.Thread(target=w.run, daemon=True)
+    t.start()
+    time.sleep(0.6)
+    assert ran == [] and w.state == "retiring"
+    assert conn.client.llen(qk.lane_canary) == 20
+    w.stop()
+    t.join(5)
+
+
+def test_async_handler_and_concurrency(conn) -> None:
+    Producer(conn).enqueue_many("payments", [{"i": i} for i in range(100)])
+    active = 0
+    peak = 0
+    done: list[int] = []
+
+    async def handler(job: Job) -> None:
+        nonlocal active, peak
+        active += 1
+        peak = max(peak, active)
+        await asyncio.sleep(0.01)
+        active -= 1
+        if job.payload["i"] == 7 and job.attempt == 1:
+            raise RuntimeError("first attempt of 7 fails")
+        done.append(job.payload["i"])
+
+    w = Worker(conn, ["payments"], "v1", handler, concurrency=8, backoff_s=0.001,
+               heartbeat_s=0.2)
+    run_until(w, drained(conn, "payments", w))
+    assert sorted(done) == list(range(100))
+    assert 2 <= peak <= 8
+    assert (w.stats.done, w.stats.failed, w.stats.retried) == (100, 1, 1)
+
+
+def test_sync_timeout_fails_the_attempt(conn) -> None:
+    Producer(conn).enqueue("payments", {"slow": True})
+    Producer(conn).enqueue("payments", {"slow": False})
+
+    def handler(job: Job) -> None:
+        if job.payload["slow"]:
+            time.sleep(1.0)
+
+    w = Worker(conn, ["payments"], "v1", handler, job_timeout_s=0.1, max_attempts=1,
+               concurrency=2, heartbeat_s=0.2)
+    run_until(w, drained(conn, "payments", w))
+    dlq = [json.loads(x) for x in conn.client.lrange(conn.keys.queue("payments").dlq, 0, -1)]
+    assert len(dlq) == 1 and dlq[0]["error"].startswith("TimeoutError")
+    assert w.stats.done == 1
+
+
+def test_worker_validation() -> None:
+    import pycanary
+    from pycanary.errors import ValidationError
+
+    conn = pycanary.connect("memory://validation")
+    for kwargs, field in [({"queues": []}, "queues"), ({"version": "v 1"}, "version"),
+                          ({"lane": "blue"}, "lane"), ({"concurrency": 0}, "concurrency"),
+                          ({"handler": 3}, "handler"), ({"queues": ["a b"]}, "queue")]:
+        args = {"queues": ["payments"], "version": "v1", "handler": print} | kwargs
+        with pytest.raises(ValidationError) as exc:
+            Worker(conn, args.pop("queues"), args.pop("version"), args.pop("handler"), **args)
+        assert exc.value.field == field
+    with pytest.raises(ValidationError) as exc:
+        load_handler("nosuchmodule_xyz:run")
+    assert exc.value.field == "handler"
+    with pytest.raises(ValidationError):
+        load_handler("json")
+    assert load_handler("json:dumps") is json.dumps
