@@ -1,0 +1,692 @@
+"""Plan files: the stages a canary walks through and the conditions each check must meet.
+
+The design card's format is accepted verbatim::
+
+    canary_config:
+      stages:
+        - percentage: 5
+          duration: 10m
+          auto_promote: true
+          conditions: {max_error_rate: 0.5, max_latency_increase: 15}
+
+Extensions (DESIGN.md section 6). Condition keys may sit at the top of ``canary_config`` (they
+become defaults for every stage) and inside any stage's ``conditions`` (they override the default
+for that stage only)::
+
+    max_error_rate           canary error rate, percent, absolute
+    max_error_rate_increase  canary error rate minus stable error rate, percentage points
+    max_latency_increase     canary p95 run time over stable p95 run time, percent (may exceed 100)
+    max_throughput_decrease  canary jobs/s per worker below stable's, percent; judged only while
+                             the canary lane does not keep up (its backlog grows)
+    min_samples              finished attempts each lane must have behind a check (default 100)
+    failure_threshold        consecutive FAIL checks before rollback (default 3)
+    on_no_data               hold | fail | pass: the verdict of a check whose window saw no
+                             finished attempts in a lane (default hold)
+
+Deployment-wide keys, top of ``canary_config`` only::
+
+    interval     time between checks (default 30s)
+    deadline     the plan must reach its final gate by then or it is rolled back (optional)
+    max_weight   guard for critical queues: no stage and no tenant may exceed it (percent)
+    sticky       route by hash of the sticky key (default true) or by random draw
+    salt         per-deployment salt of the sticky hash (default "")
+    statistical  settings of the sequential tests (see ``Statistical``); deployment-wide because
+                 those tests carry evidence across stages and their error bound covers all looks
+
+Tenants. ``tenants`` maps a tenant label to the canary percentage its jobs get, whatever the
+stage: ``tenants: {internal: 100, bigbank: 0}``. A stage may carry its own ``tenants`` map; it is
+merged over the top-level one for that stage only, so a tenant can ramp on its own schedule
+(``stages[1].tenants: {acme: 50}``). Tenants not listed follow the stage's percentage. A stage
+may be at 0% when some tenant is above 0 (tenant-first rollouts).
+
+Durations: ``30s``, ``10m``, ``1h30m``, ``2d``, or a bare integer of seconds; they must be
+positive. Percentages: 0-100 with at most two decimals (``12.25``); every model exposes the
+basis points (0..10000) the routing scripts use, so no float ever reaches Redis.
+
+Errors: one ``PlanError`` whose lines read ``stages[1].percentage: must be 0-100, got 150``,
+most useful first, so CLI and API can show the first line alone and still be helpful.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import difflib
+import math
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    model_validator,
+)
+from pydantic_core import PydanticCustomError
+
+__all__ = [
+    "DEFAULT_FAILURE_THRESHOLD",
+    "DEFAULT_INTERVAL_S",
+    "DEFAULT_MIN_SAMPLES",
+    "Conditions",
+    "Plan",
+    "PlanError",
+    "Stage",
+    "StageSettings",
+    "Statistical",
+    "format_duration",
+    "load_plan",
+    "parse_duration",
+    "parse_plan",
+    "percent_to_bp",
+]
+
+DEFAULT_MIN_SAMPLES = 100
+DEFAULT_FAILURE_THRESHOLD = 3
+DEFAULT_INTERVAL_S = 30
+DEFAULT_ON_NO_DATA = "hold"
+
+OnNoData = Literal["hold", "fail", "pass"]
+
+
+class PlanError(ValueError):
+    """A plan that cannot be used; ``lines`` holds one ``path: problem`` per defect."""
+
+    def __init__(self, lines: list[str]) -> None:
+        self.lines = list(lines) or ["plan: invalid"]
+        super().__init__("\n".join(self.lines))
+
+
+# --------------------------------------------------------------------------------------------
+# Scalar parsers. They raise PydanticCustomError so the message reaches the user unprefixed.
+
+
+def _got(v: Any) -> str:
+    """Render a rejected value the way the user wrote it (YAML spelling for null and booleans)."""
+    if v is None:
+        return "null"
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, float) and v.is_integer() and math.isfinite(v):
+        return str(int(v))
+    if isinstance(v, (int, float)):
+        return str(v)
+    text = repr(v)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _fail(kind: str, message: str, value: Any) -> PydanticCustomError:
+    return PydanticCustomError(kind, message + ", got {got}", {"got": _got(value)})
+
+
+_DURATION_RE = re.compile(r"(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?")
+
+
+def parse_duration(value: Any) -> int:
+    """Seconds in ``30s``, ``10m``, ``1h30m``, ``2d`` or a bare integer; positive only.
+
+    Zero is refused because every duration in a plan (stage, interval, deadline) is a span of
+    observation or a timeout, and none of them means anything at zero.
+    """
+    if isinstance(value, bool):
+        raise _fail("duration", "must be a duration like 30s, 10m, 1h30m", value)
+    if isinstance(value, float):
+        if not value.is_integer():
+            raise _fail("duration", "must be whole seconds", value)
+        value = int(value)
+    if isinstance(value, int):
+        seconds = value
+    elif isinstance(value, str):
+        text = value.strip().lower()
+        if text.lstrip("-").isdigit():
+            seconds = int(text)
+        else:
+            m = _DURATION_RE.fullmatch(text)
+            if not text or m is None:
+                raise _fail("duration", "must be a duration like 30s, 10m, 1h30m", value)
+            d, h, mi, s = (int(g) if g else 0 for g in m.groups())
+            seconds = ((d * 24 + h) * 60 + mi) * 60 + s
+    else:
+        raise _fail("duration", "must be a duration like 30s, 10m, 1h30m", value)
+    if seconds <= 0:
+        raise _fail("duration", "must be above 0s", value)
+    return seconds
+
+
+def format_duration(seconds: float) -> str:
+    """Inverse of parse_duration for display: 5400 -> ``1h30m``."""
+    s = round(seconds)
+    if s <= 0:
+        return "0s"
+    parts = []
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60), ("s", 1)):
+        if s >= size:
+            parts.append(f"{s // size}{unit}")
+            s %= size
+    return "".join(parts)
+
+
+def _number(value: Any, what: str) -> float:
+    if isinstance(value, bool) or value is None:
+        raise _fail("number", f"must be {what}", value)
+    if isinstance(value, str):
+        text = value.strip().removesuffix("%").strip()
+        try:
+            value = float(text)
+        except ValueError:
+            raise _fail("number", f"must be {what}", value) from None
+    if not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise _fail("number", f"must be {what}", value)
+    return float(value)
+
+
+def _two_decimals(x: float, original: Any) -> float:
+    if abs(x * 100 - round(x * 100)) > 1e-6:
+        raise _fail("percent", "must have at most two decimals", original)
+    return round(x, 2)
+
+
+def _percent(value: Any) -> float:
+    x = _number(value, "a percentage 0-100")
+    if not 0 <= x <= 100:
+        raise _fail("percent", "must be 0-100", value)
+    return _two_decimals(x, value)
+
+
+def _increase(value: Any) -> float:
+    """Relative increases (latency) may exceed 100%: +200% is a tripling."""
+    x = _number(value, "a percentage >= 0")
+    if x < 0:
+        raise _fail("percent", "must be >= 0", value)
+    return _two_decimals(x, value)
+
+
+def _probability(value: Any) -> float:
+    x = _number(value, "a probability")
+    if not 0 < x <= 0.2:
+        raise _fail("probability", "must be above 0 and at most 0.2", value)
+    return x
+
+
+def _count(lo: int, hi: int) -> Callable[[Any], int]:
+    def check(value: Any) -> int:
+        if isinstance(value, float) and value.is_integer():
+            number = int(value)
+        elif isinstance(value, int) and not isinstance(value, bool):
+            number = value
+        else:
+            raise _fail("count", f"must be a whole number {lo}-{hi}", value)
+        if not lo <= number <= hi:
+            raise _fail("count", f"must be {lo}-{hi}", value)
+        return number
+
+    return check
+
+
+def _on_no_data(value: Any) -> str:
+    if value not in ("hold", "fail", "pass"):
+        raise _fail("choice", "must be one of hold, fail, pass", value)
+    return str(value)
+
+
+def _strict_bool(value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise _fail("bool", "must be true or false", value)
+    return value
+
+
+def _salt(value: Any) -> str:
+    # An unquoted YAML salt such as 0123 arrives as an octal int; refusing it beats hashing a
+    # different salt from the one the user sees.
+    if not isinstance(value, str):
+        raise _fail("string", "must be a string (quote it in YAML)", value)
+    if len(value) > 256:
+        raise _fail("string", "must be at most 256 characters", value)
+    return value
+
+
+_TENANT_RE = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+
+
+def _tenants(value: Any) -> dict[str, float]:
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise _fail("mapping", "must map tenant to percentage", value)
+    out: dict[str, float] = {}
+    for k, v in value.items():
+        if not isinstance(k, str) or not _TENANT_RE.fullmatch(k):
+            raise _fail("tenant", "tenant names are 1-128 characters of A-Za-z0-9._:-", k)
+        out[k] = v  # the percentage is checked per key below so the path names the tenant
+    return out
+
+
+def _none_as_empty(value: Any) -> Any:
+    # ``conditions:`` with nothing under it is YAML null; it plainly means "no conditions".
+    return {} if value is None else value
+
+
+def _optional(check: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    def run(value: Any) -> Any:
+        return None if value is None else check(value)
+
+    return run
+
+
+Percent = Annotated[float, BeforeValidator(_percent)]
+OptPercent = Annotated[float | None, BeforeValidator(_optional(_percent))]
+OptIncrease = Annotated[float | None, BeforeValidator(_optional(_increase))]
+Duration = Annotated[int, BeforeValidator(parse_duration)]
+OptDuration = Annotated[int | None, BeforeValidator(_optional(parse_duration))]
+OptSamples = Annotated[int | None, BeforeValidator(_optional(_count(1, 10_000_000)))]
+OptThreshold = Annotated[int | None, BeforeValidator(_optional(_count(1, 1000)))]
+OptNoData = Annotated[OnNoData | None, BeforeValidator(_optional(_on_no_data))]
+Bool = Annotated[bool, BeforeValidator(_strict_bool)]
+Probability = Annotated[float, BeforeValidator(_probability)]
+TenantMap = Annotated[dict[str, Percent], BeforeValidator(_tenants)]
+
+
+def percent_to_bp(pct: float) -> int:
+    """Percent with two decimals -> basis points, the unit of every routing weight."""
+    return round(pct * 100)
+
+
+# --------------------------------------------------------------------------------------------
+# Models
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class _ConditionFields(_Strict):
+    max_error_rate: OptPercent = None
+    max_error_rate_increase: OptPercent = None
+    max_latency_increase: OptIncrease = None
+    max_throughput_decrease: OptPercent = None
+    min_samples: OptSamples = None
+    failure_threshold: OptThreshold = None
+    on_no_data: OptNoData = None
+
+
+CONDITION_KEYS = tuple(_ConditionFields.model_fields)
+
+
+class Conditions(_ConditionFields):
+    """Per-stage conditions; None means "inherit the top-level default"."""
+
+
+class Statistical(_Strict):
+    """Sequential tests that compare canary with stable over the whole deployment.
+
+    ``alpha`` bounds the chance that identical versions are rolled back by these tests over
+    all looks of one deployment; with both tests on it is split 80/20 between the error-rate
+    and the run-time test (Bonferroni, so the bound holds for the pair; failures are rare
+    events and need the budget more than run times, which come by the thousand).
+    ``decisive`` lets a crossed boundary roll back at once:
+    an always-valid test that has crossed never uncrosses, so waiting for
+    ``failure_threshold`` more checks only adds exposure. ``threshold_alpha`` is the evidence a
+    threshold rule (max_error_rate and friends) needs before its exceedance counts as FAIL
+    rather than INCONCLUSIVE. ``run_time_tolerance`` (percent) is the slowdown the run-time test
+    accepts: without one, ~100,000 canary jobs make a 2% slowdown "significant", and a tool
+    that rolls back every version 2% slower gets switched off. The error-rate test has a
+    built-in tolerance instead: it pursues failure-rate ratios of 1.5x and up, and a ratio
+    below about 1.23x never builds evidence (that is the threshold rules' job).
+    """
+
+    enabled: Bool = True
+    alpha: Probability = 0.01
+    error_rate: Bool = True
+    run_time: Bool = True
+    decisive: Bool = True
+    threshold_alpha: Probability = 0.01
+    run_time_tolerance: Annotated[float, BeforeValidator(_increase)] = 10.0
+
+
+class Stage(_Strict):
+    """One step of the ramp: route ``percentage`` of new jobs to the canary for ``duration``."""
+
+    percentage: Percent
+    duration: Duration
+    auto_promote: Bool = True
+    conditions: Annotated[Conditions, BeforeValidator(_none_as_empty)] = Field(
+        default_factory=Conditions
+    )
+    tenants: TenantMap = Field(default_factory=dict)
+
+    @property
+    def weight_bp(self) -> int:
+        """Routing weight of the stage in basis points."""
+        return percent_to_bp(self.percentage)
+
+
+@dataclass(frozen=True)
+class StageSettings:
+    """Everything a check needs for one stage, defaults already applied."""
+
+    index: int
+    last: bool
+    percentage: float
+    weight_bp: int
+    duration_s: int
+    auto_promote: bool
+    max_error_rate: float | None
+    max_error_rate_increase: float | None
+    max_latency_increase: float | None
+    max_throughput_decrease: float | None
+    min_samples: int
+    failure_threshold: int
+    on_no_data: str
+    tenants_bp: Mapping[str, int]
+
+
+class Plan(_ConditionFields):
+    """The body of ``canary_config``: stages plus deployment-wide settings and defaults."""
+
+    stages: list[Stage]
+    interval: Duration = DEFAULT_INTERVAL_S
+    deadline: OptDuration = None
+    max_weight: OptPercent = None
+    sticky: Bool = True
+    salt: Annotated[str, BeforeValidator(_salt)] = ""
+    tenants: TenantMap = Field(default_factory=dict)
+    statistical: Annotated[Statistical, BeforeValidator(_none_as_empty)] = Field(
+        default_factory=Statistical
+    )
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> Plan:
+        issues: list[tuple[str, str]] = []
+        if not self.stages:
+            issues.append(("stages", "must list at least one stage, got []"))
+        cap = self.max_weight
+        if cap is not None and cap <= 0:
+            issues.append(("max_weight", f"must be above 0, got {_got(cap)}"))
+            cap = None
+        for name, pct in self.tenants.items():
+            if cap is not None and pct > cap:
+                issues.append((f"tenants.{name}", f"above max_weight {_got(cap)}, got {_got(pct)}"))
+        prev: float | None = None
+        total = 0
+        for i, st in enumerate(self.stages):
+            where = f"stages[{i}]"
+            total += st.duration
+            if st.percentage >= 100:
+                issues.append(
+                    (
+                        f"{where}.percentage",
+                        "must be below 100 (the stable lane would get nothing to compare with; "
+                        "promotion after the last stage takes the canary to 100%), got "
+                        + _got(st.percentage),
+                    )
+                )
+            elif prev is not None and st.percentage < prev:
+                issues.append(
+                    (
+                        f"{where}.percentage",
+                        f"must not be below the previous stage's {_got(prev)}, "
+                        f"got {_got(st.percentage)}",
+                    )
+                )
+            elif cap is not None and st.percentage > cap:
+                issues.append(
+                    (
+                        f"{where}.percentage",
+                        f"above max_weight {_got(cap)}, got {_got(st.percentage)}",
+                    )
+                )
+            for name, pct in st.tenants.items():
+                if cap is not None and pct > cap:
+                    issues.append(
+                        (
+                            f"{where}.tenants.{name}",
+                            f"above max_weight {_got(cap)}, got {_got(pct)}",
+                        )
+                    )
+            if st.duration < self.interval:
+                issues.append(
+                    (
+                        f"{where}.duration",
+                        f"shorter than interval {format_duration(self.interval)} (the stage "
+                        f"would end before its first check), got {format_duration(st.duration)}",
+                    )
+                )
+            merged = {**self.tenants, **st.tenants}
+            if st.percentage == 0 and not any(p > 0 for p in merged.values()):
+                issues.append(
+                    (
+                        f"{where}.percentage",
+                        "sends no jobs to the canary (0% and no tenant above 0), got 0",
+                    )
+                )
+            prev = st.percentage if prev is None else max(prev, st.percentage)
+        if self.deadline is not None and self.stages and self.deadline < total:
+            issues.append(
+                (
+                    "deadline",
+                    f"shorter than the stages' total duration {format_duration(total)}, "
+                    f"got {format_duration(self.deadline)}",
+                )
+            )
+        if issues:
+            raise PydanticCustomError("plan_checks", "plan checks failed", {"issues": issues})
+        return self
+
+    # ---- derived views -------------------------------------------------------------------
+
+    @property
+    def max_weight_bp(self) -> int:
+        """The max_weight guard in basis points (10000 when unset)."""
+        return 10_000 if self.max_weight is None else percent_to_bp(self.max_weight)
+
+    @property
+    def total_duration(self) -> int:
+        """Seconds the stages take when every check passes on time."""
+        return sum(st.duration for st in self.stages)
+
+    def tenant_weights_bp(self, index: int) -> dict[str, int]:
+        """Per-tenant routing weights of stage ``index``: top-level map, stage map on top."""
+        merged = {**self.tenants, **self.stages[index].tenants}
+        return {k: percent_to_bp(v) for k, v in merged.items()}
+
+    def settings(self, index: int) -> StageSettings:
+        """Stage ``index`` with every condition resolved (stage, else top level, else default)."""
+        if not 0 <= index < len(self.stages):
+            raise IndexError(f"stage {index} out of range 0..{len(self.stages) - 1}")
+        st = self.stages[index]
+        c = st.conditions
+
+        def pick(name: str, default: Any) -> Any:
+            v = getattr(c, name)
+            if v is None:
+                v = getattr(self, name)
+            return default if v is None else v
+
+        return StageSettings(
+            index=index,
+            last=index == len(self.stages) - 1,
+            percentage=st.percentage,
+            weight_bp=st.weight_bp,
+            duration_s=st.duration,
+            auto_promote=st.auto_promote,
+            max_error_rate=pick("max_error_rate", None),
+            max_error_rate_increase=pick("max_error_rate_increase", None),
+            max_latency_increase=pick("max_latency_increase", None),
+            max_throughput_decrease=pick("max_throughput_decrease", None),
+            min_samples=pick("min_samples", DEFAULT_MIN_SAMPLES),
+            failure_threshold=pick("failure_threshold", DEFAULT_FAILURE_THRESHOLD),
+            on_no_data=pick("on_no_data", DEFAULT_ON_NO_DATA),
+            tenants_bp=self.tenant_weights_bp(index),
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """Canonical JSON-able form (durations in seconds) that ``parse_plan`` reads back."""
+        body = self.model_dump(mode="json", exclude_none=True)
+        for st in body["stages"]:
+            if not st.get("conditions"):
+                st.pop("conditions", None)
+            if not st.get("tenants"):
+                st.pop("tenants", None)
+        return {"canary_config": body}
+
+
+# --------------------------------------------------------------------------------------------
+# Error conversion
+
+
+_MODEL_AT: dict[str, type[BaseModel]] = {
+    "conditions": Conditions,
+    "statistical": Statistical,
+}
+
+
+def _fields_at(loc: tuple[Any, ...]) -> list[str]:
+    """Field names allowed where an unknown key was found, for a did-you-mean hint."""
+    if not loc:
+        return [*Plan.model_fields, "canary_config"]
+    last = loc[-1]
+    if isinstance(last, int) and len(loc) >= 2 and loc[-2] == "stages":
+        return list(Stage.model_fields)
+    if isinstance(last, str) and last in _MODEL_AT:
+        return list(_MODEL_AT[last].model_fields)
+    return []
+
+
+def _path(loc: tuple[Any, ...]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += ("." if out else "") + str(part)
+    return out or "canary_config"
+
+
+_TYPE_MESSAGES = {
+    "list_type": "must be a list",
+    "dict_type": "must be a mapping",
+    "model_type": "must be a mapping",
+    "model_attributes_type": "must be a mapping",
+    "string_type": "must be a string",
+}
+
+
+def _errors_to_lines(err: ValidationError) -> list[str]:
+    ranked: list[tuple[int, int, str]] = []
+    for n, e in enumerate(err.errors(include_url=False)):
+        loc = tuple(e["loc"])
+        kind = e["type"]
+        if kind == "plan_checks":
+            for path, msg in e["ctx"]["issues"]:
+                ranked.append((0, n, f"{path}: {msg}"))
+            continue
+        path = _path(loc)
+        if kind == "extra_forbidden":
+            allowed = _fields_at(loc[:-1])
+            hint = difflib.get_close_matches(str(loc[-1]), allowed, n=1, cutoff=0.6)
+            msg = "unknown field"
+            if hint:
+                msg += f"; did you mean '{hint[0]}'?"
+            elif allowed:
+                msg += f" (allowed: {', '.join(allowed)})"
+            ranked.append((0, n, f"{path}: {msg}"))
+        elif kind == "missing":
+            ranked.append((1, n, f"{path}: required field missing"))
+        elif kind in _TYPE_MESSAGES:
+            ranked.append((0, n, f"{path}: {_TYPE_MESSAGES[kind]}, got {_got(e.get('input'))}"))
+        elif kind in ("too_short",) and loc and loc[-1] == "stages":
+            ranked.append((0, n, f"{path}: must list at least one stage, got []"))
+        elif "got" in (e.get("ctx") or {}):
+            ranked.append((0, n, f"{path}: {e['msg']}"))
+        else:
+            msg = e["msg"]
+            if kind.startswith(("value_error", "assertion_error")):
+                msg = msg.split(", ", 1)[-1]
+            if "got" not in msg:
+                msg = f"{msg[:1].lower()}{msg[1:]}, got {_got(e.get('input'))}"
+            ranked.append((0, n, f"{path}: {msg}"))
+    ranked.sort(key=lambda t: (t[0], t[1]))
+    return [line for _, _, line in ranked]
+
+
+# --------------------------------------------------------------------------------------------
+# Loading
+
+
+class _Loader(yaml.SafeLoader):
+    """SafeLoader that refuses duplicate keys: with plain YAML the last one silently wins."""
+
+
+def _construct_mapping(loader: _Loader, node: yaml.MappingNode, deep: bool = False) -> Any:
+    seen: set[Any] = set()
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        try:
+            dup = key in seen
+        except TypeError:
+            dup = False
+        if dup:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"duplicate key {key!r}", key_node.start_mark
+            )
+        with contextlib.suppress(TypeError):  # unhashable keys fail later, with a line
+            seen.add(key)
+    return loader.construct_mapping(node, deep=deep)
+
+
+_Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+
+
+def _load_yaml(text: str, name: str) -> Any:
+    try:
+        return yaml.load(text, Loader=_Loader)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        line = f":{mark.line + 1}" if mark is not None else ""
+        problem = exc.problem or exc.context or "invalid YAML"
+        raise PlanError([f"{name}{line}: {problem}"]) from None
+    except yaml.YAMLError as exc:
+        raise PlanError([f"{name}: {exc}"]) from None
+
+
+def parse_plan(source: Mapping[str, Any] | str, *, name: str = "<string>") -> Plan:
+    """Validate a plan given as YAML/JSON text or an already-parsed mapping.
+
+    The mapping may be the design card's ``{canary_config: {...}}`` or the ``canary_config``
+    body itself (what an API client naturally posts). Error paths are relative to the body.
+    """
+    data: Any = _load_yaml(source, name) if isinstance(source, str) else source
+    if data is None:
+        raise PlanError([f"{name}: the plan is empty"])
+    if not isinstance(data, Mapping):
+        raise PlanError([f"canary_config: must be a mapping, got {_got(data)}"])
+    if "canary_config" in data:
+        extra = [k for k in data if k != "canary_config"]
+        if extra:
+            raise PlanError(
+                [f"{k}: unknown field (allowed at the top: canary_config)" for k in extra]
+            )
+        data = data["canary_config"]
+        if not isinstance(data, Mapping):
+            raise PlanError([f"canary_config: must be a mapping, got {_got(data)}"])
+    try:
+        return Plan.model_validate(dict(data))
+    except ValidationError as exc:
+        raise PlanError(_errors_to_lines(exc)) from None
+
+
+def load_plan(path: str | Path) -> Plan:
+    """Read and validate a plan file; errors name the file for YAML problems (file:line)."""
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise PlanError([f"{p}: cannot read plan: {exc.strerror or exc}"]) from None
+    except UnicodeDecodeError:
+        raise PlanError([f"{p}: not UTF-8 text"]) from None
+    return parse_plan(text, name=str(p))

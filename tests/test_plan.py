@@ -1,0 +1,519 @@
+"""Plan files: the design card's format, the extensions, and errors that name the bad field."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from pycanary.plan import (
+    DEFAULT_FAILURE_THRESHOLD,
+    DEFAULT_INTERVAL_S,
+    DEFAULT_MIN_SAMPLES,
+    Plan,
+    PlanError,
+    format_duration,
+    load_plan,
+    parse_duration,
+    parse_plan,
+    percent_to_bp,
+)
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples" / "plans"
+
+# The design card's plan, character for character (seed/canary-deployments.md).
+CARD = """\
+canary_config:
+  stages:
+    - percentage: 5
+      duration: 10m
+      auto_promote: true
+      conditions:
+        max_error_rate: 0.5
+        max_latency_increase: 15
+    - percentage: 15
+      duration: 15m
+      auto_promote: true
+      conditions:
+        max_error_rate: 1.0
+        max_latency_increase: 10
+    - percentage: 50
+      duration: 20m
+      auto_promote: false  # Manual approval required
+      conditions:
+        max_error_rate: 1.0
+        max_latency_increase: 5
+"""
+
+
+def body(**over: object) -> dict[str, object]:
+    """A minimal valid canary_config body with overrides."""
+    b: dict[str, object] = {"stages": [{"percentage": 5, "duration": "10m"}]}
+    b.update(over)
+    return b
+
+
+def errors_of(source: object) -> list[str]:
+    with pytest.raises(PlanError) as exc:
+        parse_plan(source)  # type: ignore[arg-type]
+    return exc.value.lines
+
+
+# ---------------------------------------------------------------------------------------------
+# The design card and the examples
+
+
+def test_design_card_parses_verbatim() -> None:
+    plan = parse_plan(CARD)
+    assert [s.percentage for s in plan.stages] == [5.0, 15.0, 50.0]
+    assert [s.weight_bp for s in plan.stages] == [500, 1500, 5000]
+    assert [s.duration for s in plan.stages] == [600, 900, 1200]
+    assert [s.auto_promote for s in plan.stages] == [True, True, False]
+    assert [s.conditions.max_error_rate for s in plan.stages] == [0.5, 1.0, 1.0]
+    assert [s.conditions.max_latency_increase for s in plan.stages] == [15.0, 10.0, 5.0]
+    assert plan.interval == DEFAULT_INTERVAL_S == 30
+    assert plan.total_duration == 2700
+    assert plan.sticky is True and plan.salt == "" and plan.max_weight_bp == 10_000
+
+
+def test_example_design_card_file_is_the_card() -> None:
+    assert load_plan(EXAMPLES / "design-card.yaml") == parse_plan(CARD)
+
+
+@pytest.mark.parametrize(
+    "name", ["design-card.yaml", "conservative.yaml", "aggressive.yaml", "tenant-first.yaml"]
+)
+def test_examples_parse(name: str) -> None:
+    plan = load_plan(EXAMPLES / name)
+    assert plan.stages
+    for i in range(len(plan.stages)):
+        plan.settings(i)  # every stage resolves
+    assert parse_plan(plan.to_dict()) == plan
+
+
+def test_tenant_first_example() -> None:
+    plan = load_plan(EXAMPLES / "tenant-first.yaml")
+    assert plan.stages[0].weight_bp == 0
+    assert plan.tenant_weights_bp(0) == {"internal": 10_000, "bigbank": 0}
+    assert plan.tenant_weights_bp(3) == {"internal": 10_000, "bigbank": 5_000}
+    assert [s.weight_bp for s in plan.stages] == [0, 500, 2500, 5000]
+
+
+def test_conservative_example_settings() -> None:
+    plan = load_plan(EXAMPLES / "conservative.yaml")
+    s0, s4 = plan.settings(0), plan.settings(4)
+    assert (s0.max_error_rate, s0.max_latency_increase, s0.min_samples) == (0.5, 10.0, 300)
+    assert (s4.max_error_rate, s4.max_latency_increase, s4.auto_promote) == (None, 5.0, False)
+    assert plan.max_weight_bp == 5000 and plan.deadline == 6 * 3600
+    assert plan.statistical.alpha == 0.005 and plan.statistical.run_time_tolerance == 5.0
+
+
+# ---------------------------------------------------------------------------------------------
+# Settings resolution
+
+
+def test_settings_resolve_stage_then_top_then_default() -> None:
+    plan = parse_plan(
+        body(
+            max_error_rate=2,
+            failure_threshold=5,
+            on_no_data="fail",
+            stages=[
+                {"percentage": 5, "duration": 60, "conditions": {"max_error_rate": 0.25}},
+                {"percentage": 20, "duration": 60, "auto_promote": False},
+            ],
+        )
+    )
+    s0, s1 = plan.settings(0), plan.settings(1)
+    assert s0.max_error_rate == 0.25 and s1.max_error_rate == 2.0
+    assert s0.failure_threshold == s1.failure_threshold == 5
+    assert s0.on_no_data == "fail"
+    assert s0.min_samples == DEFAULT_MIN_SAMPLES == 100
+    assert s0.max_latency_increase is None and s0.max_throughput_decrease is None
+    assert (s0.last, s1.last, s1.auto_promote) == (False, True, False)
+    assert s1.weight_bp == 2000 and s1.duration_s == 60
+    with pytest.raises(IndexError):
+        plan.settings(2)
+
+
+def test_defaults() -> None:
+    plan = parse_plan(body())
+    s = plan.settings(0)
+    assert (s.min_samples, s.failure_threshold, s.on_no_data) == (
+        DEFAULT_MIN_SAMPLES,
+        DEFAULT_FAILURE_THRESHOLD,
+        "hold",
+    )
+    assert plan.deadline is None and plan.max_weight is None and plan.tenants == {}
+    st_ = plan.statistical
+    assert (st_.enabled, st_.alpha, st_.decisive, st_.threshold_alpha) == (True, 0.01, True, 0.01)
+    assert st_.run_time_tolerance == 10.0
+
+
+def test_stage_tenants_merge_over_top_level() -> None:
+    plan = parse_plan(
+        body(
+            tenants={"internal": 100, "acme": 10},
+            stages=[
+                {"percentage": 5, "duration": 60},
+                {"percentage": 10, "duration": 60, "tenants": {"acme": 50, "new": 12.25}},
+            ],
+        )
+    )
+    assert plan.tenant_weights_bp(0) == {"internal": 10_000, "acme": 1000}
+    assert plan.tenant_weights_bp(1) == {"internal": 10_000, "acme": 5000, "new": 1225}
+    assert plan.settings(1).tenants_bp == plan.tenant_weights_bp(1)
+
+
+def test_zero_percent_stage_allowed_when_a_tenant_is_on() -> None:
+    plan = parse_plan(body(tenants={"internal": 100}, stages=[{"percentage": 0, "duration": 60}]))
+    assert plan.stages[0].weight_bp == 0
+
+
+def test_null_blocks_mean_empty() -> None:
+    plan = parse_plan(
+        "canary_config:\n  statistical:\n  stages:\n    - percentage: 5\n"
+        "      duration: 1m\n      conditions:\n"
+    )
+    assert plan.stages[0].conditions.max_error_rate is None
+    assert plan.statistical.alpha == 0.01
+
+
+def test_bare_body_accepted() -> None:
+    assert parse_plan(body()) == parse_plan({"canary_config": body()})
+
+
+# ---------------------------------------------------------------------------------------------
+# Durations and percentages
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [
+        ("30s", 30),
+        ("10m", 600),
+        ("1h30m", 5400),
+        ("1h", 3600),
+        ("2d", 172_800),
+        ("1d2h3m4s", 93_784),
+        (45, 45),
+        ("45", 45),
+        (" 5m ", 300),
+        (60.0, 60),
+    ],
+)
+def test_durations(text: object, seconds: int) -> None:
+    assert parse_duration(text) == seconds
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("0s", "must be above 0s, got '0s'"),
+        (0, "must be above 0s, got 0"),
+        (-5, "must be above 0s, got -5"),
+        ("-5", "must be above 0s, got '-5'"),
+        ("abc", "must be a duration like 30s, 10m, 1h30m, got 'abc'"),
+        ("1.5h", "must be a duration like 30s, 10m, 1h30m, got '1.5h'"),
+        ("10 m", "must be a duration like 30s, 10m, 1h30m, got '10 m'"),
+        ("30m1h", "must be a duration like 30s, 10m, 1h30m, got '30m1h'"),
+        ("", "must be a duration like 30s, 10m, 1h30m, got ''"),
+        (True, "must be a duration like 30s, 10m, 1h30m, got true"),
+        (1.5, "must be whole seconds, got 1.5"),
+        (None, "must be a duration like 30s, 10m, 1h30m, got null"),
+    ],
+)
+def test_bad_durations(value: object, message: str) -> None:
+    lines = errors_of(body(stages=[{"percentage": 5, "duration": value}]))
+    assert lines[0] == f"stages[0].duration: {message}"
+
+
+@pytest.mark.parametrize("field", ["interval", "deadline"])
+def test_zero_interval_and_deadline_refused(field: str) -> None:
+    assert errors_of(body(**{field: "0s"})) == [f"{field}: must be above 0s, got '0s'"]
+
+
+@given(st.integers(min_value=1, max_value=10**7))
+def test_format_duration_round_trips(seconds: int) -> None:
+    assert parse_duration(format_duration(seconds)) == seconds
+
+
+def test_format_duration_examples() -> None:
+    assert [format_duration(s) for s in (5400, 30, 600, 90061, 0)] == [
+        "1h30m",
+        "30s",
+        "10m",
+        "1d1h1m1s",
+        "0s",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("value", "bp"), [(0, 0), (5, 500), (12.25, 1225), ("0.5", 50), ("7.5%", 750), (99.99, 9999)]
+)
+def test_percent_basis_points(value: object, bp: int) -> None:
+    plan = parse_plan(body(tenants={"t": value}))
+    assert plan.tenant_weights_bp(0) == {"t": bp}
+
+
+@given(st.integers(min_value=0, max_value=10_000))
+def test_every_basis_point_round_trips(bp: int) -> None:
+    pct = bp / 100
+    assert percent_to_bp(pct) == bp
+    plan = parse_plan(body(tenants={"t": pct}))
+    assert plan.tenant_weights_bp(0)["t"] == bp
+
+
+# ---------------------------------------------------------------------------------------------
+# Errors: path, message, order
+
+
+def test_error_message_form_from_the_brief() -> None:
+    lines = errors_of(
+        body(stages=[{"percentage": 5, "duration": "10m"}, {"percentage": 150, "duration": "1h"}])
+    )
+    assert lines == ["stages[1].percentage: must be 0-100, got 150"]
+
+
+@pytest.mark.parametrize(
+    ("where", "value", "line"),
+    [
+        ("percentage", -1, "stages[0].percentage: must be 0-100, got -1"),
+        ("percentage", 12.345, "stages[0].percentage: must have at most two decimals, got 12.345"),
+        ("percentage", "lots", "stages[0].percentage: must be a percentage 0-100, got 'lots'"),
+        ("percentage", True, "stages[0].percentage: must be a percentage 0-100, got true"),
+        ("auto_promote", "yes", "stages[0].auto_promote: must be true or false, got 'yes'"),
+        ("conditions", 5, "stages[0].conditions: must be a mapping, got 5"),
+    ],
+)
+def test_stage_field_errors(where: str, value: object, line: str) -> None:
+    stage = {"percentage": 5, "duration": 60, where: value}
+    assert errors_of(body(stages=[stage]))[0] == line
+
+
+@pytest.mark.parametrize(
+    ("cond", "value", "line"),
+    [
+        ("max_error_rate", 101, "must be 0-100, got 101"),
+        ("max_error_rate_increase", -0.5, "must be 0-100, got -0.5"),
+        ("max_latency_increase", -1, "must be >= 0, got -1"),
+        ("max_throughput_decrease", 100.5, "must be 0-100, got 100.5"),
+        ("min_samples", 0, "must be 1-10000000, got 0"),
+        ("min_samples", 2.5, "must be a whole number 1-10000000, got 2.5"),
+        ("failure_threshold", 0, "must be 1-1000, got 0"),
+        ("on_no_data", "skip", "must be one of hold, fail, pass, got 'skip'"),
+    ],
+)
+def test_condition_errors_top_and_stage(cond: str, value: object, line: str) -> None:
+    assert errors_of(body(**{cond: value})) == [f"{cond}: {line}"]
+    stage = {"percentage": 5, "duration": 60, "conditions": {cond: value}}
+    assert errors_of(body(stages=[stage])) == [f"stages[0].conditions.{cond}: {line}"]
+
+
+def test_latency_increase_may_exceed_100() -> None:
+    assert parse_plan(body(max_latency_increase=250)).settings(0).max_latency_increase == 250
+
+
+def test_unknown_keys_refused_with_hint_at_every_depth() -> None:
+    assert errors_of(body(intervall="30s")) == [
+        "intervall: unknown field; did you mean 'interval'?"
+    ]
+    lines = errors_of(
+        body(stages=[{"percentage": 5, "duration": 60, "conditions": {"max_eror_rate": 1}}])
+    )
+    assert lines == [
+        "stages[0].conditions.max_eror_rate: unknown field; did you mean 'max_error_rate'?"
+    ]
+    lines = errors_of(body(statistical={"alpah": 0.01}))
+    assert lines == ["statistical.alpah: unknown field; did you mean 'alpha'?"]
+    lines = errors_of(body(zzz=1))
+    assert lines[0].startswith("zzz: unknown field (allowed: ")
+    assert errors_of({"canary_config": body(), "extra": 1}) == [
+        "extra: unknown field (allowed at the top: canary_config)"
+    ]
+    assert errors_of({"canary_confg": body()})[0] == (
+        "canary_confg: unknown field; did you mean 'canary_config'?"
+    )
+
+
+def test_typo_line_comes_before_the_missing_field_it_causes() -> None:
+    lines = errors_of(body(stages=[{"percentag": 5, "duration": 60}]))
+    assert lines == [
+        "stages[0].percentag: unknown field; did you mean 'percentage'?",
+        "stages[0].percentage: required field missing",
+    ]
+
+
+def test_several_errors_several_lines() -> None:
+    lines = errors_of(
+        body(
+            salt=123,
+            sticky="yes",
+            statistical={"alpha": 0.5},
+            stages=[{"percentage": 500, "duration": "soon"}],
+        )
+    )
+    assert lines == [
+        "stages[0].percentage: must be 0-100, got 500",
+        "stages[0].duration: must be a duration like 30s, 10m, 1h30m, got 'soon'",
+        "sticky: must be true or false, got 'yes'",
+        "salt: must be a string (quote it in YAML), got 123",
+        "statistical.alpha: must be above 0 and at most 0.2, got 0.5",
+    ]
+    with pytest.raises(ValueError, match=r"^stages\[0\]\.percentage: must be 0-100, got 500\n"):
+        parse_plan(body(salt=1, stages=[{"percentage": 500, "duration": 60}]))
+
+
+def test_stage_order_and_guards() -> None:
+    lines = errors_of(
+        body(
+            max_weight=20,
+            tenants={"internal": 100},
+            stages=[
+                {"percentage": 15, "duration": 60},
+                {"percentage": 5, "duration": 60},
+                {"percentage": 30, "duration": 60, "tenants": {"acme": 25}},
+            ],
+        )
+    )
+    assert lines == [
+        "tenants.internal: above max_weight 20, got 100",
+        "stages[1].percentage: must not be below the previous stage's 15, got 5",
+        "stages[2].percentage: above max_weight 20, got 30",
+        "stages[2].tenants.acme: above max_weight 20, got 25",
+    ]
+
+
+def test_equal_consecutive_stages_allowed() -> None:
+    plan = parse_plan(body(stages=[{"percentage": 5, "duration": 60}] * 2))
+    assert len(plan.stages) == 2
+
+
+@pytest.mark.parametrize(
+    ("over", "line"),
+    [
+        (
+            {"stages": [{"percentage": 100, "duration": 60}]},
+            "stages[0].percentage: must be below 100 (the stable lane would get nothing to "
+            "compare with; promotion after the last stage takes the canary to 100%), got 100",
+        ),
+        (
+            {"stages": [{"percentage": 0, "duration": 60}]},
+            "stages[0].percentage: sends no jobs to the canary (0% and no tenant above 0), got 0",
+        ),
+        (
+            {"stages": [{"percentage": 5, "duration": "10s"}]},
+            "stages[0].duration: shorter than interval 30s (the stage would end before its "
+            "first check), got 10s",
+        ),
+        ({"deadline": "5m"}, "deadline: shorter than the stages' total duration 10m, got 5m"),
+        ({"max_weight": 0}, "max_weight: must be above 0, got 0"),
+        ({"stages": []}, "stages: must list at least one stage, got []"),
+        ({"stages": "all"}, "stages: must be a list, got 'all'"),
+        ({"stages": None}, "stages: must be a list, got null"),
+        ({"tenants": {"acme": 101}}, "tenants.acme: must be 0-100, got 101"),
+        (
+            {"tenants": {"bad name": 5}},
+            "tenants: tenant names are 1-128 characters of A-Za-z0-9._:-, got 'bad name'",
+        ),
+        ({"salt": "x" * 300}, "salt: must be at most 256 characters, got '" + "x" * 56 + "..."),
+    ],
+)
+def test_plan_level_refusals(over: dict[str, object], line: str) -> None:
+    assert errors_of(body(**over))[0] == line
+
+
+def test_missing_stages() -> None:
+    assert errors_of({"interval": 30}) == ["stages: required field missing"]
+
+
+def test_not_a_mapping() -> None:
+    assert errors_of([1, 2]) == ["canary_config: must be a mapping, got [1, 2]"]
+    assert errors_of({"canary_config": 3}) == ["canary_config: must be a mapping, got 3"]
+    assert errors_of("") == ["<string>: the plan is empty"]
+
+
+# ---------------------------------------------------------------------------------------------
+# Files and YAML
+
+
+def test_yaml_syntax_error_gives_file_and_line(tmp_path: Path) -> None:
+    f = tmp_path / "plan.yaml"
+    f.write_text("canary_config:\n  stages:\n    - percentage: 5\n   - duration: 1m\n")
+    with pytest.raises(PlanError) as exc:
+        load_plan(f)
+    assert exc.value.lines == [f"{f}:4: expected <block end>, but found '<block sequence start>'"]
+
+
+def test_duplicate_keys_refused_with_line(tmp_path: Path) -> None:
+    f = tmp_path / "dup.yaml"
+    f.write_text("canary_config:\n  interval: 30s\n  stages: []\n  interval: 1m\n")
+    with pytest.raises(PlanError) as exc:
+        load_plan(f)
+    assert exc.value.lines == [f"{f}:4: duplicate key 'interval'"]
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(PlanError, match=r"cannot read plan"):
+        load_plan(tmp_path / "nope.yaml")
+
+
+def test_validation_errors_from_a_file_name_the_field(tmp_path: Path) -> None:
+    f = tmp_path / "p.yaml"
+    f.write_text(CARD.replace("percentage: 15", "percentage: 150"))
+    with pytest.raises(PlanError) as exc:
+        load_plan(f)
+    assert exc.value.lines == ["stages[1].percentage: must be 0-100, got 150"]
+
+
+def test_json_text_is_yaml() -> None:
+    assert parse_plan(json.dumps({"canary_config": body()})) == parse_plan(body())
+
+
+def test_plan_is_immutable() -> None:
+    plan = parse_plan(body())
+    with pytest.raises(Exception):  # noqa: B017 - pydantic raises its own ValidationError
+        plan.interval = 5
+
+
+# ---------------------------------------------------------------------------------------------
+# Round trip of generated plans
+
+percent = st.integers(min_value=1, max_value=9999).map(lambda bp: bp / 100)
+stage_st = st.fixed_dictionaries(
+    {
+        "duration": st.integers(min_value=30, max_value=7200),
+        "auto_promote": st.booleans(),
+        "conditions": st.fixed_dictionaries(
+            {},
+            optional={
+                "max_error_rate": percent,
+                "max_latency_increase": st.integers(min_value=0, max_value=500),
+                "min_samples": st.integers(min_value=1, max_value=10_000),
+                "on_no_data": st.sampled_from(["hold", "fail", "pass"]),
+            },
+        ),
+    }
+)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.lists(stage_st, min_size=1, max_size=5),
+    st.lists(percent, min_size=5, max_size=5),
+    st.dictionaries(st.from_regex(r"[a-z]{1,8}", fullmatch=True), percent, max_size=3),
+    st.booleans(),
+)
+def test_generated_plans_round_trip(
+    stages: list[dict[str, object]], pcts: list[float], tenants: dict[str, float], sticky: bool
+) -> None:
+    for s, p in zip(stages, sorted(pcts), strict=False):
+        s["percentage"] = p
+    plan = parse_plan({"canary_config": {"stages": stages, "tenants": tenants, "sticky": sticky}})
+    again = parse_plan(json.loads(json.dumps(plan.to_dict())))
+    assert again == plan
+    assert isinstance(plan, Plan)
+    assert all(0 < s.weight_bp < 10_000 for s in plan.stages)
