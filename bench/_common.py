@@ -200,3 +200,43 @@ class CpuMeter:
                 f"redis-server {m.get('redis_cpu_s', float('nan')):.1f}s, other processes "
                 f"{max(0.0, m['other_cpu_s']):.1f}s ({100 * max(0.0, m['other_cpu_s']) / cap:.0f}%"
                 f" of the machine), steal {m['steal_s']:.1f}s")
+
+
+class PrivateRedis:
+    """A redis-server of our own on a free loopback port, so INFO commandstats counts only this
+    benchmark's calls. Stopped (only it) by stop()."""
+
+    def __init__(self) -> None:
+        import shutil
+        import socket
+        import subprocess
+        import tempfile
+
+        import redis
+
+        binary = shutil.which("redis-server")
+        if binary is None:
+            raise SystemExit("redis-server is not on PATH; pass --redis-url")
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        self.dir = tempfile.mkdtemp(prefix="pycanary-bench-redis-")
+        self.proc = subprocess.Popen(
+            [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+             "--appendonly", "no", "--dir", self.dir, "--logfile", f"{self.dir}/log"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        client = redis.Redis(port=self.port)
+        for _ in range(200):
+            try:
+                client.ping()
+                break
+            except redis.exceptions.ConnectionError:
+                time.sleep(0.02)
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+
+    def stop(self) -> None:
+        import shutil
+
+        self.proc.terminate()
+        self.proc.wait(10)
+        shutil.rmtree(self.dir, ignore_errors=True)

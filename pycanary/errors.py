@@ -50,6 +50,13 @@ class ConnectionFailedError(PycanaryError):
     code = "unavailable"
 
 
+class FencedError(PycanaryError):
+    """A controller write carried an epoch older than one the queue has seen: this process is
+    no longer the leader and must not act."""
+
+    code = "fenced"
+
+
 class ScriptError(PycanaryError):
     """A Lua script refused a call with a code that has no better mapping."""
 
@@ -63,6 +70,7 @@ MAX_BELOW_WEIGHT = -3
 INVALID_ARGUMENT = -4
 VERSION_ROLLED_BACK = -5
 NO_CANARY = -6
+FENCED = -7
 
 _SCRIPT_ERRORS: dict[int, tuple[type[PycanaryError], str]] = {
     INVALID_WEIGHT: (ValidationError, "must be an integer number of basis points 0..10000"),
@@ -71,6 +79,7 @@ _SCRIPT_ERRORS: dict[int, tuple[type[PycanaryError], str]] = {
     INVALID_ARGUMENT: (ValidationError, "invalid argument"),
     VERSION_ROLLED_BACK: (ValidationError, "this version was rolled back on the queue"),
     NO_CANARY: (ValidationError, "the queue has no canary version to promote"),
+    FENCED: (FencedError, "a newer controller leads; this one may not write"),
 }
 
 

@@ -27,6 +27,7 @@ class QueueKeys:
     dlq: str
     rolled_back: str
     former_stable: str
+    fence: str
     base: str
 
     def lane(self, lane: str) -> str:
@@ -59,7 +60,7 @@ class QueueKeys:
         """Fixed keys of the queue (not per-worker or per-slot ones)."""
         return [self.config, self.tenant_weights, self.lane_stable, self.lane_canary, self.routed,
                 self.delayed_stable, self.delayed_canary, self.dlq, self.rolled_back,
-                self.former_stable]
+                self.former_stable, self.fence]
 
 
 class Keys:
@@ -93,6 +94,17 @@ class Keys:
     def reaper_lock(self) -> str:
         return f"{self.prefix}:{{workers}}:reaper_lock"
 
+    # Controller leadership shares its own hash tag.
+    @property
+    def leader(self) -> str:
+        """String "epoch:token" of the leading controller, with a lease (PX)."""
+        return f"{self.prefix}:{{controller}}:leader"
+
+    @property
+    def leader_epoch(self) -> str:
+        """Counter: every new leadership gets the next epoch (the fencing token)."""
+        return f"{self.prefix}:{{controller}}:epoch"
+
     def queue(self, queue: str) -> QueueKeys:
         qk = self._cache.get(queue)
         if qk is None:
@@ -109,6 +121,7 @@ class Keys:
                 dlq=f"{base}:dlq",
                 rolled_back=f"{base}:rolled_back",
                 former_stable=f"{base}:former_stable",
+                fence=f"{base}:fence",
                 base=base,
             )
             self._cache[queue] = qk
