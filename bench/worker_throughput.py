@@ -113,7 +113,7 @@ def ack_cost(conn: pycanary.Connection, queue: str, batch: int, rounds: int) -> 
     pycanary.Producer(conn).enqueue_many(queue, [{"i": i} for i in range(batch * rounds)])
     wid = "bench-ack"
     total_calls = total_us = 0
-    slot_key = qk.metrics_slot("v1", "stable", 0)
+    ack_keys = qk.ack_keys(wid, "v1", "stable", 0)
     for _ in range(rounds):
         jobs = conn.scripts.call("fetch_jobs", [qk.lane_stable, qk.processing(wid),
                                                 qk.rolled_back], [batch, "v1"])
@@ -121,7 +121,7 @@ def ack_cost(conn: pycanary.Connection, queue: str, batch: int, rounds: int) -> 
         for i, raw in enumerate(jobs):
             args += [raw, 40 + i % 7, 30 + i % 5]
         before = commandstats(conn.client)
-        conn.scripts.call("ack_jobs", [qk.processing(wid), slot_key], args)
+        conn.scripts.call("ack_jobs", ack_keys, args)
         calls, us = stats_delta(before, commandstats(conn.client), "evalsha")
         total_calls += calls
         total_us += us

@@ -6,6 +6,7 @@
   KEYS[2] metrics        hash  metrics slot of (version, lane, slot)
   KEYS[3] delayed        zset  retries of this lane, scored by due time (ms)
   KEYS[4] dlq            list  dead letters of the queue (newest at the left)
+  KEYS[5] totals         hash  running totals of (version, lane)
 
   ARGV[1] ttl            seconds to keep the metrics slot
   ARGV[2 + 6*(i-1) ..]   per job i: envelope (as fetched), outcome ('retry' | 'dead'),
@@ -17,6 +18,7 @@
 ]]
 local rcall = redis.call
 local processing_key, metrics_key, delayed_key, dlq_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local total_key = KEYS[5]
 
 -- @include metrics
 
@@ -37,5 +39,5 @@ for i = 2, #ARGV, 6 do
 end
 bump(m, 'failed', failed)
 if late > 0 then bump(m, 'late', late) end
-flush_metrics(metrics_key, m, tonumber(ARGV[1]))
+flush_metrics(metrics_key, total_key, m, tonumber(ARGV[1]))
 return {failed, late}

@@ -48,6 +48,20 @@ class QueueKeys:
         """Per version and lane outcome counts and latency histograms of one time slot."""
         return f"{self.base}:m:{version}:{lane}:{slot}"
 
+    def metrics_total(self, version: str, lane: str) -> str:
+        """Running totals of (version, lane): the controller reads deltas between checks."""
+        return f"{self.base}:mt:{version}:{lane}"
+
+    def ack_keys(self, worker_id: str, version: str, lane: str, slot: int) -> list[str]:
+        """KEYS of ack_jobs."""
+        return [self.processing(worker_id), self.metrics_slot(version, lane, slot),
+                self.metrics_total(version, lane)]
+
+    def fail_keys(self, worker_id: str, version: str, lane: str, slot: int) -> list[str]:
+        """KEYS of fail_jobs."""
+        return [self.processing(worker_id), self.metrics_slot(version, lane, slot),
+                self.delayed(lane), self.dlq, self.metrics_total(version, lane)]
+
     def routing(self) -> list[str]:
         """KEYS of route_enqueue / route_enqueue_many, in their order."""
         return [self.config, self.tenant_weights, self.lane_stable, self.lane_canary, self.routed]

@@ -436,11 +436,8 @@ class Worker:
                               "version": self.version, "lane": lane, "worker": self.id,
                               "failed_at": registry.now_ms()})
         slot = metrics.slot_of(registry.now_ms(), self.slot_s)
-        self.conn.scripts.call(
-            "fail_jobs",
-            [qk.processing(self.id), qk.metrics_slot(self.version, lane, slot),
-             qk.delayed(lane), qk.dlq],
-            [self.keep_s, raw, "dead", record, "", 0, 0])
+        self.conn.scripts.call("fail_jobs", qk.fail_keys(self.id, self.version, lane, slot),
+                               [self.keep_s, raw, "dead", record, "", 0, 0])
 
     def _main_loop(self) -> None:
         pending: deque[_Running] = deque()
@@ -509,8 +506,7 @@ class Worker:
                 (r.raw, metrics.bucket_us(o.run_us), metrics.bucket_us(r.wait_us)))
         for (q, lane), args in groups.items():
             qk = self.conn.keys.queue(q)
-            pipe.call("ack_jobs", [qk.processing(self.id),
-                                   qk.metrics_slot(self.version, lane, slot)],
+            pipe.call("ack_jobs", qk.ack_keys(self.id, self.version, lane, slot),
                       [self.keep_s, *args])
         fgroups: dict[tuple[str, str], list[Any]] = {}
         retried = dead = 0
@@ -533,9 +529,7 @@ class Worker:
                  metrics.bucket_us(r.wait_us)))
         for (q, lane), args in fgroups.items():
             qk = self.conn.keys.queue(q)
-            pipe.call("fail_jobs", [qk.processing(self.id),
-                                    qk.metrics_slot(self.version, lane, slot),
-                                    qk.delayed(lane), qk.dlq],
+            pipe.call("fail_jobs", qk.fail_keys(self.id, self.version, lane, slot),
                       [self.keep_s, *args])
         n_acks = len(groups) + len(fgroups)
         for q, lane in lanes:

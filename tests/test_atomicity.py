@@ -96,6 +96,21 @@ def _script_keys(keys: Keys, queue: str) -> dict[str, list[str]]:
         "explain_route": qk.config_keys(),
         "set_weight": qk.config_keys(),
         "configure_queue": qk.config_keys(),
+        "fetch_jobs": [qk.lane_canary, qk.processing("w:1"), qk.rolled_back],
+        "ack_jobs": qk.ack_keys("w:1", "v2", "canary", 1_700_000_000),
+        "fail_jobs": qk.fail_keys("w:1", "v2", "canary", 1_700_000_000),
+        "promote_delayed": [qk.delayed_stable, qk.delayed_canary, qk.lane_stable,
+                            qk.lane_canary, qk.config],
+        "requeue_jobs": [qk.processing("w:1"), qk.lane_stable, qk.lane_canary, qk.config],
+        "bounce_job": [qk.processing("w:1"), qk.lane_stable],
+        "return_job": [qk.processing("w:1"), qk.lane_canary],
+        "adopt_stable_version": [qk.config],
+        "rollback_canary": [qk.config, qk.tenant_weights, qk.rolled_back],
+        "promote_canary": [qk.config, qk.tenant_weights, qk.former_stable, qk.rolled_back],
+        # global scripts: one slot of their own ({workers}, {controller})
+        "heartbeat": [keys.registry, keys.worker_meta, keys.worker_info("w:1")],
+        "forget_worker": [keys.registry, keys.worker_meta, keys.worker_info("w:1")],
+        "release_lock": [keys.reaper_lock],
     }
 
 
@@ -107,7 +122,8 @@ def test_every_script_call_maps_to_one_cluster_slot(queue: str, prefix: str) -> 
     for name, keys in mapping.items():
         slots = {key_slot(k.encode()) for k in keys}
         assert len(slots) == 1, (name, keys)
-        assert all(f"{{{queue}}}" in k for k in keys), name
+        tag = next((t for t in ("{workers}", "{controller}") if t in keys[0]), f"{{{queue}}}")
+        assert all(tag in k for k in keys), name
     assert key_slot(f"{prefix}:{{{queue}}}:x".encode()) == key_slot(queue.encode())
 
 

@@ -4,11 +4,17 @@ local function bump(t, field, n)
   t[field] = (t[field] or 0) + n
 end
 
-local function flush_metrics(metrics_key, t, ttl)
+-- The slot hash serves windows (status, sparklines); the running total serves the controller,
+-- which subtracts its last snapshot to get exactly the attempts since its previous check.
+local function flush_metrics(metrics_key, total_key, t, ttl)
   local any = false
   for field, n in pairs(t) do
     rcall('HINCRBY', metrics_key, field, n)
+    rcall('HINCRBY', total_key, field, n)
     any = true
   end
-  if any then rcall('EXPIRE', metrics_key, ttl) end
+  if any then
+    rcall('EXPIRE', metrics_key, ttl)
+    rcall('EXPIRE', total_key, ttl)
+  end
 end
