@@ -16,14 +16,10 @@
 local rcall = redis.call
 local config_key, tenant_key, former_key, rolled_back_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 
+-- @include canary_flip
+
 local cfg = rcall('HMGET', config_key, 'stable_version', 'canary_version')
 local old, new = cfg[1] or '', cfg[2] or ''
 if new == '' then return -6 end
-rcall('HSET', config_key, 'stable_version', new, 'canary_version', '', 'weight_bp', 0,
-      'updated_at', ARGV[1])
-rcall('DEL', tenant_key)
-if old ~= '' and old ~= new then rcall('ZADD', former_key, ARGV[1], old) end
-rcall('ZREM', former_key, new)
-rcall('SREM', rolled_back_key, new)
-rcall('HINCRBY', config_key, 'rev', 1)
+close_canary_promote(config_key, tenant_key, former_key, rolled_back_key, old, new, ARGV[1])
 return {old, new}

@@ -15,11 +15,9 @@
 local rcall = redis.call
 local config_key, tenant_key, rolled_back_key = KEYS[1], KEYS[2], KEYS[3]
 
-local cfg = rcall('HMGET', config_key, 'weight_bp', 'canary_version')
+-- @include canary_flip
+
 local version = ARGV[1]
-if version == '' then version = cfg[2] or '' end
-rcall('HSET', config_key, 'weight_bp', 0, 'canary_version', '', 'updated_at', ARGV[2])
-rcall('DEL', tenant_key)
-if version ~= '' then rcall('SADD', rolled_back_key, version) end
-rcall('HINCRBY', config_key, 'rev', 1)
-return {tonumber(cfg[1] or '0'), version}
+if version == '' then version = rcall('HGET', config_key, 'canary_version') or '' end
+local prev = close_canary_rollback(config_key, tenant_key, rolled_back_key, version, ARGV[2])
+return {prev, version}
