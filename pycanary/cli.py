@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 from typing import Annotated, Any
 
 import redis
 import typer
 
-from . import service
+from . import rollouts, service
 from .connection import Connection, connect
 from .errors import ConnectionFailedError, PycanaryError
 from .settings import Settings
@@ -140,6 +141,9 @@ def set_weight(
         raise PycanaryError("missing: give a percentage such as 10 or 0.5", field="weight")
     change = service.set_weight(_state(ctx).conn(), queue, None if clear else percent,
                                 tenant=tenant)
+    if change.paused_deployment:
+        typer.echo(f"note: the deployment on {queue} is paused until `pycanary resume "
+                   f"{queue}`", err=True)
     who = f"tenant {tenant} on {queue}" if tenant else queue
     if change.weight_bp is None:
         text = f"{who}: override cleared (was {_pct(change.previous_bp)})"
@@ -321,6 +325,232 @@ def workers(
     if not rows:
         lines = ["no workers registered"]
     _emit(rows, as_json, "\n".join(lines))
+
+
+# -- deployments -------------------------------------------------------------------------------
+canary_app = typer.Typer(help="Manual canaries.", no_args_is_help=True)
+app.add_typer(canary_app, name="canary")
+
+YesOpt = Annotated[bool, typer.Option("--yes", "-y", help="Do not ask to confirm.")]
+
+
+def _confirm(question: str, yes: bool) -> None:
+    if yes:
+        return
+    if not sys.stdin.isatty():
+        raise PycanaryError("needs confirmation: pass --yes when not on a terminal",
+                            field="yes")
+    if not typer.confirm(question, default=False):
+        typer.echo("aborted", err=True)
+        raise typer.Exit(1)
+
+
+def _parse_tenants(items: list[str] | None) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for item in items or []:
+        name, sep, pct = item.partition("=")
+        if not sep or not name or not pct:
+            raise PycanaryError(f"must be TENANT=PCT, got {item!r}", field="tenant")
+        out[name] = pct
+    return out
+
+
+def _dep_line(dep: Any) -> str:
+    return (f"deployment {dep.id} on {dep.queue}: {dep.stable_version} -> {dep.canary_version}, "
+            f"{dep.state}, stage {dep.stage}, weight {dep.weight_bp / 100:g}%")
+
+
+@canary_app.command("start")
+def canary_start(
+    ctx: typer.Context,
+    queue: Annotated[str, typer.Argument(help="Queue name.")],
+    version: Annotated[str, typer.Option("--version", help="Canary version to start.")],
+    weight: Annotated[str, typer.Option("--weight", help="Canary percent.")] = "10",
+    tenant: Annotated[
+        list[str] | None, typer.Option("--tenant", help="Per-tenant percent, T=PCT (repeat).")
+    ] = None,
+    sticky: Annotated[
+        bool, typer.Option("--sticky/--no-sticky", help="Sticky hash or random draw.")
+    ] = True,
+    allow_schema_change: Annotated[
+        bool, typer.Option("--allow-schema-change",
+                           help="Start even if canary workers do not accept every payload "
+                                "schema in the queue.")
+    ] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Start a manual canary: a share of new jobs goes to VERSION until promote or rollback.
+    The analysis runs meanwhile and rolls back on failure."""
+    dep = rollouts.start_canary(_state(ctx).conn(), queue, version, weight=weight,
+                                tenants=_parse_tenants(tenant), sticky=sticky,
+                                allow_schema_change=allow_schema_change)
+    _emit(dep.to_dict(), as_json, _dep_line(dep))
+
+
+@app.command()
+def ramp(
+    ctx: typer.Context,
+    queue: Annotated[str, typer.Argument(help="Queue name.")],
+    version: Annotated[str, typer.Option("--version", help="Canary version to roll out.")],
+    plan: Annotated[Path, typer.Option("--plan", help="Plan file (YAML).")],
+    watch: Annotated[
+        bool, typer.Option("--watch", help="Follow it live; exit 0 promoted, 1 rolled back.")
+    ] = False,
+    allow_schema_change: Annotated[
+        bool, typer.Option("--allow-schema-change", help="Skip the payload schema guard.")
+    ] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Start a staged rollout of VERSION following a plan (5% -> 15% -> 50% -> 100%, ...)."""
+    conn = _state(ctx).conn()
+    dep = rollouts.ramp(conn, queue, version, plan, allow_schema_change=allow_schema_change)
+    if not watch:
+        _emit(dep.to_dict(), as_json, _dep_line(dep))
+        return
+    from .watch import watch_deployment
+
+    raise typer.Exit(watch_deployment(conn, queue, dep.id, as_json=as_json))
+
+
+@app.command()
+def status(
+    ctx: typer.Context,
+    queue: Annotated[str | None, typer.Argument(help="Queue (default: all).")] = None,
+    watch: Annotated[bool, typer.Option("--watch", help="Refresh every second.")] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Deployments side by side: stage, weight, both lanes' error rate and latency, events."""
+    from .watch import render_status, watch_status
+
+    conn = _state(ctx).conn()
+    if watch:
+        raise typer.Exit(watch_status(conn, queue))
+    rows = rollouts.status(conn, queue)
+    _emit(rows, as_json, render_status(rows))
+
+
+@app.command()
+def promote(
+    ctx: typer.Context,
+    queue: Annotated[str, typer.Argument(help="Queue name.")],
+    full: Annotated[bool, typer.Option("--full", help="Make the canary stable now.")] = False,
+    yes: YesOpt = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Promote: past a manual gate to the next stage, or (last stage, --full, manual canary)
+    make the canary version stable and drain its lane into stable."""
+    conn = _state(ctx).conn()
+    from . import deployments as deps
+
+    dep = deps.get(conn, queue)
+    if dep is not None and dep.active:
+        target = "100% (stable)" if full or dep.kind == "manual" or dep.last_stage else \
+            f"stage {dep.stage + 1} ({dep.plan.stages[dep.stage + 1].percentage:g}%)"
+        _confirm(f"Promote {dep.canary_version} on {queue} to {target}?", yes)
+    res = rollouts.promote(conn, queue, full=full)
+    text = (f"{queue}: {res['stable_version']} is now stable ({res['state']})"
+            if res["action"] == "promoted" else
+            f"{queue}: advanced to stage {res['stage']} ({res['percent']:g}%)")
+    _emit(res, as_json, text)
+
+
+@app.command()
+def rollback(
+    ctx: typer.Context,
+    queue: Annotated[str, typer.Argument(help="Queue name.")],
+    reason: Annotated[str, typer.Option("--reason", help="Why (kept in the event log).")] = "",
+    yes: YesOpt = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Roll back now: weight 0 for the very next job, canary workers retire, the canary lane
+    drains into stable (processed next, in order)."""
+    _confirm(f"Roll back the canary on {queue}?", yes)
+    res = rollouts.rollback(_state(ctx).conn(), queue, reason=reason)
+    text = (f"{queue}: rolled back; weight 0 after {res['weight_zero_ms']:.1f} ms, canary lane "
+            f"drained ({res['drained_jobs'] or 0} jobs) after {res['drained_ms']:.1f} ms")
+    _emit(res, as_json, text)
+
+
+@app.command()
+def pause(
+    ctx: typer.Context,
+    queue: Annotated[str, typer.Argument(help="Queue name.")],
+    as_json: JsonOpt = False,
+) -> None:
+    """Freeze a deployment: stage timers and weight stay until resume."""
+    dep = rollouts.pause(_state(ctx).conn(), queue)
+    _emit(dep.to_dict(), as_json, _dep_line(dep))
+
+
+@app.command()
+def resume(
+    ctx: typer.Context,
+    queue: Annotated[str, typer.Argument(help="Queue name.")],
+    as_json: JsonOpt = False,
+) -> None:
+    """Continue a paused deployment (paused time does not count toward the stage)."""
+    dep = rollouts.resume(_state(ctx).conn(), queue)
+    _emit(dep.to_dict(), as_json, _dep_line(dep))
+
+
+@app.command()
+def drain(
+    ctx: typer.Context,
+    queue: Annotated[str, typer.Argument(help="Queue name.")],
+    yes: YesOpt = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Move every job of the canary lane to the head of the stable lane, in order."""
+    _confirm(f"Drain the canary lane of {queue} into stable?", yes)
+    show = sys.stderr.isatty()
+
+    def progress(moved: int, remaining: int) -> None:
+        if show:
+            typer.echo(f"\r{moved:,} moved, {remaining:,} left", err=True, nl=False)
+
+    report = rollouts.drain(_state(ctx).conn(), queue, progress=progress)
+    if show:
+        typer.echo("", err=True)
+    from dataclasses import asdict
+
+    _emit(asdict(report), as_json,
+          f"{queue}: drained {report.moved:,} jobs in {report.seconds * 1000:.1f} ms "
+          f"({report.calls} script calls, slowest {report.max_call_ms:.2f} ms)"
+          + ("" if report.complete else f"; {report.remaining:,} left (run it again)"))
+
+
+@app.command()
+def controller(
+    ctx: typer.Context,
+    lease: Annotated[float, typer.Option("--lease", help="Leader lease in seconds.")] = 5.0,
+    poll: Annotated[float, typer.Option("--poll", help="Seconds between ticks.")] = 1.0,
+    log_format: Annotated[str, typer.Option("--log-format", help="json or text.")] = "json",
+    log_level: Annotated[str, typer.Option("--log-level", help="debug, info, warning.")] = "info",
+) -> None:
+    """Run the leader-elected controller that drives every deployment's plan. Run two for
+    failover: one leads, the other takes over within two leases."""
+    import logging
+    import signal
+    import threading
+
+    from .controller import Controller, JsonFormatter
+    from .leader import Leadership
+
+    handler = logging.StreamHandler()
+    if log_format == "json":
+        handler.setFormatter(JsonFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    logging.basicConfig(level=getattr(logging, log_level.upper(), logging.INFO),
+                        handlers=[handler])
+    conn = _state(ctx).conn()
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    ctl = Controller(conn, leadership=Leadership(conn, lease_s=lease))
+    typer.echo(f"controller {ctl.id} started (lease {lease:g}s)", err=True)
+    ctl.run(stop, poll_s=min(poll, lease / 5))
+    typer.echo(f"controller {ctl.id} stopped", err=True)
 
 
 # -- demo --------------------------------------------------------------------------------------

@@ -57,6 +57,18 @@ class FencedError(PycanaryError):
     code = "fenced"
 
 
+class ConflictError(PycanaryError):
+    """The deployment changed between read and write (an operator acted meanwhile); re-read."""
+
+    code = "conflict"
+
+
+class StateError(PycanaryError):
+    """The command does not apply to the deployment's current state."""
+
+    code = "state"
+
+
 class ScriptError(PycanaryError):
     """A Lua script refused a call with a code that has no better mapping."""
 
@@ -71,6 +83,11 @@ INVALID_ARGUMENT = -4
 VERSION_ROLLED_BACK = -5
 NO_CANARY = -6
 FENCED = -7
+DEPLOYMENT_ACTIVE = -8
+CONFLICT = -9
+SAME_VERSION = -10
+NO_STABLE_VERSION = -11
+NOT_ACTIVE = -12
 
 _SCRIPT_ERRORS: dict[int, tuple[type[PycanaryError], str]] = {
     INVALID_WEIGHT: (ValidationError, "must be an integer number of basis points 0..10000"),
@@ -80,6 +97,13 @@ _SCRIPT_ERRORS: dict[int, tuple[type[PycanaryError], str]] = {
     VERSION_ROLLED_BACK: (ValidationError, "this version was rolled back on the queue"),
     NO_CANARY: (ValidationError, "the queue has no canary version to promote"),
     FENCED: (FencedError, "a newer controller leads; this one may not write"),
+    DEPLOYMENT_ACTIVE: (StateError, "a deployment is already active on this queue"),
+    CONFLICT: (ConflictError, "the deployment changed meanwhile; try again"),
+    SAME_VERSION: (ValidationError, "is the queue's stable version already"),
+    NO_STABLE_VERSION: (StateError, "the queue has no stable version yet: start a worker of the "
+                        "current version or run `pycanary queue configure QUEUE "
+                        "--stable-version V`"),
+    NOT_ACTIVE: (StateError, "no active deployment on this queue in a state that allows it"),
 }
 
 

@@ -28,6 +28,9 @@ class QueueKeys:
     rolled_back: str
     former_stable: str
     fence: str
+    deployment: str
+    history: str
+    counters: str
     base: str
 
     def lane(self, lane: str) -> str:
@@ -62,6 +65,14 @@ class QueueKeys:
         return [self.processing(worker_id), self.metrics_slot(version, lane, slot),
                 self.delayed(lane), self.dlq, self.metrics_total(version, lane)]
 
+    def events(self, deployment_id: str) -> str:
+        """Stream: one deployment's event log."""
+        return f"{self.base}:events:{deployment_id}"
+
+    def analyses(self, deployment_id: str) -> str:
+        """List: a deployment's latest analyses (JSON, newest first, capped)."""
+        return f"{self.base}:analyses:{deployment_id}"
+
     def routing(self) -> list[str]:
         """KEYS of route_enqueue / route_enqueue_many, in their order."""
         return [self.config, self.tenant_weights, self.lane_stable, self.lane_canary, self.routed]
@@ -74,7 +85,7 @@ class QueueKeys:
         """Fixed keys of the queue (not per-worker or per-slot ones)."""
         return [self.config, self.tenant_weights, self.lane_stable, self.lane_canary, self.routed,
                 self.delayed_stable, self.delayed_canary, self.dlq, self.rolled_back,
-                self.former_stable, self.fence]
+                self.former_stable, self.fence, self.deployment, self.history, self.counters]
 
 
 class Keys:
@@ -108,6 +119,11 @@ class Keys:
     def reaper_lock(self) -> str:
         return f"{self.prefix}:{{workers}}:reaper_lock"
 
+    @property
+    def active_deployments(self) -> str:
+        """Set of queues with a deployment in progress (global; the controller's to-do list)."""
+        return f"{self.prefix}:deployments:active"
+
     # Controller leadership shares its own hash tag.
     @property
     def leader(self) -> str:
@@ -136,6 +152,9 @@ class Keys:
                 rolled_back=f"{base}:rolled_back",
                 former_stable=f"{base}:former_stable",
                 fence=f"{base}:fence",
+                deployment=f"{base}:deployment",
+                history=f"{base}:history",
+                counters=f"{base}:counters",
                 base=base,
             )
             self._cache[queue] = qk

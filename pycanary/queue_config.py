@@ -84,6 +84,7 @@ class WeightChange:
     previous_bp: int | None
     weight_bp: int | None
     rev: int
+    paused_deployment: bool = False
 
 
 def set_weight(

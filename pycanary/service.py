@@ -13,7 +13,7 @@ from typing import Any
 
 from . import queue_config, registry, validation
 from .connection import Connection
-from .errors import ValidationError
+from .errors import ValidationError, WeightAboveMaxError
 from .producer import EnqueueResult, Producer
 from .routing import sticky_bucket
 
@@ -101,8 +101,28 @@ def enqueue(
 def set_weight(
     conn: Connection, queue: str, percent: Any | None, *, tenant: str | None = None
 ) -> queue_config.WeightChange:
-    """Set a queue's (or a tenant's) canary weight in percent; ``None`` clears a tenant's."""
+    """Set a queue's (or a tenant's) canary weight in percent; ``None`` clears a tenant's.
+
+    With an active deployment the change goes through it and pauses its automatic progression
+    (DESIGN.md section 5), so the controller does not undo the operator's weight."""
+    from . import rollouts
+
     bp = None if percent is None else validation.percent_to_bp(percent, "weight")
+    validation.queue_name(queue)
+    validation.tenant(tenant)
+    if bp is None and tenant is None:
+        raise ValidationError("a weight is required unless clearing a tenant override",
+                              field="weight")
+    before = queue_config.read_config(conn, queue)
+    if bp is not None and bp > before.max_weight_bp:
+        raise WeightAboveMaxError(
+            f"{bp / 100:g}% is above the queue's max_weight of {before.max_weight_bp / 100:g}%",
+            field="weight")
+    if rollouts.set_weight_with_deployment(conn, queue, bp, tenant):
+        prev = before.weight_bp if tenant is None else before.tenant_weights_bp.get(tenant)
+        after = queue_config.read_config(conn, queue)
+        return queue_config.WeightChange(queue, tenant, prev, bp, after.rev,
+                                         paused_deployment=True)
     return queue_config.set_weight(conn, queue, bp, tenant=tenant)
 
 

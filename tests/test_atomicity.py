@@ -107,10 +107,24 @@ def _script_keys(keys: Keys, queue: str) -> dict[str, list[str]]:
         "adopt_stable_version": [qk.config],
         "rollback_canary": [qk.config, qk.tenant_weights, qk.rolled_back],
         "promote_canary": [qk.config, qk.tenant_weights, qk.former_stable, qk.rolled_back],
+        "deployment_start": [qk.config, qk.tenant_weights, qk.rolled_back, qk.former_stable,
+                             qk.deployment, qk.events("d-1")],
+        "deployment_update": [qk.config, qk.tenant_weights, qk.deployment, qk.events("d-1"),
+                              qk.fence],
+        "deployment_rollback": [qk.config, qk.tenant_weights, qk.rolled_back, qk.deployment,
+                                qk.events("d-1"), qk.fence],
+        "deployment_promote": [qk.config, qk.tenant_weights, qk.rolled_back, qk.former_stable,
+                               qk.deployment, qk.events("d-1"), qk.fence],
+        "deployment_finish": [qk.deployment, qk.events("d-1"), qk.history, qk.counters,
+                              qk.fence],
+        "drain_lane": [qk.lane_canary, qk.lane_stable],
         # global scripts: one slot of their own ({workers}, {controller})
         "heartbeat": [keys.registry, keys.worker_meta, keys.worker_info("w:1")],
         "forget_worker": [keys.registry, keys.worker_meta, keys.worker_info("w:1")],
         "release_lock": [keys.reaper_lock],
+        "leader_acquire": [keys.leader, keys.leader_epoch],
+        "leader_renew": [keys.leader],
+        "fence_queue": [qk.fence],
     }
 
 

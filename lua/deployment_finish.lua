@@ -1,0 +1,45 @@
+--[[
+  deployment_finish: end a deployment once its canary lane is drained: promoting -> completed,
+  rolling_back -> rolled_back; count the outcome for the metrics and keep a copy in history.
+
+  KEYS[1] deployment     hash    the queue's current deployment
+  KEYS[2] events         stream  this deployment's event log
+  KEYS[3] history        list    finished deployments of the queue (JSON, newest first)
+  KEYS[4] counters       hash    promotions/rollbacks counters of the queue
+  KEYS[5] fence          string  highest controller epoch that wrote to the queue
+
+  ARGV[1] epoch          leader epoch, or '' for an operator
+  ARGV[2] now_ms         client clock
+  ARGV[3] counter        counters field to increment (e.g. 'promotions:completed'), or ''
+  ARGV[4] n field pairs, then field, value pairs
+  ARGV[last] event       JSON
+
+  Returns {final state, rev}
+  Errors  -7 fenced, -12 not promoting or rolling back
+]]
+local rcall = redis.call
+local dep_key, events_key, history_key, counters_key, fence_key =
+  KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
+
+-- @include fence
+-- @include deployment
+
+if not fence_ok(fence_key, ARGV[1]) then return -7 end
+local state = rcall('HGET', dep_key, 'state')
+local final
+if state == 'promoting' then final = 'completed'
+elseif state == 'rolling_back' then final = 'rolled_back'
+else return -12 end
+
+local now_ms = ARGV[2]
+local fields = read_pairs(ARGV, 4)
+rcall('HSET', dep_key, 'state', final, 'finished_at', now_ms)
+local rev = dep_write(dep_key, fields, now_ms)
+add_event(events_key, ARGV[#ARGV])
+if ARGV[3] ~= '' then rcall('HINCRBY', counters_key, ARGV[3], 1) end
+local flat = rcall('HGETALL', dep_key)
+local snapshot = {}
+for j = 1, #flat, 2 do snapshot[flat[j]] = flat[j + 1] end
+rcall('LPUSH', history_key, cjson.encode(snapshot))
+rcall('LTRIM', history_key, 0, 99)
+return {final, rev}

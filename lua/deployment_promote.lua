@@ -1,0 +1,45 @@
+--[[
+  deployment_promote: the final promotion: the canary version becomes the queue's stable
+  version in one step; old stable workers keep serving the stable lane as outdated (DESIGN.md
+  invariant 3). The deployment is `promoting` until the canary lane is drained into stable.
+
+  KEYS[1] config         hash    queue routing config
+  KEYS[2] tenant_weights hash    tenant -> weight_bp overrides
+  KEYS[3] rolled_back    set     versions rolled back on this queue
+  KEYS[4] former_stable  zset    versions that were stable before
+  KEYS[5] deployment     hash    the queue's current deployment
+  KEYS[6] events         stream  this deployment's event log
+  KEYS[7] fence          string  highest controller epoch that wrote to the queue
+
+  ARGV[1] epoch          leader epoch, or '' for an operator
+  ARGV[2] expected_rev   rev the writer read, or ''
+  ARGV[3] now_ms         client clock
+  ARGV[4] n field pairs, then field, value pairs
+  ARGV[last] event       JSON
+
+  Returns {1, rev} or {0, rev} if it was already promoting
+  Errors  -7 fenced, -9 rev changed, -12 nothing to promote (none, finished, rolling back)
+]]
+local rcall = redis.call
+local config_key, tenant_key, rolled_back_key, former_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local dep_key, events_key, fence_key = KEYS[5], KEYS[6], KEYS[7]
+
+-- @include fence
+-- @include deployment
+-- @include canary_flip
+
+if not fence_ok(fence_key, ARGV[1]) then return -7 end
+local state, err = dep_check(dep_key, ARGV[2])
+if err then return err end
+if state == 'promoting' then return {0, tonumber(rcall('HGET', dep_key, 'rev'))} end
+if not ACTIVE[state] or state == 'rolling_back' then return -12 end
+
+local now_ms = ARGV[3]
+local fields = read_pairs(ARGV, 4)
+local versions = rcall('HMGET', dep_key, 'stable_version', 'canary_version')
+close_canary_promote(config_key, tenant_key, former_key, rolled_back_key, versions[1] or '',
+                     versions[2], now_ms)
+rcall('HSET', dep_key, 'state', 'promoting', 'weight_bp', 10000, 'promoted_at', now_ms)
+local rev = dep_write(dep_key, fields, now_ms)
+add_event(events_key, ARGV[#ARGV])
+return {1, rev}

@@ -1,0 +1,43 @@
+--[[
+  deployment_rollback: roll a deployment back in one step (DESIGN.md invariant 2): weight 0 for
+  the very next enqueue, tenant overrides gone, the canary version marked rolled back (its
+  workers retire), the deployment `rolling_back` until drain_lane has emptied the canary lane.
+
+  KEYS[1] config         hash    queue routing config
+  KEYS[2] tenant_weights hash    tenant -> weight_bp overrides
+  KEYS[3] rolled_back    set     versions rolled back on this queue
+  KEYS[4] deployment     hash    the queue's current deployment
+  KEYS[5] events         stream  this deployment's event log
+  KEYS[6] fence          string  highest controller epoch that wrote to the queue
+
+  ARGV[1] epoch          leader epoch, or '' for an operator
+  ARGV[2] expected_rev   rev the writer read, or ''
+  ARGV[3] now_ms         client clock
+  ARGV[4] n field pairs, then field, value pairs (reason, ...)
+  ARGV[last] event       JSON
+
+  Returns {1, rev, weight before} or {0, rev, 0} if it was already rolling back
+  Errors  -7 fenced, -9 rev changed, -12 nothing to roll back (none, finished, or promoting)
+]]
+local rcall = redis.call
+local config_key, tenant_key, rolled_back_key = KEYS[1], KEYS[2], KEYS[3]
+local dep_key, events_key, fence_key = KEYS[4], KEYS[5], KEYS[6]
+
+-- @include fence
+-- @include deployment
+-- @include canary_flip
+
+if not fence_ok(fence_key, ARGV[1]) then return -7 end
+local state, err = dep_check(dep_key, ARGV[2])
+if err then return err end
+if state == 'rolling_back' then return {0, tonumber(rcall('HGET', dep_key, 'rev')), 0} end
+if not ACTIVE[state] or state == 'promoting' then return -12 end
+
+local now_ms = ARGV[3]
+local fields = read_pairs(ARGV, 4)
+local version = rcall('HGET', dep_key, 'canary_version') or ''
+local prev = close_canary_rollback(config_key, tenant_key, rolled_back_key, version, now_ms)
+rcall('HSET', dep_key, 'state', 'rolling_back', 'weight_bp', 0, 'rollback_at', now_ms)
+local rev = dep_write(dep_key, fields, now_ms)
+add_event(events_key, ARGV[#ARGV])
+return {1, rev, prev}

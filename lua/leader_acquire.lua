@@ -1,0 +1,38 @@
+--[[
+  leader_acquire: become the controller leader if nobody holds the lease. A new leadership takes
+  the next epoch (INCR), which is the fencing token its writes carry (DESIGN.md invariant 4).
+  Acquiring again with the token that already holds the lease (a retry whose reply was lost)
+  keeps the epoch and refreshes the lease instead of taking a new one.
+
+  KEYS[1] leader         string  "epoch:token" of the leader, with a lease (PX)
+  KEYS[2] epoch          string  counter of leaderships
+
+  ARGV[1] token          this contender's unique token
+  ARGV[2] lease_ms       lease in milliseconds (positive integer)
+
+  Returns {epoch, "epoch:token"} when this token leads, {0, holder's "epoch:token"} when
+  another one does
+  Errors  -4 invalid argument
+]]
+local rcall = redis.call
+local leader_key, epoch_key = KEYS[1], KEYS[2]
+local token, lease_ms = ARGV[1], tonumber(ARGV[2])
+
+if token == nil or token == '' or lease_ms == nil or lease_ms < 1 or lease_ms % 1 ~= 0 then
+  return -4
+end
+
+local holder = rcall('GET', leader_key)
+if holder then
+  local held_epoch, held_token = string.match(holder, '^(%d+):(.*)$')
+  if held_token == token then
+    rcall('PEXPIRE', leader_key, lease_ms)
+    return {tonumber(held_epoch), holder}
+  end
+  return {0, holder}
+end
+
+local epoch = rcall('INCR', epoch_key)
+local value = epoch .. ':' .. token
+rcall('SET', leader_key, value, 'PX', lease_ms)
+return {epoch, value}

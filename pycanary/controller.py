@@ -1,0 +1,367 @@
+"""The controller: runs every active deployment's plan (DESIGN.md sections 4, 6, 7).
+
+Each tick, for each active deployment: read both lanes' running metric totals, subtract the
+snapshot kept from the previous check (so each check sees exactly the attempts since the last
+one), run the pure analysis, and act on its decision: advance a stage, wait at a manual gate,
+promote, or roll back and drain. Everything it knows lives in the deployment hash, so a
+controller killed at any point is replaced by one that continues (invariant 5); every write is
+fenced by the leader epoch (invariant 4) and compare-and-set on the deployment's rev.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from . import deployments, metrics, registry
+from .analysis import Action, AnalysisState, LaneStats, decide, evaluate
+from .connection import Connection
+from .deployments import Deployment
+from .drain import drain_lane
+from .errors import ConflictError, FencedError, StateError
+from .leader import Leadership
+
+log = logging.getLogger("pycanary.controller")
+
+COUNT_FIELDS = ("ok", "failed", "retried", "dead", "late")
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line, with the deployment fields the design card asks for."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        out = {"ts": round(record.created, 3), "level": record.levelname.lower(),
+               "logger": record.name, "message": record.getMessage()}
+        out.update(getattr(record, "fields", {}))
+        if record.exc_info:
+            out["exc"] = self.formatException(record.exc_info)
+        return json.dumps(out, default=str)
+
+
+def _diff(now: dict[str, Any], before: dict[str, Any]) -> dict[str, int]:
+    return {k: int(now.get(k, 0)) - int(before.get(k, 0)) for k in now}
+
+
+@dataclass
+class LaneSnapshot:
+    totals: dict[str, int]
+    backlog: int
+    workers: int
+
+
+@dataclass
+class TickReport:
+    leader: bool
+    deployments: int = 0
+    actions: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+class Controller:
+    """Drives deployments. ``clock`` returns seconds (policy time: stage timers, intervals,
+    deadlines), so a test or the demo can run a 45-minute plan in seconds; metrics are real
+    counts whatever the clock says."""
+
+    def __init__(
+        self,
+        conn: Connection,
+        *,
+        clock: Callable[[], float] = time.time,
+        leadership: Leadership | None = None,
+        controller_id: str | None = None,
+        drain_batch: int = 1000,
+        heartbeat_s: float = registry.DEFAULT_HEARTBEAT_S,
+    ) -> None:
+        self.conn = conn
+        self.clock = clock
+        self.leadership = leadership
+        self.id = controller_id or (leadership.controller_id if leadership else "controller")
+        self.drain_batch = drain_batch
+        self.worker_ttl_ms = int(heartbeat_s * registry.TTL_HEARTBEATS * 1000)
+        self._fenced_epoch: int | None = None
+
+    # -- leadership ----------------------------------------------------------------------
+    @property
+    def epoch(self) -> int | None:
+        return None if self.leadership is None else self.leadership.epoch
+
+    def _may_act(self) -> bool:
+        if self.leadership is None:
+            return True
+        if not self.leadership.tick():
+            return False
+        # Fence every queue we will act on, every tick (cheap, idempotent): a deposed leader
+        # that wakes up is refused everywhere, also on queues started since it last looked.
+        refused = self.leadership.fence_queues(deployments.active_queues(self.conn))
+        if refused:
+            log.warning("a newer leader fenced %s; stepping down", refused)
+            self.leadership.release()
+            return False
+        if self._fenced_epoch != self.leadership.epoch:
+            self._fenced_epoch = self.leadership.epoch
+            log.info("leading as epoch %s", self.leadership.epoch,
+                     extra={"fields": {"controller": self.id, "epoch": self.leadership.epoch}})
+        return True
+
+    # -- the loop --------------------------------------------------------------------------
+    def run(self, stop: threading.Event, poll_s: float = 1.0) -> None:
+        while not stop.is_set():
+            try:
+                self.tick()
+            except Exception:
+                log.exception("controller tick failed; retrying")
+            stop.wait(poll_s)
+        if self.leadership is not None:
+            self.leadership.release()
+
+    def tick(self) -> TickReport:
+        t0 = time.perf_counter()
+        if not self._may_act():
+            return TickReport(leader=False)
+        queues = deployments.active_queues(self.conn)
+        report = TickReport(leader=True, deployments=len(queues))
+        if queues:
+            deps = deployments.get_many(self.conn, queues)
+            workers = self._worker_counts()
+            for q, dep in deps.items():
+                if dep is None or not dep.active:
+                    self.conn.client.srem(self.conn.keys.active_deployments, q)
+                    continue
+                try:
+                    action = self.process(dep, workers)
+                except ConflictError:
+                    action = "conflict: re-read next tick"
+                except FencedError:
+                    log.warning("fenced on %s: another controller leads", q)
+                    if self.leadership is not None:
+                        self.leadership.release()
+                    report.actions.append(f"{q}: fenced")
+                    break
+                except StateError as exc:
+                    action = f"skipped: {exc}"
+                if action:
+                    report.actions.append(f"{q}: {action}")
+        report.seconds = time.perf_counter() - t0
+        return report
+
+    def _worker_counts(self) -> dict[tuple[str, str, str], int]:
+        counts: dict[tuple[str, str, str], int] = {}
+        for w in registry.list_workers(self.conn, ttl_ms=self.worker_ttl_ms):
+            if w.state in ("active", "outdated"):
+                for q, lane in w.queues.items():
+                    k = (q, lane, w.version)
+                    counts[k] = counts.get(k, 0) + 1
+        return counts
+
+    def process(self, dep: Deployment, workers: dict[tuple[str, str, str], int]) -> str:
+        if dep.state in ("active", "awaiting_promotion"):
+            return self._check(dep, workers)
+        if dep.state == "rolling_back":
+            return self._drain_and_finish(dep)
+        if dep.state == "promoting":
+            return self._drain_and_finish(dep)
+        return ""
+
+    # -- checks ----------------------------------------------------------------------------
+    def _snapshot(self, dep: Deployment,
+                  workers: dict[tuple[str, str, str], int]) -> dict[str, LaneSnapshot]:
+        qk = self.conn.keys.queue(dep.queue)
+        pipe = self.conn.client.pipeline(transaction=False)
+        versions = {"stable": dep.stable_version, "canary": dep.canary_version}
+        for lane, version in versions.items():
+            pipe.hgetall(qk.metrics_total(version, lane))
+            pipe.llen(qk.lane(lane))
+        res = pipe.execute()
+        out = {}
+        for i, (lane, version) in enumerate(versions.items()):
+            totals = {k: int(v) for k, v in res[2 * i].items()}
+            out[lane] = LaneSnapshot(totals, int(res[2 * i + 1]),
+                                     workers.get((dep.queue, lane, version), 0))
+        return out
+
+    def _lane_stats(self, lane: str, version: str, now: dict[str, int],
+                    before: dict[str, Any], snap: LaneSnapshot, window_s: float) -> LaneStats:
+        d = _diff(now, before or {})
+        run = {int(k[1:]): n for k, n in d.items() if k.startswith("r") and n > 0}
+        wait = {int(k[1:]): n for k, n in d.items() if k.startswith("w") and n > 0}
+        return LaneStats(lane=lane, version=version, ok=max(0, d.get("ok", 0)),
+                         failed=max(0, d.get("failed", 0)), dead=max(0, d.get("dead", 0)),
+                         run_hist=run, wait_hist=wait, workers=snap.workers,
+                         window_s=window_s, backlog=snap.backlog)
+
+    def _check(self, dep: Deployment, workers: dict[tuple[str, str, str], int]) -> str:
+        plan = dep.plan
+        now_s = self.clock()
+        now = int(now_s * 1000)
+        since = dep.last_check_at or dep.started_at
+        if dep.last_check_at is not None and now - dep.last_check_at < plan.interval * 1000:
+            return ""
+        snaps = self._snapshot(dep, workers)
+        if not dep.totals:
+            # first look: a baseline, so the first window starts at the deployment's start
+            dep.totals = {lane: s.totals for lane, s in snaps.items()}
+            deployments.update(self.conn, dep, {"totals": dep.totals, "last_check_at": now,
+                                                "last_data_at": {"stable": now, "canary": now}},
+                               now=now, epoch=self.epoch)
+            return "baseline taken"
+        window_s = max(0.001, (now - since) / 1000)
+        stable = self._lane_stats("stable", dep.stable_version, snaps["stable"].totals,
+                                  dep.totals.get("stable", {}), snaps["stable"], window_s)
+        canary = self._lane_stats("canary", dep.canary_version, snaps["canary"].totals,
+                                  dep.totals.get("canary", {}), snaps["canary"], window_s)
+        state = AnalysisState.from_dict(dep.analysis_state) if dep.analysis_state else None
+        analysis, st = evaluate(dep.stage, plan, stable, canary, state, now_s)
+        decision = decide(plan, analysis, st, now_s)
+
+        values: dict[str, Any] = {
+            "totals": {lane: s.totals for lane, s in snaps.items()},
+            "last_check_at": now,
+            "analysis_state": st.to_dict(),
+            "last_analysis": analysis.to_dict(),
+            "last_decision": decision.to_dict(),
+        }
+        events: list[str] = []
+        last_data = dict(dep.last_data_at or {})
+        for lane, stats in (("stable", stable), ("canary", canary)):
+            if stats.ok + stats.failed > 0:
+                last_data[lane] = now
+        values["last_data_at"] = last_data
+        manual_only = dep.manual_only
+        if not manual_only:
+            for lane in ("stable", "canary"):
+                quiet_ms = now - int(last_data.get(lane, dep.started_at))
+                if quiet_ms > 2 * plan.interval * 1000 and snaps[lane].backlog > 0:
+                    manual_only = (f"{lane} lane metrics stopped arriving "
+                                   f"{quiet_ms / 1000:.0f}s ago while it holds "
+                                   f"{snaps[lane].backlog} jobs: promotion is manual-only")
+                    values["manual_only"] = manual_only
+                    events.append(deployments.event("manual_only", manual_only, actor=self.id,
+                                                    now=now))
+                    break
+        self._log_check(dep, stable, canary, analysis.verdict.value, decision.action.value)
+        deployments.record_analysis(self.conn, dep, {"ts": now, "stage": dep.stage,
+                                                     "analysis": analysis.to_dict(),
+                                                     "decision": decision.to_dict()})
+        prev_verdict = (dep.last_analysis or {}).get("verdict")
+        if prev_verdict != analysis.verdict.value:
+            events.append(deployments.event(
+                "verdict", f"{analysis.verdict.value}: {analysis.reason}", actor=self.id,
+                now=now, data=analysis.to_dict()))
+
+        action = decision.action
+        if action is Action.ROLLBACK:
+            self._write(dep, values, now, events)
+            rule = decision.rules[0].rule if decision.rules else (
+                "deadline" if "deadline" in decision.reason else "analysis")
+            return self._rollback(dep, decision.reason, rule, now, decision.to_dict())
+        if action is Action.PROMOTE and manual_only:
+            action = Action.AWAIT_APPROVAL
+        if action is Action.PROMOTE and decision.next_stage is not None:
+            nxt = decision.next_stage
+            st2 = st.enter_stage(nxt, now_s)
+            values.update({"stage": nxt, "stage_started_at": now, "state": "active",
+                           "analysis_state": st2.to_dict()})
+            events.append(deployments.event(
+                "stage", decision.reason, actor=self.id, now=now,
+                data={"stage": nxt, "weight_bp": plan.stages[nxt].weight_bp}))
+            self._write(dep, values, now, events, weight_bp=plan.stages[nxt].weight_bp,
+                        tenants_bp=plan.tenant_weights_bp(nxt))
+            return f"stage {nxt} ({plan.stages[nxt].percentage:g}%)"
+        if action is Action.PROMOTE:
+            self._write(dep, values, now, events)
+            deployments.promote_final(self.conn, dep, actor=self.id, now=now,
+                                      reason=decision.reason, epoch=self.epoch)
+            return "promoting: " + self._drain_and_finish(dep)
+        if action is Action.AWAIT_APPROVAL and dep.state != "awaiting_promotion":
+            values["state"] = "awaiting_promotion"
+            why = decision.reason if not manual_only else f"{decision.reason} ({manual_only})"
+            events.append(deployments.event("awaiting_promotion", why, actor=self.id, now=now))
+            self._write(dep, values, now, events)
+            return "awaiting promotion"
+        self._write(dep, values, now, events)
+        return f"{analysis.verdict.value.lower()} ({decision.action.value})"
+
+    def _write(self, dep: Deployment, values: dict[str, Any], now: int, events: list[str],
+               **kw: Any) -> None:
+        # one event rides with the write; further ones are appended by empty updates
+        first = events[0] if events else ""
+        deployments.update(self.conn, dep, values, now=now, epoch=self.epoch, ev=first, **kw)
+        for ev in events[1:]:
+            deployments.update(self.conn, dep, {}, now=now, epoch=self.epoch, ev=ev)
+
+    def _log_check(self, dep: Deployment, stable: LaneStats, canary: LaneStats, verdict: str,
+                   action: str) -> None:
+        def rate(s: LaneStats) -> float | None:
+            n = s.ok + s.failed
+            return None if n == 0 else round(s.failed / n, 5)
+
+        def p95_ms(s: LaneStats) -> float | None:
+            from .histogram import quantile
+
+            q = quantile(s.run_hist, 0.95)
+            return None if q is None else round(q / 1000, 3)
+
+        log.info("canary metrics comparison", extra={"fields": {
+            "deployment_id": dep.id, "queue": dep.queue, "stable_version": dep.stable_version,
+            "canary_version": dep.canary_version, "stage": dep.stage,
+            "canary_percentage": dep.weight_bp / 100,
+            "stable_percentage": 100 - dep.weight_bp / 100,
+            "stable_error_rate": rate(stable), "canary_error_rate": rate(canary),
+            "stable_p95_latency_ms": p95_ms(stable), "canary_p95_latency_ms": p95_ms(canary),
+            "verdict": verdict, "action": action}})
+
+    # -- rollback, promotion, drain ----------------------------------------------------------
+    def _rollback(self, dep: Deployment, reason: str, rule: str, now: int,
+                  data: dict[str, Any]) -> str:
+        deployments.rollback(self.conn, dep, reason=reason, actor=self.id, now=now,
+                             epoch=self.epoch, data=data)
+        dep.meta = {**(dep.meta or {}), "rollback_rule": rule}
+        deployments.update(self.conn, dep, {"meta": dep.meta}, now=now, epoch=self.epoch,
+                           check_rev=False)
+        log.warning("rollback", extra={"fields": {
+            "deployment_id": dep.id, "queue": dep.queue, "canary_version": dep.canary_version,
+            "reason": reason}})
+        return "rolled back: " + self._drain_and_finish(dep)
+
+    def _drain_and_finish(self, dep: Deployment) -> str:
+        return finish_after_drain(self.conn, dep, actor=self.id, epoch=self.epoch,
+                                  clock=self.clock, batch=self.drain_batch)
+
+
+def finish_after_drain(conn: Connection, dep: Deployment, *, actor: str, epoch: int | None,
+                       clock: Callable[[], float], batch: int = 1000) -> str:
+    """Drain the canary lane into stable, then end the deployment. Shared by the controller and
+    by an operator's rollback/promote, so whoever gets there first finishes it; a drain cut
+    short (time bound) is resumed by the next controller tick."""
+    report = drain_lane(conn, dep.queue, from_lane="canary", to_lane="stable", batch=batch)
+    if not report.complete:
+        return f"draining, {report.remaining} left"
+    now = int(clock() * 1000)
+    rolled_back = dep.state == "rolling_back"
+    started = dep.rollback_at if rolled_back else dep.promoted_at
+    drain = {"moved": report.moved, "calls": report.calls, "seconds": round(report.seconds, 4),
+             "max_call_ms": round(report.max_call_ms, 3)}
+    values: dict[str, Any] = {"drain": drain, "drained_at": now}
+    if rolled_back:
+        rule = (dep.meta or {}).get("rollback_rule", "manual")
+        counter = f"rollbacks:{rule}"
+        msg = (f"rolled back {dep.canary_version}: canary lane drained ({report.moved} jobs) "
+               f"{(now - (started or now)) / 1000:.3f}s after the rollback; weight was 0 at once")
+    else:
+        counter = "promotions:completed"
+        msg = (f"{dep.canary_version} is stable; canary lane drained ({report.moved} jobs)")
+    final = deployments.finish(conn, dep, actor=actor, now=now, message=msg, counter=counter,
+                               values=values, epoch=epoch)
+    return final
+
+
+def metrics_window(conn: Connection, dep: Deployment, seconds: int = 300) -> dict[str, Any]:
+    """Both lanes side by side over the last ``seconds`` (wall clock), for status views."""
+    now = registry.now_ms()
+    return {lane: metrics.read_window(conn, dep.queue, v, lane, now - seconds * 1000, now)
+            for lane, v in (("stable", dep.stable_version), ("canary", dep.canary_version))}

@@ -1,0 +1,340 @@
+"""Deployments persisted in Redis: one rollout of one canary version on one queue.
+
+The deployment hash is the single source of truth (DESIGN.md invariant 5): any controller, API
+or CLI process can die and the next one reads where things are. Every change goes through a
+deployment_*.lua script that also moves the queue's routing weight, so the two never disagree;
+writes carry the rev they read (compare-and-set) and, from the controller, its leader epoch.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from .connection import Connection
+from .errors import raise_for_code
+from .keys import QueueKeys
+from .plan import Plan, parse_plan
+
+#: Deployment states. The first six are "active": at most one per queue.
+ACTIVE_STATES = ("pending", "active", "paused", "awaiting_promotion", "promoting",
+                 "rolling_back")
+FINISHED_STATES = ("completed", "rolled_back", "failed")
+STATES = ACTIVE_STATES + FINISHED_STATES
+ANALYSES_KEPT = 50
+
+_JSON_FIELDS = ("plan", "tenants_bp", "analysis_state", "last_analysis", "last_decision",
+                "totals", "last_data_at", "drain", "meta")
+_INT_FIELDS = ("stage", "weight_bp", "started_at", "stage_started_at", "paused_at",
+               "updated_at", "finished_at", "rollback_at", "promoted_at", "last_check_at",
+               "rev", "weight0_at", "drained_at", "paused_ms")
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def new_id(queue: str, now: int) -> str:
+    """Sortable, readable: payments-20261127T101500-3f9a."""
+    stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime(now / 1000))
+    return f"{queue}-{stamp}-{secrets.token_hex(2)}"
+
+
+@dataclass
+class Deployment:
+    id: str
+    queue: str
+    stable_version: str
+    canary_version: str
+    state: str
+    plan_raw: dict[str, Any]
+    stage: int = 0
+    weight_bp: int = 0
+    tenants_bp: dict[str, int] = field(default_factory=dict)
+    sticky: bool = True
+    salt: str = ""
+    kind: str = "plan"  # plan | manual
+    started_at: int = 0
+    stage_started_at: int = 0
+    paused_at: int | None = None
+    paused_ms: int = 0
+    updated_at: int = 0
+    finished_at: int | None = None
+    rollback_at: int | None = None
+    promoted_at: int | None = None
+    weight0_at: int | None = None
+    drained_at: int | None = None
+    last_check_at: int | None = None
+    reason: str = ""
+    manual_only: str = ""
+    actor: str = ""
+    rev: int = 0
+    analysis_state: dict[str, Any] = field(default_factory=dict)
+    last_analysis: dict[str, Any] | None = None
+    last_decision: dict[str, Any] | None = None
+    totals: dict[str, Any] = field(default_factory=dict)
+    last_data_at: dict[str, int] = field(default_factory=dict)
+    drain: dict[str, Any] | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
+    _plan: Plan | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def plan(self) -> Plan:
+        if self._plan is None:
+            self._plan = parse_plan(self.plan_raw)
+        return self._plan
+
+    @property
+    def active(self) -> bool:
+        return self.state in ACTIVE_STATES
+
+    @property
+    def last_stage(self) -> bool:
+        return self.stage >= len(self.plan.stages) - 1
+
+    def to_dict(self) -> dict[str, Any]:
+        out = {k: v for k, v in self.__dict__.items() if not k.startswith("_")}
+        out["plan"] = out.pop("plan_raw")
+        out["weight_percent"] = self.weight_bp / 100
+        out["stages"] = [s.percentage for s in self.plan.stages]
+        return out
+
+    @classmethod
+    def from_hash(cls, queue: str, raw: dict[str, str]) -> Deployment:
+        kw: dict[str, Any] = {}
+        for name, value in raw.items():
+            if name in _JSON_FIELDS:
+                kw["plan_raw" if name == "plan" else name] = json.loads(value) if value else (
+                    None if name in ("last_analysis", "last_decision", "drain") else {})
+            elif name in _INT_FIELDS:
+                kw[name] = int(value) if value not in ("", None) else None
+            elif name == "sticky":
+                kw[name] = value == "1"
+            elif name in cls.__dataclass_fields__:
+                kw[name] = value
+        kw.setdefault("plan_raw", {})
+        for required in ("paused_ms", "stage", "weight_bp", "rev"):
+            if kw.get(required) is None:
+                kw[required] = 0
+        kw["queue"] = queue
+        return cls(**kw)
+
+
+def encode_fields(values: dict[str, Any]) -> list[str]:
+    """Field/value pairs for a deployment hash: JSON for structures, '' for None."""
+    out: list[str] = []
+    for k, v in values.items():
+        if k == "plan_raw":
+            k = "plan"
+        if k in _JSON_FIELDS:
+            out += [k, "" if v is None else json.dumps(v, separators=(",", ":"), default=str)]
+        elif isinstance(v, bool):
+            out += [k, "1" if v else "0"]
+        else:
+            out += [k, "" if v is None else str(v)]
+    return out
+
+
+def _pairs(pairs: list[str]) -> list[Any]:
+    return [len(pairs) // 2, *pairs]
+
+
+def _tenant_pairs(tenants_bp: dict[str, int] | None) -> list[str]:
+    out: list[str] = []
+    for t, w in sorted((tenants_bp or {}).items()):
+        out += [t, str(int(w))]
+    return out
+
+
+def event(kind: str, message: str, *, actor: str, now: int, data: dict | None = None) -> str:
+    return json.dumps({"ts": now, "type": kind, "actor": actor, "message": message,
+                       "data": data or {}}, separators=(",", ":"), default=str)
+
+
+# -- reads -------------------------------------------------------------------------------------
+def get(conn: Connection, queue: str) -> Deployment | None:
+    raw = conn.client.hgetall(conn.keys.queue(queue).deployment)
+    return Deployment.from_hash(queue, raw) if raw else None
+
+
+def get_many(conn: Connection, queues: list[str]) -> dict[str, Deployment | None]:
+    pipe = conn.client.pipeline(transaction=False)
+    for q in queues:
+        pipe.hgetall(conn.keys.queue(q).deployment)
+    return {q: (Deployment.from_hash(q, raw) if raw else None)
+            for q, raw in zip(queues, pipe.execute(), strict=True)}
+
+
+def active_queues(conn: Connection) -> list[str]:
+    return sorted(conn.client.smembers(conn.keys.active_deployments))
+
+
+def events(conn: Connection, queue: str, deployment_id: str, *, count: int = 100,
+           after: str | None = None) -> list[dict[str, Any]]:
+    """Oldest first; ``after`` an entry id to get only newer ones (for --watch)."""
+    key = conn.keys.queue(queue).events(deployment_id)
+    entries = conn.client.xrange(key, min=f"({after}" if after else "-", count=count) \
+        if after else conn.client.xrevrange(key, count=count)[::-1]
+    out = []
+    for eid, fields in entries:
+        e = json.loads(fields["e"])
+        e["id"] = eid
+        out.append(e)
+    return out
+
+
+def analyses(conn: Connection, queue: str, deployment_id: str, count: int = 20) -> list[dict]:
+    raw = conn.client.lrange(conn.keys.queue(queue).analyses(deployment_id), 0, count - 1)
+    return [json.loads(x) for x in raw]
+
+
+def history(conn: Connection, queue: str, count: int = 20) -> list[dict[str, Any]]:
+    return [json.loads(x) for x in
+            conn.client.lrange(conn.keys.queue(queue).history, 0, count - 1)]
+
+
+# -- writes ------------------------------------------------------------------------------------
+def start(
+    conn: Connection,
+    queue: str,
+    canary_version: str,
+    plan: Plan,
+    *,
+    kind: str,
+    actor: str,
+    now: int,
+    message: str,
+    meta: dict[str, Any] | None = None,
+) -> Deployment:
+    qk = conn.keys.queue(queue)
+    dep_id = new_id(queue, now)
+    first = plan.settings(0)
+    fields = {
+        "id": dep_id, "state": "active", "kind": kind, "plan_raw": plan.to_dict(),
+        "stage": 0, "tenants_bp": dict(first.tenants_bp), "sticky": plan.sticky,
+        "salt": plan.salt, "started_at": now, "stage_started_at": now, "paused_ms": 0,
+        "actor": actor, "reason": "", "manual_only": "", "analysis_state": {},
+        "totals": {}, "last_data_at": {}, "meta": meta or {},
+    }
+    ev = event("started", message, actor=actor, now=now,
+               data={"canary_version": canary_version, "weight_bp": first.weight_bp,
+                     "stages": [s.percentage for s in plan.stages]})
+    res = conn.scripts.call(
+        "deployment_start",
+        [qk.config, qk.tenant_weights, qk.rolled_back, qk.former_stable, qk.deployment,
+         qk.events(dep_id)],
+        [now, canary_version, first.weight_bp, "1" if plan.sticky else "0", plan.salt,
+         *_pairs(_tenant_pairs(first.tenants_bp)), *_pairs(encode_fields(fields)), ev],
+    )
+    if isinstance(res, int) and res < 0:
+        raise_for_code(res, script="deployment_start",
+                       field="version" if res == -10 else "queue")
+    conn.client.sadd(conn.keys.active_deployments, queue)
+    conn.client.sadd(conn.keys.queues, queue)
+    dep = get(conn, queue)
+    assert dep is not None
+    return dep
+
+
+def _fence_args(epoch: int | None) -> str:
+    return "" if epoch is None else str(epoch)
+
+
+def update(
+    conn: Connection,
+    dep: Deployment,
+    values: dict[str, Any],
+    *,
+    now: int,
+    epoch: int | None = None,
+    weight_bp: int | None = None,
+    tenants_bp: dict[str, int] | None = None,
+    ev: str = "",
+    check_rev: bool = True,
+) -> int:
+    """Write fields (and optionally the routing weight) of an active deployment; returns rev."""
+    qk = conn.keys.queue(dep.queue)
+    res = conn.scripts.call(
+        "deployment_update",
+        [qk.config, qk.tenant_weights, qk.deployment, qk.events(dep.id), qk.fence],
+        [_fence_args(epoch), str(dep.rev) if check_rev else "", now,
+         "" if weight_bp is None else weight_bp, "keep" if tenants_bp is None else "set",
+         *_pairs(_tenant_pairs(tenants_bp)), *_pairs(encode_fields(values)), ev],
+    )
+    if isinstance(res, int) and res < 0:
+        raise_for_code(res, script="deployment_update", field="deployment")
+    dep.rev = int(res)
+    return dep.rev
+
+
+def rollback(conn: Connection, dep: Deployment, *, reason: str, actor: str, now: int,
+             epoch: int | None = None, data: dict | None = None,
+             check_rev: bool = False) -> tuple[bool, int]:
+    """Weight 0 and the canary closed, in one script; returns (changed, weight before)."""
+    qk = conn.keys.queue(dep.queue)
+    ev = event("rollback", f"rollback: {reason}", actor=actor, now=now, data=data)
+    res = conn.scripts.call(
+        "deployment_rollback",
+        [qk.config, qk.tenant_weights, qk.rolled_back, qk.deployment, qk.events(dep.id),
+         qk.fence],
+        [_fence_args(epoch), str(dep.rev) if check_rev else "", now,
+         *_pairs(encode_fields({"reason": reason, "weight0_at": now})), ev],
+    )
+    if isinstance(res, int) and res < 0:
+        raise_for_code(res, script="deployment_rollback", field="queue")
+    changed, rev, prev = (int(x) for x in res)
+    dep.rev, dep.state = rev, "rolling_back"
+    return bool(changed), prev
+
+
+def promote_final(conn: Connection, dep: Deployment, *, actor: str, now: int, reason: str,
+                  epoch: int | None = None, check_rev: bool = False) -> bool:
+    """The canary version becomes stable (then the canary lane drains into stable)."""
+    qk = conn.keys.queue(dep.queue)
+    ev = event("promoted", f"promoted {dep.canary_version} to stable: {reason}", actor=actor,
+               now=now)
+    res = conn.scripts.call(
+        "deployment_promote",
+        [qk.config, qk.tenant_weights, qk.rolled_back, qk.former_stable, qk.deployment,
+         qk.events(dep.id), qk.fence],
+        [_fence_args(epoch), str(dep.rev) if check_rev else "", now,
+         *_pairs(encode_fields({"reason": reason})), ev],
+    )
+    if isinstance(res, int) and res < 0:
+        raise_for_code(res, script="deployment_promote", field="queue")
+    changed, rev = (int(x) for x in res)
+    dep.rev, dep.state = rev, "promoting"
+    return bool(changed)
+
+
+def finish(conn: Connection, dep: Deployment, *, actor: str, now: int, message: str,
+           counter: str, values: dict[str, Any], epoch: int | None = None) -> str:
+    qk = conn.keys.queue(dep.queue)
+    ev = event("completed" if dep.state == "promoting" else "rolled_back", message, actor=actor,
+               now=now, data=values)
+    res = conn.scripts.call(
+        "deployment_finish",
+        [qk.deployment, qk.events(dep.id), qk.history, qk.counters, qk.fence],
+        [_fence_args(epoch), now, counter, *_pairs(encode_fields(values)), ev],
+    )
+    if isinstance(res, int) and res < 0:
+        raise_for_code(res, script="deployment_finish", field="queue")
+    final, rev = res
+    dep.state, dep.rev = final, int(rev)
+    conn.client.srem(conn.keys.active_deployments, dep.queue)
+    return str(final)
+
+
+def record_analysis(conn: Connection, dep: Deployment, analysis: dict[str, Any]) -> None:
+    key = conn.keys.queue(dep.queue).analyses(dep.id)
+    pipe = conn.client.pipeline(transaction=False)
+    pipe.lpush(key, json.dumps(analysis, separators=(",", ":"), default=str))
+    pipe.ltrim(key, 0, ANALYSES_KEPT - 1)
+    pipe.execute()
+
+
+def queue_keys(conn: Connection, dep: Deployment) -> QueueKeys:
+    return conn.keys.queue(dep.queue)

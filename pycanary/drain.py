@@ -1,0 +1,143 @@
+"""Drain a lane into another: what follows a rollback or a promotion (DESIGN.md invariant 2).
+
+Rollback closes the canary lane in one script (``rollback_canary.lua``); the jobs already waiting
+in it still have to run, on the stable version, next and in their order. ``drain_lane.lua`` moves
+a bounded batch per call to the head of the stable lane (order-preserving across calls: see its
+header). This module repeats it until the lane is empty:
+
+- bounded calls, so no single script call holds the Redis event loop for more than a few ms
+  (every other client, producers included, waits while a script runs);
+- several calls per round trip (a pipeline), so 100,000 jobs take tens of round trips, not
+  hundreds; the calls of one round trip still run one by one, each short;
+- bounded in time: after ``max_seconds`` it stops and reports what is left rather than loop
+  forever (e.g. when the lane is still open and producers keep filling it). Draining again
+  later resumes where it stopped; nothing is lost either way, since every call is atomic.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from . import validation
+from .connection import Connection
+from .errors import ValidationError, raise_for_code
+from .keys import LANES
+
+DEFAULT_BATCH = 1000
+#: The script refuses more per call: 5,000 jobs stay within a few ms of server time.
+MAX_BATCH = 5_000
+#: Script calls per round trip.
+DEFAULT_CALLS_PER_ROUND_TRIP = 4
+DEFAULT_MAX_SECONDS = 60.0
+
+
+@dataclass(frozen=True)
+class DrainReport:
+    queue: str
+    from_lane: str
+    to_lane: str
+    #: Jobs moved by this drain.
+    moved: int
+    #: Script calls sent (every call moves up to ``batch`` jobs).
+    calls: int
+    round_trips: int
+    seconds: float
+    #: Client side, per call: the slowest round trip divided by the calls it carried. Calls of
+    #: a pipeline cannot be timed one by one from the client; the server's own figure is in
+    #: SLOWLOG (see bench/drain.py).
+    max_call_ms: float
+    #: Client side: the slowest round trip, network included (an upper bound for any call).
+    max_round_trip_ms: float
+    #: Jobs left in the from-lane after the last call (> 0 only when stopped by max_seconds).
+    remaining: int
+
+    @property
+    def complete(self) -> bool:
+        return self.remaining == 0
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["complete"] = self.complete
+        return d
+
+
+def _check(
+    queue: str, from_lane: str, to_lane: str, batch: int, max_seconds: float,
+    calls_per_round_trip: int,
+) -> None:
+    """Everything is checked before the first call, so a bad argument moves nothing."""
+    validation.queue_name(queue)
+    for field, lane in (("from_lane", from_lane), ("to_lane", to_lane)):
+        if lane not in LANES:
+            raise ValidationError(f"must be one of {', '.join(LANES)}, got {lane!r}",
+                                  field=field)
+    if from_lane == to_lane:
+        raise ValidationError("must differ from from_lane", field="to_lane")
+    if isinstance(batch, bool) or not isinstance(batch, int) or not 1 <= batch <= MAX_BATCH:
+        raise ValidationError(f"must be an integer 1-{MAX_BATCH}, got {batch!r}", field="batch")
+    if not max_seconds > 0:
+        raise ValidationError(f"must be positive, got {max_seconds!r}", field="max_seconds")
+    if not 1 <= calls_per_round_trip <= 100:
+        raise ValidationError(f"must be 1-100, got {calls_per_round_trip!r}",
+                              field="calls_per_round_trip")
+
+
+def drain_lane(
+    conn: Connection,
+    queue: str,
+    *,
+    from_lane: str = "canary",
+    to_lane: str = "stable",
+    batch: int = DEFAULT_BATCH,
+    progress: Callable[[int, int], None] | None = None,
+    clock: Callable[[], float] = time.monotonic,
+    max_seconds: float = DEFAULT_MAX_SECONDS,
+    calls_per_round_trip: int = DEFAULT_CALLS_PER_ROUND_TRIP,
+) -> DrainReport:
+    """Move every job of ``from_lane`` to the head of ``to_lane``, oldest first, in batches.
+
+    Call it after the from-lane is closed (``rollback_canary`` or a promotion): an open lane
+    keeps receiving jobs, and the drain then runs until ``max_seconds``. ``progress(moved,
+    remaining)`` is called after every round trip (for a CLI progress line).
+
+    The first round trip carries one call, which also reports how many jobs there are; later
+    ones carry just enough calls for what is left, at most ``calls_per_round_trip``, so an
+    empty lane costs one call and a static lane exactly ceil(jobs / batch).
+    """
+    _check(queue, from_lane, to_lane, batch, max_seconds, calls_per_round_trip)
+    qk = conn.keys.queue(queue)
+    keys = [qk.lane(from_lane), qk.lane(to_lane)]
+    moved = calls = round_trips = 0
+    remaining = -1  # unknown until the first call answers
+    max_call = max_rt = 0.0
+    start = clock()
+    while True:
+        n = 1 if remaining < 0 else min(calls_per_round_trip, -(-remaining // batch))
+        pipe = conn.scripts.pipeline()
+        for _ in range(n):
+            pipe.call("drain_lane", keys, (batch,))
+        t0 = clock()
+        results = pipe.execute()
+        rt = clock() - t0
+        calls += n
+        round_trips += 1
+        max_rt = max(max_rt, rt)
+        max_call = max(max_call, rt / n)
+        for res in results:
+            if isinstance(res, int):  # a negative code: refused, nothing moved by this call
+                raise_for_code(res, script="drain_lane", field="batch")
+            got, left = res
+            moved += int(got)
+            remaining = int(left)  # the last call's answer is the current state
+        if progress is not None:
+            progress(moved, remaining)
+        if remaining == 0 or clock() - start >= max_seconds:
+            break
+    return DrainReport(
+        queue=queue, from_lane=from_lane, to_lane=to_lane, moved=moved, calls=calls,
+        round_trips=round_trips, seconds=clock() - start, max_call_ms=max_call * 1000,
+        max_round_trip_ms=max_rt * 1000, remaining=remaining,
+    )

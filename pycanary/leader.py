@@ -1,0 +1,171 @@
+"""Leader election with fencing for the controller (DESIGN.md invariant 4: one controller acts).
+
+A lease in Redis (``Keys.leader`` = "epoch:token", PX) says who leads; every new leadership gets
+a strictly higher epoch. Three layers keep a deposed leader from acting:
+
+1. **Lease**: only one token holds the leader key at a time; the leader renews it every tick.
+2. **Local validity**: `is_leader()` trusts the lease only for ``0.8 * lease_s`` after the last
+   confirmed acquire/renew, measured from *before* that call was sent, by the local clock. A
+   process that was paused (SIGSTOP, GC, a swapped VM) knows on waking that it may not act,
+   without a round trip.
+3. **Fencing**: queue keys live in other cluster slots than the leader key, so a controller write
+   cannot check the lease itself. Instead every controller script takes the epoch as an ARGV and
+   includes ``lua/includes/fence.lua``: a queue remembers the highest epoch that wrote to it and
+   refuses older ones (-7, `FencedError`). Right after acquiring, a leader calls
+   `fence_queues()` on every queue it will act on, so a deposed leader whose write was already
+   in flight is refused there too, even before the new leader writes to that queue.
+
+Typical loop::
+
+    lead = Leadership(conn)
+    while True:
+        if lead.tick() and not lead.fence_queues(queues):
+            for q in queues:
+                if not lead.is_leader():
+                    break
+                act(q, epoch=lead.epoch)        # the script refuses a stale epoch
+        time.sleep(lead.lease_s / 5)
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import time
+import uuid
+from collections.abc import Callable, Iterable
+
+import redis
+
+from .connection import Connection
+from .errors import FENCED, raise_for_code
+from .validation import queue_name
+
+log = logging.getLogger("pycanary.leader")
+
+#: Share of the lease during which a confirmed leader may act without asking Redis again. The
+#: rest is the margin for clock rate differences and the time a call takes to reach Redis.
+VALIDITY = 0.8
+
+_REDIS_DOWN = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
+
+
+class Leadership:
+    """One contender for controller leadership. Call `tick()` at least a few times per lease
+    (``lease_s / 5`` is a good interval); act only while `is_leader()`, and pass `epoch` to every
+    controller script so that Redis refuses the write if a newer leader exists.
+
+    Not thread-safe: one Leadership per controller loop.
+    """
+
+    def __init__(
+        self,
+        conn: Connection,
+        *,
+        lease_s: float = 5.0,
+        controller_id: str | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if not lease_s > 0:
+            raise ValueError(f"lease_s must be positive, got {lease_s!r}")
+        self.conn = conn
+        self.lease_s = lease_s
+        self.controller_id = controller_id or f"{socket.gethostname()}:{os.getpid()}"
+        # The nonce makes two contenders with the same id (same process, a restart reusing a
+        # pid) distinct: only the exact token that set the lease may renew or release it.
+        self.token = f"{self.controller_id}/{uuid.uuid4().hex[:8]}"
+        self._clock = clock
+        self._lease_ms = max(1, int(lease_s * 1000))
+        self._epoch: int | None = None
+        self._value: str | None = None  # "epoch:token" as stored in Redis while we lead
+        self._confirmed_at: float | None = None  # local time just before the last confirmation
+
+    @property
+    def epoch(self) -> int | None:
+        """The fencing token of the leadership held (as Redis last confirmed), else None."""
+        return self._epoch
+
+    def is_leader(self) -> bool:
+        """Whether this process may act now, by the local clock alone: the last confirmed
+        acquire/renew started less than ``0.8 * lease_s`` ago. No Redis call, so a process that
+        wakes from a pause longer than that stops at once, before its next tick."""
+        if self._epoch is None or self._confirmed_at is None:
+            return False
+        return self._clock() - self._confirmed_at < self.lease_s * VALIDITY
+
+    def tick(self) -> bool:
+        """Renew the lease if we lead, else try to acquire it; return `is_leader()`.
+
+        A failed renewal (lease lapsed or taken) drops leadership and tries to acquire at once,
+        which takes a new epoch. If Redis cannot be reached the error is logged, nothing is
+        confirmed and validity runs out by the local clock.
+        """
+        started = self._clock()  # before the call: the lease in Redis starts later than this
+        try:
+            if self._value is not None:
+                renewed = self.conn.scripts.call(
+                    "leader_renew", [self.conn.keys.leader], [self._value, self._lease_ms])
+                if renewed == 1:
+                    self._confirmed_at = started
+                    return self.is_leader()
+                log.warning("lost controller leadership (epoch %s)", self._epoch)
+                self._drop()
+            self._acquire(started)
+        except _REDIS_DOWN as exc:
+            log.warning("leader election: Redis unreachable: %s", exc)
+        return self.is_leader()
+
+    def _acquire(self, started: float) -> None:
+        keys = self.conn.keys
+        res = self.conn.scripts.call(
+            "leader_acquire", [keys.leader, keys.leader_epoch], [self.token, self._lease_ms])
+        if isinstance(res, int):
+            raise_for_code(res, script="leader_acquire", field="lease_s")
+        epoch, value = int(res[0]), res[1]
+        if epoch > 0:
+            if epoch != self._epoch:
+                log.info("acquired controller leadership, epoch %d", epoch)
+            self._epoch, self._value, self._confirmed_at = epoch, value, started
+
+    def _drop(self) -> None:
+        self._epoch = self._value = self._confirmed_at = None
+
+    def holder(self) -> str | None:
+        """The leader's "epoch:token" as stored in Redis (token = controller id/nonce), or
+        None if nobody leads. For status displays; do not base decisions on it."""
+        return self.conn.client.get(self.conn.keys.leader)
+
+    def release(self) -> bool:
+        """Give up leadership (on shutdown) so another controller takes over at once instead of
+        after the lease. Returns whether our lease was still there to delete."""
+        value = self._value
+        self._drop()
+        if value is None:
+            return False
+        return self.conn.scripts.call("release_lock", [self.conn.keys.leader], [value]) == 1
+
+    def fence_queues(self, queues: Iterable[str]) -> list[str]:
+        """Raise the fence of each queue to our epoch (one pipelined round trip) and return the
+        queues that refused it. A refusal means a newer leader exists: leadership is dropped
+        here, and the caller must not act. Without leadership every queue counts as refused.
+
+        Call it after every `tick()` that returned True, not only after acquiring: it is
+        idempotent and cheap, and it also covers queues created since the last tick.
+        """
+        names = [queue_name(q) for q in queues]
+        if self._epoch is None:
+            return names
+        pipe = self.conn.scripts.pipeline()
+        for q in names:
+            pipe.call("fence_queue", [self.conn.keys.queue(q).fence], [self._epoch])
+        results = pipe.execute()
+        refused = [q for q, r in zip(names, results, strict=True) if r == FENCED]
+        for r in results:
+            if r not in (1, FENCED):
+                raise_for_code(r, script="fence_queue", field="epoch")
+        if refused:
+            log.warning("fenced on %s: a newer controller leads; dropping epoch %s",
+                        ", ".join(refused), self._epoch)
+            self._drop()
+        return refused
