@@ -338,7 +338,8 @@ def finish_after_drain(conn: Connection, dep: Deployment, *, actor: str, epoch: 
     """Drain the canary lane into stable, then end the deployment. Shared by the controller and
     by an operator's rollback/promote, so whoever gets there first finishes it; a drain cut
     short (time bound) is resumed by the next controller tick."""
-    report = drain_lane(conn, dep.queue, from_lane="canary", to_lane="stable", batch=batch)
+    report = drain_lane(conn, dep.queue, from_lane="canary", to_lane="stable", batch=batch,
+                        max_seconds=5.0)
     if not report.complete:
         return f"draining, {report.remaining} left"
     now = int(clock() * 1000)

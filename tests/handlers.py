@@ -46,3 +46,28 @@ def slow(job: Job) -> None:
     _r().rpush(started_key(), job.id)
     time.sleep(float(os.environ.get("SLOW_S", "0.3")))
     _r().rpush(done_key(), job.id)
+
+
+_behaviour: dict[str, tuple[float, dict[str, str]]] = {}
+
+
+def _behaviour_of(version: str) -> dict[str, str]:
+    """Per-version behaviour set by the test in Redis (fail rate, sleep), re-read every 0.1 s
+    so a test can start a regression mid-run."""
+    now = time.monotonic()
+    cached = _behaviour.get(version)
+    if cached is None or now - cached[0] > 0.1:
+        raw = _r().hgetall(f"{os.environ['PYCANARY_PREFIX']}:test:behaviour:{version}")
+        cached = (now, raw)
+        _behaviour[version] = cached
+    return cached[1]
+
+
+def scenario(job: Job) -> None:
+    """Fails `fail` of attempts and sleeps `sleep_ms` (lognormal around it), per version."""
+    b = _behaviour_of(job.version)
+    sleep_ms = float(b.get("sleep_ms", "1"))
+    time.sleep(_rng.lognormvariate(0, 0.3) * sleep_ms / 1000)
+    if _rng.random() < float(b.get("fail", "0.01")):
+        raise RuntimeError(f"{job.version} failed {job.id}")
+    _r().rpush(done_key(), job.id)
