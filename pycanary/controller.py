@@ -187,8 +187,8 @@ class Controller:
     def _lane_stats(self, lane: str, version: str, now: dict[str, int],
                     before: dict[str, Any], snap: LaneSnapshot, window_s: float) -> LaneStats:
         d = _diff(now, before or {})
-        run = {int(k[1:]): n for k, n in d.items() if k.startswith("r") and n > 0}
-        wait = {int(k[1:]): n for k, n in d.items() if k.startswith("w") and n > 0}
+        run = {int(k[1:]): n for k, n in d.items() if k[0] == "r" and k[1:].isdigit() and n > 0}
+        wait = {int(k[1:]): n for k, n in d.items() if k[0] == "w" and k[1:].isdigit() and n > 0}
         return LaneStats(lane=lane, version=version, ok=max(0, d.get("ok", 0)),
                          failed=max(0, d.get("failed", 0)), dead=max(0, d.get("dead", 0)),
                          run_hist=run, wait_hist=wait, workers=snap.workers,
@@ -206,7 +206,7 @@ class Controller:
             # first look: a baseline, so the first window starts at the deployment's start
             dep.totals = {lane: s.totals for lane, s in snaps.items()}
             deployments.update(self.conn, dep, {"totals": dep.totals, "last_check_at": now,
-                                                "last_data_at": {"stable": now, "canary": now}},
+                                                "last_data_at": {}},
                                now=now, epoch=self.epoch)
             return "baseline taken"
         window_s = max(0.001, (now - since) / 1000)
@@ -234,7 +234,9 @@ class Controller:
         manual_only = dep.manual_only
         if not manual_only:
             for lane in ("stable", "canary"):
-                quiet_ms = now - int(last_data.get(lane, dep.started_at))
+                if lane not in last_data:
+                    continue  # never arrived: that is no data (on_no_data), not a stop
+                quiet_ms = now - int(last_data[lane])
                 if quiet_ms > 2 * plan.interval * 1000 and snaps[lane].backlog > 0:
                     manual_only = (f"{lane} lane metrics stopped arriving "
                                    f"{quiet_ms / 1000:.0f}s ago while it holds "

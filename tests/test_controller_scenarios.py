@@ -1,0 +1,229 @@
+"""Controller scenarios against a real Redis with real worker processes and a driven clock:
+a 45-minute plan runs in seconds of real time while the workers process real jobs."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from pycanary import deployments, rollouts, service
+from pycanary.controller import Controller
+from pycanary.producer import Producer
+from tests.test_worker_processes import start_worker, stop_all, wait_for
+
+DESIGN_CARD = {"canary_config": {
+    "stages": [
+        {"percentage": 5, "duration": "10m", "auto_promote": True,
+         "conditions": {"max_error_rate": 5, "max_latency_increase": 50}},
+        {"percentage": 15, "duration": "15m", "auto_promote": True,
+         "conditions": {"max_error_rate": 5, "max_latency_increase": 50}},
+        {"percentage": 50, "duration": "20m", "auto_promote": False,
+         "conditions": {"max_error_rate": 5, "max_latency_increase": 50}},
+    ],
+}}
+
+
+class Clock:
+    """Policy time the test drives: the controller's stage timers follow it."""
+
+    def __init__(self) -> None:
+        self.t = time.time()
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def behave(conn, version: str, *, fail: float = 0.01, sleep_ms: float = 5.0) -> None:
+    conn.client.hset(f"{conn.keys.prefix}:test:behaviour:{version}",
+                     mapping={"fail": fail, "sleep_ms": sleep_ms})
+
+
+@pytest.fixture
+def fleet(real_conn) -> Iterator:
+    """A stable v1 and a canary v2 worker process on `payments` (v2 waits in standby), alike
+    in concurrency so that run times compare the versions, not the hosts."""
+    conn = real_conn
+    service.configure_queue(conn, "payments", stable_version="v1")
+    behave(conn, "v1")
+    behave(conn, "v2")
+    procs = [start_worker(conn, "payments", "--version", v, "--handler",
+                          "tests.handlers:scenario", "--concurrency", c)
+             for v, c in (("v1", "8"), ("v2", "8"))]
+    wait_for(lambda: len(service.list_workers(conn)) == 2, 30, "2 workers registered")
+    yield conn
+    stop_all(procs)
+
+
+def canary_workers_ready(conn) -> None:
+    """Workers follow the config within a heartbeat (real time); policy time runs far faster
+    here, so wait for them before driving the clock."""
+    wait_for(lambda: any(w["version"] == "v2" and w["queues"].get("payments") == "canary"
+                         and w["state"] == "active" for w in service.list_workers(conn)),
+             10, "v2 worker on the canary lane")
+
+
+def drive(conn, ctl: Controller, clock: Clock, *, jobs_per_tick: int, until, max_ticks: int,
+          step_s: float = 30, real_s: float = 0.15, producer=None) -> list[str]:
+    """Enqueue, let workers run, advance policy time, tick; until until(dep) holds."""
+    producer = producer or Producer(conn)
+    ids: list[str] = []
+    for _ in range(max_ticks):
+        if jobs_per_tick:
+            ids += [r.job_id for r in producer.enqueue_many("payments", [{}] * jobs_per_tick)]
+        time.sleep(real_s)
+        clock.t += step_s
+        ctl.tick()
+        dep = deployments.get(conn, "payments")
+        if until(dep):
+            return ids
+    evs = [(e["type"], e["message"][:300]) for e in
+           deployments.events(conn, "payments", dep.id, count=30)]
+    raise AssertionError(f"not reached in {max_ticks} ticks: {dep.state} stage {dep.stage}: "
+                         f"{evs}")
+
+
+def settle_and_check_no_loss(conn, ids: list[str]) -> tuple[int, int]:
+    """Wait until every job ran; returns (duplicates, dead-lettered)."""
+    qk = conn.keys.queue("payments")
+    done_key = f"{conn.keys.prefix}:test:done"
+
+    def finished() -> bool:
+        c = conn.client
+        if c.llen(qk.lane_stable) or c.llen(qk.lane_canary) or c.zcard(qk.delayed_stable) or \
+                c.zcard(qk.delayed_canary):
+            return False
+        dead = {json.loads(x)["job"]["id"] for x in c.lrange(qk.dlq, 0, -1)}
+        return set(ids) <= set(c.lrange(done_key, 0, -1)) | dead
+
+    wait_for(finished, 60, "every job to be processed")
+    done = conn.client.lrange(done_key, 0, -1)
+    dead = {json.loads(x)["job"]["id"] for x in conn.client.lrange(qk.dlq, 0, -1)}
+    assert set(ids) <= set(done) | dead
+    return len(done) - len(set(done)), len(dead)
+
+
+@pytest.mark.slow
+def test_healthy_canary_ramps_waits_at_gate_and_is_promoted(fleet) -> None:
+    conn = fleet
+    clock = Clock()
+    dep = rollouts.ramp(conn, "payments", "v2", DESIGN_CARD, now_ms=int(clock() * 1000))
+    assert (dep.state, dep.weight_bp) == ("active", 500)
+    canary_workers_ready(conn)
+    ctl = Controller(conn, clock=clock)
+    weights: list[int] = []
+
+    def at_gate(d) -> bool:
+        weights.append(d.weight_bp)
+        return d.state == "awaiting_promotion"
+
+    ids = drive(conn, ctl, clock, jobs_per_tick=300, until=at_gate, max_ticks=140)
+    evs = deployments.events(conn, "payments", dep.id, count=100)
+    assert sorted(set(weights)) == [500, 1500, 5000], [(e["type"], e["message"]) for e in evs]
+    assert weights == sorted(weights), "the weight only ever went up"
+    ctl2 = Controller(conn, clock=clock)  # a manual gate holds however long it is watched
+    for _ in range(3):
+        clock.t += 30
+        ctl2.tick()
+    assert deployments.get(conn, "payments").state == "awaiting_promotion"
+    res = rollouts.promote(conn, "payments", actor="test")
+    assert res["state"] == "completed"
+    cfg = service.queue_info(conn, "payments")
+    assert (cfg["stable_version"], cfg["canary_version"], cfg["weight_percent"]) == ("v2", None,
+                                                                                   0)
+    duplicates, _dead = settle_and_check_no_loss(conn, ids)
+    assert duplicates == 0
+    types = [e["type"] for e in deployments.events(conn, "payments", dep.id, count=100)]
+    assert types[0] == "started" and types.count("stage") == 2
+    assert types[-2:] == ["promoted", "completed"]
+    # after promotion v1 workers keep serving stable as outdated
+    wait_for(lambda: {w["state"] for w in service.list_workers(conn)
+                      if w["version"] == "v1"} == {"outdated"}, 10, "v1 outdated")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("regression", ["errors", "latency"])
+def test_regression_is_rolled_back_automatically(fleet, regression: str) -> None:
+    conn = fleet
+    clock = Clock()
+    plan = json.loads(json.dumps(DESIGN_CARD))
+    plan["canary_config"]["failure_threshold"] = 3
+    for stage, pct in zip(plan["canary_config"]["stages"], (10, 30, 60), strict=True):
+        stage["percentage"] = pct  # more canary traffic per check: a faster test
+    dep = rollouts.ramp(conn, "payments", "v2", plan, now_ms=int(clock() * 1000))
+    canary_workers_ready(conn)
+    ctl = Controller(conn, clock=clock)
+    ids = drive(conn, ctl, clock, jobs_per_tick=300, until=lambda d: d.stage == 1,
+                max_ticks=60)
+    started_regression = clock()
+    if regression == "errors":
+        behave(conn, "v2", fail=0.20)
+    else:
+        behave(conn, "v2", sleep_ms=15.0)
+    ids += drive(conn, ctl, clock, jobs_per_tick=300, until=lambda d: not d.active,
+                 max_ticks=20, real_s=0.4)
+    dep = deployments.get(conn, "payments")
+    assert dep.state == "rolled_back"
+    assert dep.reason, "the reason is recorded"
+    interval = 30
+    # detection lag: the window that saw the regression first closes one interval later
+    evs = [(e["ts"] / 1000 - started_regression, e["type"], e["message"][:200]) for e in
+           deployments.events(conn, "payments", dep.id, count=50)]
+    checks = [(a["ts"] / 1000 - started_regression, a["analysis"]["verdict"],
+               a["analysis"]["reason"][:160]) for a in
+              deployments.analyses(conn, "payments", dep.id, count=8)]
+    if dep.rollback_at / 1000 - started_regression > (3 + 1) * interval:
+        print("\n".join(map(str, [*evs, ("checks",), *checks])))
+    assert dep.rollback_at / 1000 - started_regression <= (3 + 1) * interval
+    qk = conn.keys.queue("payments")
+    assert conn.client.llen(qk.lane_canary) == 0
+    cfg = service.queue_info(conn, "payments")
+    assert (cfg["weight_percent"], cfg["canary_version"]) == (0, None)
+    duplicates, _ = settle_and_check_no_loss(conn, ids)
+    assert duplicates <= 8  # only retiring workers' in-hand jobs could run twice
+    events = deployments.events(conn, "payments", dep.id, count=200)
+    rb = [e for e in events if e["type"] == "rollback"]
+    assert len(rb) == 1 and rb[0]["data"]["rules"], "the analysis that led to it is recorded"
+    print(f"\n{regression}: rolled back {dep.rollback_at / 1000 - started_regression:.0f}s "
+          f"(policy time) after the regression started: {dep.reason[:100]}")
+
+
+@pytest.mark.slow
+def test_low_traffic_holds_and_never_promotes(fleet) -> None:
+    conn = fleet
+    clock = Clock()
+    rollouts.ramp(conn, "payments", "v2", DESIGN_CARD, now_ms=int(clock() * 1000))
+    ctl = Controller(conn, clock=clock)
+    producer = Producer(conn)
+    verdicts = []
+    for _ in range(100):  # 50 minutes of policy time at 5 jobs/min: 5% is a job every 4 min
+        producer.enqueue_many("payments", [{}] * 2)
+        time.sleep(0.02)
+        clock.t += 30
+        ctl.tick()
+        dep = deployments.get(conn, "payments")
+        verdicts.append((dep.last_analysis or {}).get("verdict"))
+        assert dep.stage == 0 and dep.state == "active", "promoted on too little data"
+    assert "PASS" not in verdicts and "INCONCLUSIVE" in verdicts
+
+
+@pytest.mark.slow
+def test_controller_restart_mid_ramp_continues(fleet) -> None:
+    conn = fleet
+    clock = Clock()
+    rollouts.ramp(conn, "payments", "v2", DESIGN_CARD, now_ms=int(clock() * 1000))
+    canary_workers_ready(conn)
+    first = Controller(conn, clock=clock)
+    drive(conn, first, clock, jobs_per_tick=300, until=lambda d: d.stage == 1, max_ticks=60)
+    before = deployments.get(conn, "payments")
+    del first  # killed: nothing of it survives but what is in Redis
+    second = Controller(conn, clock=clock)
+    drive(conn, second, clock, jobs_per_tick=300,
+          until=lambda d: d.state == "awaiting_promotion", max_ticks=140)
+    after = deployments.get(conn, "payments")
+    assert after.id == before.id and after.stage == 2
+    stages = [e for e in deployments.events(conn, "payments", after.id, count=100)
+              if e["type"] == "stage"]
+    assert [e["data"]["stage"] for e in stages] == [1, 2], "no stage repeated or skipped"
