@@ -17,6 +17,7 @@ import typer
 from . import rollouts, service
 from .connection import Connection, connect
 from .errors import ConnectionFailedError, PycanaryError
+from .plan import PlanError
 from .settings import Settings
 
 app = typer.Typer(
@@ -577,6 +578,10 @@ def main() -> None:
     except PycanaryError as exc:
         typer.echo(f"error: {exc}", err=True)
         sys.exit(1 if isinstance(exc, ConnectionFailedError) else 2)
+    except PlanError as exc:
+        for line in str(exc).splitlines():
+            typer.echo(f"error: {line}", err=True)
+        sys.exit(2)
     except redis.exceptions.ConnectionError as exc:
         typer.echo(f"error: cannot reach Redis: {exc}", err=True)
         sys.exit(1)

@@ -1,0 +1,96 @@
+"""Deployment verbs of the CLI: confirmations, --json, exit codes, ramp --watch."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+from pycanary import deployments, service
+from pycanary.controller import Controller
+from tests.test_cli import assert_user_error, run
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_canary_lifecycle(real_conn) -> None:
+    conn = real_conn
+    prefix = conn.keys.prefix
+    service.configure_queue(conn, "payments", stable_version="v1")
+    res = run("canary", "start", "payments", "--version", "v2", "--weight", "10", "--tenant",
+              "internal=100", "--json", prefix=prefix)
+    assert res.returncode == 0, res.stderr
+    dep = json.loads(res.stdout)
+    assert (dep["state"], dep["weight_percent"], dep["tenants_bp"]) == ("active", 10,
+                                                                      {"internal": 10000})
+    res = run("status", "payments", "--json", prefix=prefix)
+    row = json.loads(res.stdout)[0]
+    assert row["deployment"]["canary_version"] == "v2" and row["config"]["weight_percent"] == 10
+    res = run("status", prefix=prefix)
+    assert "deployment" in res.stdout and "no controller is running" in res.stdout
+    assert run("pause", "payments", prefix=prefix).returncode == 0
+    assert "paused" in run("status", "payments", "--json", prefix=prefix).stdout
+    assert run("resume", "payments", prefix=prefix).returncode == 0
+    # destructive verbs ask; without a terminal they need --yes
+    assert_user_error(run("rollback", "payments", prefix=prefix), "yes")
+    assert_user_error(run("promote", "payments", prefix=prefix), "yes")
+    res = run("rollback", "payments", "--reason", "errors spiked", "--yes", "--json",
+              prefix=prefix)
+    out = json.loads(res.stdout)
+    assert out["state"] == "rolled_back" and out["weight_zero_ms"] >= 0
+    assert deployments.get(conn, "payments").reason == "errors spiked"
+    # nothing left to act on: clear errors, exit 2
+    assert_user_error(run("rollback", "payments", "--yes", prefix=prefix), "queue")
+    assert_user_error(run("pause", "payments", prefix=prefix), "queue")
+
+
+def test_ramp_plan_errors_name_the_field(real_conn, tmp_path: Path) -> None:
+    prefix = real_conn.keys.prefix
+    service.configure_queue(real_conn, "payments", stable_version="v1")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("canary_config:\n  stages:\n    - percentage: 150\n      duration: 10m\n")
+    res = run("ramp", "payments", "--version", "v2", "--plan", str(bad), prefix=prefix)
+    assert res.returncode == 2 and "Traceback" not in res.stderr
+    assert "stages[0].percentage" in res.stderr
+    res = run("ramp", "payments", "--version", "v2", "--plan", str(tmp_path / "nope.yaml"),
+              prefix=prefix)
+    assert res.returncode == 2 and "Traceback" not in res.stderr
+    assert deployments.get(real_conn, "payments") is None
+
+
+def test_ramp_watch_exits_0_when_promoted(real_conn, tmp_path: Path) -> None:
+    conn = real_conn
+    prefix = conn.keys.prefix
+    service.configure_queue(conn, "payments", stable_version="v1")
+    plan = tmp_path / "plan.yaml"
+    plan.write_text("canary_config:\n  interval: 1s\n  on_no_data: pass\n  stages:\n"
+                    "    - percentage: 10\n      duration: 1s\n")
+    cmd = [sys.executable, "-m", "pycanary.cli", "--redis-url", conn.url, "--prefix", prefix,
+           "ramp", "payments", "--version", "v2", "--plan", str(plan), "--watch"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            cwd=ROOT)
+    stop = threading.Event()
+    ctl = Controller(conn)
+    t = threading.Thread(target=ctl.run, args=(stop, 0.2), daemon=True)
+    t.start()
+    try:
+        out, err = proc.communicate(timeout=60)
+    finally:
+        stop.set()
+        t.join(10)
+    assert proc.returncode == 0, err
+    assert "completed" in err and "started" in out
+    assert service.queue_info(conn, "payments")["stable_version"] == "v2"
+    time.sleep(0)
+
+
+def test_drain_refuses_an_open_lane(real_conn) -> None:
+    prefix = real_conn.keys.prefix
+    service.set_weight(real_conn, "payments", "10")
+    assert_user_error(run("drain", "payments", "--yes", prefix=prefix), "queue")
+    service.set_weight(real_conn, "payments", "0")
+    res = run("drain", "payments", "--yes", "--json", prefix=prefix)
+    assert res.returncode == 0 and json.loads(res.stdout)["moved"] == 0
