@@ -48,8 +48,16 @@ def uuid7(now_ms: int | None = None) -> str:
 
 
 def uuid7_many(n: int, now_ms: int | None = None) -> list[str]:
-    """n new UUIDv7 strings, consecutive, reserved under one lock acquisition."""
+    """n new UUIDv7 strings, consecutive, reserved under one lock acquisition.
+
+    Consecutive ids share all but their low 48 bits unless a carry crosses them, so the shared
+    24 characters are formatted once and only the last 12 per id.
+    """
     if n <= 0:
         return []
     ms, rand = _reserve(n, now_ms)
-    return [_format(ms, rand + i) for i in range(n)]
+    low = rand & 0xFFFFFFFFFFFF
+    if low + n > 0xFFFFFFFFFFFF:  # a carry would change the shared part: format each fully
+        return [_format(ms, rand + i) for i in range(n)]
+    head = _format(ms, rand)[:24]
+    return [f"{head}{low + i:012x}" for i in range(n)]

@@ -62,6 +62,10 @@ class Producer:
         self._rng = rng or random.Random()
         self._clock_ms = clock_ms or (lambda: time.time_ns() // 1_000_000)
         self._salts: dict[str, str] = {}
+        # queue -> weight the script last reported for untagged jobs: at 0 (no canary, the
+        # usual case) the sticky bucket is not needed; if the weight rose meanwhile the script
+        # computes it itself and reports the new weight.
+        self._weights: dict[str, int] = {}
         self._queues: dict[str, list[str]] = {}  # validated and registered -> routing KEYS
         self._hasher = StickyHasher()
 
@@ -122,14 +126,17 @@ class Producer:
                               sticky_json, tenant, 0, now, schema)
         self._check_size(raw, "payload")
         salt = self._salts.get(queue, "")
+        skip = tenant is None and self._weights.get(queue) == 0
         lane, weight, salt_now, _n = self.conn.scripts.call(
             "route_enqueue",
             keys,
-            (raw, key, tenant or "", self._rng.randrange(10_000), self._hasher.bucket(key, salt),
-             salt),
+            (raw, key, tenant or "", self._rng.randrange(10_000),
+             "" if skip else self._hasher.bucket(key, salt), salt),
         )
         if salt_now != salt:
             self._salts[queue] = salt_now
+        if tenant is None:
+            self._weights[queue] = weight
         return EnqueueResult(jid, lane, queue, int(weight))
 
     def enqueue_many(
@@ -160,7 +167,8 @@ class Producer:
         tenant_arg = tenant or ""
         salt = self._salts.get(queue, "")
         randrange = self._rng.randrange
-        bucket = self._hasher.bucket
+        skip = tenant is None and self._weights.get(queue) == 0
+        bucket = (lambda _k, _s: "") if skip else self._hasher.bucket
         ids = uuid7_many(len(payloads), now)
         args: list[Any] = []
         for i, payload in enumerate(payloads):
@@ -184,6 +192,8 @@ class Producer:
             for start, (lanes, weight, salt_now) in zip(starts, pipe.execute(), strict=True):
                 self._salts[queue] = salt_now
                 weight = int(weight)
+                if tenant is None:
+                    self._weights[queue] = weight
                 results.extend(
                     EnqueueResult(ids[start + j], _LANE_CODE[code], queue, weight)
                     for j, code in enumerate(lanes)

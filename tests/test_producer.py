@@ -135,3 +135,23 @@ def test_connect_urls() -> None:
     a.client.set("pycanary:k", "1")
     assert b.client.get("pycanary:k") == "1"
     assert pycanary.connect("memory://other-x").client.get("pycanary:k") is None
+
+
+def test_stale_zero_weight_cache_still_routes_by_the_contract(conn) -> None:
+    """At weight 0 the producer stops sending buckets; when the weight rises the script
+    computes the bucket itself, so the very next job already follows the new weight."""
+    from pycanary import service
+    from pycanary.routing import sticky_bucket
+
+    producer = Producer(conn)
+    assert producer.enqueue("payments", {}, sticky_key="k").weight_bp == 0
+    service.set_weight(conn, "payments", "50")
+    keys = [f"order-{i}" for i in range(200)]
+    lanes = [producer.enqueue("payments", {}, sticky_key=k).lane for k in keys[:100]]
+    service.set_weight(conn, "payments", "0")
+    producer.enqueue("payments", {})
+    service.set_weight(conn, "payments", "50")
+    lanes += [r.lane for r in producer.enqueue_many("payments", [{}] * 100,
+                                                    sticky_keys=keys[100:])]
+    want = ["canary" if sticky_bucket(k) < 5000 else "stable" for k in keys]
+    assert lanes == want
