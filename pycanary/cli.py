@@ -557,18 +557,33 @@ def controller(
 # -- demo --------------------------------------------------------------------------------------
 @app.command()
 def demo(
-    jobs: Annotated[int, typer.Option("--jobs", help="Jobs to enqueue.")] = 10_000,
-    weight: Annotated[str, typer.Option("--weight", help="Canary percent.")] = "10",
+    scenario: Annotated[
+        str, typer.Option("--scenario", help="healthy (ends promoted) or regression (ends "
+                          "rolled back).")
+    ] = "healthy",
+    speed: Annotated[
+        float | None, typer.Option("--speed", help="Plan time per real second (default: the "
+                                   "45-minute plan in about 30 s).")
+    ] = None,
     redis_url: Annotated[
-        str, typer.Option("--redis-url", help="Where to run it (default: embedded memory://).")
-    ] = "memory://demo",
+        str, typer.Option("--redis-url", help="Run it on a real Redis instead of the embedded "
+                          "memory:// server.")
+    ] = "memory://",
+    rate: Annotated[float, typer.Option("--rate", help="Jobs enqueued per second.")] = 150.0,
     as_json: JsonOpt = False,
 ) -> None:
-    """Routing demo on the embedded default: jobs at a sticky canary weight, and their split."""
-    from .demo import routing_demo
+    """The whole story in one process: producers, v1 and v2 workers, the controller running
+    the design card's plan with compressed time, and a live view. Nothing to install."""
+    from .demo import run_demo
 
-    result = routing_demo(redis_url, jobs=jobs, weight=weight)
-    _emit(result, as_json, result["text"])
+    live = sys.stdout.isatty() and not as_json
+    result = run_demo(redis_url, scenario=scenario, speed=speed, rate=rate, live=live,
+                      log=None if live or as_json else typer.echo)
+    if as_json:
+        typer.echo(json.dumps(result.to_dict(), indent=2, default=str))
+    else:
+        typer.echo(result.summary())
+    raise typer.Exit(0 if result.lost == 0 else 1)
 
 
 def main() -> None:

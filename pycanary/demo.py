@@ -1,48 +1,302 @@
-"""`pycanary demo`: the routing story on the embedded default (memory://).
+"""`pycanary demo`: the whole story in one process, on the embedded default (memory://).
 
-Until the worker and controller pieces land this shows the first capability: a sticky 10%
-canary on `payments`, 10,000 jobs routed by the real Lua script, and the split they took.
+Producers at a steady rate, stable workers of v1, canary workers of v2 and the controller run
+the design card's plan (5% -> 15% -> 50% -> manual gate -> 100%) with compressed time. In the
+`healthy` scenario v2 is as good as v1 and ends promoted; in `regression` v2 starts failing and
+slowing down midway and is rolled back automatically. Nothing is faked but the clock of the
+plan: the real Lua scripts route, fetch, ack and drain; the real analysis decides.
 """
 
 from __future__ import annotations
 
-import math
+import json
+import random
+import threading
 import time
 import uuid
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
-from . import service
-from .connection import connect
+from . import deployments, histogram, rollouts, service
+from .connection import Connection, connect
+from .controller import Controller
+from .job import Job
+from .producer import Producer
+from .worker import Worker
 
+QUEUE = "payments"
+PLAN_TOTAL_S = (10 + 15 + 20) * 60
+DEMO_SECONDS = 30
+PLAN_PATH = Path(__file__).resolve().parent.parent / "examples" / "plans" / "design-card.yaml"
 
-def routing_demo(url: str = "memory://demo", *, jobs: int = 10_000, weight: Any = "10") -> dict:
-    prefix = f"pycanary-demo-{uuid.uuid4().hex[:8]}"
-    conn = connect(url, prefix=prefix)
-    conn.ping()
-    queue = "payments"
-    try:
-        change = service.set_weight(conn, queue, weight)
-        t0 = time.perf_counter()
-        summary = service.enqueue(conn, queue, {"amount": 10}, count=jobs, keep_jobs=0)
-        elapsed = time.perf_counter() - t0
-        info = service.queue_info(conn, queue)
-    finally:
-        keys = [*conn.keys.queue(queue).all(), conn.keys.queues]
-        conn.client.delete(*keys)
-    p = change.weight_bp / 10_000
-    canary = summary.by_lane["canary"]
-    sigma = math.sqrt(jobs * p * (1 - p)) if 0 < p < 1 else 0.0
-    z = (canary - jobs * p) / sigma if sigma else 0.0
-    text = "\n".join([
-        f"pycanary routing demo on {url} (real Lua route_enqueue script)",
-        f"queue {queue}: sticky routing, canary weight {change.weight_bp / 100:g}%",
-        f"enqueued {jobs:,} jobs in {elapsed:.2f}s ({jobs / elapsed:,.0f} jobs/s)",
-        f"  stable lane  {summary.by_lane['stable']:>7,}  ({summary.by_lane['stable'] / jobs:.2%})",
-        f"  canary lane  {canary:>7,}  ({canary / jobs:.2%})",
-        f"expected canary {jobs * p:,.0f} ± {sigma:,.0f} (1 sigma); observed z = {z:+.2f}",
-        f"lane depths: stable {info['depth']['stable']:,}, canary {info['depth']['canary']:,}",
-    ])
-    return {
-        "url": url, "queue": queue, "jobs": jobs, "weight_percent": change.weight_bp / 100,
-        "lanes": summary.by_lane, "seconds": elapsed, "z": z, "text": text,
+# The design card's plan, with min_samples lowered to fit the demo's few hundred jobs a stage.
+DEMO_PLAN: dict[str, Any] = {
+    "canary_config": {
+        "min_samples": 30,
+        "stages": [
+            {"percentage": 5, "duration": "10m", "auto_promote": True,
+             "conditions": {"max_error_rate": 5, "max_latency_increase": 50}},
+            {"percentage": 15, "duration": "15m", "auto_promote": True,
+             "conditions": {"max_error_rate": 5, "max_latency_increase": 50}},
+            {"percentage": 50, "duration": "20m", "auto_promote": False,
+             "conditions": {"max_error_rate": 5, "max_latency_increase": 50}},
+        ],
     }
+}
+
+
+class ScaledClock:
+    """Policy time running `speed` times faster than the wall clock."""
+
+    def __init__(self, speed: float) -> None:
+        self.speed = speed
+        self.t0 = time.time()
+
+    def __call__(self) -> float:
+        return self.t0 + (time.time() - self.t0) * self.speed
+
+
+@dataclass
+class DemoResult:
+    scenario: str
+    url: str
+    outcome: str
+    enqueued: int
+    processed: dict[str, int]
+    dead_lettered: int
+    lost: int
+    duplicates: int
+    seconds: float
+    speed: float
+    reason: str = ""
+    regression_to_rollback_s: float | None = None
+    weight_zero_ms: float | None = None
+    drained_jobs: int | None = None
+    events: list[dict[str, Any]] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def summary(self) -> str:
+        lines = [
+            f"scenario {self.scenario}: {self.outcome.upper()} after {self.seconds:.1f}s "
+            f"(plan time x{self.speed:g})",
+            f"jobs enqueued  {self.enqueued:,}",
+            "processed      " + ", ".join(f"{v}: {n:,}" for v, n in sorted(
+                self.processed.items())),
+            f"dead-lettered  {self.dead_lettered:,}",
+            f"lost           {self.lost}",
+            f"duplicates     {self.duplicates}",
+        ]
+        if self.regression_to_rollback_s is not None:
+            lines.append(f"rollback       {self.regression_to_rollback_s:.0f}s of plan time after "
+                         "the regression began; weight 0 at once, canary lane drained "
+                         f"({self.drained_jobs or 0} jobs)")
+        if self.reason:
+            lines.append(f"reason         {self.reason[:160]}")
+        return "\n".join(lines)
+
+
+class _Fleet:
+    """Handlers of both versions, and what they processed (for the lost-jobs count)."""
+
+    def __init__(self, rng: random.Random) -> None:
+        self.rng = rng
+        self.lock = threading.Lock()
+        self.done: dict[str, list[str]] = {"v1": [], "v2": []}
+        self.regressed = threading.Event()
+
+    def handler(self, version: str) -> Callable[[Job], None]:
+        def run(job: Job) -> None:
+            bad = version == "v2" and self.regressed.is_set()
+            with self.lock:
+                r1, r2 = self.rng.random(), self.rng.lognormvariate(0, 0.25)
+            time.sleep(0.002 * r2 * (3 if bad else 1))
+            if r1 < (0.20 if bad else 0.002):
+                raise RuntimeError(f"{version}: payment gateway said no")
+            with self.lock:
+                self.done[version].append(job.id)
+
+        return run
+
+
+def _lane_line(conn: Connection, dep: deployments.Deployment, lane: str) -> dict[str, Any]:
+    version = dep.stable_version if lane == "stable" else dep.canary_version
+    qk = conn.keys.queue(dep.queue)
+    raw = {k: int(v) for k, v in conn.client.hgetall(qk.metrics_total(version, lane)).items()}
+    base = (dep.totals or {}).get(lane, {})
+    d = {k: v - int(base.get(k, 0)) for k, v in raw.items()}
+    run = {int(k[1:]): n for k, n in d.items() if k[0] == "r" and k[1:].isdigit() and n > 0}
+    ok, failed = d.get("ok", 0), d.get("failed", 0)
+    p50, p95 = histogram.quantile(run, 0.5), histogram.quantile(run, 0.95)
+    return {"version": version, "done": ok + failed,
+            "errors": None if ok + failed == 0 else failed / (ok + failed),
+            "p50_ms": None if p50 is None else p50 / 1000,
+            "p95_ms": None if p95 is None else p95 / 1000,
+            "depth": conn.client.llen(qk.lane(lane))}
+
+
+def _view(conn: Connection, dep: deployments.Deployment, clock: ScaledClock, scenario: str,
+          events: list[dict[str, Any]]) -> Any:
+    from rich.console import Group
+    from rich.panel import Panel
+    from rich.table import Table
+
+    plan = dep.plan
+    stage = plan.stages[min(dep.stage, len(plan.stages) - 1)]
+    left = max(0.0, stage.duration - (clock() * 1000 - dep.stage_started_at) / 1000)
+    stages = "  ".join(
+        (f"[b reverse] {s.percentage:g}% [/]" if i == dep.stage and dep.active else
+         f"{s.percentage:g}%") for i, s in enumerate(plan.stages)) + "  100%"
+    head = (f"[b]{dep.queue}[/]: {dep.stable_version} -> {dep.canary_version}   state "
+            f"[b]{dep.state}[/]   weight [b]{dep.weight_bp / 100:g}%[/]   stages {stages}   "
+            f"time left in stage {int(left) // 60}m{int(left) % 60:02d}s (plan time)")
+    t = Table(expand=True)
+    for col in ("lane", "version", "done", "error rate", "p50", "p95", "backlog"):
+        t.add_column(col, justify="left" if col in ("lane", "version") else "right")
+    for lane in ("stable", "canary"):
+        s = _lane_line(conn, dep, lane)
+        err = "-" if s["errors"] is None else f"{100 * s['errors']:.2f}%"
+        style = "red" if s["errors"] is not None and s["errors"] > 0.05 else ""
+        t.add_row(lane, s["version"], f"{s['done']:,}", f"[{style}]{err}[/]" if style else err,
+                  "-" if s["p50_ms"] is None else f"{s['p50_ms']:.1f}ms",
+                  "-" if s["p95_ms"] is None else f"{s['p95_ms']:.1f}ms", f"{s['depth']:,}")
+    ev = Table.grid(padding=(0, 1))
+    for e in events[-8:]:
+        ev.add_row(time.strftime("%H:%M:%S", time.localtime(e["ts"] / 1000)), e["type"],
+                   e["message"][:110])
+    verdict = (dep.last_analysis or {}).get("verdict", "-")
+    return Panel(Group(head, t, f"last verdict: [b]{verdict}[/]", ev),
+                 title=f"pycanary demo: {scenario}", border_style="cyan")
+
+
+def run_demo(
+    url: str = "memory://",
+    *,
+    scenario: str = "healthy",
+    speed: float | None = None,
+    rate: float = 150.0,
+    live: bool = False,
+    seed: int = 7,
+    timeout_s: float = 180.0,
+    log: Callable[[str], None] | None = None,
+) -> DemoResult:
+    if scenario not in ("healthy", "regression"):
+        raise service.ValidationError(f"must be healthy or regression, got {scenario!r}",
+                                      field="scenario")
+    speed = speed or PLAN_TOTAL_S / (DEMO_SECONDS * 0.8)
+    if not 1 <= speed <= 10_000:
+        raise service.ValidationError(f"must be 1-10000, got {speed}", field="speed")
+    if url == "memory://":
+        url = f"memory://demo-{uuid.uuid4().hex[:8]}"
+    conn = connect(url, prefix=f"pycanary-demo-{uuid.uuid4().hex[:8]}")
+    conn.ping()
+    say = log or (lambda _m: None)
+    clock = ScaledClock(speed)
+    fleet = _Fleet(random.Random(seed))
+    stop = threading.Event()
+    threads: list[threading.Thread] = []
+    enqueued: list[str] = []
+    t_start = time.monotonic()
+    try:
+        service.configure_queue(conn, QUEUE, stable_version="v1")
+        workers = [Worker(conn, [QUEUE], v, fleet.handler(v), concurrency=4, heartbeat_s=0.25,
+                          backoff_s=0.05, block_s=0.2) for v in ("v1", "v2")]
+        for w in workers:
+            threads.append(threading.Thread(target=w.run, daemon=True, name=f"worker-{w.version}"))
+        producer = Producer(conn, rng=random.Random(seed))
+
+        def produce() -> None:
+            sent = 0
+            t0 = time.monotonic()
+            while not stop.is_set():
+                due = int((time.monotonic() - t0) * rate) - sent
+                if due > 0:
+                    enqueued.extend(r.job_id for r in producer.enqueue_many(
+                        QUEUE, [{"amount": 10 + i % 90} for i in range(due)]))
+                    sent += due
+                stop.wait(0.05)
+
+        threads.append(threading.Thread(target=produce, daemon=True, name="producer"))
+        for t in threads:
+            t.start()
+        # canary workers wait in standby until the deployment names their version
+        while not any(w.ready.is_set() for w in workers):
+            time.sleep(0.01)
+        dep = rollouts.ramp(conn, QUEUE, "v2", DEMO_PLAN, actor="demo",
+                            now_ms=int(clock() * 1000))
+        say(f"started {dep.id}: v1 -> v2 on {QUEUE}, 5% -> 15% -> 50% -> gate -> 100%")
+        ctl = Controller(conn, clock=clock, controller_id="demo-controller")
+        regression_at: float | None = None
+        gate_seen: float | None = None
+        live_ctx = None
+        if live:
+            from rich.live import Live
+
+            live_ctx = Live(refresh_per_second=4, transient=False)
+            live_ctx.__enter__()
+        while True:
+            ctl.tick()
+            dep = deployments.get(conn, QUEUE)
+            assert dep is not None
+            evs = deployments.events(conn, QUEUE, dep.id, count=50)
+            if live_ctx is not None:
+                live_ctx.update(_view(conn, dep, clock, scenario, evs))
+            if (scenario == "regression" and regression_at is None and dep.stage == 1
+                    and clock() * 1000 - dep.stage_started_at > 5 * 60_000):
+                fleet.regressed.set()
+                regression_at = clock()
+                say("v2 starts failing 20% of jobs and runs 3x slower")
+            if dep.state == "awaiting_promotion":
+                gate_seen = gate_seen or time.monotonic()
+                if time.monotonic() - gate_seen > 1.0:
+                    rollouts.promote(conn, QUEUE, actor="demo (as `pycanary promote payments`)",
+                                     now_ms=int(clock() * 1000), clock=clock)
+            if not dep.active:
+                break
+            if time.monotonic() - t_start > timeout_s:
+                raise TimeoutError(f"the demo did not finish in {timeout_s:.0f}s: {dep.state}")
+            time.sleep(0.1)
+        stop.set()
+        # let every job finish: nothing may be lost
+        qk = conn.keys.queue(QUEUE)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            c = conn.client
+            held = sum(c.llen(qk.processing(w.id)) for w in workers)
+            if not (c.llen(qk.lane_stable) or c.llen(qk.lane_canary) or held
+                    or c.zcard(qk.delayed_stable) or c.zcard(qk.delayed_canary)):
+                break
+            time.sleep(0.05)
+        for w in workers:
+            w.stop()
+        for t in threads:
+            t.join(10)
+        if live_ctx is not None:
+            live_ctx.__exit__(None, None, None)
+        dead = {json.loads(x)["job"]["id"] for x in conn.client.lrange(qk.dlq, 0, -1)}
+        done_all = fleet.done["v1"] + fleet.done["v2"]
+        lost = len(set(enqueued) - set(done_all) - dead)
+        evs = deployments.events(conn, QUEUE, dep.id, count=200)
+        result = DemoResult(
+            scenario=scenario, url=url.split("@")[-1], outcome=dep.state,
+            enqueued=len(enqueued),
+            processed={v: len(ids) for v, ids in fleet.done.items()},
+            dead_lettered=len(dead), lost=lost, duplicates=len(done_all) - len(set(done_all)),
+            seconds=time.monotonic() - t_start, speed=speed, reason=dep.reason, events=evs,
+        )
+        if dep.state == "rolled_back" and dep.rollback_at:
+            if regression_at is not None:
+                result.regression_to_rollback_s = dep.rollback_at / 1000 - regression_at
+            result.drained_jobs = (dep.drain or {}).get("moved")
+        return result
+    finally:
+        stop.set()
+        if conn.is_memory:
+            conn.client.flushall()  # our own in-process server, made for this run
+        else:
+            for key in conn.client.scan_iter(match=f"{conn.keys.prefix}:*", count=1000):
+                conn.client.delete(key)
+        conn.close()

@@ -120,15 +120,6 @@ def test_help_on_every_command(cmd: tuple) -> None:
     assert len(res.stdout.splitlines()) > 4
 
 
-def test_demo_runs_on_memory() -> None:
-    res = subprocess.run([sys.executable, "-m", "pycanary.cli", "demo", "--jobs", "2000",
-                          "--json"], capture_output=True, text=True, timeout=120)
-    assert res.returncode == 0, res.stderr
-    data = json.loads(res.stdout)
-    assert data["jobs"] == 2000 and sum(data["lanes"].values()) == 2000
-    assert abs(data["z"]) < 5
-
-
 def test_route_explain_agrees(prefix: str) -> None:
     key = f"order-{uuid.uuid4().hex}"
     res = run("route", "explain", "payments", key, "--json", prefix=prefix)
