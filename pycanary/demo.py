@@ -10,6 +10,7 @@ plan: the real Lua scripts route, fetch, ack and drain; the real analysis decide
 from __future__ import annotations
 
 import json
+import logging
 import random
 import threading
 import time
@@ -125,9 +126,7 @@ class _Fleet:
 def _lane_line(conn: Connection, dep: deployments.Deployment, lane: str) -> dict[str, Any]:
     version = dep.stable_version if lane == "stable" else dep.canary_version
     qk = conn.keys.queue(dep.queue)
-    raw = {k: int(v) for k, v in conn.client.hgetall(qk.metrics_total(version, lane)).items()}
-    base = (dep.totals or {}).get(lane, {})
-    d = {k: v - int(base.get(k, 0)) for k, v in raw.items()}
+    d = {k: int(v) for k, v in conn.client.hgetall(qk.metrics_total(version, lane)).items()}
     run = {int(k[1:]): n for k, n in d.items() if k[0] == "r" and k[1:].isdigit() and n > 0}
     ok, failed = d.get("ok", 0), d.get("failed", 0)
     p50, p95 = histogram.quantile(run, 0.5), histogram.quantile(run, 0.95)
@@ -164,7 +163,7 @@ def _view(conn: Connection, dep: deployments.Deployment, clock: ScaledClock, sce
                   "-" if s["p50_ms"] is None else f"{s['p50_ms']:.1f}ms",
                   "-" if s["p95_ms"] is None else f"{s['p95_ms']:.1f}ms", f"{s['depth']:,}")
     ev = Table.grid(padding=(0, 1))
-    for e in events[-8:]:
+    for e in events[-8:]:  # timestamps are plan time
         ev.add_row(time.strftime("%H:%M:%S", time.localtime(e["ts"] / 1000)), e["type"],
                    e["message"][:110])
     verdict = (dep.last_analysis or {}).get("verdict", "-")
@@ -192,6 +191,8 @@ def run_demo(
     if url == "memory://":
         url = f"memory://demo-{uuid.uuid4().hex[:8]}"
     conn = connect(url, prefix=f"pycanary-demo-{uuid.uuid4().hex[:8]}")
+    # the story is told by the view and the summary; keep the controller's JSON logs out of it
+    logging.getLogger("pycanary").setLevel(logging.ERROR)
     conn.ping()
     say = log or (lambda _m: None)
     clock = ScaledClock(speed)
