@@ -554,6 +554,15 @@ def controller(
     typer.echo(f"controller {ctl.id} stopped", err=True)
 
 
+@app.command("metrics")
+def metrics_cmd(ctx: typer.Context) -> None:
+    """Print the Prometheus exposition (what the API's /metrics serves): deployments, traffic
+    split, promotions, rollbacks, jobs routed and processed per version, durations, depths."""
+    from . import prom
+
+    sys.stdout.buffer.write(prom.render(_state(ctx).conn()))
+
+
 # -- demo --------------------------------------------------------------------------------------
 @app.command()
 def demo(

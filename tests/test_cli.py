@@ -108,7 +108,10 @@ def test_bad_url_is_a_user_error() -> None:
 
 
 COMMANDS = [(), ("enqueue",), ("set-weight",), ("queue",), ("queue", "configure"),
-            ("queue", "show"), ("queue", "list"), ("route", "explain"), ("demo",)]
+            ("queue", "show"), ("queue", "list"), ("route", "explain"), ("demo",),
+            ("worker",), ("workers",), ("canary",), ("canary", "start"), ("ramp",),
+            ("status",), ("promote",), ("rollback",), ("pause",), ("resume",), ("drain",),
+            ("controller",), ("metrics",)]
 
 
 @pytest.mark.parametrize("cmd", COMMANDS, ids=lambda c: " ".join(c) or "root")

@@ -36,10 +36,15 @@ def drained(conn, queue: str, worker: Worker) -> Callable[[], bool]:
     qk = conn.keys.queue(queue)
 
     def check() -> bool:
-        c = conn.client
-        return (c.llen(qk.lane_stable) == 0 and c.llen(qk.lane_canary) == 0
-                and c.zcard(qk.delayed_stable) == 0 and c.zcard(qk.delayed_canary) == 0
-                and c.llen(qk.processing(worker.id)) == 0 and worker._inflight == 0)
+        # one MULTI (all keys share the queue's slot): a retry moving from the delayed set to
+        # the lane between separate reads would look like an empty queue
+        pipe = conn.client.pipeline(transaction=True)
+        pipe.llen(qk.lane_stable)
+        pipe.llen(qk.lane_canary)
+        pipe.zcard(qk.delayed_stable)
+        pipe.zcard(qk.delayed_canary)
+        pipe.llen(qk.processing(worker.id))
+        return not any(pipe.execute()) and worker._inflight == 0
 
     return check
 

@@ -1,0 +1,311 @@
+"""Prometheus metrics (DESIGN.md section 8), read from Redis on every scrape.
+
+Why a custom collector instead of prometheus-client's Counter/Gauge objects: the numbers are
+written by Lua scripts in many worker, producer and controller processes, atomically with the
+state change they count. Redis already holds the truth, so the API process that serves
+``/metrics`` only translates it; it never counts anything itself, and any number of API
+replicas export the same values.
+
+A scrape costs five round trips whatever the number of queues (every read is pipelined) and
+never SCANs: queues come from the ``Keys.queues`` set (plus the active-deployment set), each
+queue's deployment from its deployment hash, workers from the registry sorted set.
+
+Known limits, on purpose:
+
+* ``pycanary_jobs_processed_total`` and ``pycanary_job_duration_seconds`` come from the running
+  totals ``mt:<version>:<lane>``. Key names cannot be listed without SCAN, so the versions read
+  are the ones Redis still names for the queue: its stable and canary version, the current
+  deployment's two versions, former stable versions, rolled-back versions and the versions of
+  registered workers. Totals of any other version (an old canary whose name was forgotten, a
+  worker that was reaped) are not exported.
+* The totals expire ``keep_s`` (default 1 h) after their last write, so a version idle for that
+  long restarts from zero. Prometheus treats that as a counter reset, which ``rate()`` handles.
+* Worker liveness uses the default heartbeat TTL (as ``pycanary workers`` does); pass
+  ``heartbeat_s`` when the workers run with another interval.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
+
+from . import histogram, registry
+from .connection import Connection
+from .deployments import ACTIVE_STATES
+from .keys import LANES
+from .metrics import COUNT_FIELDS
+
+#: Outcomes exported by pycanary_jobs_processed_total. `ok` and `failed` count attempts (they
+#: add up to the histogram's _count); `retried` and `dead` split the failed ones by what
+#: happened next. `late` (a duplicate ack) is not an outcome of its own.
+OUTCOMES = tuple(f for f in COUNT_FIELDS if f != "late")
+
+_US_PER_S = 1_000_000
+
+
+def _bucket_bounds_le() -> list[str]:
+    """The exported ``le`` of every internal bucket, in seconds.
+
+    Bucket i of `histogram.py` holds [low, high) microseconds, so "at most high" is exact for
+    its cumulative count. The second-to-last bucket stops at HIGH_US (longer runs land in the
+    last, open-ended one, exported as +Inf). Bounds are rounded to six significant digits so the
+    exposition reads ``0.000121`` rather than float noise; adjacent bounds are 10% apart, so the
+    rounding never reorders them.
+    """
+    out = []
+    for i in range(histogram.N_BUCKETS - 1):
+        high_us = min(histogram.bucket_bounds(i)[1], histogram.HIGH_US)
+        out.append(floatToGoString(float(f"{high_us / _US_PER_S:.6g}")))
+    out.append("+Inf")
+    return out
+
+
+BUCKET_LE = _bucket_bounds_le()
+
+
+def duration_buckets(run_hist: dict[int, int]) -> tuple[list[tuple[str, float]], float]:
+    """Cumulative Prometheus buckets and an estimated sum (seconds) from bucket counts.
+
+    The sum is estimated from each bucket's geometric midpoint, the same representative value
+    the analysis uses for quantiles, because the exact run times are not stored.
+    """
+    counts = [0] * histogram.N_BUCKETS
+    for i, n in run_hist.items():
+        counts[min(max(i, 0), histogram.N_BUCKETS - 1)] += n
+    buckets: list[tuple[str, float]] = []
+    running = 0
+    for le, n in zip(BUCKET_LE, counts, strict=True):
+        running += n
+        buckets.append((le, float(running)))
+    total_us = sum(n * histogram.bucket_value(i) for i, n in enumerate(counts) if n)
+    return buckets, total_us / _US_PER_S
+
+
+@dataclass
+class QueueSnapshot:
+    """Everything one scrape read about one queue."""
+
+    name: str
+    weight_bp: int = 0
+    stable_version: str = ""
+    canary_version: str = ""
+    deployment_id: str = ""
+    deployment_state: str = ""
+    counters: dict[str, int] = field(default_factory=dict)
+    routed: dict[str, int] = field(default_factory=dict)
+    depth: dict[str, int] = field(default_factory=dict)
+    versions: set[str] = field(default_factory=set)
+    #: (version, lane) -> running totals; pairs with no totals hash are left out.
+    totals: dict[tuple[str, str], dict[str, int]] = field(default_factory=dict)
+
+    @property
+    def active(self) -> bool:
+        return self.deployment_state in ACTIVE_STATES
+
+
+class RedisCollector(Collector):
+    """A prometheus-client collector exporting pycanary's state, read fresh on each scrape."""
+
+    def __init__(self, conn: Connection, *,
+                 heartbeat_s: float = registry.DEFAULT_HEARTBEAT_S) -> None:
+        self.conn = conn
+        self.worker_ttl_ms = int(heartbeat_s * registry.TTL_HEARTBEATS * 1000)
+
+    # -- reading ------------------------------------------------------------------------------
+    def read(self) -> tuple[list[QueueSnapshot], list[registry.WorkerRecord]]:
+        """All of Redis a scrape needs: queue list, workers, per-queue state, then totals."""
+        client, keys = self.conn.client, self.conn.keys
+        pipe = client.pipeline(transaction=False)
+        pipe.smembers(keys.queues)
+        pipe.smembers(keys.active_deployments)
+        listed, active = pipe.execute()
+        queues = [QueueSnapshot(q) for q in sorted(set(listed) | set(active))]
+        workers = registry.list_workers(self.conn, ttl_ms=self.worker_ttl_ms)
+
+        pipe = client.pipeline(transaction=False)
+        for qs in queues:
+            qk = keys.queue(qs.name)
+            pipe.hmget(qk.config, ["weight_bp", "stable_version", "canary_version"])
+            pipe.hmget(qk.deployment, ["id", "state", "stable_version", "canary_version"])
+            pipe.hgetall(qk.counters)
+            pipe.hgetall(qk.routed)
+            pipe.llen(qk.lane_stable)
+            pipe.llen(qk.lane_canary)
+            pipe.zrange(qk.former_stable, 0, -1)
+            pipe.smembers(qk.rolled_back)
+        replies = iter(pipe.execute())
+        for qs in queues:
+            (weight, stable, canary), (dep_id, state, dep_stable, dep_canary) = (
+                next(replies), next(replies))
+            qs.weight_bp = int(weight or 0)
+            qs.stable_version, qs.canary_version = stable or "", canary or ""
+            qs.deployment_id, qs.deployment_state = dep_id or "", state or ""
+            qs.counters = {k: int(v) for k, v in next(replies).items()}
+            qs.routed = {k: int(v) for k, v in next(replies).items()}
+            qs.depth = {"stable": int(next(replies)), "canary": int(next(replies))}
+            former, rolled_back = next(replies), next(replies)
+            qs.versions = {v for v in (stable, canary, dep_stable, dep_canary) if v}
+            qs.versions |= set(former) | set(rolled_back)
+            qs.versions |= {w.version for w in workers if qs.name in w.queues}
+            qs.versions.discard("?")  # a worker whose meta was lost
+
+        pairs = [(qs, v, lane) for qs in queues for v in sorted(qs.versions) for lane in LANES]
+        pipe = client.pipeline(transaction=False)
+        for qs, version, lane in pairs:
+            pipe.hgetall(keys.queue(qs.name).metrics_total(version, lane))
+        for (qs, version, lane), raw in zip(pairs, pipe.execute(), strict=True):
+            if raw:
+                qs.totals[(version, lane)] = {k: int(v) for k, v in raw.items()}
+        return queues, workers
+
+    # -- exporting ----------------------------------------------------------------------------
+    def describe(self) -> Iterable[Metric]:
+        """The families without samples, so registering the collector reads nothing."""
+        return self._families([], [])
+
+    def collect(self) -> Iterable[Metric]:
+        queues, workers = self.read()
+        return self._families(queues, workers)
+
+    def _families(self, queues: list[QueueSnapshot],
+                  workers: list[registry.WorkerRecord]) -> Iterator[Metric]:
+        yield self._deployments_active(queues)
+        yield self._traffic_split(queues)
+        yield from self._deployment_counters(queues)
+        yield self._routed(queues)
+        yield self._processed(queues)
+        yield self._duration(queues)
+        yield self._depth(queues)
+        yield self._workers(workers)
+
+    @staticmethod
+    def _deployments_active(queues: list[QueueSnapshot]) -> Metric:
+        # A state set: every active status of every queue, 1 for the one in force. Emitting the
+        # zeros keeps the series alive when a deployment ends, so `== 0` alerts and graphs work.
+        g = GaugeMetricFamily(
+            "canary_deployments_active",
+            "1 for the status of the queue's deployment while it is active, 0 for the others",
+            labels=["queue", "status"])
+        for qs in queues:
+            for status in ACTIVE_STATES:
+                g.add_metric([qs.name, status], 1.0 if qs.deployment_state == status else 0.0)
+        return g
+
+    @staticmethod
+    def _traffic_split(queues: list[QueueSnapshot]) -> Metric:
+        # The queue config's weight is what route_enqueue uses, so it is the truth even when an
+        # operator set it without a deployment (deployment_id is then empty).
+        g = GaugeMetricFamily(
+            "canary_traffic_split_percentage",
+            "Share of the queue's new jobs routed to the canary lane, in percent",
+            labels=["queue", "deployment_id"])
+        for qs in queues:
+            g.add_metric([qs.name, qs.deployment_id if qs.active else ""], qs.weight_bp / 100)
+        return g
+
+    @staticmethod
+    def _deployment_counters(queues: list[QueueSnapshot]) -> Iterator[Metric]:
+        # deployment_finish.lua increments `promotions:<outcome>` and `rollbacks:<rule>`.
+        promotions = CounterMetricFamily(
+            "canary_promotions", "Deployments finished by promotion, by outcome",
+            labels=["queue", "outcome"])
+        rollbacks = CounterMetricFamily(
+            "canary_rollbacks", "Deployments finished by rollback, by the rule that fired",
+            labels=["queue", "reason"])
+        for qs in queues:
+            outcomes = {"completed": 0}
+            for name, n in sorted(qs.counters.items()):
+                kind, _, label = name.partition(":")
+                if kind == "promotions":
+                    outcomes[label] = n
+                elif kind == "rollbacks":
+                    rollbacks.add_metric([qs.name, label], n)
+            for outcome, n in outcomes.items():
+                promotions.add_metric([qs.name, outcome], n)
+        yield promotions
+        yield rollbacks
+
+    @staticmethod
+    def _routed(queues: list[QueueSnapshot]) -> Metric:
+        c = CounterMetricFamily("pycanary_jobs_routed", "Jobs enqueued, by the lane they got",
+                                labels=["queue", "lane"])
+        for qs in queues:
+            for lane in LANES:
+                c.add_metric([qs.name, lane], qs.routed.get(lane, 0))
+        return c
+
+    @staticmethod
+    def _processed(queues: list[QueueSnapshot]) -> Metric:
+        c = CounterMetricFamily(
+            "pycanary_jobs_processed",
+            "Job attempts finished (ok, failed) and what became of failed ones (retried, dead)",
+            labels=["queue", "lane", "version", "outcome"])
+        for qs in queues:
+            for (version, lane), totals in sorted(qs.totals.items()):
+                for outcome in OUTCOMES:
+                    c.add_metric([qs.name, lane, version, outcome], totals.get(outcome, 0))
+        return c
+
+    @staticmethod
+    def _duration(queues: list[QueueSnapshot]) -> Metric:
+        # Lanes are summed: the histogram answers "how fast is this version", and a version
+        # normally runs in one lane (a promoted canary moves lanes but not speed).
+        h = HistogramMetricFamily(
+            "pycanary_job_duration_seconds",
+            "Handler run time of job attempts (sum estimated from bucket midpoints)",
+            labels=["queue", "version"])
+        for qs in queues:
+            by_version: dict[str, dict[int, int]] = {}
+            for (version, _lane), totals in sorted(qs.totals.items()):
+                run = by_version.setdefault(version, {})
+                for name, n in totals.items():
+                    if name[0] == "r" and name[1:].isdigit():
+                        run[int(name[1:])] = run.get(int(name[1:]), 0) + n
+            for version, run in by_version.items():
+                if run:
+                    buckets, total_s = duration_buckets(run)
+                    h.add_metric([qs.name, version], buckets, total_s)
+        return h
+
+    @staticmethod
+    def _depth(queues: list[QueueSnapshot]) -> Metric:
+        g = GaugeMetricFamily("pycanary_queue_depth", "Jobs waiting in the lane (not retries)",
+                              labels=["queue", "lane"])
+        for qs in queues:
+            for lane in LANES:
+                g.add_metric([qs.name, lane], qs.depth.get(lane, 0))
+        return g
+
+    @staticmethod
+    def _workers(workers: list[registry.WorkerRecord]) -> Metric:
+        # Registered workers, dead ones included until the reaper forgets them: a count of dead
+        # workers is worth alerting on.
+        g = GaugeMetricFamily("pycanary_workers", "Registered workers by version, lane and state",
+                              labels=["queue", "version", "lane", "state"])
+        counts = Counter((q, w.version, lane, w.state)
+                         for w in workers for q, lane in w.queues.items())
+        for labels, n in sorted(counts.items()):
+            g.add_metric(list(labels), n)
+        return g
+
+
+def render(conn: Connection, *, heartbeat_s: float = registry.DEFAULT_HEARTBEAT_S) -> bytes:
+    """The exposition text of one scrape (what ``/metrics`` and the CLI print).
+
+    A registry of its own holds only this collector, so no process-wide metrics (GC, process)
+    are mixed in and repeated calls never clash over registered names.
+    """
+    reg = CollectorRegistry(auto_describe=False)
+    reg.register(RedisCollector(conn, heartbeat_s=heartbeat_s))
+    return generate_latest(reg)

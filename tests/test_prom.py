@@ -1,0 +1,236 @@
+"""The Prometheus collector on fakeredis and real Redis: exact values of every family after real
+routing, real workers, a rollback and a promotion, parsed back from the exposition text."""
+
+from __future__ import annotations
+
+import itertools
+import threading
+import time
+from collections.abc import Callable
+from types import SimpleNamespace
+
+import pytest
+from prometheus_client import CollectorRegistry
+from prometheus_client.parser import text_string_to_metric_families
+
+from pycanary import histogram, metrics, prom, registry, rollouts, service
+from pycanary.deployments import ACTIVE_STATES
+from pycanary.job import Job
+from pycanary.producer import Producer
+from pycanary.worker import Worker
+
+PLAN = {"stages": [{"percentage": 50, "duration": "10m"}]}
+FAMILIES = [
+    "canary_deployments_active", "canary_traffic_split_percentage", "canary_promotions",
+    "canary_rollbacks", "pycanary_jobs_routed", "pycanary_jobs_processed",
+    "pycanary_job_duration_seconds", "pycanary_queue_depth", "pycanary_workers",
+]
+
+Samples = dict[tuple[str, frozenset], float]
+
+
+def scrape(conn) -> Samples:
+    out: Samples = {}
+    for fam in text_string_to_metric_families(prom.render(conn).decode()):
+        for s in fam.samples:
+            out[(s.name, frozenset(s.labels.items()))] = s.value
+    return out
+
+
+def val(samples: Samples, name: str, **labels: str) -> float:
+    return samples[(name, frozenset(labels.items()))]
+
+
+def series(samples: Samples, name: str) -> dict[frozenset, float]:
+    return {labels: v for (n, labels), v in samples.items() if n == name}
+
+
+def run_until(worker: Worker, done: Callable[[], bool], timeout: float = 30.0) -> None:
+    t = threading.Thread(target=worker.run, daemon=True)
+    t.start()
+    deadline = time.monotonic() + timeout
+    try:
+        while not done():
+            assert time.monotonic() < deadline, "worker did not finish in time"
+            time.sleep(0.01)
+    finally:
+        worker.stop()
+        t.join(15)
+    assert not t.is_alive()
+
+
+def all_finished(conn, version: str, lane: str, n_jobs: int) -> Callable[[], bool]:
+    """Every job of the lane ended (ok or dead), read from the totals the ack scripts write.
+
+    Checking that the lane, retry set and processing list are empty one key after the other
+    races with a retry moving from the retry set to the lane between two reads."""
+    key = conn.keys.queue("payments").metrics_total(version, lane)
+
+    def check() -> bool:
+        ok, dead = conn.client.hmget(key, ["ok", "dead"])
+        return int(ok or 0) + int(dead or 0) == n_jobs
+
+    return check
+
+
+def handler(job: Job) -> None:
+    if job.payload["fail"]:
+        raise ValueError("induced")
+
+
+def ack_direct(conn, version: str, lane: str, run_buckets: list[int]) -> None:
+    """Record successful attempts with chosen run-time buckets, as a worker's ack would."""
+    qk = conn.keys.queue("payments")
+    slot = metrics.slot_of(registry.now_ms())
+    args: list = [3600]
+    for i, b in enumerate(run_buckets):
+        args += [f"raw-{version}-{lane}-{i}", b, 0]
+    conn.scripts.call("ack_jobs", qk.ack_keys("w-direct", version, lane, slot), args)
+
+
+def test_routing_processing_depth_split_and_workers(conn) -> None:
+    service.configure_queue(conn, "payments", stable_version="v1")
+    dep = rollouts.ramp(conn, "payments", "v2", PLAN, allow_schema_change=True, actor="test")
+    producer = Producer(conn)
+    jobs = {"stable": 0, "canary": 0}
+    failing = {"stable": 0, "canary": 0}
+    for i in range(40):
+        res = producer.enqueue("payments", {"i": i, "fail": i % 5 == 0}, job_id=f"job-{i}")
+        jobs[res.lane] += 1
+        failing[res.lane] += i % 5 == 0
+    assert jobs["stable"] and jobs["canary"]  # 50% sticky over 40 ids: both lanes have jobs
+
+    for version, lane in (("v1", "stable"), ("v2", "canary")):
+        w = Worker(conn, ["payments"], version, handler, max_attempts=2, backoff_s=0.001,
+                   heartbeat_s=0.2)
+        run_until(w, all_finished(conn, version, lane, jobs[lane]))
+
+    waiting = {"stable": 0, "canary": 0}
+    for i in range(7):
+        waiting[producer.enqueue("payments", {"i": i, "fail": False},
+                                 job_id=f"later-{i}").lane] += 1
+    registry.heartbeat(conn, "w-canary-1", version="v2", queues={"payments": "canary"},
+                       info={"state": "active"}, ttl_ms=60_000)
+    registry.heartbeat(conn, "w-canary-2", version="v2", queues={"payments": "canary"},
+                       info={"state": "active"}, ttl_ms=60_000)
+    registry.heartbeat(conn, "w-next", version="v9", queues={"payments": "stable"},
+                       info={"state": "standby"}, ttl_ms=60_000)
+
+    s = scrape(conn)
+    for status in ACTIVE_STATES:
+        assert val(s, "canary_deployments_active", queue="payments",
+                   status=status) == (1.0 if status == "active" else 0.0)
+    assert series(s, "canary_traffic_split_percentage") == {
+        frozenset({"queue": "payments", "deployment_id": dep.id}.items()): 50.0}
+    assert series(s, "canary_promotions_total") == {
+        frozenset({"queue": "payments", "outcome": "completed"}.items()): 0.0}
+    assert series(s, "canary_rollbacks_total") == {}
+
+    for lane in ("stable", "canary"):
+        assert val(s, "pycanary_jobs_routed_total", queue="payments",
+                   lane=lane) == jobs[lane] + waiting[lane]
+        assert val(s, "pycanary_queue_depth", queue="payments", lane=lane) == waiting[lane]
+
+    # every failing job failed twice: retried after the first attempt, dead after the second
+    processed = series(s, "pycanary_jobs_processed_total")
+    expected = {}
+    for version, lane in (("v1", "stable"), ("v2", "canary")):
+        f = failing[lane]
+        for outcome, n in (("ok", jobs[lane] - f), ("failed", 2 * f), ("retried", f),
+                           ("dead", f)):
+            expected[frozenset({"queue": "payments", "lane": lane, "version": version,
+                                "outcome": outcome}.items())] = float(n)
+    assert processed == expected  # v9 has no totals: no series
+
+    for version, lane in (("v1", "stable"), ("v2", "canary")):
+        attempts = jobs[lane] + failing[lane]  # ok + failed
+        assert val(s, "pycanary_job_duration_seconds_count", queue="payments",
+                   version=version) == attempts
+        assert val(s, "pycanary_job_duration_seconds_bucket", queue="payments",
+                   version=version, le="+Inf") == attempts
+        assert val(s, "pycanary_job_duration_seconds_sum", queue="payments",
+                   version=version) > 0
+
+    assert series(s, "pycanary_workers") == {
+        frozenset({"queue": "payments", "version": "v2", "lane": "canary",
+                   "state": "active"}.items()): 2.0,
+        frozenset({"queue": "payments", "version": "v9", "lane": "stable",
+                   "state": "standby"}.items()): 1.0,
+    }
+
+
+def test_rollback_then_promotion_counters_and_remembered_versions(conn) -> None:
+    service.configure_queue(conn, "payments", stable_version="v1")
+    rollouts.ramp(conn, "payments", "v2", PLAN, allow_schema_change=True, actor="test")
+    producer = Producer(conn)
+    lanes = [producer.enqueue("payments", {"i": i}, job_id=f"job-{i}").lane for i in range(20)]
+    ack_direct(conn, "v2", "canary", [5, 5])
+    ack_direct(conn, "v1", "stable", [7])
+    ack_direct(conn, "v-forgotten", "canary", [1])  # no key names it: not exported
+
+    rollouts.rollback(conn, "payments", reason="x", actor="test")
+    s = scrape(conn)
+    assert series(s, "canary_rollbacks_total") == {
+        frozenset({"queue": "payments", "reason": "manual"}.items()): 1.0}
+    assert val(s, "canary_promotions_total", queue="payments", outcome="completed") == 0
+    assert series(s, "canary_traffic_split_percentage") == {
+        frozenset({"queue": "payments", "deployment_id": ""}.items()): 0.0}
+    assert all(v == 0 for v in series(s, "canary_deployments_active").values())
+    # the canary lane drained into stable; routed counts keep what routing decided
+    assert val(s, "pycanary_queue_depth", queue="payments", lane="canary") == 0
+    assert val(s, "pycanary_queue_depth", queue="payments", lane="stable") == 20
+    assert val(s, "pycanary_jobs_routed_total", queue="payments",
+               lane="canary") == lanes.count("canary")
+
+    rollouts.ramp(conn, "payments", "v3", PLAN, allow_schema_change=True, actor="test")
+    assert val(scrape(conn), "canary_deployments_active", queue="payments", status="active") == 1
+    rollouts.promote(conn, "payments", full=True, actor="test")
+    s = scrape(conn)
+    assert val(s, "canary_promotions_total", queue="payments", outcome="completed") == 1
+    assert val(s, "canary_rollbacks_total", queue="payments", reason="manual") == 1
+    assert series(s, "canary_traffic_split_percentage") == {
+        frozenset({"queue": "payments", "deployment_id": ""}.items()): 0.0}
+    # v1 (former stable) and v2 (rolled back) are still found with no worker naming them
+    ok = {(dict(k)["version"], dict(k)["lane"]): v
+          for k, v in series(s, "pycanary_jobs_processed_total").items()
+          if dict(k)["outcome"] == "ok"}
+    assert ok == {("v1", "stable"): 1.0, ("v2", "canary"): 2.0}
+
+
+def test_duration_histogram_buckets_in_seconds(conn) -> None:
+    service.configure_queue(conn, "payments", stable_version="v1")
+    ack_direct(conn, "v1", "stable", [0, 0, 10, 10, 10])
+    ack_direct(conn, "v1", "canary", [histogram.N_BUCKETS - 1])  # >= 10 min: only in +Inf
+    s = scrape(conn)
+    buckets = {dict(k)["le"]: v for k, v in series(s, "pycanary_job_duration_seconds_bucket")
+               .items()}
+    les = list(buckets)
+    assert les == prom.BUCKET_LE and len(les) == histogram.N_BUCKETS
+    bounds = [float(le) for le in les]
+    assert bounds == sorted(bounds) and len(set(bounds)) == len(bounds)
+    assert les[0] == "0.0001" and les[-2] == "600.0"
+    b10 = f"{histogram.bucket_bounds(10)[1] / 1e6:.6g}"
+    b9 = f"{histogram.bucket_bounds(9)[1] / 1e6:.6g}"
+    assert (buckets["0.0001"], buckets[b9], buckets[b10]) == (2, 2, 5)
+    assert (buckets["600.0"], buckets["+Inf"]) == (5, 6)
+    counts = list(buckets.values())
+    assert all(a <= b for a, b in itertools.pairwise(counts))  # cumulative
+    assert val(s, "pycanary_job_duration_seconds_count", queue="payments", version="v1") == 6
+    expected_sum = (2 * histogram.bucket_value(0) + 3 * histogram.bucket_value(10)
+                    + histogram.bucket_value(histogram.N_BUCKETS - 1)) / 1e6
+    assert val(s, "pycanary_job_duration_seconds_sum", queue="payments",
+               version="v1") == pytest.approx(expected_sum)
+
+
+def test_empty_redis_exports_every_family_without_samples(conn) -> None:
+    families = list(text_string_to_metric_families(prom.render(conn).decode()))
+    assert [f.name for f in families] == FAMILIES
+    assert all(not f.samples for f in families)
+
+
+def test_registering_reads_nothing() -> None:
+    broken = SimpleNamespace(client=None, keys=None)  # any Redis access would raise
+    reg = CollectorRegistry(auto_describe=True)
+    reg.register(prom.RedisCollector(broken))  # type: ignore[arg-type]
+    with pytest.raises(AttributeError):
+        list(reg.collect())
