@@ -95,11 +95,14 @@ def enqueue(
     ] = None,
     tenant: Annotated[str | None, typer.Option("--tenant", help="Tenant label.")] = None,
     count: Annotated[int, typer.Option("--count", help="Enqueue N copies.")] = 1,
+    rate: Annotated[
+        float | None, typer.Option("--rate", help="Spread them out: N jobs per second.")
+    ] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Enqueue a job; the routing script picks its lane (stable or canary)."""
     data = service.parse_payload(payload)
-    show_progress = count >= 20_000 and sys.stderr.isatty()
+    show_progress = (count >= 20_000 or rate is not None) and sys.stderr.isatty()
 
     def progress(done: int, total: int) -> None:
         if show_progress:
@@ -107,7 +110,7 @@ def enqueue(
 
     summary = service.enqueue(
         _state(ctx).conn(), queue, data, job_id=job_id, sticky_key=sticky_key, tenant=tenant,
-        count=count, progress=progress,
+        count=count, progress=progress, rate=rate,
     )
     if show_progress:
         typer.echo("", err=True)
@@ -320,7 +323,7 @@ def workers(
     lines = [f"{'WORKER':<32} {'VERSION':<12} {'STATE':<9} {'LANES':<28} {'DONE':>8} "
              f"{'LAST SEEN':>10}"]
     for w in rows:
-        lanes = ",".join(f"{q}={lane}" for q, lane in w["queues"].items())
+        lanes = ",".join(f"{q}={lane}" for q, lane in w["lanes"].items())
         lines.append(f"{w['id']:<32} {w['version']:<12} {w['state']:<9} {lanes:<28} "
                      f"{w['done'] or 0:>8,} {_ago(w['last_seen_ms']):>10}")
     if not rows:

@@ -49,6 +49,10 @@ class WorkerRecord:
             "current": _int(self.info.get("current")),
             "done": _int(self.info.get("done")), "failed": _int(self.info.get("failed")),
             "schemas": self.info.get("schemas", "any"),
+            # what it takes now ("-" = nothing: standby or retiring); queues holds the lane the
+            # reaper returns its jobs to
+            "lanes": dict(part.split("=", 1) for part in self.info.get("lanes", "").split(",")
+                          if "=" in part) or dict(self.queues),
         }
 
 

@@ -7,6 +7,7 @@ logic lives here and in the domain modules below it, once.
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -70,8 +71,13 @@ def enqueue(
     keep_jobs: int = 1000,
     progress: Callable[[int, int], None] | None = None,
     max_payload_bytes: int | None = None,
+    rate: float | None = None,
 ) -> EnqueueSummary:
-    """Enqueue ``count`` copies of a payload; ids of at most ``keep_jobs`` jobs are returned."""
+    """Enqueue ``count`` copies of a payload; ids of at most ``keep_jobs`` jobs are returned.
+    With ``rate`` (jobs per second) the jobs are spread out, like a steady producer."""
+    if rate is not None and not (isinstance(rate, int | float) and 0 < rate <= 1_000_000):
+        raise ValidationError(f"must be a positive number of jobs per second, got {rate!r}",
+                              field="rate")
     validation.queue_name(queue)
     if isinstance(count, bool) or not isinstance(count, int) or count < 1:
         raise ValidationError(f"must be a positive integer, got {count!r}", field="count")
@@ -81,14 +87,21 @@ def enqueue(
     kwargs = {} if max_payload_bytes is None else {"max_payload_bytes": max_payload_bytes}
     producer = Producer(conn, **kwargs)
     summary = EnqueueSummary(queue)
-    if count == 1:
+    if count == 1 and rate is None:
         res = producer.enqueue(queue, payload, job_id=job_id, sticky_key=sticky_key,
                                tenant=tenant)
         summary.add([res], keep_jobs)
         return summary
     done = 0
+    t0 = time.monotonic()
     while done < count:
         n = min(ENQUEUE_CHUNK, count - done)
+        if rate is not None:
+            due = int((time.monotonic() - t0) * rate) + 1 - done
+            if due <= 0:
+                time.sleep(min(0.1, 1 / rate))
+                continue
+            n = min(n, due)
         keys = None if sticky_key is None else [sticky_key] * n
         results = producer.enqueue_many(queue, [payload] * n, tenant=tenant, sticky_keys=keys)
         summary.add(results, keep_jobs)
