@@ -246,9 +246,10 @@ class Controller:
                                                     now=now))
                     break
         self._log_check(dep, stable, canary, analysis.verdict.value, decision.action.value)
-        deployments.record_analysis(self.conn, dep, {"ts": now, "stage": dep.stage,
-                                                     "analysis": analysis.to_dict(),
-                                                     "decision": decision.to_dict()})
+        # recorded by _write once the fenced update went through: a deposed leader's check
+        # must leave no trace (invariant 4)
+        record = {"ts": now, "stage": dep.stage, "analysis": analysis.to_dict(),
+                  "decision": decision.to_dict()}
         prev_verdict = (dep.last_analysis or {}).get("verdict")
         if prev_verdict != analysis.verdict.value:
             events.append(deployments.event(
@@ -257,7 +258,7 @@ class Controller:
 
         action = decision.action
         if action is Action.ROLLBACK:
-            self._write(dep, values, now, events)
+            self._write(dep, values, now, events, analysis=record)
             rule = decision.rules[0].rule if decision.rules else (
                 "deadline" if "deadline" in decision.reason else "analysis")
             return self._rollback(dep, decision.reason, rule, now, decision.to_dict())
@@ -271,11 +272,12 @@ class Controller:
             events.append(deployments.event(
                 "stage", decision.reason, actor=self.id, now=now,
                 data={"stage": nxt, "weight_bp": plan.stages[nxt].weight_bp}))
-            self._write(dep, values, now, events, weight_bp=plan.stages[nxt].weight_bp,
+            self._write(dep, values, now, events, analysis=record,
+                        weight_bp=plan.stages[nxt].weight_bp,
                         tenants_bp=plan.tenant_weights_bp(nxt))
             return f"stage {nxt} ({plan.stages[nxt].percentage:g}%)"
         if action is Action.PROMOTE:
-            self._write(dep, values, now, events)
+            self._write(dep, values, now, events, analysis=record)
             deployments.promote_final(self.conn, dep, actor=self.id, now=now,
                                       reason=decision.reason, epoch=self.epoch)
             return "promoting: " + self._drain_and_finish(dep)
@@ -283,16 +285,18 @@ class Controller:
             values["state"] = "awaiting_promotion"
             why = decision.reason if not manual_only else f"{decision.reason} ({manual_only})"
             events.append(deployments.event("awaiting_promotion", why, actor=self.id, now=now))
-            self._write(dep, values, now, events)
+            self._write(dep, values, now, events, analysis=record)
             return "awaiting promotion"
-        self._write(dep, values, now, events)
+        self._write(dep, values, now, events, analysis=record)
         return f"{analysis.verdict.value.lower()} ({decision.action.value})"
 
     def _write(self, dep: Deployment, values: dict[str, Any], now: int, events: list[str],
-               **kw: Any) -> None:
+               analysis: dict[str, Any] | None = None, **kw: Any) -> None:
         # one event rides with the write; further ones are appended by empty updates
         first = events[0] if events else ""
         deployments.update(self.conn, dep, values, now=now, epoch=self.epoch, ev=first, **kw)
+        if analysis is not None:  # only after the fence let the write through
+            deployments.record_analysis(self.conn, dep, analysis)
         for ev in events[1:]:
             deployments.update(self.conn, dep, {}, now=now, epoch=self.epoch, ev=ev)
 
