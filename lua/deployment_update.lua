@@ -8,6 +8,7 @@
   KEYS[3] deployment     hash    the queue's current deployment
   KEYS[4] events         stream  this deployment's event log
   KEYS[5] fence          string  highest controller epoch that wrote to the queue
+  KEYS[6] analyses       list    the deployment's latest analyses (newest first, capped)
 
   ARGV[1] epoch          leader epoch, or '' for an operator
   ARGV[2] expected_rev   rev the writer read, or '' to skip the check
@@ -16,15 +17,18 @@
   ARGV[5] tenants_mode   'keep' | 'set'
   ARGV[6] n tenant pairs, then tenant, weight_bp pairs (with 'set')
   ARGV[.] n field pairs, then field, value pairs of the deployment hash
-  ARGV[last] event       JSON, or ''
+  ARGV[.] n events, then the events (JSON)
+  ARGV[.] analysis       JSON record of the check behind this write, or '' (kept only if the
+                         write is accepted, so a fenced-off leader leaves no trace)
+  ARGV[.] keep           how many analyses to keep
 
   Returns the new rev
   Errors  -7 fenced (a newer leader), -9 rev changed, -12 no such deployment or it finished,
           -2 a weight above max_weight
 ]]
 local rcall = redis.call
-local config_key, tenant_key, dep_key, events_key, fence_key =
-  KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
+local config_key, tenant_key, dep_key, events_key, fence_key, analyses_key =
+  KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
 
 -- @include fence
 -- @include deployment
@@ -38,7 +42,9 @@ local now_ms = ARGV[3]
 local weight = nil
 if ARGV[4] ~= '' then weight = tonumber(ARGV[4]) end
 local tenants, i = read_pairs(ARGV, 6)
-local fields = read_pairs(ARGV, i)
+local fields, j = read_pairs(ARGV, i)
+local n_events = tonumber(ARGV[j])
+local analysis, keep = ARGV[j + n_events + 1], tonumber(ARGV[j + n_events + 2])
 if not within_max(config_key, weight, tenants) then return -2 end
 
 if weight ~= nil then
@@ -48,5 +54,9 @@ if weight ~= nil then
 end
 if ARGV[5] == 'set' then set_tenants(tenant_key, tenants) end
 local rev = dep_write(dep_key, fields, now_ms)
-add_event(events_key, ARGV[#ARGV])
+for k = j + 1, j + n_events do add_event(events_key, ARGV[k]) end
+if analysis ~= '' then
+  rcall('LPUSH', analyses_key, analysis)
+  rcall('LTRIM', analyses_key, 0, keep - 1)
+end
 return rev

@@ -55,6 +55,23 @@ class LaneSnapshot:
 
 
 @dataclass
+class _Write:
+    """What one check decided: fields and events for deployment_update, then maybe more."""
+
+    dep: Deployment
+    values: dict[str, Any]
+    events: list[str] = field(default_factory=list)
+    analysis: dict[str, Any] | None = None
+    weight_bp: int | None = None
+    tenants_bp: dict[str, int] | None = None
+    label: str = ""
+    then: str = ""  # "", "rollback" or "promote" (after the write went through)
+    reason: str = ""
+    rule: str = ""
+    data: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
 class TickReport:
     leader: bool
     deployments: int = 0
@@ -120,34 +137,72 @@ class Controller:
             self.leadership.release()
 
     def tick(self) -> TickReport:
+        """One pass over every active deployment, in a few round trips whatever their number:
+        read all deployments, snapshot every due one in one pipeline, analyse, then write every
+        decision in one pipeline of fenced compare-and-set scripts. Rollbacks, final promotions
+        and drains (rare) follow one by one."""
         t0 = time.perf_counter()
         if not self._may_act():
             return TickReport(leader=False)
         queues = deployments.active_queues(self.conn)
         report = TickReport(leader=True, deployments=len(queues))
         if queues:
-            deps = deployments.get_many(self.conn, queues)
-            workers = self._worker_counts()
-            for q, dep in deps.items():
-                if dep is None or not dep.active:
-                    self.conn.client.srem(self.conn.keys.active_deployments, q)
-                    continue
-                try:
-                    action = self.process(dep, workers)
-                except ConflictError:
-                    action = "conflict: re-read next tick"
-                except FencedError:
-                    log.warning("fenced on %s: another controller leads", q)
-                    if self.leadership is not None:
-                        self.leadership.release()
-                    report.actions.append(f"{q}: fenced")
-                    break
-                except StateError as exc:
-                    action = f"skipped: {exc}"
-                if action:
-                    report.actions.append(f"{q}: {action}")
+            try:
+                self._tick(queues, report)
+            except FencedError:
+                log.warning("fenced: another controller leads")
+                if self.leadership is not None:
+                    self.leadership.release()
+                report.actions.append("fenced")
         report.seconds = time.perf_counter() - t0
         return report
+
+    def _tick(self, queues: list[str], report: TickReport) -> None:
+        deps = deployments.get_many(self.conn, queues)
+        now_s = self.clock()
+        now = int(now_s * 1000)
+        due: list[Deployment] = []
+        later: list[Deployment] = []
+        for q, dep in deps.items():
+            if dep is None or not dep.active:
+                self.conn.client.srem(self.conn.keys.active_deployments, q)
+            elif dep.state in ("active", "awaiting_promotion"):
+                if dep.last_check_at is None or \
+                        now - dep.last_check_at >= dep.plan.interval * 1000:
+                    due.append(dep)
+            elif dep.state in ("rolling_back", "promoting"):
+                later.append(dep)
+        writes: list[_Write] = []
+        if due:
+            workers = self._worker_counts()
+            snaps = self._snapshots(due, workers)
+            writes = [self._check(dep, snaps[dep.queue], now_s) for dep in due]
+            pipe = self.conn.scripts.pipeline()
+            for w in writes:
+                keys, args = deployments.update_call(
+                    self.conn, w.dep, w.values, now=now, epoch=self.epoch,
+                    weight_bp=w.weight_bp, tenants_bp=w.tenants_bp, events=w.events,
+                    analysis=w.analysis)
+                pipe.call("deployment_update", keys, args)
+            for w, res in zip(writes, pipe.execute(), strict=True):
+                try:
+                    deployments.check_update(w.dep, res)
+                except ConflictError:
+                    report.actions.append(f"{w.dep.queue}: conflict: re-read next tick")
+                    continue
+                except StateError as exc:
+                    report.actions.append(f"{w.dep.queue}: skipped: {exc}")
+                    continue
+                action = w.label
+                if w.then == "rollback":
+                    action = self._rollback(w.dep, w.reason, w.rule, now, w.data)
+                elif w.then == "promote":
+                    deployments.promote_final(self.conn, w.dep, actor=self.id, now=now,
+                                              reason=w.reason, epoch=self.epoch)
+                    action = "promoting: " + self._drain_and_finish(w.dep)
+                report.actions.append(f"{w.dep.queue}: {action}")
+        for dep in later:
+            report.actions.append(f"{dep.queue}: {self._drain_and_finish(dep)}")
 
     def _worker_counts(self) -> dict[tuple[str, str, str], int]:
         counts: dict[tuple[str, str, str], int] = {}
@@ -159,29 +214,31 @@ class Controller:
         return counts
 
     def process(self, dep: Deployment, workers: dict[tuple[str, str, str], int]) -> str:
-        if dep.state in ("active", "awaiting_promotion"):
-            return self._check(dep, workers)
-        if dep.state == "rolling_back":
-            return self._drain_and_finish(dep)
-        if dep.state == "promoting":
-            return self._drain_and_finish(dep)
-        return ""
+        """Handle one deployment now (the batched tick does the same for many)."""
+        report = TickReport(leader=True)
+        self._tick([dep.queue], report)
+        return "; ".join(a.split(": ", 1)[-1] for a in report.actions)
 
     # -- checks ----------------------------------------------------------------------------
-    def _snapshot(self, dep: Deployment,
-                  workers: dict[tuple[str, str, str], int]) -> dict[str, LaneSnapshot]:
-        qk = self.conn.keys.queue(dep.queue)
+    def _snapshots(self, deps: list[Deployment], workers: dict[tuple[str, str, str], int]
+                   ) -> dict[str, dict[str, LaneSnapshot]]:
+        """Both lanes' running totals and backlogs of every deployment, one round trip."""
         pipe = self.conn.client.pipeline(transaction=False)
-        versions = {"stable": dep.stable_version, "canary": dep.canary_version}
-        for lane, version in versions.items():
-            pipe.hgetall(qk.metrics_total(version, lane))
-            pipe.llen(qk.lane(lane))
-        res = pipe.execute()
-        out = {}
-        for i, (lane, version) in enumerate(versions.items()):
-            totals = {k: int(v) for k, v in res[2 * i].items()}
-            out[lane] = LaneSnapshot(totals, int(res[2 * i + 1]),
-                                     workers.get((dep.queue, lane, version), 0))
+        for dep in deps:
+            qk = self.conn.keys.queue(dep.queue)
+            for lane, version in (("stable", dep.stable_version),
+                                  ("canary", dep.canary_version)):
+                pipe.hgetall(qk.metrics_total(version, lane))
+                pipe.llen(qk.lane(lane))
+        res = iter(pipe.execute())
+        out: dict[str, dict[str, LaneSnapshot]] = {}
+        for dep in deps:
+            out[dep.queue] = {}
+            for lane, version in (("stable", dep.stable_version),
+                                  ("canary", dep.canary_version)):
+                totals = {k: int(v) for k, v in next(res).items()}
+                out[dep.queue][lane] = LaneSnapshot(
+                    totals, int(next(res)), workers.get((dep.queue, lane, version), 0))
         return out
 
     def _lane_stats(self, lane: str, version: str, now: dict[str, int],
@@ -194,21 +251,16 @@ class Controller:
                          run_hist=run, wait_hist=wait, workers=snap.workers,
                          window_s=window_s, backlog=snap.backlog)
 
-    def _check(self, dep: Deployment, workers: dict[tuple[str, str, str], int]) -> str:
+    def _check(self, dep: Deployment, snaps: dict[str, LaneSnapshot], now_s: float) -> _Write:
+        """One check of one deployment, pure but for the log line: what to write and do."""
         plan = dep.plan
-        now_s = self.clock()
         now = int(now_s * 1000)
         since = dep.last_check_at or dep.started_at
-        if dep.last_check_at is not None and now - dep.last_check_at < plan.interval * 1000:
-            return ""
-        snaps = self._snapshot(dep, workers)
+        totals = {lane: s.totals for lane, s in snaps.items()}
         if not dep.totals:
             # first look: a baseline, so the first window starts at the deployment's start
-            dep.totals = {lane: s.totals for lane, s in snaps.items()}
-            deployments.update(self.conn, dep, {"totals": dep.totals, "last_check_at": now,
-                                                "last_data_at": {}},
-                               now=now, epoch=self.epoch)
-            return "baseline taken"
+            return _Write(dep, {"totals": totals, "last_check_at": now, "last_data_at": {}},
+                          label="baseline taken")
         window_s = max(0.001, (now - since) / 1000)
         stable = self._lane_stats("stable", dep.stable_version, snaps["stable"].totals,
                                   dep.totals.get("stable", {}), snaps["stable"], window_s)
@@ -217,14 +269,10 @@ class Controller:
         state = AnalysisState.from_dict(dep.analysis_state) if dep.analysis_state else None
         analysis, st = evaluate(dep.stage, plan, stable, canary, state, now_s)
         decision = decide(plan, analysis, st, now_s)
-
-        values: dict[str, Any] = {
-            "totals": {lane: s.totals for lane, s in snaps.items()},
-            "last_check_at": now,
-            "analysis_state": st.to_dict(),
-            "last_analysis": analysis.to_dict(),
-            "last_decision": decision.to_dict(),
-        }
+        analysis_d, decision_d = analysis.to_dict(), decision.to_dict()
+        values: dict[str, Any] = {"totals": totals, "last_check_at": now,
+                                  "analysis_state": st.to_dict(), "last_analysis": analysis_d,
+                                  "last_decision": decision_d}
         events: list[str] = []
         last_data = dict(dep.last_data_at or {})
         for lane, stats in (("stable", stable), ("canary", canary)):
@@ -246,59 +294,40 @@ class Controller:
                                                     now=now))
                     break
         self._log_check(dep, stable, canary, analysis.verdict.value, decision.action.value)
-        # recorded by _write once the fenced update went through: a deposed leader's check
-        # must leave no trace (invariant 4)
-        record = {"ts": now, "stage": dep.stage, "analysis": analysis.to_dict(),
-                  "decision": decision.to_dict()}
-        prev_verdict = (dep.last_analysis or {}).get("verdict")
-        if prev_verdict != analysis.verdict.value:
+        # written by the same fenced script as the decision: a deposed leader's check leaves
+        # no trace (invariant 4)
+        record = {"ts": now, "stage": dep.stage, "analysis": analysis_d, "decision": decision_d}
+        if (dep.last_analysis or {}).get("verdict") != analysis.verdict.value:
             events.append(deployments.event(
                 "verdict", f"{analysis.verdict.value}: {analysis.reason}", actor=self.id,
-                now=now, data=analysis.to_dict()))
-
+                now=now, data=analysis_d))
+        w = _Write(dep, values, events=events, analysis=record,
+                   label=f"{analysis.verdict.value.lower()} ({decision.action.value})")
         action = decision.action
         if action is Action.ROLLBACK:
-            self._write(dep, values, now, events, analysis=record)
-            rule = decision.rules[0].rule if decision.rules else (
+            w.then, w.reason, w.data = "rollback", decision.reason, decision_d
+            w.rule = decision.rules[0].rule if decision.rules else (
                 "deadline" if "deadline" in decision.reason else "analysis")
-            return self._rollback(dep, decision.reason, rule, now, decision.to_dict())
+            return w
         if action is Action.PROMOTE and manual_only:
             action = Action.AWAIT_APPROVAL
         if action is Action.PROMOTE and decision.next_stage is not None:
             nxt = decision.next_stage
-            st2 = st.enter_stage(nxt, now_s)
             values.update({"stage": nxt, "stage_started_at": now, "state": "active",
-                           "analysis_state": st2.to_dict()})
+                           "analysis_state": st.enter_stage(nxt, now_s).to_dict()})
             events.append(deployments.event(
                 "stage", decision.reason, actor=self.id, now=now,
                 data={"stage": nxt, "weight_bp": plan.stages[nxt].weight_bp}))
-            self._write(dep, values, now, events, analysis=record,
-                        weight_bp=plan.stages[nxt].weight_bp,
-                        tenants_bp=plan.tenant_weights_bp(nxt))
-            return f"stage {nxt} ({plan.stages[nxt].percentage:g}%)"
-        if action is Action.PROMOTE:
-            self._write(dep, values, now, events, analysis=record)
-            deployments.promote_final(self.conn, dep, actor=self.id, now=now,
-                                      reason=decision.reason, epoch=self.epoch)
-            return "promoting: " + self._drain_and_finish(dep)
-        if action is Action.AWAIT_APPROVAL and dep.state != "awaiting_promotion":
+            w.weight_bp, w.tenants_bp = plan.stages[nxt].weight_bp, plan.tenant_weights_bp(nxt)
+            w.label = f"stage {nxt} ({plan.stages[nxt].percentage:g}%)"
+        elif action is Action.PROMOTE:
+            w.then, w.reason = "promote", decision.reason
+        elif action is Action.AWAIT_APPROVAL and dep.state != "awaiting_promotion":
             values["state"] = "awaiting_promotion"
             why = decision.reason if not manual_only else f"{decision.reason} ({manual_only})"
             events.append(deployments.event("awaiting_promotion", why, actor=self.id, now=now))
-            self._write(dep, values, now, events, analysis=record)
-            return "awaiting promotion"
-        self._write(dep, values, now, events, analysis=record)
-        return f"{analysis.verdict.value.lower()} ({decision.action.value})"
-
-    def _write(self, dep: Deployment, values: dict[str, Any], now: int, events: list[str],
-               analysis: dict[str, Any] | None = None, **kw: Any) -> None:
-        # one event rides with the write; further ones are appended by empty updates
-        first = events[0] if events else ""
-        deployments.update(self.conn, dep, values, now=now, epoch=self.epoch, ev=first, **kw)
-        if analysis is not None:  # only after the fence let the write through
-            deployments.record_analysis(self.conn, dep, analysis)
-        for ev in events[1:]:
-            deployments.update(self.conn, dep, {}, now=now, epoch=self.epoch, ev=ev)
+            w.label = "awaiting promotion"
+        return w
 
     def _log_check(self, dep: Deployment, stable: LaneStats, canary: LaneStats, verdict: str,
                    action: str) -> None:

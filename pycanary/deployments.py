@@ -12,6 +12,7 @@ import json
 import secrets
 import time
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Any
 
 from .connection import Connection
@@ -24,7 +25,7 @@ ACTIVE_STATES = ("pending", "active", "paused", "awaiting_promotion", "promoting
                  "rolling_back")
 FINISHED_STATES = ("completed", "rolled_back", "failed")
 STATES = ACTIVE_STATES + FINISHED_STATES
-ANALYSES_KEPT = 50
+ANALYSES_KEPT = 10
 
 _JSON_FIELDS = ("plan", "tenants_bp", "analysis_state", "last_analysis", "last_decision",
                 "totals", "last_data_at", "drain", "meta")
@@ -41,6 +42,12 @@ def new_id(queue: str, now: int) -> str:
     """Sortable, readable: payments-20261127T101500-3f9a."""
     stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime(now / 1000))
     return f"{queue}-{stamp}-{secrets.token_hex(2)}"
+
+
+@lru_cache(maxsize=512)
+def _cached_plan(plan_json: str) -> Plan:
+    """Plans are immutable per deployment: parse each once per process, not every tick."""
+    return parse_plan(json.loads(plan_json))
 
 
 @dataclass
@@ -84,7 +91,7 @@ class Deployment:
     @property
     def plan(self) -> Plan:
         if self._plan is None:
-            self._plan = parse_plan(self.plan_raw)
+            self._plan = _cached_plan(json.dumps(self.plan_raw, sort_keys=True))
         return self._plan
 
     @property
@@ -243,6 +250,42 @@ def _fence_args(epoch: int | None) -> str:
     return "" if epoch is None else str(epoch)
 
 
+def update_call(
+    conn: Connection,
+    dep: Deployment,
+    values: dict[str, Any],
+    *,
+    now: int,
+    epoch: int | None = None,
+    weight_bp: int | None = None,
+    tenants_bp: dict[str, int] | None = None,
+    events: list[str] | None = None,
+    analysis: dict[str, Any] | None = None,
+    check_rev: bool = True,
+) -> tuple[list[str], list[Any]]:
+    """KEYS and ARGV of deployment_update, so a controller can pipeline many of them."""
+    qk = conn.keys.queue(dep.queue)
+    evs = [e for e in (events or []) if e]
+    record = "" if analysis is None else json.dumps(analysis, separators=(",", ":"),
+                                                    default=str)
+    return (
+        [qk.config, qk.tenant_weights, qk.deployment, qk.events(dep.id), qk.fence,
+         qk.analyses(dep.id)],
+        [_fence_args(epoch), str(dep.rev) if check_rev else "", now,
+         "" if weight_bp is None else weight_bp, "keep" if tenants_bp is None else "set",
+         *_pairs(_tenant_pairs(tenants_bp)), *_pairs(encode_fields(values)), len(evs), *evs,
+         record, ANALYSES_KEPT],
+    )
+
+
+def check_update(dep: Deployment, res: Any) -> int:
+    """Turn deployment_update's reply into the new rev, or the mapped exception."""
+    if isinstance(res, int) and res < 0:
+        raise_for_code(res, script="deployment_update", field="deployment")
+    dep.rev = int(res)
+    return dep.rev
+
+
 def update(
     conn: Connection,
     dep: Deployment,
@@ -253,21 +296,15 @@ def update(
     weight_bp: int | None = None,
     tenants_bp: dict[str, int] | None = None,
     ev: str = "",
+    events: list[str] | None = None,
+    analysis: dict[str, Any] | None = None,
     check_rev: bool = True,
 ) -> int:
     """Write fields (and optionally the routing weight) of an active deployment; returns rev."""
-    qk = conn.keys.queue(dep.queue)
-    res = conn.scripts.call(
-        "deployment_update",
-        [qk.config, qk.tenant_weights, qk.deployment, qk.events(dep.id), qk.fence],
-        [_fence_args(epoch), str(dep.rev) if check_rev else "", now,
-         "" if weight_bp is None else weight_bp, "keep" if tenants_bp is None else "set",
-         *_pairs(_tenant_pairs(tenants_bp)), *_pairs(encode_fields(values)), ev],
-    )
-    if isinstance(res, int) and res < 0:
-        raise_for_code(res, script="deployment_update", field="deployment")
-    dep.rev = int(res)
-    return dep.rev
+    keys, args = update_call(conn, dep, values, now=now, epoch=epoch, weight_bp=weight_bp,
+                             tenants_bp=tenants_bp, events=[ev, *(events or [])],
+                             analysis=analysis, check_rev=check_rev)
+    return check_update(dep, conn.scripts.call("deployment_update", keys, args))
 
 
 def rollback(conn: Connection, dep: Deployment, *, reason: str, actor: str, now: int,
@@ -326,14 +363,6 @@ def finish(conn: Connection, dep: Deployment, *, actor: str, now: int, message: 
     dep.state, dep.rev = final, int(rev)
     conn.client.srem(conn.keys.active_deployments, dep.queue)
     return str(final)
-
-
-def record_analysis(conn: Connection, dep: Deployment, analysis: dict[str, Any]) -> None:
-    key = conn.keys.queue(dep.queue).analyses(dep.id)
-    pipe = conn.client.pipeline(transaction=False)
-    pipe.lpush(key, json.dumps(analysis, separators=(",", ":"), default=str))
-    pipe.ltrim(key, 0, ANALYSES_KEPT - 1)
-    pipe.execute()
 
 
 def queue_keys(conn: Connection, dep: Deployment) -> QueueKeys:

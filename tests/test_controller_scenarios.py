@@ -15,6 +15,9 @@ from pycanary.producer import Producer
 from tests.test_worker_processes import start_worker, stop_all, wait_for
 
 DESIGN_CARD = {"canary_config": {
+    # worker processes share two busy cores here: allow run-time noise of up to 30% between
+    # hosts (the 3x latency regression below is far beyond it)
+    "statistical": {"run_time_tolerance": 30},
     "stages": [
         {"percentage": 5, "duration": "10m", "auto_promote": True,
          "conditions": {"max_error_rate": 5, "max_latency_increase": 50}},

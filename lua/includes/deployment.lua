@@ -11,7 +11,7 @@ local function dep_check(dep_key, expected_rev)
   return cur[1], nil
 end
 
--- ARGV from index i: n, then n field/value pairs. Returns the pairs and the next index.
+-- ARGV from index i: n, then n field/value pairs. Returns the pairs and the index after them.
 local function read_pairs(args, i)
   local n = tonumber(args[i])
   local out = {}
