@@ -190,6 +190,10 @@ def queue_configure(
     stable_version: Annotated[
         str | None, typer.Option("--stable-version", help="Version that serves the stable lane.")
     ] = None,
+    canary_version: Annotated[
+        str | None, typer.Option("--canary-version", help="Version that serves the canary lane "
+                                 "(for a manual canary with set-weight; deployments set it).")
+    ] = None,
     sticky: Annotated[
         bool | None, typer.Option("--sticky/--no-sticky", help="Sticky hash or random draw.")
     ] = None,
@@ -203,7 +207,7 @@ def queue_configure(
     conn = _state(ctx).conn()
     service.configure_queue(
         conn, queue, max_weight=max_weight, stable_version=stable_version, backend=backend,
-        sticky=sticky, salt=salt, enabled=enabled,
+        sticky=sticky, salt=salt, enabled=enabled, canary_version=canary_version,
     )
     info = service.queue_info(conn, queue)
     _emit(info, as_json, _queue_text(info))

@@ -304,6 +304,12 @@ class Controller:
         w = _Write(dep, values, events=events, analysis=record,
                    label=f"{analysis.verdict.value.lower()} ({decision.action.value})")
         action = decision.action
+        if (action is Action.ROLLBACK and dep.state == "awaiting_promotion"
+                and not decision.rules and "deadline" in decision.reason):
+            # a plan waiting at its manual gate waits for a person, it is not late; failing
+            # checks (which carry their rules) still roll it back
+            action = Action.HOLD
+            w.label = "awaiting promotion (deadline passed, waiting for a person)"
         if action is Action.ROLLBACK:
             w.then, w.reason, w.data = "rollback", decision.reason, decision_d
             w.rule = decision.rules[0].rule if decision.rules else (

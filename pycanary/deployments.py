@@ -324,6 +324,8 @@ def rollback(conn: Connection, dep: Deployment, *, reason: str, actor: str, now:
         raise_for_code(res, script="deployment_rollback", field="queue")
     changed, rev, prev = (int(x) for x in res)
     dep.rev, dep.state = rev, "rolling_back"
+    if changed:
+        dep.rollback_at = dep.weight0_at = now
     return bool(changed), prev
 
 
@@ -344,6 +346,8 @@ def promote_final(conn: Connection, dep: Deployment, *, actor: str, now: int, re
         raise_for_code(res, script="deployment_promote", field="queue")
     changed, rev = (int(x) for x in res)
     dep.rev, dep.state = rev, "promoting"
+    if changed:
+        dep.promoted_at = now
     return bool(changed)
 
 

@@ -167,5 +167,9 @@ class Leadership:
         if refused:
             log.warning("fenced on %s: a newer controller leads; dropping epoch %s",
                         ", ".join(refused), self._epoch)
-            self._drop()
+            # Give the lease back (if it is still ours) and take a new token: acquiring is
+            # idempotent per token, so keeping it would re-take the same, refused epoch forever
+            # (possible when the epoch counter fell behind the fences, e.g. after a Redis restore).
+            self.release()
+            self.token = f"{self.controller_id}/{uuid.uuid4().hex[:8]}"
         return refused

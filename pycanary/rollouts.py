@@ -131,8 +131,8 @@ def start_canary(
                                        "auto_promote": False}],
                            "interval": interval, "sticky": sticky, "tenants": tenant_pct})
     except PlanError as exc:
-        raise ValidationError(str(exc).replace("stages[0].percentage", "weight"),
-                              field="weight") from None
+        first = str(exc).splitlines()[0]
+        raise ValidationError(first.split(": ", 1)[-1], field="weight") from None
     return _start(conn, queue, version, plan, kind="manual",
                   allow_schema_change=allow_schema_change, actor=actor, now_ms=now_ms,
                   message=f"manual canary of {version} at {pct:g}%")
@@ -318,6 +318,10 @@ def drain(conn: Connection, queue: str, *,
     if cfg.weight_bp > 0 or cfg.tenant_weights_bp:
         raise StateError(f"{queue} still routes {cfg.weight_bp / 100:g}% to canary: roll back "
                          "or set the weight to 0 first", field="queue")
+    dep = deployments.get(conn, queue)
+    if dep is not None and dep.state in ("promoting", "rolling_back"):
+        # finish what a rollback or promotion started (its drain was cut short)
+        finish_after_drain(conn, dep, actor=operator(), epoch=None, clock=time.time)
     return drain_lane(conn, queue, from_lane="canary", to_lane="stable", progress=progress)
 
 

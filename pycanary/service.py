@@ -149,11 +149,12 @@ def configure_queue(
     sticky: bool | None = None,
     salt: str | None = None,
     enabled: bool | None = None,
+    canary_version: str | None = None,
 ) -> queue_config.QueueConfig:
     bp = None if max_weight is None else validation.percent_to_bp(max_weight, "max_weight")
     return queue_config.configure(
         conn, queue, max_weight_bp=bp, stable_version=stable_version, backend=backend,
-        sticky=sticky, salt=salt, enabled=enabled,
+        sticky=sticky, salt=salt, enabled=enabled, canary_version=canary_version,
     )
 
 

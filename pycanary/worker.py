@@ -28,6 +28,8 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+import redis
+
 from . import metrics, registry, validation
 from .connection import Connection
 from .errors import VERSION_ROLLED_BACK, ValidationError
@@ -187,6 +189,7 @@ class Worker:
         self._stop = threading.Event()
         self._abort = threading.Event()
         self._results: queue_mod.SimpleQueue[_Outcome] = queue_mod.SimpleQueue()
+        self._pending: deque[_Running] = deque()
         self._inflight = 0
         self._pool: concurrent.futures.ThreadPoolExecutor | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -440,7 +443,22 @@ class Worker:
                                [self.keep_s, raw, "dead", record, "", 0, 0])
 
     def _main_loop(self) -> None:
-        pending: deque[_Running] = deque()
+        """Run _serve, riding out Redis outages: held jobs stay in the processing list (the
+        reaper returns them if this worker dies meanwhile) and buffered acks are retried."""
+        pause = 0.1
+        while True:
+            try:
+                self._serve()
+                return
+            except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
+                if self._stop.is_set() and self._inflight == 0:
+                    return
+                log.warning("Redis unreachable (%s); retrying in %.1fs", exc, pause)
+                self._stop.wait(pause)
+                pause = min(5.0, pause * 2)
+
+    def _serve(self) -> None:
+        pending = self._pending  # survives a restart of _serve after a Redis outage
         acks: list[_Outcome] = []
         fails: list[_Outcome] = []
         first_buffered = 0.0

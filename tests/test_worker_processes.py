@@ -158,3 +158,34 @@ def test_rolled_back_version_stops_fetching_within_one_heartbeat(real_conn) -> N
         assert p.poll() is None  # it retires, it does not exit
     finally:
         stop_all([p])
+
+
+def test_worker_rides_out_dropped_connections(tmp_path) -> None:
+    """Connections killed under a worker (as in a failover): it reconnects and finishes every
+    job; nothing is lost. On a private server, so only our own clients are killed."""
+    import threading
+
+    import pycanary
+    from pycanary.worker import Worker
+    from tests.redis_servers import RedisProcess
+
+    server = RedisProcess(tmp_path)
+    try:
+        conn = pycanary.connect(f"redis://127.0.0.1:{server.port}/0", prefix="outage")
+        Producer(conn).enqueue_many("payments", [{"i": i} for i in range(3000)])
+        done: list[int] = []
+        w = Worker(conn, ["payments"], "v1", lambda job: (time.sleep(0.0005),
+                                                          done.append(job.payload["i"])),
+                   heartbeat_s=0.2, block_s=0.2)
+        t = threading.Thread(target=w.run, daemon=True)
+        t.start()
+        for _ in range(5):
+            time.sleep(0.15)
+            server.client.client_kill_filter(_type="normal", skipme=True)
+        wait_for(lambda: len(set(done)) == 3000, 60, "every job after the outages")
+        w.stop()
+        t.join(10)
+        assert not t.is_alive()
+        assert set(done) == set(range(3000))
+    finally:
+        server.stop()
