@@ -68,6 +68,7 @@ from pycanary import deployments, histogram, metrics, registry, rollouts, servic
 from pycanary.controller import Controller
 from pycanary.leader import Leadership
 from pycanary.plan import load_plan
+from pycanary.scripts import ScriptPipeline
 
 PLAN_PATH = REPO / "examples" / "plans" / "design-card.yaml"
 SLOT_S = metrics.DEFAULT_SLOT_S
@@ -384,11 +385,10 @@ def breakdown(conn: pycanary.Connection, ctl: Controller, clock: Clock, queues: 
     wrap(deployments, "active_queues", "read deployments (2 round trips)")
     wrap(deployments, "get_many", "read deployments (2 round trips)")
     wrap(Controller, "_worker_counts", "worker registry (2 round trips)")
-    wrap(Controller, "_snapshot", "lane totals snapshot (1 round trip per deployment)")
+    wrap(Controller, "_snapshots", "lane totals snapshots (1 pipelined round trip)")
     wrap(cmod, "evaluate", "analysis: evaluate + decide (pure Python)")
     wrap(cmod, "decide", "analysis: evaluate + decide (pure Python)")
-    wrap(deployments, "update", "fenced CAS write, deployment_update (1+ per deployment)")
-    wrap(deployments, "record_analysis", "analysis record, LPUSH+LTRIM (1 per deployment)")
+    wrap(ScriptPipeline, "execute", "fenced CAS writes with analyses (1 pipelined round trip)")
     try:
         res = run_ticks(conn, ctl, clock, queues, traffic, n, interval, measure_server=False)
     finally:
