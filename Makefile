@@ -25,13 +25,14 @@ lint: $(STAMP)
 test: $(STAMP) lint
 	$(PY) -m pytest -q
 
-# Benchmarks print figures and the baseline measured in the same run (docs/performance.md).
+# Benchmarks print figures and the baseline measured in the same run (docs/performance.md);
+# a missed target is reported, and the next benchmark still runs.
 bench: $(STAMP)
-	$(PY) bench/route_latency.py
-	$(PY) bench/worker_throughput.py
-	$(PY) bench/drain.py
-	$(PY) bench/controller.py
-	$(PY) bench/analysis_quality.py
+	-$(PY) bench/route_latency.py
+	-$(PY) bench/worker_throughput.py
+	-$(PY) bench/drain.py
+	-$(PY) bench/controller.py
+	-$(PY) bench/analysis_quality.py
 
 # A plain (non-editable) install into a fresh venv must run the Lua scripts.
 wheel-check: $(STAMP)

@@ -91,7 +91,7 @@ class Controller:
         clock: Callable[[], float] = time.time,
         leadership: Leadership | None = None,
         controller_id: str | None = None,
-        drain_batch: int = 1000,
+        drain_batch: int = 500,
         heartbeat_s: float = registry.DEFAULT_HEARTBEAT_S,
     ) -> None:
         self.conn = conn
@@ -375,7 +375,7 @@ class Controller:
 
 
 def finish_after_drain(conn: Connection, dep: Deployment, *, actor: str, epoch: int | None,
-                       clock: Callable[[], float], batch: int = 1000) -> str:
+                       clock: Callable[[], float], batch: int = 500) -> str:
     """Drain the canary lane into stable, then end the deployment. Shared by the controller and
     by an operator's rollback/promote, so whoever gets there first finishes it; a drain cut
     short (time bound) is resumed by the next controller tick."""

@@ -26,7 +26,7 @@ from .connection import Connection
 from .errors import ValidationError, raise_for_code
 from .keys import LANES
 
-DEFAULT_BATCH = 1000
+DEFAULT_BATCH = 500
 #: The script refuses more per call: 5,000 jobs stay within a few ms of server time.
 MAX_BATCH = 5_000
 #: Script calls per round trip.
