@@ -4,8 +4,6 @@ routing, real workers, a rollback and a promotion, parsed back from the expositi
 from __future__ import annotations
 
 import itertools
-import threading
-import time
 from collections.abc import Callable
 from types import SimpleNamespace
 
@@ -18,6 +16,7 @@ from pycanary.deployments import ACTIVE_STATES
 from pycanary.job import Job
 from pycanary.producer import Producer
 from pycanary.worker import Worker
+from tests.test_worker import run_until
 
 PLAN = {"stages": [{"percentage": 50, "duration": "10m"}]}
 FAMILIES = [
@@ -43,20 +42,6 @@ def val(samples: Samples, name: str, **labels: str) -> float:
 
 def series(samples: Samples, name: str) -> dict[frozenset, float]:
     return {labels: v for (n, labels), v in samples.items() if n == name}
-
-
-def run_until(worker: Worker, done: Callable[[], bool], timeout: float = 30.0) -> None:
-    t = threading.Thread(target=worker.run, daemon=True)
-    t.start()
-    deadline = time.monotonic() + timeout
-    try:
-        while not done():
-            assert time.monotonic() < deadline, "worker did not finish in time"
-            time.sleep(0.01)
-    finally:
-        worker.stop()
-        t.join(15)
-    assert not t.is_alive()
 
 
 def all_finished(conn, version: str, lane: str, n_jobs: int) -> Callable[[], bool]:
