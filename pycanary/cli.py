@@ -387,8 +387,10 @@ def canary_start(
     ] = False,
     as_json: JsonOpt = False,
 ) -> None:
-    """Start a manual canary: a share of new jobs goes to VERSION until promote or rollback.
-    The analysis runs meanwhile and rolls back on failure."""
+    """Start a manual canary: a share of new jobs goes to VERSION.
+
+    It stays until promote or rollback; the analysis runs meanwhile and rolls back on
+    failure."""
     dep = rollouts.start_canary(_state(ctx).conn(), queue, version, weight=weight,
                                 tenants=_parse_tenants(tenant), sticky=sticky,
                                 allow_schema_change=allow_schema_change)
@@ -445,8 +447,10 @@ def promote(
     yes: YesOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
-    """Promote: past a manual gate to the next stage, or (last stage, --full, manual canary)
-    make the canary version stable and drain its lane into stable."""
+    """Promote past a manual gate, or make the canary version stable.
+
+    Advances one stage; from the last stage, with --full, or on a manual canary it makes the
+    canary version stable and drains its lane into stable."""
     conn = _state(ctx).conn()
     from . import deployments as deps
 
@@ -470,8 +474,10 @@ def rollback(
     yes: YesOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
-    """Roll back now: weight 0 for the very next job, canary workers retire, the canary lane
-    drains into stable (processed next, in order)."""
+    """Roll back now: weight 0 for the very next job, then drain the canary lane.
+
+    Canary workers retire within a heartbeat; the canary lane drains into the head of stable,
+    processed next, in order."""
     _confirm(f"Roll back the canary on {queue}?", yes)
     res = rollouts.rollback(_state(ctx).conn(), queue, reason=reason)
     text = (f"{queue}: rolled back; weight 0 after {res['weight_zero_ms']:.1f} ms, canary lane "
@@ -535,8 +541,9 @@ def controller(
     log_format: Annotated[str, typer.Option("--log-format", help="json or text.")] = "json",
     log_level: Annotated[str, typer.Option("--log-level", help="debug, info, warning.")] = "info",
 ) -> None:
-    """Run the leader-elected controller that drives every deployment's plan. Run two for
-    failover: one leads, the other takes over within two leases."""
+    """Run the leader-elected controller that drives every deployment's plan.
+
+    Run two for failover: one leads, the other takes over within two leases."""
     import logging
     import signal
     import threading
@@ -563,8 +570,10 @@ def controller(
 
 @app.command("metrics")
 def metrics_cmd(ctx: typer.Context) -> None:
-    """Print the Prometheus exposition (what the API's /metrics serves): deployments, traffic
-    split, promotions, rollbacks, jobs routed and processed per version, durations, depths."""
+    """Print the Prometheus exposition (what the API's /metrics will serve).
+
+    Deployments, traffic split, promotions, rollbacks, jobs routed and processed per version,
+    job durations, queue depths, workers."""
     from . import prom
 
     sys.stdout.buffer.write(prom.render(_state(ctx).conn()))
@@ -588,8 +597,10 @@ def demo(
     rate: Annotated[float, typer.Option("--rate", help="Jobs enqueued per second.")] = 150.0,
     as_json: JsonOpt = False,
 ) -> None:
-    """The whole story in one process: producers, v1 and v2 workers, the controller running
-    the design card's plan with compressed time, and a live view. Nothing to install."""
+    """The whole story in one process, on the embedded default: nothing to install.
+
+    Producers, v1 and v2 workers and the controller running the design card's plan with
+    compressed time, in a live view; ends with a summary (lost jobs: 0)."""
     from .demo import run_demo
 
     live = sys.stdout.isatty() and not as_json
