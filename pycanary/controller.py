@@ -44,12 +44,20 @@ class JsonFormatter(logging.Formatter):
 
 
 def _diff(now: dict[str, Any], before: dict[str, Any]) -> dict[str, int]:
-    return {k: int(now.get(k, 0)) - int(before.get(k, 0)) for k in now}
+    """Fields that moved since the previous snapshot. Totals come back from Redis as strings;
+    comparing the strings first skips the int conversions of the (many) unchanged buckets."""
+    out: dict[str, int] = {}
+    get = before.get
+    for k, v in now.items():
+        b = get(k)
+        if v != b:
+            out[k] = int(v) - (int(b) if b is not None else 0)
+    return out
 
 
 @dataclass
 class LaneSnapshot:
-    totals: dict[str, int]
+    totals: dict[str, str]
     backlog: int
     workers: int
 
@@ -236,7 +244,7 @@ class Controller:
             out[dep.queue] = {}
             for lane, version in (("stable", dep.stable_version),
                                   ("canary", dep.canary_version)):
-                totals = {k: int(v) for k, v in next(res).items()}
+                totals = next(res)  # strings, as stored; _diff converts what moved
                 out[dep.queue][lane] = LaneSnapshot(
                     totals, int(next(res)), workers.get((dep.queue, lane, version), 0))
         return out
@@ -244,8 +252,14 @@ class Controller:
     def _lane_stats(self, lane: str, version: str, now: dict[str, int],
                     before: dict[str, Any], snap: LaneSnapshot, window_s: float) -> LaneStats:
         d = _diff(now, before or {})
-        run = {int(k[1:]): n for k, n in d.items() if k[0] == "r" and k[1:].isdigit() and n > 0}
-        wait = {int(k[1:]): n for k, n in d.items() if k[0] == "w" and k[1:].isdigit() and n > 0}
+        run: dict[int, int] = {}
+        wait: dict[int, int] = {}
+        for k, n in d.items():
+            if n > 0 and k[1:].isdigit():
+                if k[0] == "r":
+                    run[int(k[1:])] = n
+                elif k[0] == "w":
+                    wait[int(k[1:])] = n
         return LaneStats(lane=lane, version=version, ok=max(0, d.get("ok", 0)),
                          failed=max(0, d.get("failed", 0)), dead=max(0, d.get("dead", 0)),
                          run_hist=run, wait_hist=wait, workers=snap.workers,
