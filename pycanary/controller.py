@@ -18,7 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import deployments, metrics, registry
+from . import deployments, registry
 from .analysis import Action, AnalysisState, LaneStats, decide, evaluate
 from .connection import Connection
 from .deployments import Deployment
@@ -414,10 +414,3 @@ def finish_after_drain(conn: Connection, dep: Deployment, *, actor: str, epoch: 
     final = deployments.finish(conn, dep, actor=actor, now=now, message=msg, counter=counter,
                                values=values, epoch=epoch)
     return final
-
-
-def metrics_window(conn: Connection, dep: Deployment, seconds: int = 300) -> dict[str, Any]:
-    """Both lanes side by side over the last ``seconds`` (wall clock), for status views."""
-    now = registry.now_ms()
-    return {lane: metrics.read_window(conn, dep.queue, v, lane, now - seconds * 1000, now)
-            for lane, v in (("stable", dep.stable_version), ("canary", dep.canary_version))}

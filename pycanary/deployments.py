@@ -87,11 +87,12 @@ class Deployment:
     drain: dict[str, Any] | None = None
     meta: dict[str, Any] = field(default_factory=dict)
     _plan: Plan | None = field(default=None, repr=False, compare=False)
+    _plan_json: str = field(default="", repr=False, compare=False)
 
     @property
     def plan(self) -> Plan:
         if self._plan is None:
-            self._plan = _cached_plan(json.dumps(self.plan_raw, sort_keys=True))
+            self._plan = _cached_plan(self._plan_json or json.dumps(self.plan_raw))
         return self._plan
 
     @property
@@ -113,6 +114,8 @@ class Deployment:
     def from_hash(cls, queue: str, raw: dict[str, str]) -> Deployment:
         kw: dict[str, Any] = {}
         for name, value in raw.items():
+            if name == "plan":
+                kw["_plan_json"] = value
             if name in _JSON_FIELDS:
                 kw["plan_raw" if name == "plan" else name] = json.loads(value) if value else (
                     None if name in ("last_analysis", "last_decision", "drain") else {})

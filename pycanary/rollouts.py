@@ -11,10 +11,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from . import deployments, queue_config, registry, validation
+from . import deployments, metrics, queue_config, registry, validation
 from .analysis import AnalysisState
 from .connection import Connection
-from .controller import finish_after_drain, metrics_window
+from .controller import finish_after_drain
 from .deployments import Deployment
 from .drain import DrainReport, drain_lane
 from .errors import StateError, ValidationError
@@ -318,11 +318,12 @@ def drain(conn: Connection, queue: str, *,
     if cfg.weight_bp > 0 or cfg.tenant_weights_bp:
         raise StateError(f"{queue} still routes {cfg.weight_bp / 100:g}% to canary: roll back "
                          "or set the weight to 0 first", field="queue")
+    report = drain_lane(conn, queue, from_lane="canary", to_lane="stable", progress=progress)
     dep = deployments.get(conn, queue)
-    if dep is not None and dep.state in ("promoting", "rolling_back"):
+    if report.complete and dep is not None and dep.state in ("promoting", "rolling_back"):
         # finish what a rollback or promotion started (its drain was cut short)
         finish_after_drain(conn, dep, actor=operator(), epoch=None, clock=time.time)
-    return drain_lane(conn, queue, from_lane="canary", to_lane="stable", progress=progress)
+    return report
 
 
 # -- status -------------------------------------------------------------------------------------
@@ -348,7 +349,10 @@ def status(conn: Connection, queue: str | None = None, *, window_s: int = 300,
                                "leader": leader, "deployment": None}
         row["workers"] = [w.to_dict() for w in workers if q in w.queues]
         if dep is not None:
-            lanes = metrics_window(conn, dep, window_s)
+            now = registry.now_ms()
+            lanes = metrics.read_lanes(conn, q, {"stable": dep.stable_version,
+                                                 "canary": dep.canary_version},
+                                       now - window_s * 1000, now)
             d = dep.to_dict()
             d.pop("analysis_state", None)
             d.pop("totals", None)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 
 import pytest
 import redis
@@ -39,28 +40,29 @@ def make_conn(backend: str) -> Connection:
     return conn
 
 
-@pytest.fixture(params=["memory", "redis"])
-def conn(request: pytest.FixtureRequest) -> Iterator[Connection]:
-    c = make_conn(request.param)
+@contextmanager
+def _fresh(backend: str) -> Iterator[Connection]:
+    c = make_conn(backend)
     try:
         yield c
     finally:
         _drop_prefix(c)
         c.close()
+
+
+@pytest.fixture(params=["memory", "redis"])
+def conn(request: pytest.FixtureRequest) -> Iterator[Connection]:
+    with _fresh(request.param) as c:
+        yield c
 
 
 @pytest.fixture
 def real_conn() -> Iterator[Connection]:
-    c = make_conn("redis")
-    try:
+    with _fresh("redis") as c:
         yield c
-    finally:
-        _drop_prefix(c)
-        c.close()
 
 
 @pytest.fixture
 def memory_conn() -> Iterator[Connection]:
-    c = make_conn("memory")
-    yield c
-    c.close()
+    with _fresh("memory") as c:
+        yield c
