@@ -10,23 +10,37 @@
   ARGV[2 + 3*(i-1) ..]   per job i: envelope (as fetched), run bucket, wait bucket
 
   Returns {acked, late}: late counts jobs no longer in the processing list (a reaper returned
-  them to a lane, so they will run again: a duplicate, counted as field `late`)
+  them to a lane, or this ack was already applied before a lost reply). A late job is counted
+  only as field `late`, never as `ok` or in the histograms: its other run (or the ack that did
+  land) is the one counted, so an outcome is never counted twice.
+  Errors  -4 a bad argument; WRONGTYPE error reply if a key has the wrong type (no change)
 ]]
 local rcall = redis.call
 local processing_key, metrics_key, total_key = KEYS[1], KEYS[2], KEYS[3]
 
 -- @include metrics
+-- @include worker_guard
+
+local ttl = as_uint(ARGV[1])
+if not ttl or ttl < 1 or (#ARGV - 1) % 3 ~= 0 then return -4 end
+for i = 2, #ARGV, 3 do
+  if not is_int(ARGV[i + 1]) or not is_int(ARGV[i + 2]) then return -4 end
+end
+local bad_type = check_types({{processing_key, 'list'}, {metrics_key, 'hash'},
+                              {total_key, 'hash'}})
+if bad_type then return bad_type end
 
 local m, acked, late = {}, 0, 0
 for i = 2, #ARGV, 3 do
   if rcall('LREM', processing_key, -1, ARGV[i]) == 0 then
     late = late + 1
+  else
+    acked = acked + 1
+    bump(m, 'r' .. ARGV[i + 1], 1)
+    bump(m, 'w' .. ARGV[i + 2], 1)
   end
-  acked = acked + 1
-  bump(m, 'r' .. ARGV[i + 1], 1)
-  bump(m, 'w' .. ARGV[i + 2], 1)
 end
-bump(m, 'ok', acked)
+if acked > 0 then bump(m, 'ok', acked) end
 if late > 0 then bump(m, 'late', late) end
-flush_metrics(metrics_key, total_key, m, tonumber(ARGV[1]))
+flush_metrics(metrics_key, total_key, m, ttl)
 return {acked, late}

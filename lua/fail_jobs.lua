@@ -13,31 +13,55 @@
                          next (retry: envelope of the next attempt; dead: dead-letter record),
                          due_ms (retry) or '', run bucket, wait bucket
 
-  Returns {failed, late}: a late job was already returned to a lane by a reaper, so it is
-  neither retried nor dead-lettered here (it will run again)
+  Returns {failed, late}: a late job is no longer in the processing list (a reaper returned it
+  to a lane, or this call was already applied before a lost reply), so it is neither retried
+  nor dead-lettered here and is counted only as field `late`
+  Errors  -4 a bad argument; WRONGTYPE error reply if a key has the wrong type. Both come
+          before any write: the jobs stay in the processing list, nothing is lost.
 ]]
 local rcall = redis.call
 local processing_key, metrics_key, delayed_key, dlq_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local total_key = KEYS[5]
 
 -- @include metrics
+-- @include worker_guard
+
+local ttl = as_uint(ARGV[1])
+if not ttl or ttl < 1 or (#ARGV - 1) % 6 ~= 0 then return -4 end
+for i = 2, #ARGV, 6 do
+  local outcome = ARGV[i + 1]
+  if ARGV[i + 2] == '' or not is_int(ARGV[i + 4]) or
+      not is_int(ARGV[i + 5]) then
+    return -4
+  end
+  if outcome == 'retry' then
+    if not is_int(ARGV[i + 3]) then return -4 end
+  elseif outcome ~= 'dead' then
+    return -4
+  end
+end
+local bad_type = check_types({{processing_key, 'list'}, {metrics_key, 'hash'},
+                              {delayed_key, 'zset'}, {dlq_key, 'list'}, {total_key, 'hash'}})
+if bad_type then return bad_type end
 
 local m, failed, late = {}, 0, 0
 for i = 2, #ARGV, 6 do
-  failed = failed + 1
-  bump(m, 'r' .. ARGV[i + 4], 1)
-  bump(m, 'w' .. ARGV[i + 5], 1)
   if rcall('LREM', processing_key, -1, ARGV[i]) == 0 then
     late = late + 1
-  elseif ARGV[i + 1] == 'retry' then
-    rcall('ZADD', delayed_key, tonumber(ARGV[i + 3]), ARGV[i + 2])
-    bump(m, 'retried', 1)
   else
-    rcall('LPUSH', dlq_key, ARGV[i + 2])
-    bump(m, 'dead', 1)
+    failed = failed + 1
+    bump(m, 'r' .. ARGV[i + 4], 1)
+    bump(m, 'w' .. ARGV[i + 5], 1)
+    if ARGV[i + 1] == 'retry' then
+      rcall('ZADD', delayed_key, tonumber(ARGV[i + 3]), ARGV[i + 2])
+      bump(m, 'retried', 1)
+    else
+      rcall('LPUSH', dlq_key, ARGV[i + 2])
+      bump(m, 'dead', 1)
+    end
   end
 end
-bump(m, 'failed', failed)
+if failed > 0 then bump(m, 'failed', failed) end
 if late > 0 then bump(m, 'late', late) end
-flush_metrics(metrics_key, total_key, m, tonumber(ARGV[1]))
+flush_metrics(metrics_key, total_key, m, ttl)
 return {failed, late}

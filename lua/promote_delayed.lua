@@ -9,16 +9,24 @@
   KEYS[5] config         hash  queue config (is the canary lane open?)
 
   ARGV[1] now_ms         client clock
-  ARGV[2] max            jobs to move at most per delayed set
+  ARGV[2] max            jobs to move at most per delayed set (1..10000)
 
   Returns {moved_stable, moved_canary, more}: more = 1 if due jobs are left
+  Errors  -4 a bad argument; WRONGTYPE error reply if a key has the wrong type (no change)
 ]]
 local rcall = redis.call
 local delayed_stable, delayed_canary = KEYS[1], KEYS[2]
 local lane_stable, lane_canary, config_key = KEYS[3], KEYS[4], KEYS[5]
-local now, max = ARGV[1], tonumber(ARGV[2])
 
 -- @include lanes
+-- @include worker_guard
+
+local now, max = as_uint(ARGV[1]), as_uint(ARGV[2], 10000)
+if not now or not max or max < 1 then return -4 end
+local bad_type = check_types({{delayed_stable, 'zset'}, {delayed_canary, 'zset'},
+                              {lane_stable, 'list'}, {lane_canary, 'list'},
+                              {config_key, 'hash'}})
+if bad_type then return bad_type end
 
 local function move(from, to)
   local due = rcall('ZRANGEBYSCORE', from, '-inf', now, 'LIMIT', 0, max)

@@ -67,19 +67,108 @@ class Envelope:
 
     @classmethod
     def decode(cls, raw: str | bytes) -> Envelope:
-        d = json.loads(raw)
+        """Parse an envelope, refusing anything a worker could not carry through a retry or a
+        dead letter: every refusal is a `ValueError` naming the reason, so the worker can
+        dead-letter the envelope and keep serving (a poison job must never end a worker).
+
+        Refused: bytes that are not UTF-8, text that is not JSON or not an object, nesting
+        deeper than `MAX_NESTING` (json and dataclasses.asdict recurse), non-finite numbers
+        (``1e999``, ``NaN``: they cannot be encoded again), lone surrogates (``"\\ud800"``:
+        not encodable as UTF-8) and fields of the wrong type.
+        """
+        if isinstance(raw, bytes | bytearray):
+            raw = bytes(raw).decode("utf-8")  # UnicodeDecodeError is a ValueError
+        if not isinstance(raw, str):
+            raise ValueError(f"envelope must be text, got {type(raw).__name__}")
+        _check_nesting(raw)
+        try:
+            d = json.loads(raw, parse_float=_finite_float, parse_constant=_no_constant)
+        except RecursionError:
+            raise ValueError(f"nesting deeper than {MAX_NESTING} levels") from None
+        if not isinstance(d, dict):
+            raise ValueError(f"envelope must be a JSON object, got {type(d).__name__}")
+        if "\\u" in raw:  # escapes may decode to lone surrogates, which no client can send
+            try:
+                encode_json(d).encode("utf-8")
+            except UnicodeEncodeError:
+                raise ValueError("a string holds a lone surrogate (\\ud800-\\udfff)") from None
+        ready_at = d.get("ready_at")
         return cls(
-            id=d["id"],
-            queue=d["queue"],
+            id=_field(d, "id", str),
+            queue=_field(d, "queue", str),
             payload=d.get("payload"),
-            tenant=d.get("tenant"),
-            sticky_key=d.get("sticky_key"),
-            attempts=int(d.get("attempts", 0)),
-            enqueued_at=int(d["enqueued_at"]),
-            schema=int(d.get("schema", 1)),
-            format=int(d.get("v", ENVELOPE_FORMAT)),
-            ready_at=int(d["ready_at"]) if d.get("ready_at") is not None else None,
+            tenant=_optional(d, "tenant", str),
+            sticky_key=_optional(d, "sticky_key", str),
+            attempts=_int_field(d, "attempts", 0, 0, MAX_ATTEMPTS_FIELD),
+            enqueued_at=_int_field(d, "enqueued_at", None, 0, MAX_MS),
+            schema=_int_field(d, "schema", 1, 0, MAX_MS),
+            format=_int_field(d, "v", ENVELOPE_FORMAT, 0, MAX_MS),
+            ready_at=None if ready_at is None else _int_field(d, "ready_at", None, 0, MAX_MS),
         )
+
+
+#: Deepest payload nesting a worker accepts (arrays and objects); deeper ones are dead-lettered.
+MAX_NESTING = 128
+MAX_MS = 2**53
+MAX_ATTEMPTS_FIELD = 2**31
+
+
+def _finite_float(s: str) -> float:
+    f = float(s)
+    if f != f or f in (float("inf"), float("-inf")):
+        raise ValueError(f"non-finite number {s[:40]!r}")
+    return f
+
+
+def _no_constant(s: str) -> Any:
+    raise ValueError(f"non-finite number {s!r}")
+
+
+def _check_nesting(raw: str) -> None:
+    """Depth of [ and { outside strings, walked only when the bracket count could exceed the
+    limit (almost never), so the common path costs two C-level counts."""
+    if raw.count("[") + raw.count("{") <= MAX_NESTING:
+        return
+    depth = 0
+    in_str = esc = False
+    for ch in raw:
+        if in_str:
+            if esc:
+                esc = False
+            elif ch == "\\":
+                esc = True
+            elif ch == '"':
+                in_str = False
+        elif ch == '"':
+            in_str = True
+        elif ch in "[{":
+            depth += 1
+            if depth > MAX_NESTING:
+                raise ValueError(f"nesting deeper than {MAX_NESTING} levels")
+        elif ch in "]}":
+            depth -= 1
+
+
+def _field(d: dict[str, Any], name: str, typ: type) -> Any:
+    if name not in d:
+        raise ValueError(f"missing field {name!r}")
+    v = d[name]
+    if not isinstance(v, typ) or isinstance(v, bool):
+        raise ValueError(f"field {name!r} must be {typ.__name__}, got {type(v).__name__}")
+    return v
+
+
+def _optional(d: dict[str, Any], name: str, typ: type) -> Any:
+    return None if d.get(name) is None else _field(d, name, typ)
+
+
+def _int_field(d: dict[str, Any], name: str, default: int | None, lo: int, hi: int) -> int:
+    if name not in d and default is not None:
+        return default
+    v = _field(d, name, int)
+    if not lo <= v <= hi:
+        raise ValueError(f"field {name!r} out of range {lo}..{hi}: {v}")
+    return v
 
 
 @dataclass(frozen=True)

@@ -47,6 +47,22 @@ class QueueKeys:
         """A worker's in-flight jobs of this queue (reliable fetch target)."""
         return f"{self.base}:processing:{worker_id}"
 
+    @property
+    def processing_index(self) -> str:
+        """Hash worker id -> lane: every processing list of the queue that may hold jobs, so
+        the reaper finds a list whose worker is no longer registered (no SCAN)."""
+        return f"{self.base}:processing_index"
+
+    def fetch_keys(self, worker_id: str, lane: str) -> list[str]:
+        """KEYS of fetch_jobs."""
+        return [self.lane(lane), self.processing(worker_id), self.rolled_back,
+                self.processing_index]
+
+    def requeue_keys(self, worker_id: str) -> list[str]:
+        """KEYS of requeue_jobs."""
+        return [self.processing(worker_id), self.lane_stable, self.lane_canary, self.config,
+                self.processing_index]
+
     def metrics_slot(self, version: str, lane: str, slot: int) -> str:
         """Per version and lane outcome counts and latency histograms of one time slot."""
         return f"{self.base}:m:{version}:{lane}:{slot}"
@@ -114,6 +130,17 @@ class Keys:
     def worker_info(self, worker_id: str) -> str:
         """Hash of a worker's live details, expiring after missed heartbeats."""
         return f"{self.prefix}:{{workers}}:info:{worker_id}"
+
+    @property
+    def worker_deadlines(self) -> str:
+        """Sorted set: worker id -> last heartbeat + the worker's own TTL (ms); the reaper
+        takes the workers whose deadline passed."""
+        return f"{self.prefix}:{{workers}}:deadlines"
+
+    def heartbeat_keys(self, worker_id: str) -> list[str]:
+        """KEYS of heartbeat and forget_worker."""
+        return [self.registry, self.worker_deadlines, self.worker_meta,
+                self.worker_info(worker_id)]
 
     @property
     def reaper_lock(self) -> str:

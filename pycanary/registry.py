@@ -9,17 +9,31 @@ until the worker is reaped.
 from __future__ import annotations
 
 import json
+import logging
 import secrets
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import redis
+
 from .connection import Connection
+from .errors import ValidationError, raise_for_code
+from .keys import LANES
+
+log = logging.getLogger("pycanary.registry")
 
 DEFAULT_HEARTBEAT_S = 2.0
 #: Missed heartbeats before a worker counts as dead.
 TTL_HEARTBEATS = 3
+MIN_HEARTBEAT_S = 0.1
+MAX_HEARTBEAT_S = 300.0
+MIN_TTL_MS = 300
+MAX_TTL_MS = 900_000
+DEFAULT_TTL_MS = int(DEFAULT_HEARTBEAT_S * TTL_HEARTBEATS * 1000)
+#: "Now" far in the future (16 digits, what the scripts accept): forget whatever the deadline.
+FOREVER_MS = 10**15
 REQUEUE_BATCH = 200
 REAP_LIMIT = 100
 
@@ -70,29 +84,61 @@ def heartbeat(
     ttl_ms: int,
     now: int | None = None,
 ) -> bool:
-    """Register or refresh a worker; returns False when this (re-)registered it."""
+    """Register or refresh a worker; returns False when this (re-)registered it.
+
+    ``ttl_ms`` is the worker's own liveness TTL (3 of its heartbeats). It is advertised in the
+    registry (a deadline per worker), so reapers with other heartbeats judge this worker by
+    its TTL, not theirs.
+    """
+    check_ttl_ms(ttl_ms)
     keys = conn.keys
-    meta = json.dumps({"version": version, "queues": dict(queues)}, separators=(",", ":"))
+    meta = json.dumps({"version": version, "queues": dict(queues), "ttl_ms": int(ttl_ms)},
+                      separators=(",", ":"))
     pairs: list[Any] = []
     for k, v in info.items():
         pairs += [k, str(v)]
     res = conn.scripts.call(
-        "heartbeat",
-        [keys.registry, keys.worker_meta, keys.worker_info(worker_id)],
-        [worker_id, now if now is not None else now_ms(), ttl_ms, meta, *pairs],
+        "heartbeat", keys.heartbeat_keys(worker_id),
+        [worker_id, now if now is not None else now_ms(), int(ttl_ms), meta, *pairs],
     )
+    if int(res) < 0:
+        raise_for_code(int(res), script="heartbeat", field="heartbeat")
     return int(res) == 1
 
 
+def check_ttl_ms(ttl_ms: int) -> None:
+    """The TTL bounds the heartbeat script enforces, checked first to name the field."""
+    if isinstance(ttl_ms, bool) or not isinstance(ttl_ms, int) or not (
+            MIN_TTL_MS <= ttl_ms <= MAX_TTL_MS):
+        raise ValidationError(
+            f"TTL must be {MIN_TTL_MS}..{MAX_TTL_MS} ms ({MIN_HEARTBEAT_S}..{MAX_HEARTBEAT_S} s "
+            f"heartbeats), got {ttl_ms!r}", field="heartbeat")
+
+
+def check_heartbeat_s(heartbeat_s: float) -> float:
+    """Seconds between heartbeats: 0.1..300 (NaN and infinities refused)."""
+    if isinstance(heartbeat_s, bool) or not isinstance(heartbeat_s, int | float) or not (
+            MIN_HEARTBEAT_S <= heartbeat_s <= MAX_HEARTBEAT_S):
+        raise ValidationError(
+            f"must be {MIN_HEARTBEAT_S}..{MAX_HEARTBEAT_S} seconds, got {heartbeat_s!r}",
+            field="heartbeat")
+    return float(heartbeat_s)
+
+
+def ttl_of(heartbeat_s: float) -> int:
+    return round(heartbeat_s * TTL_HEARTBEATS * 1000)
+
+
 def deregister(conn: Connection, worker_id: str) -> None:
-    """A clean exit: the worker's processing lists are empty, so just forget it."""
-    keys = conn.keys
-    conn.scripts.call("forget_worker", [keys.registry, keys.worker_meta,
-                                        keys.worker_info(worker_id)], [worker_id, 2**62])
+    """A clean exit. Call it only once the worker's processing lists are empty (the worker
+    checks): a deregistered worker's leftovers are found only through the processing index."""
+    conn.scripts.call("forget_worker", conn.keys.heartbeat_keys(worker_id),
+                      [worker_id, FOREVER_MS, DEFAULT_TTL_MS])
 
 
 def list_workers(conn: Connection, *, ttl_ms: int, now: int | None = None) -> list[WorkerRecord]:
-    """Every registered worker with its state; dead = no heartbeat within the TTL."""
+    """Every registered worker with its state; dead = past its own advertised deadline (or,
+    for a worker that advertised none, no heartbeat within ``ttl_ms``)."""
     now = now if now is not None else now_ms()
     keys = conn.keys
     entries = conn.client.zrange(keys.registry, 0, -1, withscores=True)
@@ -100,17 +146,38 @@ def list_workers(conn: Connection, *, ttl_ms: int, now: int | None = None) -> li
         return []
     pipe = conn.client.pipeline(transaction=False)
     pipe.hmget(keys.worker_meta, [wid for wid, _ in entries])
+    pipe.zmscore(keys.worker_deadlines, [wid for wid, _ in entries])
     for wid, _ in entries:
         pipe.hgetall(keys.worker_info(wid))
-    metas, *infos = pipe.execute()
+    metas, deadlines, *infos = pipe.execute()
     out = []
-    for (wid, score), meta_raw, info in zip(entries, metas, infos, strict=True):
-        meta = json.loads(meta_raw) if meta_raw else {"version": "?", "queues": {}}
+    for (wid, score), meta_raw, deadline, info in zip(entries, metas, deadlines, infos,
+                                                      strict=True):
+        meta = _parse_meta(meta_raw) or {"version": "?", "queues": {}}
         seen = int(score)
-        state = info.get("state", "dead") if now - seen <= ttl_ms and info else "dead"
+        alive = now <= deadline if deadline is not None else now - seen <= ttl_ms
+        state = info.get("state", "dead") if alive and info else "dead"
         out.append(WorkerRecord(wid, meta.get("version", "?"), state, seen,
                                 meta.get("queues", {}), info))
     return out
+
+
+def _parse_meta(raw: str | None) -> dict[str, Any] | None:
+    """A worker's meta, or None if missing or malformed (a foreign write, a partial upgrade):
+    the caller skips what it cannot read instead of failing for every other worker."""
+    if not raw:
+        return None
+    try:
+        meta = json.loads(raw)
+    except ValueError:
+        return None
+    if not isinstance(meta, dict):
+        return None
+    queues = meta.get("queues", {})
+    if not isinstance(queues, dict) or not all(
+            isinstance(q, str) and q and lane in LANES for q, lane in queues.items()):
+        return None
+    return meta
 
 
 @dataclass
@@ -119,46 +186,118 @@ class ReapReport:
     jobs: int = 0
     by_lane: dict[str, int] = field(default_factory=lambda: {"stable": 0, "canary": 0})
     skipped_lock: bool = False
+    orphans: int = 0  # processing lists of workers not in the registry at all
+    bad_meta: list[str] = field(default_factory=list)  # dead workers whose meta was unreadable
+    errors: list[str] = field(default_factory=list)
 
 
-def reap(conn: Connection, *, ttl_ms: int, now: int | None = None,
-         lock_ms: int = 5_000) -> ReapReport:
-    """Return the jobs of workers whose heartbeat expired to their lanes, then forget them.
+def _dead_workers(conn: Connection, now: int, fallback_ttl_ms: int) -> list[str]:
+    """Workers past their own deadline, plus registered workers that advertised no deadline
+    (registered by an older version) and are silent for longer than the fallback TTL."""
+    keys = conn.keys
+    dead = list(conn.client.zrangebyscore(keys.worker_deadlines, "-inf", now, start=0,
+                                          num=REAP_LIMIT))
+    legacy = conn.client.zrangebyscore(keys.registry, "-inf", now - fallback_ttl_ms, start=0,
+                                       num=REAP_LIMIT)
+    if legacy:
+        scores = conn.client.zmscore(keys.worker_deadlines, legacy)
+        dead += [w for w, d in zip(legacy, scores, strict=True) if d is None and w not in dead]
+    return dead
 
+
+def _orphans(conn: Connection, queues: Iterable[str]) -> list[tuple[str, str, str]]:
+    """(queue, worker, lane) of processing lists whose worker is not registered at all."""
+    keys = conn.keys
+    queues = list(dict.fromkeys(queues))
+    if not queues:
+        return []
+    pipe = conn.client.pipeline(transaction=False)
+    for q in queues:
+        pipe.hgetall(keys.queue(q).processing_index)
+    indexes = pipe.execute()
+    listed = [(q, wid, lane) for q, idx in zip(queues, indexes, strict=True)
+              for wid, lane in idx.items()]
+    if not listed:
+        return []
+    wids = list(dict.fromkeys(wid for _, wid, _ in listed))
+    scores = dict(zip(wids, conn.client.zmscore(keys.registry, wids), strict=True))
+    return [(q, wid, lane if lane in LANES else "stable") for q, wid, lane in listed
+            if scores[wid] is None]
+
+
+def _requeue(conn: Connection, queue: str, wid: str, lane: str, report: ReapReport) -> None:
+    qk = conn.keys.queue(queue)
+    while True:
+        res = conn.scripts.call("requeue_jobs", qk.requeue_keys(wid), [lane, REQUEUE_BATCH, wid])
+        if isinstance(res, int):
+            raise_for_code(res, script="requeue_jobs")
+        moved, remaining, target = res
+        report.jobs += int(moved)
+        report.by_lane[target] += int(moved)
+        if int(remaining) == 0:
+            break
+
+
+def reap(conn: Connection, *, ttl_ms: int = DEFAULT_TTL_MS, now: int | None = None,
+         lock_ms: int = 5_000, queues: Iterable[str] = ()) -> ReapReport:
+    """Return the jobs of dead workers to their lanes, then forget them; and return the
+    processing lists of ``queues`` whose worker is not registered at all (orphans).
+
+    Each worker is judged by its own advertised TTL; ``ttl_ms`` only applies to workers that
+    advertised none. A dead worker whose meta is unreadable is logged and forgotten (its lists
+    on ``queues`` are then recovered as orphans); one bad worker never blocks the others.
     Runs under a short lock so that many workers calling it do the work once. Each step is
     idempotent: a reaper that dies midway leaves the rest to the next pass.
     """
     report = ReapReport()
     keys = conn.keys
     now = now if now is not None else now_ms()
-    cutoff = now - ttl_ms
-    dead = conn.client.zrangebyscore(keys.registry, "-inf", cutoff, start=0, num=REAP_LIMIT)
-    if not dead:
+    queues = list(queues)
+    dead = _dead_workers(conn, now, ttl_ms)
+    orphans = _orphans(conn, queues)
+    if not dead and not orphans:
         return report
     token = secrets.token_hex(8)
     if not conn.client.set(keys.reaper_lock, token, nx=True, px=lock_ms):
         report.skipped_lock = True
         return report
     try:
-        metas = conn.client.hmget(keys.worker_meta, dead)
+        metas = conn.client.hmget(keys.worker_meta, dead) if dead else []
         for wid, meta_raw in zip(dead, metas, strict=True):
-            meta = json.loads(meta_raw) if meta_raw else {"queues": {}}
-            for queue, lane in meta.get("queues", {}).items():
-                qk = keys.queue(queue)
-                while True:
-                    moved, remaining, target = conn.scripts.call(
-                        "requeue_jobs",
-                        [qk.processing(wid), qk.lane_stable, qk.lane_canary, qk.config],
-                        [lane, REQUEUE_BATCH],
-                    )
-                    report.jobs += int(moved)
-                    report.by_lane[target] += int(moved)
-                    if int(remaining) == 0:
-                        break
-            forgotten = conn.scripts.call(
-                "forget_worker", [keys.registry, keys.worker_meta, keys.worker_info(wid)],
-                [wid, cutoff])
-            report.workers += int(forgotten) == 1
+            try:
+                meta = _parse_meta(meta_raw)
+                if meta is None:
+                    log.warning("dead worker %s has unreadable meta %r; forgetting it, its "
+                                "lists are recovered through the processing index",
+                                wid, (meta_raw or "")[:200])
+                    report.bad_meta.append(wid)
+                    meta = {"queues": {}}
+                for queue, lane in meta["queues"].items():
+                    _requeue(conn, queue, wid, lane, report)
+                forgotten = conn.scripts.call("forget_worker", keys.heartbeat_keys(wid),
+                                              [wid, now, ttl_ms])
+                report.workers += int(forgotten) == 1
+            except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError):
+                raise
+            except Exception as exc:  # one bad worker must not block the others
+                log.warning("could not reap worker %s: %s", wid, exc)
+                report.errors.append(f"{wid}: {exc}")
+        if report.bad_meta:  # their lists may be orphans now: look again
+            seen = {(q, w) for q, w, _ in orphans}
+            orphans += [o for o in _orphans(conn, queues) if (o[0], o[1]) not in seen]
+        for queue, wid, lane in orphans:
+            try:
+                before = report.jobs
+                _requeue(conn, queue, wid, lane, report)
+                if report.jobs > before:
+                    report.orphans += 1
+                    log.warning("returned %d jobs of unregistered worker %s on %s",
+                                report.jobs - before, wid, queue)
+            except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError):
+                raise
+            except Exception as exc:
+                log.warning("could not return the jobs of %s on %s: %s", wid, queue, exc)
+                report.errors.append(f"{wid}@{queue}: {exc}")
     finally:
         conn.scripts.call("release_lock", [keys.reaper_lock], [token])
     return report

@@ -5,6 +5,22 @@ One main loop fetches (a batch script, or BLMOVE when idle), dispatches to the h
 script call acks many jobs and records their metrics in the same atomic step. A separate
 maintenance thread heartbeats, follows the queue config (rollback, promotion), promotes due
 retries and reaps dead workers, so a long job never silences the heartbeat.
+
+No job is stranded (issue 8). The worker tracks every job it holds (fetched, running, or
+finished with its outcome not yet recorded) and keeps outcomes as instance state, so:
+
+* a handler raising anything, SystemExit and KeyboardInterrupt included, fails that attempt
+  (retry or dead letter): it never ends the worker;
+* a poison envelope (not UTF-8, not JSON, nested too deep, non-finite numbers, wrong types)
+  is dead-lettered with the reason and the worker carries on;
+* any Redis error (outage, WRONGTYPE, NOPERM, OOM, NOSCRIPT) or bug in the loop is logged and
+  retried with backoff; held jobs stay in the processing list while the maintenance thread
+  keeps heartbeating, so they are neither lost nor reaped twice; outcomes buffered meanwhile
+  are flushed when Redis answers again, and the processing list is then reconciled (jobs a
+  lost reply moved there are adopted);
+* on exit, jobs not started go back to the head of their lane, and the worker deregisters
+  only once its processing lists are empty. Otherwise it leaves its registration to expire,
+  and the reaper returns the lists.
 """
 
 from __future__ import annotations
@@ -23,16 +39,18 @@ import socket
 import threading
 import time
 import traceback
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import redis
+from redis.client import NEVER_DECODE
+from redis.exceptions import NoScriptError
 
 from . import metrics, registry, validation
 from .connection import Connection
-from .errors import VERSION_ROLLED_BACK, ValidationError
+from .errors import VERSION_ROLLED_BACK, ScriptError, ValidationError
 from .job import Envelope, Job, encode_json
 
 log = logging.getLogger("pycanary.worker")
@@ -46,6 +64,12 @@ ACK_DELAY_S = 0.002
 MAX_FETCH = 200
 PROMOTE_BATCH = 500
 BOUNCE_PAUSE_S = 0.2
+#: Backoff after a failed step (Redis unreachable or refusing), doubling up to the cap.
+ERROR_PAUSE_S = 0.1
+ERROR_PAUSE_MAX_S = 5.0
+#: After a stop request, how long a worker keeps retrying to record outcomes and return jobs
+#: before it exits and leaves the rest to the reaper.
+STOP_GRACE_S = 10.0
 
 Handler = Callable[[Job], Any]
 
@@ -102,12 +126,16 @@ class _Running:
     wait_us: float
 
 
-@dataclass
+@dataclass(eq=False)
 class _Outcome:
     running: _Running
     ok: bool
     run_us: float
     error: str = ""
+    # a failure's next step, decided once (a flush retried after an outage sends the same)
+    outcome: str = ""
+    next: str = ""
+    due: str = ""
 
 
 @dataclass
@@ -160,8 +188,7 @@ class Worker:
             raise ValidationError("must be callable", field="handler")
         if max_attempts < 1:
             raise ValidationError(f"must be at least 1, got {max_attempts}", field="max_attempts")
-        if heartbeat_s <= 0:
-            raise ValidationError(f"must be positive, got {heartbeat_s}", field="heartbeat")
+        heartbeat_s = registry.check_heartbeat_s(heartbeat_s)
         if job_timeout_s is not None and job_timeout_s <= 0:
             raise ValidationError(f"must be positive, got {job_timeout_s}", field="timeout")
         self.conn = conn
@@ -171,7 +198,7 @@ class Worker:
         self.pinned_lane = lane
         self.schemas = None if schemas is None else frozenset(int(s) for s in schemas)
         self.heartbeat_s = heartbeat_s
-        self.ttl_ms = int(heartbeat_s * registry.TTL_HEARTBEATS * 1000)
+        self.ttl_ms = registry.ttl_of(heartbeat_s)
         self.max_attempts = max_attempts
         self.backoff_base_s = backoff_s
         self.backoff_max_s = backoff_max_s
@@ -191,6 +218,17 @@ class Worker:
         self._results: queue_mod.SimpleQueue[_Outcome] = queue_mod.SimpleQueue()
         self._pending: deque[_Running] = deque()
         self._inflight = 0
+        # outcomes not yet recorded in Redis: instance state, so they survive a restart of
+        # _serve after an outage and are flushed when Redis answers again
+        self._acks: list[_Outcome] = []
+        self._fails: list[_Outcome] = []
+        self._first_buffered = 0.0
+        # every job held: (queue, envelope) -> count, pending + running + outcome unrecorded
+        self._held: Counter[tuple[str, str]] = Counter()
+        self._needs_reconcile = False
+        self._pause = ERROR_PAUSE_S
+        self._maint_stop = threading.Event()
+        self.stop_grace_s = STOP_GRACE_S
         self._pool: concurrent.futures.ThreadPoolExecutor | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_thread: threading.Thread | None = None
@@ -229,13 +267,15 @@ class Worker:
             self._main_loop()
         finally:
             self._stop.set()
+            try:
+                self._release()
+            except BaseException:  # never let cleanup hide the original exit
+                log.exception("worker %s: release at exit failed; the reaper returns its jobs",
+                              self.id)
+            self._maint_stop.set()
             if self._maint is not None:
                 self._maint.join(timeout=self.heartbeat_s + 5)
             self._stop_executor()
-            try:
-                registry.deregister(self.conn, self.id)
-            except Exception:  # pragma: no cover - Redis gone at exit; the reaper cleans up
-                log.exception("could not deregister worker %s", self.id)
             if handlers_installed:
                 for sig, h in previous.items():
                     signal.signal(sig, h)
@@ -307,17 +347,22 @@ class Worker:
                     break
 
     def _maintenance(self) -> None:
+        """Heartbeats until run() has released every held job (not merely until stop(): a
+        stopping worker still holds its in-flight jobs, and must not look dead meanwhile)."""
         next_beat = time.monotonic() + self.heartbeat_s
-        while not self._stop.wait(min(0.25, self.heartbeat_s / 4)):
+        while not self._maint_stop.wait(min(0.25, self.heartbeat_s / 4)):
             try:
-                self._promote_due()
                 if time.monotonic() >= next_beat:
                     next_beat = time.monotonic() + self.heartbeat_s
-                    self._refresh_assignments()
                     self._heartbeat()
-                    registry.reap(self.conn, ttl_ms=self.ttl_ms)
-            except Exception:
-                log.exception("maintenance step failed; retrying next tick")
+                    self._refresh_assignments()
+                    # others are judged by their own advertised TTL; ttl_ms only covers
+                    # workers that advertise none
+                    registry.reap(self.conn, ttl_ms=max(self.ttl_ms, registry.DEFAULT_TTL_MS),
+                                  queues=self.queues)
+                self._promote_due()
+            except Exception as exc:
+                log.warning("maintenance step failed (%s); retrying next tick", exc)
 
     # -- executors ------------------------------------------------------------------------
     def _start_executor(self) -> None:
@@ -345,10 +390,15 @@ class Worker:
                    enqueued_at=e.enqueued_at, sticky_key=e.sticky_key, schema=e.schema)
 
     def _run_sync(self, r: _Running) -> _Outcome:
+        """Run the handler. Anything it raises fails the attempt, BaseExceptions included: a
+        handler calling sys.exit() (SystemExit) or raising KeyboardInterrupt fails that job
+        (retried, then dead-lettered) and the worker carries on; it is not a worker exit.
+        Stopping a worker is done with signals (SIGTERM/SIGINT), which never reach a handler
+        as exceptions."""
         t0 = time.perf_counter_ns()
         try:
             self.handler(self._job(r))
-        except Exception as exc:
+        except BaseException as exc:
             return _Outcome(r, False, (time.perf_counter_ns() - t0) / 1000, _describe(exc))
         return _Outcome(r, True, (time.perf_counter_ns() - t0) / 1000)
 
@@ -360,7 +410,7 @@ class Worker:
                 await asyncio.wait_for(coro, self.job_timeout_s)
             else:
                 await coro
-        except Exception as exc:
+        except BaseException as exc:  # as _run_sync: SystemExit, CancelledError fail the job
             return _Outcome(r, False, (time.perf_counter_ns() - t0) / 1000, _describe(exc))
         return _Outcome(r, True, (time.perf_counter_ns() - t0) / 1000)
 
@@ -398,70 +448,140 @@ class Worker:
     def _active_lanes(self) -> list[tuple[str, str]]:
         return [(q, a.lane) for q, a in self._assignments.items() if a.lane is not None]
 
-    def _block_fetch(self) -> list[_Running]:
-        """Idle: wait for one job on the only active lane (BLMOVE), or sleep a little."""
+    def _hold(self, r: _Running) -> None:
+        self._held[(r.queue, r.raw)] += 1
+
+    def _unhold(self, queue: str, raw: str) -> None:
+        key = (queue, raw)
+        n = self._held.get(key, 0)
+        if n <= 1:
+            self._held.pop(key, None)
+        else:
+            self._held[key] = n - 1
+
+    def _block_fetch(self) -> int:
+        """Idle: wait for one job on the only active lane (BLMOVE), or sleep a little.
+
+        The reply is read as bytes: a client decoding replies would fail on an envelope that
+        is not UTF-8 (it is dead-lettered instead). The list is put in the processing index in
+        the same round trip, so the reaper can find it whatever happens to the registry."""
         lanes = self._active_lanes()
         if len(lanes) != 1:
             self._stop.wait(0.05 if lanes else min(0.5, self.heartbeat_s / 2))
-            return []
+            return 0
         q, lane = lanes[0]
         qk = self.conn.keys.queue(q)
-        raw = self.conn.client.blmove(qk.lane(lane), qk.processing(self.id), self.block_s,
-                                      "RIGHT", "LEFT")
+        pipe = self.conn.client.pipeline(transaction=False)
+        pipe.execute_command("HSET", qk.processing_index, self.id, lane)
+        pipe.execute_command("BLMOVE", qk.lane(lane), qk.processing(self.id), self.block_s,
+                             "RIGHT", "LEFT", **{NEVER_DECODE: True})
+        _, raw = pipe.execute()
         if raw is None:
-            return []
-        r = self._accept(q, lane, raw)
-        return [] if r is None else [r]
+            return 0
+        self._accept(q, lane, _text(raw))
+        return 1
 
-    def _accept(self, queue: str, lane: str, raw: str) -> _Running | None:
+    def _accept(self, queue: str, lane: str, raw: str | bytes) -> None:
+        """A job now in the processing list: pending (held), bounced, or dead-lettered."""
         now = registry.now_ms()
         try:
+            if isinstance(raw, bytes):
+                raise ValueError(f"not UTF-8 ({len(raw)} bytes)")
             env = Envelope.decode(raw)
-        except (ValueError, KeyError, TypeError) as exc:
+        except (ValueError, KeyError, TypeError, RecursionError) as exc:
             self._dead_letter_garbage(queue, lane, raw, exc)
-            return None
+            return
         if self.schemas is not None and env.schema not in self.schemas:
             self._bounce(queue, lane, raw)
-            return None
-        return _Running(raw, env, queue, lane, time.perf_counter_ns(),
-                        max(0.0, (now - env.waiting_since) * 1000.0))
+            return
+        r = _Running(raw, env, queue, lane, time.perf_counter_ns(),
+                     max(0.0, (now - env.waiting_since) * 1000.0))
+        self._hold(r)
+        self._pending.append(r)
 
     def _bounce(self, queue: str, lane: str, raw: str) -> None:
         """A payload schema this worker does not accept: back to the lane for another worker."""
         qk = self.conn.keys.queue(queue)
-        self.conn.scripts.call("bounce_job", [qk.processing(self.id), qk.lane(lane)], [raw])
+        res = self.conn.scripts.call("bounce_job", [qk.processing(self.id), qk.lane(lane)], [raw])
+        _check(res, "bounce_job")
         self.stats.bounced += 1
         self._stop.wait(BOUNCE_PAUSE_S)
 
-    def _dead_letter_garbage(self, queue: str, lane: str, raw: str, exc: Exception) -> None:
+    def _dead_letter_garbage(self, queue: str, lane: str, raw: str | bytes,
+                             exc: BaseException) -> None:
+        """A poison envelope: to the dead-letter list with the reason (bytes that are not
+        UTF-8 are kept as hex), removed from the processing list in the same script."""
         qk = self.conn.keys.queue(queue)
-        record = encode_json({"raw": raw, "error": f"undecodable envelope: {exc}",
-                              "version": self.version, "lane": lane, "worker": self.id,
-                              "failed_at": registry.now_ms()})
+        record: dict[str, Any] = {"error": f"undecodable envelope: {exc}"[:2000],
+                                  "version": self.version, "lane": lane, "worker": self.id,
+                                  "failed_at": registry.now_ms()}
+        if isinstance(raw, bytes):
+            record["raw_hex"] = raw.hex()
+        else:
+            record["raw"] = raw
         slot = metrics.slot_of(registry.now_ms(), self.slot_s)
-        self.conn.scripts.call("fail_jobs", qk.fail_keys(self.id, self.version, lane, slot),
-                               [self.keep_s, raw, "dead", record, "", 0, 0])
+        res = self.conn.scripts.call("fail_jobs", qk.fail_keys(self.id, self.version, lane, slot),
+                                     [self.keep_s, raw, "dead", encode_json(record), "", 0, 0])
+        _check(res, "fail_jobs")
+        self.stats.dead += int(res[0])
+        log.warning("worker %s: dead-lettered a poison envelope on %s: %s", self.id, queue, exc)
 
     def _main_loop(self) -> None:
-        """Run _serve, riding out Redis outages: held jobs stay in the processing list (the
-        reaper returns them if this worker dies meanwhile) and buffered acks are retried."""
-        pause = 0.1
+        """Run _serve, riding out every failure: Redis outages, refusals (WRONGTYPE, NOPERM,
+        OOM) and bugs alike are logged and retried with backoff. Held jobs stay in the
+        processing list (the maintenance thread keeps heartbeating, so no reaper takes them)
+        and buffered outcomes are flushed on a later round. After a stop request it retries
+        for stop_grace_s at most, then returns and run() leaves the rest to the reaper."""
+        stop_deadline: float | None = None
         while True:
             try:
+                if self._needs_reconcile:
+                    self._reconcile()
                 self._serve()
                 return
             except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
-                if self._stop.is_set() and self._inflight == 0:
+                log.warning("Redis unreachable (%s); holding %d jobs, retrying in %.1fs",
+                            exc, sum(self._held.values()), self._pause)
+            except Exception as exc:
+                log.warning("worker step failed (%s: %s); holding %d jobs, retrying in %.1fs",
+                            type(exc).__name__, str(exc)[:300], sum(self._held.values()),
+                            self._pause, exc_info=not isinstance(exc, redis.RedisError))
+            self._needs_reconcile = True
+            if self._stop.is_set():
+                now = time.monotonic()
+                if stop_deadline is None:
+                    stop_deadline = now + self.stop_grace_s
+                elif now > stop_deadline:
+                    log.error("worker %s: still failing %.0fs after the stop request; exiting "
+                              "with %d jobs held, the reaper returns them", self.id,
+                              self.stop_grace_s, sum(self._held.values()))
                     return
-                log.warning("Redis unreachable (%s); retrying in %.1fs", exc, pause)
-                self._stop.wait(pause)
-                pause = min(5.0, pause * 2)
+            time.sleep(self._pause)
+            self._pause = min(ERROR_PAUSE_MAX_S, self._pause * 2)
+
+    def _reconcile(self) -> None:
+        """After a failed step, make the processing lists and what this worker knows agree: a
+        fetch whose reply was lost (connection dropped, an error raised midway) moved jobs
+        that nobody runs. Entries held by no one here are adopted (run, bounced or
+        dead-lettered). Read as bytes, so an envelope that is not UTF-8 cannot fail it."""
+        for q in self.queues:
+            qk = self.conn.keys.queue(q)
+            entries = self.conn.client.execute_command(
+                "LRANGE", qk.processing(self.id), 0, -1, **{NEVER_DECODE: True})
+            extra = Counter(entries)
+            extra.subtract(Counter({raw.encode("utf-8"): n
+                                    for (qq, raw), n in self._held.items() if qq == q}))
+            lane = self._last_lane.get(q) or self._assignments[q].lane or "stable"
+            for raw, n in extra.items():
+                for _ in range(n):
+                    self._accept(q, lane, _text(raw))
+                if n > 0:
+                    log.warning("worker %s: adopted %d job(s) found in its processing list of "
+                                "%s", self.id, n, q)
+        self._needs_reconcile = False
 
     def _serve(self) -> None:
-        pending = self._pending  # survives a restart of _serve after a Redis outage
-        acks: list[_Outcome] = []
-        fails: list[_Outcome] = []
-        first_buffered = 0.0
+        pending = self._pending  # survives a restart of _serve after a failure
         while True:
             stopping = self._stop.is_set()
             if stopping:
@@ -471,109 +591,230 @@ class Worker:
             # 1. dispatch what was fetched
             while pending and self._inflight < self.concurrency:
                 self._dispatch(pending.popleft())
+            buffered = len(self._acks) + len(self._fails)
             # 2. collect outcomes; wait for one only when nothing else can be done
             if self._inflight and (self._inflight >= self.concurrency or stopping or
-                                   (pending and not acks and not fails)):
+                                   (pending and not buffered)):
                 with contextlib.suppress(queue_mod.Empty):
-                    self._collect(self._results.get(timeout=ACK_DELAY_S if (acks or fails)
-                                                    else 0.05), acks, fails)
+                    self._collect(self._results.get(timeout=ACK_DELAY_S if buffered else 0.05))
             while True:
                 try:
-                    self._collect(self._results.get_nowait(), acks, fails)
+                    self._collect(self._results.get_nowait())
                 except queue_mod.Empty:
                     break
-            if (acks or fails) and not first_buffered:
-                first_buffered = time.monotonic()
+            buffered = len(self._acks) + len(self._fails)
+            if buffered and not self._first_buffered:
+                self._first_buffered = time.monotonic()
             # 3. sync point: one round trip acks what finished and fetches what is next
             want = 0 if stopping else self.prefetch - len(pending) - self._inflight
             need_work = not pending and want > 0
-            buffered = len(acks) + len(fails)
             if need_work or buffered >= ACK_BATCH or (
-                    buffered and time.monotonic() - first_buffered >= ACK_DELAY_S):
-                got = self._sync(acks, fails, want if need_work else 0)
-                first_buffered = 0.0
-                if need_work and not got and self._inflight == 0:
-                    got = self._block_fetch()
-                pending.extend(got)
-        self._sync(acks, fails, 0)
+                    buffered and time.monotonic() - self._first_buffered >= ACK_DELAY_S):
+                got = self._sync(want if need_work else 0)
+                if need_work and not got and self._inflight == 0 and not pending:
+                    self._block_fetch()
+        self._sync(0)
 
     def _return_pending(self, pending: deque[_Running]) -> None:
-        """Fetched but not started when stopping: straight back to the head of their lane."""
+        """Fetched but not started when stopping: straight back to the head of their lane.
+        Each job leaves `pending` only once the script ran, so a failure keeps it held."""
         while pending:
-            r = pending.pop()  # newest first, so the oldest ends up at the very head
+            r = pending[-1]  # newest first, so the oldest ends up at the very head
             qk = self.conn.keys.queue(r.queue)
-            self.conn.scripts.call("return_job", [qk.processing(self.id), qk.lane(r.lane)],
-                                   [r.raw])
+            res = self.conn.scripts.call("return_job", [qk.processing(self.id), qk.lane(r.lane)],
+                                         [r.raw])
+            _check(res, "return_job")
+            pending.pop()
+            self._unhold(r.queue, r.raw)
 
-    def _collect(self, out: _Outcome, acks: list[_Outcome], fails: list[_Outcome]) -> None:
+    def _collect(self, out: _Outcome) -> None:
         self._inflight -= 1
-        (acks if out.ok else fails).append(out)
-
-    def _sync(self, acks: list[_Outcome], fails: list[_Outcome], want: int) -> list[_Running]:
-        """One pipeline: ack and fail what finished (with metrics), fetch up to ``want`` more."""
-        lanes = self._active_lanes() if want > 0 else []
-        if not acks and not fails and not lanes:
-            return []
+        if out.ok:
+            self._acks.append(out)
+            return
+        r = out.running
+        attempt = r.envelope.attempts + 1
         now = registry.now_ms()
-        slot = metrics.slot_of(now, self.slot_s)
-        pipe = self.conn.scripts.pipeline()
-        groups: dict[tuple[str, str], list[Any]] = {}
-        for o in acks:
-            r = o.running
-            groups.setdefault((r.queue, r.lane), []).extend(
-                (r.raw, metrics.bucket_us(o.run_us), metrics.bucket_us(r.wait_us)))
-        for (q, lane), args in groups.items():
-            qk = self.conn.keys.queue(q)
-            pipe.call("ack_jobs", qk.ack_keys(self.id, self.version, lane, slot),
-                      [self.keep_s, *args])
-        fgroups: dict[tuple[str, str], list[Any]] = {}
-        retried = dead = 0
-        for o in fails:
-            r = o.running
-            attempt = r.envelope.attempts + 1
+        try:
             if attempt < self.max_attempts:
                 due = now + int(1000 * backoff_s(attempt, self.backoff_base_s,
                                                  self.backoff_max_s, self._rng))
-                nxt, outcome, due_s = r.envelope.next_attempt(due).encode(), "retry", str(due)
-                retried += 1
+                out.outcome, out.next, out.due = "retry", r.envelope.next_attempt(
+                    due).encode(), str(due)
             else:
-                nxt = encode_json({"job": asdict(r.envelope), "error": o.error,
-                                   "version": self.version, "lane": r.lane, "worker": self.id,
-                                   "attempts": attempt, "failed_at": now})
-                outcome, due_s = "dead", ""
-                dead += 1
-            fgroups.setdefault((r.queue, r.lane), []).extend(
-                (r.raw, outcome, nxt, due_s, metrics.bucket_us(o.run_us),
-                 metrics.bucket_us(r.wait_us)))
-        for (q, lane), args in fgroups.items():
-            qk = self.conn.keys.queue(q)
-            pipe.call("fail_jobs", qk.fail_keys(self.id, self.version, lane, slot),
-                      [self.keep_s, *args])
-        n_acks = len(groups) + len(fgroups)
+                out.outcome, out.due = "dead", ""
+                out.next = encode_json({"job": asdict(r.envelope), "error": out.error,
+                                        "version": self.version, "lane": r.lane,
+                                        "worker": self.id, "attempts": attempt,
+                                        "failed_at": now})
+            out.next.encode("utf-8")
+        except (ValueError, TypeError, RecursionError) as exc:  # never stuck on a bad record
+            out.outcome, out.due = "dead", ""
+            out.next = encode_json({"raw": r.raw, "error": f"{out.error}; record: {exc}"[:2000],
+                                    "version": self.version, "lane": r.lane, "worker": self.id,
+                                    "attempts": attempt, "failed_at": now})
+        self._fails.append(out)
+
+    def _execute(self, calls: list[tuple[str, list[str], list[Any]]]) -> list[Any]:
+        """Script calls in one pipeline, with a result (or the exception) per call, so that one
+        refused call (WRONGTYPE, OOM) does not hide what the others did. NOSCRIPT answers
+        (SCRIPT FLUSH, a failover) are replayed after loading: those calls did not run."""
+        client, scripts = self.conn.client, self.conn.scripts
+
+        def send(batch: list[tuple[str, list[str], list[Any]]]) -> list[Any]:
+            pipe = client.pipeline(transaction=False)
+            for name, keys, args in batch:
+                pipe.execute_command("EVALSHA", scripts[name].sha, len(keys), *keys, *args)
+            return pipe.execute(raise_on_error=False)
+
+        results = send(calls)
+        missing = [i for i, r in enumerate(results) if isinstance(r, NoScriptError)]
+        if missing:
+            scripts.load()
+            for i, r in zip(missing, send([calls[i] for i in missing]), strict=True):
+                results[i] = r
+        return results
+
+    def _sync(self, want: int) -> int:
+        """One pipeline: ack and fail what finished (with metrics), fetch up to ``want`` more.
+        Outcomes leave the buffer only once their script ran; returns the jobs fetched."""
+        lanes = self._active_lanes() if want > 0 else []
+        if not self._acks and not self._fails and not lanes:
+            return 0
+        slot = metrics.slot_of(registry.now_ms(), self.slot_s)
+        calls: list[tuple[str, list[str], list[Any]]] = []
+        what: list[tuple[str, Any]] = []
+        groups: dict[tuple[str, str], list[_Outcome]] = {}
+        for o in self._acks:
+            groups.setdefault((o.running.queue, o.running.lane), []).append(o)
+        for (q, lane), outs in groups.items():
+            args: list[Any] = [self.keep_s]
+            for o in outs:
+                args += (o.running.raw, metrics.bucket_us(o.run_us),
+                         metrics.bucket_us(o.running.wait_us))
+            calls.append(("ack_jobs", self.conn.keys.queue(q).ack_keys(
+                self.id, self.version, lane, slot), args))
+            what.append(("ack", outs))
+        fgroups: dict[tuple[str, str], list[_Outcome]] = {}
+        for o in self._fails:
+            fgroups.setdefault((o.running.queue, o.running.lane), []).append(o)
+        for (q, lane), outs in fgroups.items():
+            args = [self.keep_s]
+            for o in outs:
+                args += (o.running.raw, o.outcome, o.next, o.due, metrics.bucket_us(o.run_us),
+                         metrics.bucket_us(o.running.wait_us))
+            calls.append(("fail_jobs", self.conn.keys.queue(q).fail_keys(
+                self.id, self.version, lane, slot), args))
+            what.append(("fail", outs))
         for q, lane in lanes:
-            qk = self.conn.keys.queue(q)
-            pipe.call("fetch_jobs", [qk.lane(lane), qk.processing(self.id), qk.rolled_back],
-                      [want, self.version])
-        results = pipe.execute()
-        for res in results[:n_acks]:
-            self.stats.late += int(res[1])
-        self.stats.done += len(acks)
-        self.stats.failed += len(fails)
-        self.stats.retried += retried
-        self.stats.dead += dead
-        acks.clear()
-        fails.clear()
-        got: list[_Running] = []
-        for (q, lane), res in zip(lanes, results[n_acks:], strict=True):
-            if isinstance(res, int) and res == VERSION_ROLLED_BACK:
-                self._assignments[q] = LaneAssignment(None, "retiring",
-                                                      f"version {self.version} was rolled back")
+            calls.append(("fetch_jobs", self.conn.keys.queue(q).fetch_keys(self.id, lane),
+                          [want, self.version, self.id, lane]))
+            what.append(("fetch", (q, lane)))
+        results = self._execute(calls)
+        error: Exception | None = None
+        recorded: set[int] = set()
+        fetched: list[tuple[str, str, Any]] = []
+        for (kind, item), (name, _k, _a), res in zip(what, calls, results, strict=True):
+            if isinstance(res, Exception):
+                error = error or res
                 continue
-            for raw in res:
-                r = self._accept(q, lane, raw)
-                if r is not None:
-                    got.append(r)
+            if isinstance(res, int) and res < 0 and not (
+                    kind == "fetch" and res == VERSION_ROLLED_BACK):
+                error = error or ScriptError(f"{name} failed with code {res}")
+                continue
+            if kind == "fetch":
+                fetched.append((*item, res))
+                continue
+            recorded.update(id(o) for o in item)
+            self.stats.late += int(res[1])
+            for o in item:
+                self._unhold(o.running.queue, o.running.raw)
+            if kind == "ack":
+                self.stats.done += len(item)
+            else:
+                self.stats.failed += len(item)
+                self.stats.retried += sum(o.outcome == "retry" for o in item)
+                self.stats.dead += sum(o.outcome == "dead" for o in item)
+        if recorded:
+            self._acks = [o for o in self._acks if id(o) not in recorded]
+            self._fails = [o for o in self._fails if id(o) not in recorded]
+        self._first_buffered = time.monotonic() if (self._acks or self._fails) else 0.0
+        got = 0
+        try:
+            for q, lane, res in fetched:
+                if isinstance(res, int):  # VERSION_ROLLED_BACK
+                    self._assignments[q] = LaneAssignment(
+                        None, "retiring", f"version {self.version} was rolled back")
+                    continue
+                good, bad = res
+                for raw in good:
+                    self._accept(q, lane, raw)
+                for hexed in bad:
+                    self._accept(q, lane, bytes.fromhex(hexed))
+                got += len(good) + len(bad)
+        except BaseException:
+            self._needs_reconcile = True  # the rest of the batch is adopted from the list
+            raise
+        if error is not None:
+            raise error
+        self._pause = ERROR_PAUSE_S
         return got
+
+    def _release(self) -> None:
+        """Exit: record what can be recorded, give back what was not started, and deregister
+        only with empty processing lists. With jobs still running (a step kept failing), the
+        registration is left to expire and the reaper returns the lists."""
+        conn = self.conn
+        try:
+            if self._acks or self._fails:
+                self._sync(0)
+            self._return_pending(self._pending)
+        except Exception as exc:
+            log.warning("worker %s: could not record every outcome at exit (%s)", self.id, exc)
+        if self._inflight or self._acks or self._fails or self._pending:
+            log.warning("worker %s exits holding %d jobs (%d running): not deregistering; "
+                        "the reaper returns them once its heartbeat expires", self.id,
+                        sum(self._held.values()), self._inflight)
+            return
+        try:
+            remaining = 0
+            for q in self.queues:
+                # what is left was never started here (a lost reply): back to the lane head;
+                # the call that empties the list also drops it from the processing index
+                lane = self._last_lane.get(q) or self._assignments[q].lane or "stable"
+                qk = conn.keys.queue(q)
+                while True:
+                    res = conn.scripts.call("requeue_jobs", qk.requeue_keys(self.id),
+                                            [lane, registry.REQUEUE_BATCH, self.id])
+                    _check(res, "requeue_jobs")
+                    if int(res[0]) == 0 or int(res[1]) == 0:
+                        remaining += int(res[1])
+                        break
+            if remaining:
+                log.warning("worker %s: %d jobs left in its lists; not deregistering",
+                            self.id, remaining)
+                return
+            registry.deregister(conn, self.id)
+        except Exception as exc:
+            log.warning("worker %s: could not deregister (%s); the reaper cleans up", self.id,
+                        exc)
+
+
+def _text(raw: Any) -> str | bytes:
+    """A reply read as bytes: text if it is UTF-8, else the bytes (a poison envelope)."""
+    if isinstance(raw, bytes):
+        try:
+            return raw.decode("utf-8")
+        except UnicodeDecodeError:
+            return raw
+    return raw
+
+
+def _check(res: Any, script: str) -> None:
+    """A negative code from a worker script is a bug here (arguments are built by this
+    module): raise, so the main loop retries and logs it instead of losing a job."""
+    if isinstance(res, int) and res < 0:
+        raise ScriptError(f"{script} failed with code {res}")
 
 
 def _describe(exc: BaseException) -> str:

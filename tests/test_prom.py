@@ -70,6 +70,8 @@ def ack_direct(conn, version: str, lane: str, run_buckets: list[int]) -> None:
     args: list = [3600]
     for i, b in enumerate(run_buckets):
         args += [f"raw-{version}-{lane}-{i}", b, 0]
+    # held first: an ack of a job no longer held counts only as `late` (issue 8)
+    conn.client.lpush(qk.processing("w-direct"), *args[1::3])
     conn.scripts.call("ack_jobs", qk.ack_keys("w-direct", version, lane, slot), args)
 
 

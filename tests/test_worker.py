@@ -160,8 +160,9 @@ def _fake_dead_worker(conn, queue: str, lane: str, n: int, version: str) -> tupl
     """Register a worker that fetched n jobs and then 'died' (its heartbeat is old)."""
     wid = f"dead-{lane}-{time.monotonic_ns()}"
     qk = conn.keys.queue(queue)
-    fetched = conn.scripts.call("fetch_jobs", [qk.lane(lane), qk.processing(wid),
-                                               qk.rolled_back], [n, version])
+    fetched, bad = conn.scripts.call("fetch_jobs", qk.fetch_keys(wid, lane),
+                                     [n, version, wid, lane])
+    assert bad == []
     registry.heartbeat(conn, wid, version=version, queues={queue: lane}, info={"state": "active"},
                        ttl_ms=1_000, now=registry.now_ms() - 10_000)
     return wid, [Envelope.decode(x).id for x in fetched]
@@ -194,8 +195,7 @@ def test_reaper_returns_jobs_to_their_lane_then_to_stable_after_rollback(conn) -
 def test_reaper_leaves_live_workers_alone(conn) -> None:
     Producer(conn).enqueue_many("payments", [{}] * 5)
     qk = conn.keys.queue("payments")
-    conn.scripts.call("fetch_jobs", [qk.lane_stable, qk.processing("alive"), qk.rolled_back],
-                      [5, "v1"])
+    conn.scripts.call("fetch_jobs", qk.fetch_keys("alive", "stable"), [5, "v1", "alive", "stable"])
     registry.heartbeat(conn, "alive", version="v1", queues={"payments": "stable"},
                        info={"state": "active"}, ttl_ms=60_000)
     assert registry.reap(conn, ttl_ms=60_000).jobs == 0
