@@ -260,6 +260,7 @@ class Worker:
         try:
             self._refresh_assignments()
             self._heartbeat()
+            self._needs_reconcile = True  # a previous run with this id may have left jobs
             self._maint = threading.Thread(target=self._maintenance, name="pycanary-maint",
                                            daemon=True)
             self._maint.start()
@@ -316,7 +317,7 @@ class Worker:
                 return s
         return "standby"
 
-    def _heartbeat(self) -> None:
+    def _heartbeat(self) -> bool:
         lanes = {q: self._last_lane.get(q, a.lane or "stable")
                  for q, a in self._assignments.items()}
         info = {
@@ -330,8 +331,8 @@ class Worker:
                                                                        sorted(self.schemas))),
             "last_seen": registry.now_ms(),
         }
-        registry.heartbeat(self.conn, self.id, version=self.version, queues=lanes, info=info,
-                           ttl_ms=self.ttl_ms)
+        return registry.heartbeat(self.conn, self.id, version=self.version, queues=lanes,
+                                  info=info, ttl_ms=self.ttl_ms)
 
     def _promote_due(self) -> None:
         now = registry.now_ms()
@@ -353,8 +354,13 @@ class Worker:
         while not self._maint_stop.wait(min(0.25, self.heartbeat_s / 4)):
             try:
                 if time.monotonic() >= next_beat:
+                    # a failed heartbeat is retried next tick, not a whole period later: after
+                    # an outage this worker must show it is alive before others reap it
+                    if not self._heartbeat():
+                        # it was reaped meanwhile (stopped, partitioned): its jobs went back
+                        # to the lanes, so the ones it has not started are no longer its own
+                        self._needs_reconcile = True
                     next_beat = time.monotonic() + self.heartbeat_s
-                    self._heartbeat()
                     self._refresh_assignments()
                     # others are judged by their own advertised TTL; ttl_ms only covers
                     # workers that advertise none
@@ -572,6 +578,20 @@ class Worker:
             extra.subtract(Counter({raw.encode("utf-8"): n
                                     for (qq, raw), n in self._held.items() if qq == q}))
             lane = self._last_lane.get(q) or self._assignments[q].lane or "stable"
+            gone = {raw for raw, n in extra.items() if n < 0}
+            if gone:  # reaped while this worker was silent: drop those not started yet
+                kept = deque()
+                for r in self._pending:
+                    if r.queue == q and r.raw.encode("utf-8") in gone:
+                        self._unhold(q, r.raw)
+                    else:
+                        kept.append(r)
+                if len(kept) != len(self._pending):
+                    log.warning("worker %s: %d fetched jobs of %s were returned to the lane "
+                                "while it was silent; not running them", self.id,
+                                len(self._pending) - len(kept), q)
+                self._pending.clear()
+                self._pending.extend(kept)
             for raw, n in extra.items():
                 for _ in range(n):
                     self._accept(q, lane, _text(raw))
@@ -583,6 +603,8 @@ class Worker:
     def _serve(self) -> None:
         pending = self._pending  # survives a restart of _serve after a failure
         while True:
+            if self._needs_reconcile:
+                self._reconcile()
             stopping = self._stop.is_set()
             if stopping:
                 self._return_pending(pending)
@@ -606,7 +628,10 @@ class Worker:
             if buffered and not self._first_buffered:
                 self._first_buffered = time.monotonic()
             # 3. sync point: one round trip acks what finished and fetches what is next
-            want = 0 if stopping else self.prefetch - len(pending) - self._inflight
+            # no new work while backing off: outcomes that cannot be recorded come first
+            backing_off = self._pause > ERROR_PAUSE_S and buffered > 0
+            want = 0 if stopping or backing_off else (
+                self.prefetch - len(pending) - self._inflight)
             need_work = not pending and want > 0
             if need_work or buffered >= ACK_BATCH or (
                     buffered and time.monotonic() - self._first_buffered >= ACK_DELAY_S):

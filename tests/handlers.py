@@ -71,3 +71,22 @@ def scenario(job: Job) -> None:
     if _rng.random() < float(b.get("fail", "0.01")):
         raise RuntimeError(f"{job.version} failed {job.id}")
     _r().rpush(done_key(), job.id)
+
+
+def record(job: Job) -> None:
+    """Sleeps SLEEP_S (default 0), then appends the job id to RECORD_FILE: a local file, so
+    runs are recorded while Redis is down. A payload {"exit": n} calls sys.exit(n) instead, and
+    {"interrupt": true} raises KeyboardInterrupt (both must fail only that attempt)."""
+    import sys
+
+    p = job.payload if isinstance(job.payload, dict) else {}
+    if "exit" in p:
+        sys.exit(p["exit"])
+    if p.get("interrupt"):
+        raise KeyboardInterrupt("handler interrupt")
+    time.sleep(float(os.environ.get("SLEEP_S", "0")))
+    fd = os.open(os.environ["RECORD_FILE"], os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, (job.id + "\n").encode())  # one O_APPEND write: atomic across processes
+    finally:
+        os.close(fd)
