@@ -120,7 +120,7 @@ class Run:
                 p.wait()
 
     def logs(self) -> str:
-        return "\n".join(p.read_text()[-3000:] for p in sorted(
+        return "\n".join(p.read_text()[-20000:] for p in sorted(
             self.record.parent.glob(f"{self.record.stem}.w*.log")))
 
 
@@ -405,19 +405,48 @@ def test_maxmemory_reached_then_raised(private: Run) -> None:
     c.config_set("maxmemory", "0")
     wait_for(lambda: all_ran(run, ids), 60, "every job after memory is back", run)
     acc = finish(run, ids)
-    assert stuck < 400
+    assert stuck < 400 and "OutOfMemoryError" in run.logs()
     assert acc.ran == 400 and acc.dead == 0 and acc.ok_total == 400
 
 
-@pytest.mark.slow
 def test_mixed_heartbeats_no_duplicate_runs(shared: Run) -> None:
-    """A 0.5 s worker beside 2 s ones: each is judged by its own TTL, so no live worker's jobs
-    are reaped (before the fix: 64 duplicate runs per 5,000 jobs)."""
+    """A 0.5 s worker beside 2 s ones for several heartbeats: each is judged by its own TTL,
+    so no live worker's jobs are reaped (before the fix the 0.5 s worker's reaper, using its
+    own 1.5 s TTL, took the 2 s workers' jobs: 64 duplicate runs per 5,000 jobs)."""
     run = shared
-    ids = enqueue(run.conn, 2000)
-    run.worker(heartbeat=0.5, env={"SLEEP_S": "0.002"})
-    run.worker(heartbeat=2.0, env={"SLEEP_S": "0.002"})
-    run.worker(heartbeat=2.0, env={"SLEEP_S": "0.002"})
+    ids = enqueue(run.conn, 2400)
+    t0 = time.monotonic()
+    run.worker(heartbeat=0.5, concurrency=2, env={"SLEEP_S": "0.01"})
+    run.worker(heartbeat=2.0, concurrency=2, env={"SLEEP_S": "0.01"})
+    run.worker(heartbeat=2.0, concurrency=2, env={"SLEEP_S": "0.01"})
     wait_for(lambda: all_ran(run, ids), 120, "every job", run)
+    elapsed = time.monotonic() - t0
     acc = finish(run, ids)
-    assert acc.ran == 2000 and acc.duplicates == 0 and acc.ok_total == 2000
+    assert elapsed > 4.0, "the run must span several heartbeats to mean anything"
+    assert acc.ran == 2400 and acc.duplicates == 0 and acc.ok_total == 2400
+    assert acc.late_total == 0
+
+
+def test_noperm_from_a_tight_acl_then_granted(private: Run) -> None:
+    """The worker's user may not touch the metrics keys: every ack is refused (NOPERM) before
+    it runs; the worker keeps its jobs and heartbeats, and flushes once the ACL is widened."""
+    run = private
+    c = run.conn.client
+    pats = ["{workers}:*", "{payments}:lane:*", "{payments}:processing*", "{payments}:delayed:*",
+            "{payments}:config", "{payments}:rolled_back", "{payments}:former_stable",
+            "{payments}:dlq", "{payments}:tenant_weights"]
+    c.acl_setuser("worker", enabled=True, passwords=["+pw"], commands=["+@all"],
+                  keys=[f"faults:{p}" for p in pats])
+    ids = enqueue(run.conn, 150)
+    run.url = run.url.replace("redis://", "redis://worker:pw@")
+    w = run.worker(heartbeat=0.5)
+    wait_for(lambda: len(run.runs()) >= 1, 30, "jobs to run", run)
+    time.sleep(1.5)
+    assert len(run.runs()) < 150, "no new work while acks are refused"
+    assert w.poll() is None
+    assert c.zscore(run.conn.keys.registry, c.zrange(run.conn.keys.registry, 0, 0)[0])
+    c.acl_setuser("worker", enabled=True, keys=["*"], commands=["+@all"])
+    wait_for(lambda: all_ran(run, ids), 60, "every job once the ACL allows it", run)
+    acc = finish(run, ids)
+    assert "NoPermissionError" in run.logs()
+    assert acc.ran == 150 and acc.duplicates == 0 and acc.ok_total == 150
