@@ -469,23 +469,30 @@ class Worker:
         """Idle: wait for one job on the only active lane (BLMOVE), or sleep a little.
 
         The reply is read as bytes: a client decoding replies would fail on an envelope that
-        is not UTF-8 (it is dead-lettered instead). The list is put in the processing index in
-        the same round trip, so the reaper can find it whatever happens to the registry."""
+        is not UTF-8 (it is dead-lettered instead). The list is put in the processing index
+        first, so the reaper can find it whatever happens to the registry."""
         lanes = self._active_lanes()
         if len(lanes) != 1:
             self._stop.wait(0.05 if lanes else min(0.5, self.heartbeat_s / 2))
             return 0
         q, lane = lanes[0]
         qk = self.conn.keys.queue(q)
-        pipe = self.conn.client.pipeline(transaction=False)
-        pipe.execute_command("HSET", qk.processing_index, self.id, lane)
-        pipe.execute_command("BLMOVE", qk.lane(lane), qk.processing(self.id), self.block_s,
-                             "RIGHT", "LEFT", **{NEVER_DECODE: True})
-        _, raw = pipe.execute()
+        self.conn.client.hset(qk.processing_index, self.id, lane)  # idle: the call is free
+        raw = self._raw_command(qk.lane(lane), "BLMOVE", qk.lane(lane), qk.processing(self.id),
+                                "RIGHT", "LEFT", self.block_s)
         if raw is None:
             return 0
         self._accept(q, lane, _text(raw))
         return 1
+
+    def _raw_command(self, key: str, *args: Any) -> Any:
+        """One command whose reply is read as bytes (NEVER_DECODE). redis-py's cluster client
+        does not pass that option on, so on a cluster the command goes to the node that owns
+        ``key`` (a slot move then fails the step, which is retried)."""
+        client = self.conn.client
+        if self.conn.is_cluster:
+            client = client.get_node_from_key(key).redis_connection
+        return client.execute_command(*args, **{NEVER_DECODE: True})
 
     def _accept(self, queue: str, lane: str, raw: str | bytes) -> None:
         """A job now in the processing list: pending (held), bounced, or dead-lettered."""
@@ -572,8 +579,8 @@ class Worker:
         dead-lettered). Read as bytes, so an envelope that is not UTF-8 cannot fail it."""
         for q in self.queues:
             qk = self.conn.keys.queue(q)
-            entries = self.conn.client.execute_command(
-                "LRANGE", qk.processing(self.id), 0, -1, **{NEVER_DECODE: True})
+            entries = self._raw_command(qk.processing(self.id), "LRANGE",
+                                        qk.processing(self.id), 0, -1)
             extra = Counter(entries)
             extra.subtract(Counter({raw.encode("utf-8"): n
                                     for (qq, raw), n in self._held.items() if qq == q}))

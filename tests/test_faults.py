@@ -183,9 +183,12 @@ def all_ran(run: Run, ids: list[str]) -> bool:
     return set(ids) <= set(run.runs())
 
 
-def finish(run: Run, ids: list[str]) -> Accounting:
-    """Stop every worker (SIGTERM, a clean exit) and account; nothing may be lost or held."""
+def finish(run: Run, ids: list[str], *, faults_in_redis: bool = True) -> Accounting:
+    """Stop every worker (SIGTERM, a clean exit) and account; nothing may be lost or held.
+    Without faults injected into Redis itself, no worker step may have failed either."""
     run.stop_all()
+    if not faults_in_redis:
+        assert "step failed" not in run.logs(), run.logs()
     acc = account(run, ids)
     print(f"\n{acc.enqueued} enqueued: {acc.ran} ran, {acc.duplicates} duplicate runs, "
           f"{acc.dead} dead-lettered, {acc.queued} queued, {acc.held} held; ok={acc.ok_total} "
@@ -237,7 +240,7 @@ def test_sigkill_mid_batch_other_worker_recovers(shared: Run) -> None:
     assert held > 0, "the victim should die holding a batch"
     run.worker(env={"SLEEP_S": "0.001"})
     wait_for(lambda: all_ran(run, ids), 60, "every job", run)
-    acc = finish(run, ids)
+    acc = finish(run, ids, faults_in_redis=False)
     assert acc.ran == 600 and acc.dead == 0 and acc.ok_total == 600
     # only jobs running when it died (concurrency 4) or finished but not yet acknowledged
     assert acc.duplicates <= 8
@@ -254,7 +257,7 @@ def test_sigstop_past_heartbeat_then_sigcont_counts_acks_once(shared: Run) -> No
     wait_for(lambda: len(set(run.runs())) >= 290, 60, "the other worker to take over", run)
     stopped.send_signal(signal.SIGCONT)
     wait_for(lambda: all_ran(run, ids), 60, "every job", run)
-    acc = finish(run, ids)
+    acc = finish(run, ids, faults_in_redis=False)
     assert acc.ran == 300 and acc.dead == 0
     # the stopped worker's jobs were reaped and re-run; its late acks never count twice
     assert acc.ok_total == 300, acc
@@ -273,7 +276,7 @@ def test_handler_sys_exit_and_keyboard_interrupt_fail_only_that_attempt(shared: 
     qk = run.conn.keys.queue(Q)
     wait_for(lambda: run.conn.client.llen(qk.dlq) == 3, 30, "three dead letters", run)
     assert w.poll() is None, "the worker exited"
-    acc = finish(run, ids + bad)
+    acc = finish(run, ids + bad, faults_in_redis=False)
     assert acc.dead == 3 and acc.ran == 200 and acc.ok_total == 200
     dlq = [json.loads(x) for x in run.conn.client.lrange(qk.dlq, 0, -1)]
     assert sorted(d["error"].split(":")[0] for d in dlq) == [
@@ -317,7 +320,7 @@ def test_poison_envelopes_dead_lettered_worker_keeps_serving(shared: Run,
         raw_client.lpush(qk.lane_stable, raw)
     more = enqueue(run.conn, 20)
     wait_for(lambda: all_ran(run, ids + more), 60, "jobs after the idle poison", run)
-    acc = finish(run, ids + more)
+    acc = finish(run, ids + more, faults_in_redis=False)
     raw_client.close()
     assert acc.ran == 120 and acc.held == 0
     assert len(acc.poison) == 2 * len(POISON)
@@ -421,7 +424,7 @@ def test_mixed_heartbeats_no_duplicate_runs(shared: Run) -> None:
     run.worker(heartbeat=2.0, concurrency=2, env={"SLEEP_S": "0.01"})
     wait_for(lambda: all_ran(run, ids), 120, "every job", run)
     elapsed = time.monotonic() - t0
-    acc = finish(run, ids)
+    acc = finish(run, ids, faults_in_redis=False)
     assert elapsed > 4.0, "the run must span several heartbeats to mean anything"
     assert acc.ran == 2400 and acc.duplicates == 0 and acc.ok_total == 2400
     assert acc.late_total == 0

@@ -280,3 +280,26 @@ def test_worker_validation() -> None:
     with pytest.raises(ValidationError):
         load_handler("json")
     assert load_handler("json:dumps") is json.dumps
+
+
+def test_idle_worker_takes_a_new_job_by_blocking_fetch_without_errors(conn, caplog) -> None:
+    """The idle path (BLMOVE, read as bytes) works and logs no failed step."""
+    got: list[str] = []
+    w = Worker(conn, ["payments"], "v1", lambda job: got.append(job.id), heartbeat_s=0.2,
+               block_s=0.2)
+    t = threading.Thread(target=w.run, daemon=True)
+    with caplog.at_level("WARNING", logger="pycanary"):
+        t.start()
+        assert w.ready.wait(5)
+        time.sleep(0.5)  # idle: blocked in BLMOVE
+        jid = Producer(conn).enqueue("payments", {}).job_id
+        deadline = time.monotonic() + 5
+        while not got:
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        w.stop()
+        t.join(10)
+    assert got == [jid]
+    assert [r.getMessage() for r in caplog.records if "failed" in r.getMessage()] == []
+    assert conn.client.zcard(conn.keys.registry) == 0  # deregistered, lists empty
+    assert conn.client.hlen(conn.keys.queue("payments").processing_index) == 0
