@@ -1,9 +1,14 @@
 """The worker registry: heartbeats, listing live workers without SCAN, and the reaper.
 
-The registry is a sorted set by last heartbeat, so "who is dead" is one ZRANGEBYSCORE and a
-reaper pass costs the number of dead workers, not the number of keys. A worker's live details
-sit in a hash with a TTL; what the reaper needs (version, queues, lanes) stays in a meta hash
-until the worker is reaped.
+The registry is a sorted set by last heartbeat, with a second one by deadline (last heartbeat
+plus the worker's own advertised TTL), so "who is dead" is one ZRANGEBYSCORE and a reaper pass
+costs the number of dead workers, not the number of keys; each worker is judged by its own
+heartbeat, never by the reaper's. A worker's live details sit in a hash with a TTL; what the
+reaper needs (version, queues, lanes, TTL) stays in a meta hash until the worker is reaped.
+
+Each queue also keeps a processing index (worker id -> lane) written by every fetch, so a
+processing list whose worker is not registered at all (a lost registry entry, unreadable
+meta) is still found: the reaper returns those orphans for the queues it is given.
 """
 
 from __future__ import annotations
