@@ -115,8 +115,8 @@ def ack_cost(conn: pycanary.Connection, queue: str, batch: int, rounds: int) -> 
     total_calls = total_us = 0
     ack_keys = qk.ack_keys(wid, "v1", "stable", 0)
     for _ in range(rounds):
-        jobs = conn.scripts.call("fetch_jobs", [qk.lane_stable, qk.processing(wid),
-                                                qk.rolled_back], [batch, "v1"])
+        jobs, _bad = conn.scripts.call("fetch_jobs", qk.fetch_keys(wid, "stable"),
+                                       [batch, "v1", wid, "stable"])
         args: list[Any] = [3600]
         for i, raw in enumerate(jobs):
             args += [raw, 40 + i % 7, 30 + i % 5]
@@ -134,8 +134,7 @@ def reaper_cost(conn: pycanary.Connection, live: int, dead: int) -> tuple[float,
     pipe = conn.scripts.pipeline()
     for i in range(live + dead):
         seen = now if i < live else now - 60_000
-        pipe.call("heartbeat", [conn.keys.registry, conn.keys.worker_meta,
-                                conn.keys.worker_info(f"w{i}")],
+        pipe.call("heartbeat", conn.keys.heartbeat_keys(f"w{i}"),
                   [f"w{i}", seen, 60_000, '{"version":"v1","queues":{"payments":"stable"}}',
                    "state", "active"])
     pipe.execute()
