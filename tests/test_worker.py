@@ -303,3 +303,37 @@ def test_idle_worker_takes_a_new_job_by_blocking_fetch_without_errors(conn, capl
     assert [r.getMessage() for r in caplog.records if "failed" in r.getMessage()] == []
     assert conn.client.zcard(conn.keys.registry) == 0  # deregistered, lists empty
     assert conn.client.hlen(conn.keys.queue("payments").processing_index) == 0
+
+
+def test_jobs_left_in_its_own_processing_list_are_adopted(conn) -> None:
+    """A worker restarted under the same id, or whose fetch reply was lost (the jobs moved but
+    it never heard of them), reconciles its processing list and runs what nobody runs."""
+    p = Producer(conn)
+    p.enqueue_many("payments", [{"i": i} for i in range(3)])
+    qk = conn.keys.queue("payments")
+    left, _ = conn.scripts.call("fetch_jobs", qk.fetch_keys("w-again", "stable"),
+                                [3, "v1", "w-again", "stable"])
+    assert conn.client.llen(qk.lane_stable) == 0 and len(left) == 3
+    got: list[int] = []
+    w = Worker(conn, ["payments"], "v1", lambda job: got.append(job.payload["i"]),
+               heartbeat_s=0.2, block_s=0.2, worker_id="w-again")
+    t = threading.Thread(target=w.run, daemon=True)
+    t.start()
+    deadline = time.monotonic() + 10
+    while len(got) < 3:
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    # a lost reply: a job lands in its list behind its back
+    lost = Envelope(id="j3", queue="payments", payload={"i": 3}, tenant=None, sticky_key=None,
+                    attempts=0, enqueued_at=registry.now_ms()).encode()
+    conn.client.lpush(qk.processing(w.id), lost)
+    w._needs_reconcile = True
+    while len(got) < 4:
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    w.stop()
+    t.join(10)
+    assert sorted(got) == [0, 1, 2, 3]
+    assert conn.client.llen(qk.processing(w.id)) == 0
+    st = window(conn, "payments", "v1", "stable")
+    assert (st.ok, st.late) == (4, 0)
