@@ -70,6 +70,9 @@ ERROR_PAUSE_MAX_S = 5.0
 #: After a stop request, how long a worker keeps retrying to record outcomes and return jobs
 #: before it exits and leaves the rest to the reaper.
 STOP_GRACE_S = 10.0
+#: A processing-list entry that could not be adopted (a poison job while the DLQ refuses
+#: writes) is tried again after this long.
+RECONCILE_RETRY_S = 1.0
 
 Handler = Callable[[Job], Any]
 
@@ -226,6 +229,7 @@ class Worker:
         # every job held: (queue, envelope) -> count, pending + running + outcome unrecorded
         self._held: Counter[tuple[str, str]] = Counter()
         self._needs_reconcile = False
+        self._reconcile_after = 0.0
         self._pause = ERROR_PAUSE_S
         self._maint_stop = threading.Event()
         self.stop_grace_s = STOP_GRACE_S
@@ -548,8 +552,6 @@ class Worker:
         stop_deadline: float | None = None
         while True:
             try:
-                if self._needs_reconcile:
-                    self._reconcile()
                 self._serve()
                 return
             except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
@@ -577,6 +579,7 @@ class Worker:
         fetch whose reply was lost (connection dropped, an error raised midway) moved jobs
         that nobody runs. Entries held by no one here are adopted (run, bounced or
         dead-lettered). Read as bytes, so an envelope that is not UTF-8 cannot fail it."""
+        failed: Exception | None = None
         for q in self.queues:
             qk = self.conn.keys.queue(q)
             entries = self._raw_command(qk.processing(self.id), "LRANGE",
@@ -601,16 +604,28 @@ class Worker:
                 self._pending.extend(kept)
             for raw, n in extra.items():
                 for _ in range(n):
-                    self._accept(q, lane, _text(raw))
+                    try:
+                        self._accept(q, lane, _text(raw))
+                    except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError):
+                        raise
+                    except Exception as exc:  # e.g. a poison job while the DLQ is refused
+                        failed = failed or exc
                 if n > 0:
                     log.warning("worker %s: adopted %d job(s) found in its processing list of "
                                 "%s", self.id, n, q)
+        if failed is not None:
+            # the entry stays in the list, unheld: tried again later, without blocking the
+            # jobs this worker can serve meanwhile
+            log.warning("worker %s: could not adopt every job of its processing lists (%s); "
+                        "retrying in %.0fs", self.id, failed, RECONCILE_RETRY_S)
+            self._reconcile_after = time.monotonic() + RECONCILE_RETRY_S
+            return
         self._needs_reconcile = False
 
     def _serve(self) -> None:
         pending = self._pending  # survives a restart of _serve after a failure
         while True:
-            if self._needs_reconcile:
+            if self._needs_reconcile and time.monotonic() >= self._reconcile_after:
                 self._reconcile()
             stopping = self._stop.is_set()
             if stopping:

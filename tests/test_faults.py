@@ -343,6 +343,7 @@ def test_wrongtype_metrics_and_dlq_keys_lose_nothing(shared: Run) -> None:
     c.set(qk.metrics_total("v1", "stable"), "oops")
     c.set(qk.dlq, "oops")
     producer = Producer(run.conn)
+    c.lpush(qk.lane_stable, "poison: not json")  # cannot be dead-lettered while dlq is bad
     ids = enqueue(run.conn, 200)
     bad = producer.enqueue(Q, {"exit": 1}).job_id
     w = run.worker("--max-attempts", "1")
@@ -354,9 +355,10 @@ def test_wrongtype_metrics_and_dlq_keys_lose_nothing(shared: Run) -> None:
     assert ran_while_refused < 201, "no new work is taken while outcomes cannot be recorded"
     assert w.poll() is None
     c.delete(qk.metrics_total("v1", "stable"), qk.dlq)
-    wait_for(lambda: all_ran(run, ids) and c.llen(qk.dlq) == 1, 60, "every outcome", run)
+    wait_for(lambda: all_ran(run, ids) and c.llen(qk.dlq) == 2, 60, "every outcome", run)
     acc = finish(run, [*ids, bad])
     assert acc.ran == 200 and acc.dead == 1 and acc.ok_total == 200 and acc.duplicates == 0
+    assert [p["raw"] for p in acc.poison] == ["poison: not json"]
 
 
 def test_script_flush_at_random_loses_nothing(shared: Run) -> None:
