@@ -632,6 +632,8 @@ class Worker:
                 self._return_pending(pending)
                 if self._inflight == 0:
                     break
+            if pending:
+                self._return_retired(pending)
             # 1. dispatch what was fetched
             while pending and self._inflight < self.concurrency:
                 self._dispatch(pending.popleft())
@@ -661,6 +663,24 @@ class Worker:
                 if need_work and not got and self._inflight == 0 and not pending:
                     self._block_fetch()
         self._sync(0)
+
+    def _return_retired(self, pending: deque[_Running]) -> None:
+        """Jobs fetched from a lane this worker no longer serves because its version was
+        rolled back never start here: they go to the head of the stable lane (the canary lane
+        is being drained, so a job put back there could be left behind)."""
+        retired = {q for q, a in self._assignments.items() if a.state == "retiring"}
+        if not retired or not any(r.queue in retired for r in pending):
+            return
+        back = [r for r in pending if r.queue in retired]
+        for r in reversed(back):  # newest first, so the oldest ends up at the very head
+            qk = self.conn.keys.queue(r.queue)
+            res = self.conn.scripts.call("return_job", [qk.processing(self.id), qk.lane_stable],
+                                         [r.raw])
+            _check(res, "return_job")
+            pending.remove(r)
+            self._unhold(r.queue, r.raw)
+        log.info("worker %s: %d fetched job(s) of a rolled-back version returned to the head "
+                 "of the stable lane", self.id, len(back))
 
     def _return_pending(self, pending: deque[_Running]) -> None:
         """Fetched but not started when stopping: straight back to the head of their lane.

@@ -205,21 +205,43 @@ def test_reaper_leaves_live_workers_alone(conn) -> None:
 
 
 def test_rolled_back_worker_retires(conn) -> None:
+    """A running canary worker that served jobs learns of the rollback at its next heartbeat
+    and takes nothing more from the canary lane."""
     queue_config.configure(conn, "payments", stable_version="v1", canary_version="v2")
     queue_config.set_weight(conn, "payments", 10_000)
-    Producer(conn).enqueue_many("payments", [{}] * 20)
+    producer = Producer(conn)
+    producer.enqueue_many("payments", [{}] * 20)
     qk = conn.keys.queue("payments")
-    conn.scripts.call("rollback_canary", [qk.config, qk.tenant_weights, qk.rolled_back],
-                      ["", 1])
     ran: list[str] = []
     w = Worker(conn, ["payments"], "v2", lambda job: ran.append(job.id), heartbeat_s=0.2)
     t = threading.Thread(target=w.run, daemon=True)
     t.start()
-    time.sleep(0.6)
-    assert ran == [] and w.state == "retiring"
-    assert conn.client.llen(qk.lane_canary) == 20
-    w.stop()
-    t.join(5)
+    try:
+        deadline = time.monotonic() + 10
+        while len(ran) < 20:
+            assert time.monotonic() < deadline, f"only {len(ran)} of 20 canary jobs ran"
+            time.sleep(0.01)
+        assert w.state == "active"
+        conn.scripts.call("rollback_canary", [qk.config, qk.tenant_weights, qk.rolled_back],
+                          ["", 1])
+        deadline = time.monotonic() + 2.0  # a few heartbeats of 0.2 s
+        while w.state != "retiring":
+            assert time.monotonic() < deadline, f"worker still {w.state} after the rollback"
+            time.sleep(0.01)
+        # jobs that reach the canary lane now (a producer with a stale view) are not taken
+        late = [Envelope(id=f"late-{i}", queue="payments", payload={}, tenant=None,
+                         sticky_key=None, attempts=0, enqueued_at=registry.now_ms()).encode()
+                for i in range(5)]
+        conn.client.lpush(qk.lane_canary, *late)
+        time.sleep(0.6)  # three more heartbeats: long enough for a fetch to have happened
+        assert len(ran) == 20, ran[20:]
+        # a blocked idle fetch may still take one; it goes to the stable lane's head unstarted
+        assert conn.client.llen(qk.lane_canary) + conn.client.llen(qk.lane_stable) == 5
+        assert conn.client.llen(qk.processing(w.id)) == 0
+    finally:
+        w.stop()
+        t.join(5)
+    assert not t.is_alive()
 
 
 def test_async_handler_and_concurrency(conn) -> None:
