@@ -171,8 +171,10 @@ class RedisCollector(Collector):
         pipe = client.pipeline(transaction=False)
         for qs, version, lane in pairs:
             pipe.hgetall(keys.queue(qs.name).metrics_total(version, lane))
-        for (qs, version, lane), raw in zip(pairs, pipe.execute(), strict=True):
-            if raw:
+        # one corrupt totals key (wrong type) must not fail the whole scrape: it is left out
+        for (qs, version, lane), raw in zip(pairs, pipe.execute(raise_on_error=False),
+                                            strict=True):
+            if raw and not isinstance(raw, Exception):
                 qs.totals[(version, lane)] = {k: int(v) for k, v in raw.items()}
         return queues, workers
 

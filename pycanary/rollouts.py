@@ -12,6 +12,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import redis
+
 from . import deployments, metrics, queue_config, registry, validation
 from .analysis import AnalysisState
 from .connection import Connection
@@ -459,9 +461,13 @@ def status(conn: Connection, queue: str | None = None, *, window_s: int = 300,
             continue
         if dep is not None:
             now = registry.now_ms()
-            lanes = metrics.read_lanes(conn, q, {"stable": dep.stable_version,
-                                                 "canary": dep.canary_version},
-                                       now - window_s * 1000, now)
+            try:
+                lanes = metrics.read_lanes(conn, q, {"stable": dep.stable_version,
+                                                     "canary": dep.canary_version},
+                                           now - window_s * 1000, now)
+            except (redis.exceptions.ResponseError, ValueError) as exc:
+                lanes = {}  # a corrupt metrics key: the rest of the row still shows
+                row["error"] = f"lane metrics unreadable: {exc}"
             d = dep.to_dict()
             d.pop("analysis_state", None)
             d.pop("totals", None)
