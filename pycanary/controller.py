@@ -302,7 +302,7 @@ class Controller:
         elif w.then == "promote":
             deployments.promote_final(self.conn, w.dep, actor=self.id, now=now,
                                       reason=w.reason, epoch=self.epoch)
-            action = "promoting: " + self._drain_and_finish(w.dep)
+            action = "promoting: " + self._finish_pending(w.dep)
         report.actions.append(f"{w.dep.queue}: {action}")
 
     def _isolated(self, dep: Deployment, reason: str, fn: Callable[[], None]) -> None:
@@ -577,7 +577,21 @@ class Controller:
         log.warning("rollback", extra={"fields": {
             "deployment_id": dep.id, "queue": dep.queue, "canary_version": dep.canary_version,
             "reason": reason}})
-        return "rolled back: " + self._drain_and_finish(dep)
+        return "rolled back: " + self._finish_pending(dep)
+
+    def _finish_pending(self, dep: Deployment) -> str:
+        """Drain and finish after the decisive write (rollback or promotion) went through. A
+        failure from here on is reported as what it is, drain pending, retried next tick (the
+        deployment stays rolling_back/promoting), never as a failed rollback."""
+        try:
+            return self._drain_and_finish(dep)
+        except FencedError:
+            raise
+        except Exception as exc:  # the weight change stands; only the drain is pending
+            self._error(dep.queue, "drain",
+                        f"{dep.state}: weight change done, drain or finish failed "
+                        f"({type(exc).__name__}: {exc}); retried next tick", dep=dep, exc=exc)
+            return "drain pending (retried next tick)"
 
     def _drain_and_finish(self, dep: Deployment) -> str:
         return finish_after_drain(self.conn, dep, actor=self.id, epoch=self.epoch,

@@ -237,3 +237,31 @@ def test_rollback_reports_a_drain_cut_short(conn, monkeypatch) -> None:
         "done", "rolling_back", False)
     assert res["warning"].startswith("drain incomplete (draining, ")
     assert json.dumps(res)  # plain data for --json
+
+
+def test_controller_rollback_whose_drain_fails_reports_drain_pending(conn, monkeypatch) -> None:
+    """The controller's own rollback: the weight change stands and is reported as done; the
+    drain failure is an error of its own, and the next tick finishes the drain."""
+    ramp(conn, "payments", DEADLINE_PLAN)
+    Producer(conn).enqueue_many("payments", [{"n": i} for i in range(50)])
+    now = [T0]
+    ctl = Controller(conn, clock=lambda: now[0])
+    ctl.tick()
+
+    def broken_drain(*args, **kwargs):
+        raise ConnectionError("Redis went away mid-drain")
+
+    monkeypatch.setattr(controller_mod, "drain_lane", broken_drain)
+    now[0] += 61
+    rep = ctl.tick()
+    assert rep.actions == ["payments: rolled back: drain pending (retried next tick)"]
+    assert [(e["reason"], e["message"]) for e in rep.errors] == [
+        ("drain", "rolling_back: weight change done, drain or finish failed (ConnectionError: "
+                  "Redis went away mid-drain); retried next tick")]
+    assert deployments.get(conn, "payments").state == "rolling_back"
+    assert queue_config.read_config(conn, "payments").weight_bp == 0
+    monkeypatch.undo()
+    now[0] += 1
+    rep = ctl.tick()
+    assert rep.actions == ["payments: rolled_back"] and not rep.errors
+    assert rollouts.controller_errors(conn) == {}
