@@ -122,29 +122,33 @@ class Controller:
         self.drain_batch = drain_batch
         self.worker_ttl_ms = int(heartbeat_s * registry.TTL_HEARTBEATS * 1000)
         self._fenced_epoch: int | None = None
+        # per tick: errors noted (and their exceptions), errors stored by the last tick
+        # (None: not read yet), deployments that decoded
         self._errors: dict[str, dict[str, Any]] = {}
-        self._stored_errors: dict[str, str] = {}
+        self._excs: dict[str, BaseException | None] = {}
+        self._stored_errors: dict[str, str] | None = None
         self._deps: dict[str, Deployment] = {}
+        self._stepped_down = False
 
     # -- leadership ----------------------------------------------------------------------
     @property
     def epoch(self) -> int | None:
         return None if self.leadership is None else self.leadership.epoch
 
-    def _may_act(self, queues: list[str]) -> list[str] | None:
-        """Renew leadership and fence the queues; the queues this tick may act on, or None
-        (not leading). A queue that cannot be fenced (corrupt fence) is reported and skipped."""
+    def _may_act(self, queues: list[str]) -> list[str]:
+        """Fence the queues (leadership renewed already); the queues this tick may act on, or
+        [] after stepping down. A queue that cannot be fenced (corrupt fence) is reported and
+        skipped."""
         if self.leadership is None:
             return queues
-        if not self.leadership.tick():
-            return None
         # Fence every queue we will act on, every tick (cheap, idempotent): a deposed leader
         # that wakes up is refused everywhere, also on queues started since it last looked.
         refused, broken = self.leadership.fence(queues)
         if refused:
             log.warning("a newer leader fenced %s; stepping down", refused)
             self.leadership.release()
-            return None
+            self._stepped_down = True
+            return []
         if self._fenced_epoch != self.leadership.epoch:
             self._fenced_epoch = self.leadership.epoch
             log.info("leading as epoch %s", self.leadership.epoch,
@@ -176,7 +180,10 @@ class Controller:
         keys are usable, ``Keys.controller_errors`` for status, a counter for Prometheus) and
         skipped; the others go on in the same tick."""
         t0 = time.perf_counter()
-        self._errors = {}
+        if self.leadership is not None and not self.leadership.tick():
+            return TickReport(leader=False)
+        self._errors, self._excs, self._stored_errors, self._deps = {}, {}, None, {}
+        self._stepped_down = False
         names = deployments.active_queues(self.conn)
         valid: list[str] = []
         for q in names:
@@ -186,7 +193,7 @@ class Controller:
                 self._error(q, "invalid_queue_name",
                             f"{q!r} in the active-deployments set is not a queue name")
         queues = self._may_act(valid)
-        if queues is None:
+        if self._stepped_down:
             return TickReport(leader=False)
         report = TickReport(leader=True, deployments=len(names))
         try:
@@ -246,7 +253,6 @@ class Controller:
             pipe.hgetall(self.conn.keys.queue(q).deployment)
         pipe.hgetall(self.conn.keys.controller_errors)
         res = pipe.execute(raise_on_error=False)
-        self._deps = {}
         stored = res[-1]
         self._stored_errors = stored if isinstance(stored, dict) else {}
         return dict(zip(queues, res[:-1], strict=True))
@@ -334,19 +340,20 @@ class Controller:
         dep_id = dep.id if dep is not None else deployment_id
         self._errors[queue] = {"reason": reason, "message": message, "deployment_id": dep_id,
                                "rev": dep.rev if dep is not None else None}
-        log.log(logging.ERROR if exc is not None else logging.WARNING,
-                "deployment skipped: %s", message,
-                exc_info=(type(exc), exc, exc.__traceback__) if exc is not None and
-                not isinstance(exc, PycanaryError) else None,
-                extra={"fields": {"queue": queue, "reason": reason, "deployment_id": dep_id,
-                                  "controller": self.id}})
+        self._excs[queue] = exc
 
     def _flush_errors(self, report: TickReport, names: list[str]) -> None:
         """Publish this tick's errors: the current error per queue (read by status), a counter
         per queue and reason (Prometheus), and an event on the deployment when the error is
         new. Queues that went through cleanly lose their stored error."""
         keys = self.conn.keys
-        stored = getattr(self, "_stored_errors", {})
+        stored = self._stored_errors
+        if stored is None:  # not read with the deployments this tick
+            try:
+                stored = self.conn.client.hgetall(keys.controller_errors) \
+                    if self._errors else {}
+            except redis.exceptions.RedisError:
+                stored = {}
         now = int(self.clock() * 1000)
         pipe = self.conn.client.pipeline(transaction=False)
         fresh: list[tuple[str, dict[str, Any]]] = []
@@ -357,6 +364,17 @@ class Controller:
             except ValueError:
                 before = {}
             same = all(before.get(k) == err[k] for k in ("reason", "message", "deployment_id"))
+            exc = self._excs.get(q)
+            # a new error is logged loudly, a repeat of it (every tick) only at debug level
+            level = logging.DEBUG if same else (
+                logging.ERROR if exc is not None and not isinstance(exc, PycanaryError)
+                else logging.WARNING)
+            log.log(level, "deployment skipped: %s", err["message"],
+                    exc_info=(type(exc), exc, exc.__traceback__)
+                    if level == logging.ERROR and exc is not None else None,
+                    extra={"fields": {"queue": q, "reason": err["reason"],
+                                      "deployment_id": err["deployment_id"],
+                                      "controller": self.id}})
             record = {"ts": before.get("ts", now) if same else now, "last_ts": now,
                       "controller": self.id, **{k: v for k, v in err.items() if k != "rev"}}
             pipe.hset(keys.controller_errors, q, json.dumps(record, default=str))
@@ -406,7 +424,7 @@ class Controller:
     def process(self, dep: Deployment, workers: dict[tuple[str, str, str], int]) -> str:
         """Handle one deployment now (the batched tick does the same for many)."""
         report = TickReport(leader=True)
-        self._errors = {}
+        self._errors, self._excs, self._stored_errors = {}, {}, None
         self._tick([dep.queue], report)
         self._flush_errors(report, [dep.queue])
         return "; ".join(a.split(": ", 1)[-1] for a in report.actions)
