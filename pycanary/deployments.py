@@ -158,6 +158,9 @@ class Deployment:
                    if not kw.get(f)]
         if missing:
             raise CorruptDeploymentError(queue, missing[0], "missing", dep_id)
+        if kw["state"] not in STATES:  # else it would pass for finished and be forgotten
+            raise CorruptDeploymentError(queue, "state", f"unknown state {kw['state']!r}",
+                                         dep_id)
         dep = cls(**kw)
         try:
             _ = dep.plan  # parse now (cached): a broken plan is a broken deployment

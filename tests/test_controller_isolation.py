@@ -44,6 +44,7 @@ BROKEN = {
     "badfence": "fence",
     "corruptplan": "corrupt_deployment",
     "corruptstate": "corrupt_deployment",
+    "badstate": "corrupt_deployment",
     "wrongtype": "snapshot",
     "refused": "weight_above_max",
 }
@@ -76,7 +77,7 @@ def test_broken_deployments_are_reported_and_skipped_the_rest_goes_on(real_conn)
     canary_before = c.llen(conn.keys.queue("good").lane_canary)
     assert canary_before > 0
     deps = {q: ramp(conn, q, DEADLINE_PLAN)
-            for q in ("badfence", "corruptplan", "corruptstate", "wrongtype")}
+            for q in ("badfence", "corruptplan", "corruptstate", "badstate", "wrongtype")}
     deps["refused"] = ramp(conn, "refused", STEP_PLAN)
     now = [T0]
     ctl = Controller(conn, clock=lambda: now[0],
@@ -91,6 +92,7 @@ def test_broken_deployments_are_reported_and_skipped_the_rest_goes_on(real_conn)
     c.set(conn.keys.queue("badfence").fence, "abc")
     c.hset(conn.keys.queue("corruptplan").deployment, "plan", "{not json")
     c.hset(conn.keys.queue("corruptstate").deployment, "analysis_state", "{\"a\":")
+    c.hset(conn.keys.queue("badstate").deployment, "state", "activ")  # not "finished"
     wrong = conn.keys.queue("wrongtype").metrics_total("v1", "stable")
     c.delete(wrong)
     c.set(wrong, "not a hash")
@@ -130,12 +132,17 @@ def test_broken_deployments_are_reported_and_skipped_the_rest_goes_on(real_conn)
     assert "above the queue's max_weight (10%)" in \
         rows["refused"]["deployment"]["last_error"]["message"]
     assert rows["good"]["controller_error"] is None
-    # one event per deployment per new error (not one per tick); none where the fence is bad
+    assert rows["badstate"]["deployment"]["error"] == (
+        "deployment of badstate: field state: unknown state 'activ'")
+    assert c.sismember(conn.keys.active_deployments, "badstate"), "kept, not forgotten"
+    # one event per deployment per new error (not one per tick)
     for q in ("corruptplan", "corruptstate", "wrongtype", "refused"):
         evs = error_events(conn, q, deps[q].id)
         assert [e["data"]["reason"] for e in evs] == [BROKEN[q]], (q, evs)
         assert evs[0]["actor"] == "ctl"
+    # none where the scripts cannot write: a fence that is no number, a state that is no state
     assert error_events(conn, "badfence", deps["badfence"].id) == []
+    assert error_events(conn, "badstate", deps["badstate"].id) == []
     # the counter: one per tick that skipped the queue
     assert errors_total(conn) == {(q, r): 2.0 for q, r in BROKEN.items()}
 
@@ -151,8 +158,8 @@ def test_broken_deployments_are_reported_and_skipped_the_rest_goes_on(real_conn)
     assert deployments.get(conn, "refused").weight_bp == 5000
 
 
-def test_an_unexpected_error_in_one_check_is_that_deployments_alone(real_conn, monkeypatch
-                                                                   ) -> None:
+def test_an_unexpected_error_in_one_check_is_that_deployments_alone(real_conn, monkeypatch,
+                                                                   caplog) -> None:
     conn = real_conn
     ramp(conn, "good", DEADLINE_PLAN)
     ramp(conn, "buggy", DEADLINE_PLAN)
@@ -173,6 +180,17 @@ def test_an_unexpected_error_in_one_check_is_that_deployments_alone(real_conn, m
     assert [(e["queue"], e["reason"], e["message"]) for e in rep.errors] == [
         ("buggy", "evaluation", "ZeroDivisionError: a bug in the analysis")]
     assert deployments.get(conn, "buggy").state == "active"
+    skipped = [r for r in caplog.records if r.getMessage().startswith("deployment skipped")]
+    assert [(r.levelname, r.exc_info is not None) for r in skipped] == [("ERROR", True)]
+    assert skipped[0].fields == {"queue": "buggy", "reason": "evaluation",
+                                 "deployment_id": deployments.get(conn, "buggy").id,
+                                 "controller": "controller"}
+    caplog.clear()
+    caplog.set_level("DEBUG", logger="pycanary.controller")
+    now[0] += 2
+    assert [e["queue"] for e in ctl.tick().errors] == ["buggy"]
+    skipped = [r for r in caplog.records if r.getMessage().startswith("deployment skipped")]
+    assert [r.levelname for r in skipped] == ["DEBUG"], "a repeat is not logged loudly"
 
 
 def test_configure_refuses_max_weight_below_a_stage_of_the_active_plan(conn) -> None:
