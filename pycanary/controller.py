@@ -12,19 +12,30 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import signal
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import redis
+
 from . import deployments, registry
 from .analysis import Action, AnalysisState, LaneStats, decide, evaluate
 from .connection import Connection
-from .deployments import Deployment
+from .deployments import CorruptDeploymentError, Deployment
 from .drain import drain_lane
-from .errors import ConflictError, FencedError, StateError
-from .leader import Leadership
+from .errors import (
+    ConflictError,
+    FencedError,
+    PycanaryError,
+    StateError,
+    WeightAboveMaxError,
+)
+from .leader import Leadership, run_scripts
+from .validation import NAME_RE
 
 log = logging.getLogger("pycanary.controller")
 
@@ -85,6 +96,8 @@ class TickReport:
     deployments: int = 0
     actions: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    #: Deployments skipped this tick: {"queue", "reason", "message", "deployment_id", "rev"}.
+    errors: list[dict[str, Any]] = field(default_factory=list)
 
 
 class Controller:
@@ -109,29 +122,40 @@ class Controller:
         self.drain_batch = drain_batch
         self.worker_ttl_ms = int(heartbeat_s * registry.TTL_HEARTBEATS * 1000)
         self._fenced_epoch: int | None = None
+        # per tick: errors noted (and their exceptions), errors stored by the last tick
+        # (None: not read yet), deployments that decoded
+        self._errors: dict[str, dict[str, Any]] = {}
+        self._excs: dict[str, BaseException | None] = {}
+        self._stored_errors: dict[str, str] | None = None
+        self._deps: dict[str, Deployment] = {}
+        self._stepped_down = False
 
     # -- leadership ----------------------------------------------------------------------
     @property
     def epoch(self) -> int | None:
         return None if self.leadership is None else self.leadership.epoch
 
-    def _may_act(self) -> bool:
+    def _may_act(self, queues: list[str]) -> list[str]:
+        """Fence the queues (leadership renewed already); the queues this tick may act on, or
+        [] after stepping down. A queue that cannot be fenced (corrupt fence) is reported and
+        skipped."""
         if self.leadership is None:
-            return True
-        if not self.leadership.tick():
-            return False
+            return queues
         # Fence every queue we will act on, every tick (cheap, idempotent): a deposed leader
         # that wakes up is refused everywhere, also on queues started since it last looked.
-        refused = self.leadership.fence_queues(deployments.active_queues(self.conn))
+        refused, broken = self.leadership.fence(queues)
         if refused:
             log.warning("a newer leader fenced %s; stepping down", refused)
             self.leadership.release()
-            return False
+            self._stepped_down = True
+            return []
         if self._fenced_epoch != self.leadership.epoch:
             self._fenced_epoch = self.leadership.epoch
             log.info("leading as epoch %s", self.leadership.epoch,
                      extra={"fields": {"controller": self.id, "epoch": self.leadership.epoch}})
-        return True
+        for q, why in broken.items():
+            self._error(q, "fence", why)
+        return [q for q in queues if q not in broken]
 
     # -- the loop --------------------------------------------------------------------------
     def run(self, stop: threading.Event, poll_s: float = 1.0) -> None:
@@ -148,31 +172,65 @@ class Controller:
         """One pass over every active deployment, in a few round trips whatever their number:
         read all deployments, snapshot every due one in one pipeline, analyse, then write every
         decision in one pipeline of fenced compare-and-set scripts. Rollbacks, final promotions
-        and drains (rare) follow one by one."""
+        and drains (rare) follow one by one.
+
+        Each deployment is handled on its own: one that cannot be read, checked or written (a
+        name that is not a queue name, a corrupt fence or field, a refused stage step, any
+        unexpected error) is reported (`TickReport.errors`, a log line, an event on it when its
+        keys are usable, ``Keys.controller_errors`` for status, a counter for Prometheus) and
+        skipped; the others go on in the same tick."""
         t0 = time.perf_counter()
-        if not self._may_act():
+        if self.leadership is not None and not self.leadership.tick():
             return TickReport(leader=False)
-        queues = deployments.active_queues(self.conn)
-        report = TickReport(leader=True, deployments=len(queues))
-        if queues:
-            try:
+        self._errors, self._excs, self._stored_errors, self._deps = {}, {}, None, {}
+        self._stepped_down = False
+        names = deployments.active_queues(self.conn)
+        valid: list[str] = []
+        for q in names:
+            if NAME_RE.match(q):
+                valid.append(q)
+            else:
+                self._error(q, "invalid_queue_name",
+                            f"{q!r} in the active-deployments set is not a queue name")
+        queues = self._may_act(valid)
+        if self._stepped_down:
+            return TickReport(leader=False)
+        report = TickReport(leader=True, deployments=len(names))
+        try:
+            if queues:
                 self._tick(queues, report)
-            except FencedError:
-                log.warning("fenced: another controller leads")
-                if self.leadership is not None:
-                    self.leadership.release()
-                report.actions.append("fenced")
+        except FencedError:
+            log.warning("fenced: another controller leads")
+            if self.leadership is not None:
+                self.leadership.release()
+            report.actions.append("fenced")
+            self._errors = {}  # no longer leading: not ours to report
+        else:
+            self._flush_errors(report, names)
         report.seconds = time.perf_counter() - t0
         return report
 
     def _tick(self, queues: list[str], report: TickReport) -> None:
-        deps = deployments.get_many(self.conn, queues)
+        raws = self._read(queues)
         now_s = self.clock()
         now = int(now_s * 1000)
         due: list[Deployment] = []
         later: list[Deployment] = []
-        for q, dep in deps.items():
-            if dep is None or not dep.active:
+        for q in queues:
+            raw = raws[q]
+            if isinstance(raw, Exception):
+                self._error(q, "read", f"reading the deployment failed: {raw}")
+                continue
+            if not raw:
+                self.conn.client.srem(self.conn.keys.active_deployments, q)
+                continue
+            try:
+                dep = Deployment.from_hash(q, raw)
+            except CorruptDeploymentError as exc:
+                self._error(q, "corrupt_deployment", str(exc), deployment_id=exc.deployment_id)
+                continue
+            self._deps[q] = dep
+            if not dep.active:
                 self.conn.client.srem(self.conn.keys.active_deployments, q)
             elif dep.state in ("active", "awaiting_promotion"):
                 if dep.last_check_at is None or \
@@ -180,41 +238,183 @@ class Controller:
                     due.append(dep)
             elif dep.state in ("rolling_back", "promoting"):
                 later.append(dep)
-        writes: list[_Write] = []
         if due:
-            workers = self._worker_counts()
-            snaps = self._snapshots(due, workers)
-            writes = [self._check(dep, snaps[dep.queue], now_s) for dep in due]
-            pipe = self.conn.scripts.pipeline()
-            for w in writes:
-                keys, args = deployments.update_call(
-                    self.conn, w.dep, w.values, now=now, epoch=self.epoch,
-                    weight_bp=w.weight_bp, tenants_bp=w.tenants_bp, events=w.events,
-                    analysis=w.analysis)
-                pipe.call("deployment_update", keys, args)
-            for w, res in zip(writes, pipe.execute(), strict=True):
-                try:
-                    deployments.check_update(w.dep, res)
-                except ConflictError:
-                    report.actions.append(f"{w.dep.queue}: conflict: re-read next tick")
-                    continue
-                except StateError as exc:
-                    report.actions.append(f"{w.dep.queue}: skipped: {exc}")
-                    continue
-                action = w.label
-                if w.then == "rollback":
-                    action = self._rollback(w.dep, w.reason, w.rule, now, w.data)
-                elif w.then == "promote":
-                    deployments.promote_final(self.conn, w.dep, actor=self.id, now=now,
-                                              reason=w.reason, epoch=self.epoch)
-                    action = "promoting: " + self._drain_and_finish(w.dep)
-                report.actions.append(f"{w.dep.queue}: {action}")
+            self._checks(due, now_s, report)
         for dep in later:
-            report.actions.append(f"{dep.queue}: {self._drain_and_finish(dep)}")
+            self._isolated(dep, "drain", lambda d=dep: report.actions.append(
+                f"{d.queue}: {self._drain_and_finish(d)}"))
+
+    def _read(self, queues: list[str]) -> dict[str, Any]:
+        """Every deployment hash, and the errors reported last time, in one round trip; a
+        reply that failed (a key of the wrong type) is kept as its exception, for its queue
+        alone."""
+        pipe = self.conn.client.pipeline(transaction=False)
+        for q in queues:
+            pipe.hgetall(self.conn.keys.queue(q).deployment)
+        pipe.hgetall(self.conn.keys.controller_errors)
+        res = pipe.execute(raise_on_error=False)
+        stored = res[-1]
+        self._stored_errors = stored if isinstance(stored, dict) else {}
+        return dict(zip(queues, res[:-1], strict=True))
+
+    def _checks(self, due: list[Deployment], now_s: float, report: TickReport) -> None:
+        now = int(now_s * 1000)
+        workers = self._worker_counts()
+        snaps = self._snapshots(due, workers)
+        writes: list[_Write] = []
+        for dep in due:
+            snap = snaps.get(dep.queue)
+            if snap is None:
+                continue  # reported by _snapshots
+            try:
+                writes.append(self._check(dep, snap, now_s))
+            except Exception as exc:  # one deployment's bug is its own
+                self._error(dep.queue, "evaluation", f"{type(exc).__name__}: {exc}",
+                            dep=dep, exc=exc)
+        calls = []
+        for w in writes:
+            keys, args = deployments.update_call(
+                self.conn, w.dep, w.values, now=now, epoch=self.epoch,
+                weight_bp=w.weight_bp, tenants_bp=w.tenants_bp, events=w.events,
+                analysis=w.analysis)
+            calls.append(("deployment_update", keys, args))
+        for w, res in zip(writes, run_scripts(self.conn, calls), strict=True):
+            q = w.dep.queue
+            if isinstance(res, Exception):
+                self._error(q, "write", f"deployment_update failed: {res}", dep=w.dep)
+                continue
+            try:
+                deployments.check_update(w.dep, res)
+            except ConflictError:
+                report.actions.append(f"{q}: conflict: re-read next tick")
+                continue
+            except WeightAboveMaxError:
+                self._error(q, "weight_above_max", self._refused_step(w), dep=w.dep)
+                continue
+            except StateError as exc:
+                report.actions.append(f"{q}: skipped: {exc}")
+                continue
+            except FencedError:
+                raise
+            except PycanaryError as exc:
+                self._error(q, "write", str(exc), dep=w.dep)
+                continue
+            self._isolated(w.dep, w.then or "write", lambda w=w: self._follow_up(w, now, report))
+
+    def _follow_up(self, w: _Write, now: int, report: TickReport) -> None:
+        action = w.label
+        if w.then == "rollback":
+            action = self._rollback(w.dep, w.reason, w.rule, now, w.data)
+        elif w.then == "promote":
+            deployments.promote_final(self.conn, w.dep, actor=self.id, now=now,
+                                      reason=w.reason, epoch=self.epoch)
+            action = "promoting: " + self._finish_pending(w.dep)
+        report.actions.append(f"{w.dep.queue}: {action}")
+
+    def _isolated(self, dep: Deployment, reason: str, fn: Callable[[], None]) -> None:
+        """Run one deployment's step; an error is that deployment's, not the tick's. Being
+        fenced is everyone's: it still ends the tick."""
+        try:
+            fn()
+        except FencedError:
+            raise
+        except Exception as exc:  # reported, the others go on
+            self._error(dep.queue, reason, f"{type(exc).__name__}: {exc}", dep=dep, exc=exc)
+
+    def _refused_step(self, w: _Write) -> str:
+        try:
+            max_bp = int(self.conn.client.hget(self.conn.keys.queue(w.dep.queue).config,
+                                               "max_weight_bp") or 10000)
+        except (ValueError, redis.exceptions.RedisError):
+            max_bp = -1
+        stage = w.values.get("stage", w.dep.stage)
+        top = max([w.weight_bp or 0, *(w.tenants_bp or {}).values()])
+        return (f"stage {stage} ({top / 100:g}%) is above the queue's max_weight "
+                f"({max_bp / 100:g}%): the step was refused and the check not recorded; "
+                "raise max_weight, or pause or roll back the deployment")
+
+    # -- errors ----------------------------------------------------------------------------
+    def _error(self, queue: str, reason: str, message: str, *, dep: Deployment | None = None,
+               deployment_id: str | None = None, exc: BaseException | None = None) -> None:
+        """Note one deployment's trouble for this tick; `_flush_errors` publishes it."""
+        dep_id = dep.id if dep is not None else deployment_id
+        self._errors[queue] = {"reason": reason, "message": message, "deployment_id": dep_id,
+                               "rev": dep.rev if dep is not None else None}
+        self._excs[queue] = exc
+
+    def _flush_errors(self, report: TickReport, names: list[str]) -> None:
+        """Publish this tick's errors: the current error per queue (read by status), a counter
+        per queue and reason (Prometheus), and an event on the deployment when the error is
+        new. Queues that went through cleanly lose their stored error."""
+        keys = self.conn.keys
+        stored = self._stored_errors
+        if stored is None:  # not read with the deployments this tick
+            try:
+                stored = self.conn.client.hgetall(keys.controller_errors) \
+                    if self._errors else {}
+            except redis.exceptions.RedisError:
+                stored = {}
+        now = int(self.clock() * 1000)
+        pipe = self.conn.client.pipeline(transaction=False)
+        fresh: list[tuple[str, dict[str, Any]]] = []
+        for q, err in self._errors.items():
+            report.errors.append({"queue": q, **err})
+            try:
+                before = json.loads(stored.get(q) or "{}")
+            except ValueError:
+                before = {}
+            same = all(before.get(k) == err[k] for k in ("reason", "message", "deployment_id"))
+            exc = self._excs.get(q)
+            # a new error is logged loudly, a repeat of it (every tick) only at debug level
+            level = logging.DEBUG if same else (
+                logging.ERROR if exc is not None and not isinstance(exc, PycanaryError)
+                else logging.WARNING)
+            log.log(level, "deployment skipped: %s", err["message"],
+                    exc_info=(type(exc), exc, exc.__traceback__)
+                    if level == logging.ERROR and exc is not None else None,
+                    extra={"fields": {"queue": q, "reason": err["reason"],
+                                      "deployment_id": err["deployment_id"],
+                                      "controller": self.id}})
+            record = {"ts": before.get("ts", now) if same else now, "last_ts": now,
+                      "controller": self.id, **{k: v for k, v in err.items() if k != "rev"}}
+            pipe.hset(keys.controller_errors, q, json.dumps(record, default=str))
+            pipe.hincrby(keys.controller_errors_total, f"{err['reason']}:{q}", 1)
+            if not same and err.get("deployment_id") and NAME_RE.match(q):
+                fresh.append((q, err))
+        gone = [q for q in stored if q not in self._errors and (q in self._deps or
+                                                                  q not in names)]
+        if gone:
+            pipe.hdel(keys.controller_errors, *gone)
+        if len(pipe):
+            try:
+                pipe.execute()
+            except redis.exceptions.RedisError as exc:
+                log.warning("could not record controller errors: %s", exc)
+        for q, err in fresh:
+            # an event on the deployment, fenced like every controller write; best effort (a
+            # corrupt fence refuses it: the log line and status still tell)
+            ev = deployments.event("controller_error", f"{err['reason']}: {err['message']}",
+                                   actor=self.id, now=now, data={"reason": err["reason"]})
+            keys_, args = deployments.update_call(
+                self.conn, _stub(q, err["deployment_id"]), {}, now=now, epoch=self.epoch,
+                events=[ev], check_rev=False)
+            try:
+                res = self.conn.scripts.call("deployment_update", keys_, args)
+                if isinstance(res, int) and res < 0:
+                    log.info("controller_error event on %s not written (code %s)", q, res)
+            except redis.exceptions.RedisError as exc:
+                log.info("controller_error event on %s not written: %s", q, exc)
 
     def _worker_counts(self) -> dict[tuple[str, str, str], int]:
+        """Live workers per (queue, lane, version). A worker record that does not decode is
+        skipped here, not allowed to stop every deployment's check."""
         counts: dict[tuple[str, str, str], int] = {}
-        for w in registry.list_workers(self.conn, ttl_ms=self.worker_ttl_ms):
+        try:
+            listed = registry.list_workers(self.conn, ttl_ms=self.worker_ttl_ms)
+        except (ValueError, TypeError, KeyError) as exc:
+            log.warning("worker registry unreadable, live worker counts taken as 0: %s", exc)
+            listed = []
+        for w in listed:
             if w.state in ("active", "outdated"):
                 for q, lane in w.queues.items():
                     k = (q, lane, w.version)
@@ -224,13 +424,17 @@ class Controller:
     def process(self, dep: Deployment, workers: dict[tuple[str, str, str], int]) -> str:
         """Handle one deployment now (the batched tick does the same for many)."""
         report = TickReport(leader=True)
+        self._errors, self._excs, self._stored_errors = {}, {}, None
         self._tick([dep.queue], report)
+        self._flush_errors(report, [dep.queue])
         return "; ".join(a.split(": ", 1)[-1] for a in report.actions)
 
     # -- checks ----------------------------------------------------------------------------
     def _snapshots(self, deps: list[Deployment], workers: dict[tuple[str, str, str], int]
                    ) -> dict[str, dict[str, LaneSnapshot]]:
-        """Both lanes' running totals and backlogs of every deployment, one round trip."""
+        """Both lanes' running totals and backlogs of every deployment, one round trip. A
+        deployment whose replies failed (a key of the wrong type) or do not decode is reported
+        and left out; the others' snapshots stand."""
         pipe = self.conn.client.pipeline(transaction=False)
         for dep in deps:
             qk = self.conn.keys.queue(dep.queue)
@@ -238,15 +442,24 @@ class Controller:
                                   ("canary", dep.canary_version)):
                 pipe.hgetall(qk.metrics_total(version, lane))
                 pipe.llen(qk.lane(lane))
-        res = iter(pipe.execute())
+        res = iter(pipe.execute(raise_on_error=False))
         out: dict[str, dict[str, LaneSnapshot]] = {}
         for dep in deps:
-            out[dep.queue] = {}
+            lanes: dict[str, LaneSnapshot] = {}
+            problem = ""
             for lane, version in (("stable", dep.stable_version),
                                   ("canary", dep.canary_version)):
-                totals = next(res)  # strings, as stored; _diff converts what moved
-                out[dep.queue][lane] = LaneSnapshot(
-                    totals, int(next(res)), workers.get((dep.queue, lane, version), 0))
+                totals, backlog = next(res), next(res)  # totals: strings, as stored
+                for what, r in (("totals", totals), ("backlog", backlog)):
+                    if isinstance(r, Exception) and not problem:
+                        problem = f"reading the {lane} lane's {what} failed: {r}"
+                if not problem:
+                    lanes[lane] = LaneSnapshot(totals, int(backlog),
+                                               workers.get((dep.queue, lane, version), 0))
+            if problem:
+                self._error(dep.queue, "snapshot", problem, dep=dep)
+            else:
+                out[dep.queue] = lanes
         return out
 
     def _lane_stats(self, lane: str, version: str, now: dict[str, int],
@@ -373,15 +586,30 @@ class Controller:
     # -- rollback, promotion, drain ----------------------------------------------------------
     def _rollback(self, dep: Deployment, reason: str, rule: str, now: int,
                   data: dict[str, Any]) -> str:
+        meta = {**(dep.meta or {}), "rollback_rule": rule}
+        # the rule rides in the rollback's own script: a crash right after it cannot lose it
         deployments.rollback(self.conn, dep, reason=reason, actor=self.id, now=now,
-                             epoch=self.epoch, data=data)
-        dep.meta = {**(dep.meta or {}), "rollback_rule": rule}
-        deployments.update(self.conn, dep, {"meta": dep.meta}, now=now, epoch=self.epoch,
-                           check_rev=False)
+                             epoch=self.epoch, data=data, values={"meta": meta})
+        dep.meta = meta
+        _crash_point("after_rollback")
         log.warning("rollback", extra={"fields": {
             "deployment_id": dep.id, "queue": dep.queue, "canary_version": dep.canary_version,
             "reason": reason}})
-        return "rolled back: " + self._drain_and_finish(dep)
+        return "rolled back: " + self._finish_pending(dep)
+
+    def _finish_pending(self, dep: Deployment) -> str:
+        """Drain and finish after the decisive write (rollback or promotion) went through. A
+        failure from here on is reported as what it is, drain pending, retried next tick (the
+        deployment stays rolling_back/promoting), never as a failed rollback."""
+        try:
+            return self._drain_and_finish(dep)
+        except FencedError:
+            raise
+        except Exception as exc:  # the weight change stands; only the drain is pending
+            self._error(dep.queue, "drain",
+                        f"{dep.state}: weight change done, drain or finish failed "
+                        f"({type(exc).__name__}: {exc}); retried next tick", dep=dep, exc=exc)
+            return "drain pending (retried next tick)"
 
     def _drain_and_finish(self, dep: Deployment) -> str:
         return finish_after_drain(self.conn, dep, actor=self.id, epoch=self.epoch,
@@ -393,6 +621,10 @@ def finish_after_drain(conn: Connection, dep: Deployment, *, actor: str, epoch: 
     """Drain the canary lane into stable, then end the deployment. Shared by the controller and
     by an operator's rollback/promote, so whoever gets there first finishes it; a drain cut
     short (time bound) is resumed by the next controller tick."""
+    if os.environ.get(CRASH_ENV) == "mid_drain" and dep.state == "rolling_back":
+        drain_lane(conn, dep.queue, from_lane="canary", to_lane="stable", batch=batch,
+                   max_seconds=1e-9)  # exactly one call: one slice moved
+        _crash_point("mid_drain")
     report = drain_lane(conn, dep.queue, from_lane="canary", to_lane="stable", batch=batch,
                         max_seconds=5.0)
     if not report.complete:
@@ -414,3 +646,25 @@ def finish_after_drain(conn: Connection, dep: Deployment, *, actor: str, epoch: 
     final = deployments.finish(conn, dep, actor=actor, now=now, message=msg, counter=counter,
                                values=values, epoch=epoch)
     return final
+
+
+def _stub(queue: str, deployment_id: str) -> Deployment:
+    """Just enough of a deployment to address its keys (for an error event on a deployment
+    whose hash does not decode)."""
+    return Deployment(id=deployment_id, queue=queue, stable_version="", canary_version="",
+                      state="", plan_raw={})
+
+
+#: Test hook (tests/test_controller_rollback_crash.py): ``PYCANARY_TEST_CRASH_AT=<point>`` makes
+#: the controller SIGKILL itself at that point of a rollback, the way a machine dies: no
+#: cleanup, no lease release. Points: ``after_rollback`` (weight 0 written, nothing drained),
+#: ``mid_drain`` (the first drain slice moved, the rest waiting).
+CRASH_ENV = "PYCANARY_TEST_CRASH_AT"
+
+
+def _crash_point(point: str) -> None:
+    if os.environ.get(CRASH_ENV) == point:
+        log.warning("test hook: SIGKILL at %s", point)
+        for h in logging.getLogger().handlers:
+            h.flush()
+        os.kill(os.getpid(), signal.SIGKILL)

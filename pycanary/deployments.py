@@ -44,6 +44,21 @@ def new_id(queue: str, now: int) -> str:
     return f"{queue}-{stamp}-{secrets.token_hex(2)}"
 
 
+class CorruptDeploymentError(ValueError):
+    """A deployment hash that cannot be read (bad JSON, a non-numeric number, an unusable
+    plan, a missing field). Raised so that a reader that handles many deployments (the
+    controller, status) can report this one and go on with the others; ``field`` names the
+    bad field, ``deployment_id`` is the id if that field was readable."""
+
+    def __init__(self, queue: str, field: str, problem: str,
+                 deployment_id: str | None = None) -> None:
+        super().__init__(f"deployment of {queue}: field {field}: {problem}")
+        self.queue = queue
+        self.field = field
+        self.problem = problem
+        self.deployment_id = deployment_id
+
+
 @lru_cache(maxsize=512)
 def _cached_plan(plan_json: str) -> Plan:
     """Plans are immutable per deployment: parse each once per process, not every tick."""
@@ -112,25 +127,47 @@ class Deployment:
 
     @classmethod
     def from_hash(cls, queue: str, raw: dict[str, str]) -> Deployment:
+        """Decode a deployment hash. A field that does not decode raises
+        `CorruptDeploymentError` naming it (not a bare JSON or int error), and so does a plan
+        that no longer parses: every reader learns at once which deployment is unusable."""
         kw: dict[str, Any] = {}
+        dep_id = raw.get("id") or None
         for name, value in raw.items():
-            if name == "plan":
-                kw["_plan_json"] = value
-            if name in _JSON_FIELDS:
-                kw["plan_raw" if name == "plan" else name] = json.loads(value) if value else (
-                    None if name in ("last_analysis", "last_decision", "drain") else {})
-            elif name in _INT_FIELDS:
-                kw[name] = int(value) if value not in ("", None) else None
-            elif name == "sticky":
-                kw[name] = value == "1"
-            elif name in cls.__dataclass_fields__:
-                kw[name] = value
+            try:
+                if name == "plan":
+                    kw["_plan_json"] = value
+                if name in _JSON_FIELDS:
+                    kw["plan_raw" if name == "plan" else name] = json.loads(value) if value \
+                        else (None if name in ("last_analysis", "last_decision", "drain")
+                              else {})
+                elif name in _INT_FIELDS:
+                    kw[name] = int(value) if value not in ("", None) else None
+                elif name == "sticky":
+                    kw[name] = value == "1"
+                elif name in cls.__dataclass_fields__:
+                    kw[name] = value
+            except (ValueError, TypeError) as exc:
+                raise CorruptDeploymentError(queue, name, f"{type(exc).__name__}: {exc}",
+                                             dep_id) from None
         kw.setdefault("plan_raw", {})
         for required in ("paused_ms", "stage", "weight_bp", "rev"):
             if kw.get(required) is None:
                 kw[required] = 0
         kw["queue"] = queue
-        return cls(**kw)
+        missing = [f for f in ("id", "stable_version", "canary_version", "state")
+                   if not kw.get(f)]
+        if missing:
+            raise CorruptDeploymentError(queue, missing[0], "missing", dep_id)
+        if kw["state"] not in STATES:  # else it would pass for finished and be forgotten
+            raise CorruptDeploymentError(queue, "state", f"unknown state {kw['state']!r}",
+                                         dep_id)
+        dep = cls(**kw)
+        try:
+            _ = dep.plan  # parse now (cached): a broken plan is a broken deployment
+        except (ValueError, TypeError, KeyError) as exc:
+            first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise CorruptDeploymentError(queue, "plan", first, dep_id) from None
+        return dep
 
 
 def encode_fields(values: dict[str, Any]) -> list[str]:
@@ -312,8 +349,11 @@ def update(
 
 def rollback(conn: Connection, dep: Deployment, *, reason: str, actor: str, now: int,
              epoch: int | None = None, data: dict | None = None,
-             check_rev: bool = False) -> tuple[bool, int]:
-    """Weight 0 and the canary closed, in one script; returns (changed, weight before)."""
+             check_rev: bool = False,
+             values: dict[str, Any] | None = None) -> tuple[bool, int]:
+    """Weight 0 and the canary closed, in one script; returns (changed, weight before).
+    ``values`` are more deployment fields written by the same script (the controller's
+    rollback rule in ``meta``): a crash right after the rollback cannot lose them."""
     qk = conn.keys.queue(dep.queue)
     ev = event("rollback", f"rollback: {reason}", actor=actor, now=now, data=data)
     res = conn.scripts.call(
@@ -321,7 +361,7 @@ def rollback(conn: Connection, dep: Deployment, *, reason: str, actor: str, now:
         [qk.config, qk.tenant_weights, qk.rolled_back, qk.deployment, qk.events(dep.id),
          qk.fence],
         [_fence_args(epoch), str(dep.rev) if check_rev else "", now,
-         *_pairs(encode_fields({"reason": reason, "weight0_at": now})), ev],
+         *_pairs(encode_fields({"reason": reason, "weight0_at": now, **(values or {})})), ev],
     )
     if isinstance(res, int) and res < 0:
         raise_for_code(res, script="deployment_rollback", field="queue")

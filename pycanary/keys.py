@@ -162,6 +162,17 @@ class Keys:
         """Counter: every new leadership gets the next epoch (the fencing token)."""
         return f"{self.prefix}:{{controller}}:epoch"
 
+    @property
+    def controller_errors(self) -> str:
+        """Hash: queue name -> JSON of the controller's current error with that queue's
+        deployment (plain HSET/HDEL; names need not be valid queue names)."""
+        return f"{self.prefix}:{{controller}}:errors"
+
+    @property
+    def controller_errors_total(self) -> str:
+        """Hash: "reason:queue" -> how many times the controller skipped that deployment."""
+        return f"{self.prefix}:{{controller}}:errors_total"
+
     def queue(self, queue: str) -> QueueKeys:
         qk = self._cache.get(queue)
         if qk is None:

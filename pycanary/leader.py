@@ -34,7 +34,8 @@ import os
 import socket
 import time
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
 
 import redis
 
@@ -151,19 +152,41 @@ class Leadership:
         here, and the caller must not act. Without leadership every queue counts as refused.
 
         Call it after every `tick()` that returned True, not only after acquiring: it is
-        idempotent and cheap, and it also covers queues created since the last tick.
+        idempotent and cheap, and it also covers queues created since the last tick. A queue
+        whose fence cannot be raised (invalid name, corrupt fence value) is logged and left
+        out; `fence()` returns those too.
         """
-        names = [queue_name(q) for q in queues]
+        refused, broken = self.fence(queues)
+        for q, why in broken.items():
+            log.warning("cannot fence %r: %s", q, why)
+        return refused
+
+    def fence(self, queues: Iterable[str]) -> tuple[list[str], dict[str, str]]:
+        """`fence_queues`, also returning the queues whose fence could not be raised, each with
+        why (an invalid name, a fence value that is not a number, a refused argument). One bad
+        queue must not stop the others being fenced: the caller skips it and reports it."""
+        names: list[str] = []
+        broken: dict[str, str] = {}
+        for q in queues:
+            try:
+                names.append(queue_name(q))
+            except ValueError as exc:
+                broken[q] = str(exc)
         if self._epoch is None:
-            return names
-        pipe = self.conn.scripts.pipeline()
-        for q in names:
-            pipe.call("fence_queue", [self.conn.keys.queue(q).fence], [self._epoch])
-        results = pipe.execute()
-        refused = [q for q, r in zip(names, results, strict=True) if r == FENCED]
-        for r in results:
-            if r not in (1, FENCED):
-                raise_for_code(r, script="fence_queue", field="epoch")
+            return names, broken
+        results = run_scripts(self.conn, [
+            ("fence_queue", [self.conn.keys.queue(q).fence], [self._epoch]) for q in names])
+        refused = []
+        for q, r in zip(names, results, strict=True):
+            if r == FENCED:
+                refused.append(q)
+            elif isinstance(r, Exception):
+                broken[q] = f"fence_queue failed: {r}"
+            elif r != 1:
+                try:
+                    raise_for_code(r, script="fence_queue", field="epoch")
+                except Exception as exc:  # reported per queue
+                    broken[q] = str(exc)
         if refused:
             log.warning("fenced on %s: a newer controller leads; dropping epoch %s",
                         ", ".join(refused), self._epoch)
@@ -172,4 +195,31 @@ class Leadership:
             # (possible when the epoch counter fell behind the fences, e.g. after a Redis restore).
             self.release()
             self.token = f"{self.controller_id}/{uuid.uuid4().hex[:8]}"
-        return refused
+        return refused, broken
+
+
+def run_scripts(conn: Connection, calls: Sequence[tuple[str, Sequence[str], Sequence[Any]]]
+                ) -> list[Any]:
+    """Script calls in one non-transactional round trip, with every reply returned as it came,
+    an error reply as its exception object (never raised). A batch of per-queue writes then
+    fails one queue at a time: a Lua error caused by one queue's corrupt data (a fence that is
+    not a number, a key of the wrong type) leaves the other replies usable. NOSCRIPT replies
+    (after SCRIPT FLUSH or a failover) did not run; those calls are replayed once after a
+    reload."""
+    if not calls:
+        return []
+    scripts = conn.scripts
+
+    def send(batch: Sequence[tuple[str, Sequence[str], Sequence[Any]]]) -> list[Any]:
+        pipe = conn.client.pipeline(transaction=False)
+        for name, keys, args in batch:
+            pipe.execute_command("EVALSHA", scripts[name].sha, len(keys), *keys, *args)
+        return pipe.execute(raise_on_error=False)
+
+    results = send(calls)
+    missing = [i for i, r in enumerate(results) if isinstance(r, redis.exceptions.NoScriptError)]
+    if missing:
+        scripts.load()
+        for i, r in zip(missing, send([calls[i] for i in missing]), strict=True):
+            results[i] = r
+    return results

@@ -121,6 +121,8 @@ class RedisCollector(Collector):
                  heartbeat_s: float = registry.DEFAULT_HEARTBEAT_S) -> None:
         self.conn = conn
         self.worker_ttl_ms = int(heartbeat_s * registry.TTL_HEARTBEATS * 1000)
+        #: (queue, reason) -> deployments the controller skipped, as of the last read()
+        self.controller_errors: dict[tuple[str, str], int] = {}
 
     # -- reading ------------------------------------------------------------------------------
     def read(self) -> tuple[list[QueueSnapshot], list[registry.WorkerRecord]]:
@@ -129,7 +131,12 @@ class RedisCollector(Collector):
         pipe = client.pipeline(transaction=False)
         pipe.smembers(keys.queues)
         pipe.smembers(keys.active_deployments)
-        listed, active = pipe.execute()
+        pipe.hgetall(keys.controller_errors_total)
+        listed, active, errors = pipe.execute()
+        self.controller_errors = {}
+        for name, n in errors.items():
+            reason, _, queue = name.partition(":")
+            self.controller_errors[(queue, reason)] = int(n)
         queues = [QueueSnapshot(q) for q in sorted(set(listed) | set(active))]
         workers = registry.list_workers(self.conn, ttl_ms=self.worker_ttl_ms)
 
@@ -164,8 +171,10 @@ class RedisCollector(Collector):
         pipe = client.pipeline(transaction=False)
         for qs, version, lane in pairs:
             pipe.hgetall(keys.queue(qs.name).metrics_total(version, lane))
-        for (qs, version, lane), raw in zip(pairs, pipe.execute(), strict=True):
-            if raw:
+        # one corrupt totals key (wrong type) must not fail the whole scrape: it is left out
+        for (qs, version, lane), raw in zip(pairs, pipe.execute(raise_on_error=False),
+                                            strict=True):
+            if raw and not isinstance(raw, Exception):
                 qs.totals[(version, lane)] = {k: int(v) for k, v in raw.items()}
         return queues, workers
 
@@ -176,10 +185,10 @@ class RedisCollector(Collector):
 
     def collect(self) -> Iterable[Metric]:
         queues, workers = self.read()
-        return self._families(queues, workers)
+        return self._families(queues, workers, self.controller_errors)
 
-    def _families(self, queues: list[QueueSnapshot],
-                  workers: list[registry.WorkerRecord]) -> Iterator[Metric]:
+    def _families(self, queues: list[QueueSnapshot], workers: list[registry.WorkerRecord],
+                  errors: dict[tuple[str, str], int] | None = None) -> Iterator[Metric]:
         yield self._deployments_active(queues)
         yield self._traffic_split(queues)
         yield from self._deployment_counters(queues)
@@ -188,6 +197,7 @@ class RedisCollector(Collector):
         yield self._duration(queues)
         yield self._depth(queues)
         yield self._workers(workers)
+        yield self._controller_errors(errors or {})
 
     @staticmethod
     def _deployments_active(queues: list[QueueSnapshot]) -> Metric:
@@ -298,6 +308,20 @@ class RedisCollector(Collector):
         for labels, n in sorted(counts.items()):
             g.add_metric(list(labels), n)
         return g
+
+    @staticmethod
+    def _controller_errors(errors: dict[tuple[str, str], int]) -> Metric:
+        # Counted by the controller (Keys.controller_errors_total) each time it skipped a
+        # deployment it could not handle; reasons as in Controller.tick's docstring.
+        c = CounterMetricFamily(
+            "pycanary_controller_errors",
+            "Controller ticks that skipped a queue's deployment, by reason (invalid_queue_name, "
+            "fence, read, corrupt_deployment, snapshot, evaluation, write, weight_above_max, "
+            "rollback, promote, drain)",
+            labels=["queue", "reason"])
+        for (queue, reason), n in sorted(errors.items()):
+            c.add_metric([queue, reason], n)
+        return c
 
 
 def render(conn: Connection, *, heartbeat_s: float = registry.DEFAULT_HEARTBEAT_S) -> bytes:

@@ -15,6 +15,7 @@ from .connection import Connection
 from .errors import (
     ABOVE_MAX_WEIGHT,
     MAX_BELOW_WEIGHT,
+    MaxWeightBelowWeightError,
     ValidationError,
     raise_for_code,
 )
@@ -149,6 +150,7 @@ def configure(
         if isinstance(max_weight_bp, bool) or not 0 <= max_weight_bp <= MAX_WEIGHT_BP:
             raise ValidationError(f"must be 0-10000 basis points, got {max_weight_bp!r}",
                                   field="max_weight")
+        check_max_weight_against_plan(conn, queue, max_weight_bp)
         pairs += ["max_weight_bp", str(max_weight_bp)]
     if stable_version is not None:
         pairs += ["stable_version", validation.version(stable_version, "stable_version")]
@@ -183,6 +185,32 @@ def configure(
         raise_for_code(res, script="configure_queue", field="max_weight", detail=detail)
     conn.client.sadd(conn.keys.queues, queue)
     return read_config(conn, queue)
+
+
+def check_max_weight_against_plan(conn: Connection, queue: str, max_weight_bp: int) -> None:
+    """Refuse a max_weight below a stage (or tenant) weight of the queue's active deployment:
+    the controller's next stage step would be refused by the weight guard and the ramp would
+    stall there. Checked here, before configure_queue runs (which guards only the weights in
+    force); a deployment started between this read and the script is the race left open,
+    as for `rollouts.check_max_weight` the other way round."""
+    from . import deployments  # deployments does not import this module: no cycle, but late
+
+    try:
+        dep = deployments.get(conn, queue)
+    except deployments.CorruptDeploymentError:
+        return  # unreadable: the controller reports it; the weights in force are still guarded
+    if dep is None or dep.state not in ("pending", "active", "paused", "awaiting_promotion"):
+        return  # promoting / rolling back: weight 0, no stage to come
+    plan = dep.plan
+    for i, stage in enumerate(plan.stages):
+        weights = [(f"stage {i} ({stage.percentage:g}%)", stage.weight_bp),
+                   *((f"stage {i} tenant {t} ({w / 100:g}%)", w)
+                     for t, w in plan.tenant_weights_bp(i).items())]
+        for what, bp in weights:
+            if bp > max_weight_bp:
+                raise MaxWeightBelowWeightError(
+                    f"{max_weight_bp / 100:g}% is below {what} of deployment {dep.id}; "
+                    "roll it back or wait until it finishes first", field="max_weight")
 
 
 def list_queues(conn: Connection) -> list[str]:

@@ -4,12 +4,15 @@ rollback, pause, resume, drain, status. Faces parse and render; the rules live h
 from __future__ import annotations
 
 import getpass
+import json
 import re
 import socket
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+import redis
 
 from . import deployments, metrics, queue_config, registry, validation
 from .analysis import AnalysisState
@@ -180,9 +183,10 @@ def promote(conn: Connection, queue: str, *, full: bool = False, actor: str | No
     if full or dep.kind == "manual" or dep.last_stage:
         deployments.promote_final(conn, dep, actor=actor, now=now,
                                   reason="promoted by " + actor + (" (--full)" if full else ""))
-        final = finish_after_drain(conn, dep, actor=actor, epoch=None, clock=clock)
+        # the canary is stable from here: a drain problem is reported, not a failed promote
         return {"queue": queue, "deployment_id": dep.id, "action": "promoted",
-                "stable_version": dep.canary_version, "state": final}
+                "stable_version": dep.canary_version,
+                **finish_outcome(conn, dep, actor=actor, clock=clock)}
     nxt = dep.stage + 1
     st = AnalysisState.from_dict(dep.analysis_state) if dep.analysis_state else AnalysisState()
     st = st.enter_stage(nxt, now / 1000)
@@ -210,13 +214,18 @@ def rollback(conn: Connection, queue: str, *, reason: str = "", actor: str | Non
         if dep.state == "promoting":
             raise StateError(f"deployment {dep.id} is already promoting", field="queue")
         deployments.rollback(conn, dep, reason=reason, actor=actor, now=int(t0 * 1000))
+        # From here on the rollback has taken effect (weight 0, canary closed): whatever goes
+        # wrong with the drain or the finish is reported as such, not as a failed rollback.
         t_weight0 = clock()
-        final = finish_after_drain(conn, dep, actor=actor, epoch=None, clock=clock)
-        t_drained = clock()
-        return {"queue": queue, "deployment_id": dep.id, "state": final, "reason": reason,
-                "weight_zero_ms": round((t_weight0 - t0) * 1000, 3),
-                "drained_ms": round((t_drained - t0) * 1000, 3),
-                "drained_jobs": (deployments.get(conn, queue).drain or {}).get("moved")}
+        out = {"queue": queue, "deployment_id": dep.id, "rollback": "done", "reason": reason,
+               "weight_zero_ms": round((t_weight0 - t0) * 1000, 3)}
+        out.update(finish_outcome(conn, dep, actor=actor, clock=clock))
+        out["drained_ms"] = round((clock() - t0) * 1000, 3)
+        out["message"] = (f"{queue}: rolled back; weight 0 after {out['weight_zero_ms']:.1f} ms"
+                          + (f", canary lane drained ({out['drained_jobs'] or 0} jobs) after "
+                             f"{out['drained_ms']:.1f} ms" if out["drain_complete"] else
+                             f"; {out['warning']}"))
+        return out
     cfg = queue_config.read_config(conn, queue)
     if cfg.weight_bp == 0 and not cfg.tenant_weights_bp and not cfg.canary_version:
         raise StateError(f"nothing to roll back on {queue}: no deployment and weight 0",
@@ -225,10 +234,56 @@ def rollback(conn: Connection, queue: str, *, reason: str = "", actor: str | Non
     conn.scripts.call("rollback_canary", [qk.config, qk.tenant_weights, qk.rolled_back],
                       ["", int(t0 * 1000)])
     t_weight0 = clock()
-    report = drain_lane(conn, queue, from_lane="canary", to_lane="stable")
-    return {"queue": queue, "deployment_id": None, "state": "rolled_back", "reason": reason,
-            "weight_zero_ms": round((t_weight0 - t0) * 1000, 3),
-            "drained_ms": round((clock() - t0) * 1000, 3), "drained_jobs": report.moved}
+    out = {"queue": queue, "deployment_id": None, "rollback": "done", "state": "rolled_back",
+           "reason": reason, "weight_zero_ms": round((t_weight0 - t0) * 1000, 3)}
+    try:
+        report = drain_lane(conn, queue, from_lane="canary", to_lane="stable")
+    except Exception as exc:  # the weight is 0 already: say so, and what is left to do
+        out.update(drain_complete=False, drained_jobs=None,
+                   warning=f"drain incomplete ({type(exc).__name__}: {exc}); run "
+                           f"`pycanary drain {queue}`")
+    else:
+        out.update(drain_complete=report.complete, drained_jobs=report.moved,
+                   warning=None if report.complete else
+                   f"drain incomplete, {report.remaining} jobs left; run `pycanary drain "
+                   f"{queue}`")
+    out["drained_ms"] = round((clock() - t0) * 1000, 3)
+    out["message"] = (f"{queue}: rolled back; weight 0 after {out['weight_zero_ms']:.1f} ms"
+                      + (f", canary lane drained ({out['drained_jobs'] or 0} jobs)"
+                         if out["drain_complete"] else f"; {out['warning']}"))
+    return out
+
+
+def finish_outcome(conn: Connection, dep: Deployment, *, actor: str,
+                   clock: Callable[[], float] = time.time) -> dict[str, Any]:
+    """Drain and finish a deployment whose rollback or final promotion already took effect,
+    and say truthfully how far that got: ``state`` (rolled_back/completed, or still
+    rolling_back/promoting), ``drain_complete``, ``drained_jobs`` and a ``warning`` when
+    something is left. A drain cut short or an error after the decisive write is not a failed
+    rollback (or promotion): the controller finishes the drain on its next tick. If another
+    process (the controller) finished it meanwhile, that is reported as done."""
+    try:
+        final = finish_after_drain(conn, dep, actor=actor, epoch=None, clock=clock)
+    except Exception as exc:  # the decisive write stands: report the rest as pending
+        try:
+            cur = deployments.get(conn, dep.queue)
+        except Exception:  # Redis gone too: nothing more to learn
+            cur = None
+        if cur is not None and cur.id == dep.id and not cur.active:
+            return {"state": cur.state, "drain_complete": True,
+                    "drained_jobs": (cur.drain or {}).get("moved"), "warning": None}
+        return {"state": dep.state, "drain_complete": False, "drained_jobs": None,
+                "warning": f"drain incomplete ({type(exc).__name__}: {exc}); the controller "
+                           "will finish it (or run `pycanary drain " + dep.queue + "`)"}
+    if final in deployments.FINISHED_STATES:
+        try:
+            moved = (deployments.get(conn, dep.queue).drain or {}).get("moved")
+        except Exception:
+            moved = None
+        return {"state": final, "drain_complete": True, "drained_jobs": moved, "warning": None}
+    return {"state": dep.state, "drain_complete": False, "drained_jobs": None,
+            "warning": f"drain incomplete ({final}); the controller will finish it (or run "
+                       f"`pycanary drain {dep.queue}`)"}
 
 
 def pause(conn: Connection, queue: str, *, actor: str | None = None, reason: str = "",
@@ -327,9 +382,49 @@ def drain(conn: Connection, queue: str, *,
 
 
 # -- status -------------------------------------------------------------------------------------
+def controller_errors(conn: Connection) -> dict[str, dict[str, Any]]:
+    """The controller's current error per queue (what it skipped on its last ticks and why):
+    {queue: {reason, message, deployment_id, ts (first seen), last_ts, controller}}."""
+    out: dict[str, dict[str, Any]] = {}
+    for q, raw in conn.client.hgetall(conn.keys.controller_errors).items():
+        try:
+            out[q] = json.loads(raw)
+        except ValueError:
+            out[q] = {"reason": "unknown", "message": raw}
+    return out
+
+
+def _broken_deployment(conn: Connection, q: str, exc: deployments.CorruptDeploymentError,
+                       events: int) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """What status can still show of a deployment hash that does not decode."""
+    raw = conn.client.hgetall(conn.keys.queue(q).deployment)
+    d: dict[str, Any] = {"id": raw.get("id"), "queue": q, "state": raw.get("state", "?"),
+                         "stable_version": raw.get("stable_version"),
+                         "canary_version": raw.get("canary_version"), "stage": 0,
+                         "stages": [], "weight_percent": 0.0, "stage_elapsed_s": 0.0,
+                         "stage_duration_s": 0.0, "error": str(exc),
+                         "reason": f"unreadable deployment: {exc}"}
+    try:
+        d["stage"] = int(raw.get("stage") or 0)
+        d["weight_percent"] = int(raw.get("weight_bp") or 0) / 100
+    except ValueError:
+        pass
+    evs: list[dict[str, Any]] = []
+    if exc.deployment_id:
+        try:
+            evs = deployments.events(conn, q, exc.deployment_id, count=events)
+        except (ValueError, KeyError):
+            evs = []
+    return d, evs
+
+
 def status(conn: Connection, queue: str | None = None, *, window_s: int = 300,
            events: int = 8) -> list[dict[str, Any]]:
-    """Per queue: the deployment, both lanes side by side, depths, workers, latest events."""
+    """Per queue: the deployment, both lanes side by side, depths, workers, latest events,
+    and ``controller_error``: why the controller last skipped the queue's deployment (also
+    ``deployment.last_error``). A queue that cannot be shown in full (a name in the active
+    set that is no queue name, a deployment hash that does not decode) gets a row saying so;
+    the other rows are unaffected."""
     if queue is not None:
         validation.queue_name(queue)
         queues = [queue]
@@ -338,21 +433,41 @@ def status(conn: Connection, queue: str | None = None, *, window_s: int = 300,
     ttl = int(registry.DEFAULT_HEARTBEAT_S * registry.TTL_HEARTBEATS * 1000)
     workers = registry.list_workers(conn, ttl_ms=ttl)
     leader = conn.client.get(conn.keys.leader)
+    errors = controller_errors(conn)
     out = []
     for q in queues:
+        err = errors.get(q)
+        if not validation.NAME_RE.match(q):
+            out.append({"queue": q, "config": queue_config.QueueConfig(queue=q).to_dict(),
+                        "depth": {"stable": 0, "canary": 0}, "leader": leader,
+                        "deployment": None, "workers": [], "controller_error": err,
+                        "error": f"{q!r} is not a queue name (listed in the active-deployments"
+                                 " or queues set)"})
+            continue
         cfg = queue_config.read_config(conn, q)
         qk = conn.keys.queue(q)
         depth = {"stable": conn.client.llen(qk.lane_stable),
                  "canary": conn.client.llen(qk.lane_canary)}
-        dep = deployments.get(conn, q)
         row: dict[str, Any] = {"queue": q, "config": cfg.to_dict(), "depth": depth,
-                               "leader": leader, "deployment": None}
+                               "leader": leader, "deployment": None, "controller_error": err}
         row["workers"] = [w.to_dict() for w in workers if q in w.queues]
+        try:
+            dep = deployments.get(conn, q)
+        except deployments.CorruptDeploymentError as exc:
+            d, evs = _broken_deployment(conn, q, exc, events)
+            d["last_error"] = err
+            row.update(deployment=d, events=evs, error=str(exc))
+            out.append(row)
+            continue
         if dep is not None:
             now = registry.now_ms()
-            lanes = metrics.read_lanes(conn, q, {"stable": dep.stable_version,
-                                                 "canary": dep.canary_version},
-                                       now - window_s * 1000, now)
+            try:
+                lanes = metrics.read_lanes(conn, q, {"stable": dep.stable_version,
+                                                     "canary": dep.canary_version},
+                                           now - window_s * 1000, now)
+            except (redis.exceptions.ResponseError, ValueError) as exc:
+                lanes = {}  # a corrupt metrics key: the rest of the row still shows
+                row["error"] = f"lane metrics unreadable: {exc}"
             d = dep.to_dict()
             d.pop("analysis_state", None)
             d.pop("totals", None)
@@ -361,6 +476,8 @@ def status(conn: Connection, queue: str | None = None, *, window_s: int = 300,
             ref = dep.paused_at or dep.last_check_at or dep.stage_started_at
             d["stage_elapsed_s"] = max(0.0, (ref - dep.stage_started_at) / 1000)
             d["stage_duration_s"] = stage_s
+            d["last_error"] = err if err and err.get("deployment_id") in (None, dep.id) \
+                else None
             row["deployment"] = d
             row["lanes"] = {lane: s.to_dict() for lane, s in lanes.items()}
             row["events"] = deployments.events(conn, q, dep.id, count=events)

@@ -10,6 +10,7 @@ from pycanary.controller import Controller
 from pycanary.errors import (
     ConflictError,
     FencedError,
+    MaxWeightBelowWeightError,
     StateError,
     ValidationError,
     WeightAboveMaxError,
@@ -164,9 +165,14 @@ def test_set_weight_during_deployment_pauses_it(queue) -> None:
     assert (dep.state, dep.weight_bp) == ("paused", 200)
     assert queue_config.read_config(conn, "payments").weight_bp == 200
     assert deployments.events(conn, "payments", dep.id)[-1]["type"] == "weight"
-    with pytest.raises(WeightAboveMaxError):
+    # below the plan's stage 1 (20%): refused, nothing written
+    with pytest.raises(MaxWeightBelowWeightError) as err:
         service.configure_queue(conn, "payments", max_weight="10")
-        service.set_weight(conn, "payments", "11")
+    assert err.value.field == "max_weight"
+    assert queue_config.read_config(conn, "payments").max_weight_bp == 10000
+    service.configure_queue(conn, "payments", max_weight="20")
+    with pytest.raises(WeightAboveMaxError):
+        service.set_weight(conn, "payments", "21")
     assert rollouts.resume(conn, "payments").state == "active"
 
 

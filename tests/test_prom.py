@@ -23,6 +23,7 @@ FAMILIES = [
     "canary_deployments_active", "canary_traffic_split_percentage", "canary_promotions",
     "canary_rollbacks", "pycanary_jobs_routed", "pycanary_jobs_processed",
     "pycanary_job_duration_seconds", "pycanary_queue_depth", "pycanary_workers",
+    "pycanary_controller_errors",
 ]
 
 Samples = dict[tuple[str, frozenset], float]
