@@ -13,6 +13,7 @@ failover all complete.
 from __future__ import annotations
 
 import json
+import os
 import threading
 import time
 from collections import Counter
@@ -29,7 +30,7 @@ from pycanary.job import Job
 from pycanary.worker import Worker
 from tests.redis_servers import RedisCluster6
 
-RATE = 300  # jobs/s over all queues
+RATE = int(os.environ.get("FAILOVER_RATE", "300"))  # jobs/s over all queues
 PLAN = {"interval": "1s", "min_samples": 20,
         "stages": [{"percentage": 30, "duration": "120s", "auto_promote": False,
                     "conditions": {"max_error_rate": 5}}]}
