@@ -213,3 +213,59 @@ def test_primary_killed_mid_run(cluster: RedisCluster6) -> None:
     assert ok_set - lost <= set(processed) | set(dead)
     # A job id appears at most a few times: failover re-runs, never a storm.
     assert max(processed.values()) <= 3
+
+
+def test_durable_producer_waits_for_a_replica(tmp_path: Path) -> None:
+    """WAIT on the enqueue's own connection: 1 replica confirms; none gives NotReplicatedError
+    (the job is still enqueued on the primary)."""
+    from pycanary.durability import DurableProducer, NotReplicatedError
+    from tests.redis_servers import RedisProcess
+
+    primary = RedisProcess(tmp_path)
+    replica = None
+    try:
+        conn = pycanary.connect(f"redis://127.0.0.1:{primary.port}/0")
+        with pytest.raises(NotReplicatedError) as info:
+            DurableProducer(conn, wait_replicas=1, wait_timeout_ms=50).enqueue("q", {"a": 1},
+                                                                                job_id="j0")
+        assert info.value.replicas == 0 and info.value.result.job_id == "j0"
+        replica = RedisProcess(tmp_path, "--replicaof", "127.0.0.1", str(primary.port))
+        deadline = time.monotonic() + 10
+        while replica.client.info("replication").get("master_link_status") != "up":
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        dp = DurableProducer(conn, wait_replicas=1, wait_timeout_ms=2000)
+        for i in range(20):
+            assert dp.enqueue("q", {"i": i}, job_id=f"j{i + 1}").job_id == f"j{i + 1}"
+        # Replicated before enqueue returned: the replica already has all 21 jobs.
+        assert replica.client.llen(conn.keys.queue("q").lane_stable) == 21
+        with pytest.raises(pycanary.ValidationError):
+            DurableProducer(pycanary.connect("memory://durable"))
+    finally:
+        if replica is not None:
+            replica.stop()
+        primary.stop()
+
+
+@pytest.mark.slow
+def test_durable_producer_on_cluster(cluster: RedisCluster6) -> None:
+    """In cluster mode WAIT goes to the node owning each queue's slot."""
+    from pycanary.durability import DurableProducer
+
+    conn = pycanary.connect(cluster.url)
+    queues = list(queues_on_each_primary(conn).values())
+    dp = DurableProducer(conn, wait_replicas=1, wait_timeout_ms=2000)
+    for q in queues:
+        for i in range(10):
+            dp.enqueue(q, {"i": i})
+    assert len(dp._inner) == 3
+    assert sorted(queue_config.list_queues(conn)) == sorted(queues)
+    for q in queues:
+        port = conn.client.get_node_from_key(f"{{{q}}}").port
+        replica = next(n for n in cluster.alive() if n.port != port and n.client.info(
+            "replication").get("master_port") == port)
+        # Read the replica itself (READONLY on one connection): the jobs were there already.
+        r = redis.Redis(port=replica.port, single_connection_client=True)
+        assert r.execute_command("READONLY") in (b"OK", "OK", True)
+        assert r.llen(conn.keys.queue(q).lane_stable) == 10
+        r.close()
