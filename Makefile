@@ -33,6 +33,7 @@ bench: $(STAMP)
 	-$(PY) bench/drain.py
 	-$(PY) bench/controller.py
 	-$(PY) bench/analysis_quality.py
+	-$(PY) bench/load.py
 
 # A plain (non-editable) install into a fresh venv must run the Lua scripts.
 wheel-check: $(STAMP)

@@ -101,3 +101,91 @@ class RedisCluster3:
     def stop(self) -> None:
         for n in self.nodes:
             n.stop()
+
+
+class RedisCluster6:
+    """Three primaries with one replica each (``--cluster-replicas 1``) and a short
+    ``cluster-node-timeout``, so a SIGKILLed primary's replica takes over within seconds.
+
+    Replication is asynchronous: a write a primary acknowledged but had not yet sent to its
+    replica is gone after the failover (what tests/test_cluster_failover.py measures).
+    """
+
+    def __init__(self, workdir: Path, node_timeout_ms: int = 1000) -> None:
+        self.nodes: list[RedisProcess] = []
+        try:
+            for _ in range(6):
+                self.nodes.append(RedisProcess(
+                    workdir, "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
+                    "--cluster-node-timeout", str(node_timeout_ms)))
+            subprocess.run(
+                ["redis-cli", "--cluster", "create",
+                 *[f"127.0.0.1:{n.port}" for n in self.nodes], "--cluster-replicas", "1",
+                 "--cluster-yes"],
+                check=True, capture_output=True, timeout=60,
+            )
+            self.wait_ok(self.nodes, 30)
+            deadline = time.monotonic() + 30
+            while len(self.primaries()) != 3 or any(
+                    n.client.info("replication").get("master_link_status") != "up"
+                    for n in self.nodes if n not in self.primaries()):
+                if time.monotonic() > deadline:
+                    raise RuntimeError("replicas did not link up")
+                time.sleep(0.1)
+        except BaseException:
+            self.stop()
+            raise
+
+    @staticmethod
+    def wait_ok(nodes: list[RedisProcess], timeout_s: float) -> None:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                if all(n.client.cluster("info").get("cluster_state") == "ok" for n in nodes):
+                    return
+            except redis.exceptions.ConnectionError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError("cluster did not reach state ok")
+            time.sleep(0.1)
+
+    def alive(self) -> list[RedisProcess]:
+        return [n for n in self.nodes if n.proc.poll() is None]
+
+    def primaries(self) -> list[RedisProcess]:
+        """Live nodes whose INFO replication says role:master."""
+        out = []
+        for n in self.alive():
+            try:
+                if n.client.info("replication").get("role") == "master":
+                    out.append(n)
+            except redis.exceptions.ConnectionError:
+                pass
+        return out
+
+    def wait_failover(self, timeout_s: float = 20) -> None:
+        """Until three live primaries again (a replica was promoted) and every live node says
+        cluster_state:ok. A state still "ok" right after the kill proves nothing: the other
+        nodes notice the failure only after cluster-node-timeout."""
+        deadline = time.monotonic() + timeout_s
+        while len(self.primaries()) != 3:
+            if time.monotonic() > deadline:
+                raise RuntimeError("no replica took over")
+            time.sleep(0.05)
+        self.wait_ok(self.alive(), max(1.0, deadline - time.monotonic()))
+
+    def node_for_port(self, port: int) -> RedisProcess:
+        return next(n for n in self.nodes if n.port == port)
+
+    def kill(self, node: RedisProcess) -> None:
+        """SIGKILL one node: no shutdown, no last replication."""
+        node.proc.kill()
+        node.proc.wait()
+
+    @property
+    def url(self) -> str:
+        return f"redis+cluster://127.0.0.1:{self.nodes[0].port}"
+
+    def stop(self) -> None:
+        for n in self.nodes:
+            n.stop()
