@@ -15,7 +15,9 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-from redis.exceptions import NoScriptError
+from redis.exceptions import NoPermissionError, NoScriptError
+
+from .errors import PermissionDeniedError
 
 _INCLUDE = re.compile(r"^-- @include (\w+)\s*$", re.MULTILINE)
 
@@ -81,10 +83,13 @@ class Scripts:
     def call(self, name: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
         script = self.scripts[name]
         try:
-            return self.client.evalsha(script.sha, len(keys), *keys, *args)
-        except NoScriptError:
-            self.client.script_load(script.source)
-            return self.client.evalsha(script.sha, len(keys), *keys, *args)
+            try:
+                return self.client.evalsha(script.sha, len(keys), *keys, *args)
+            except NoScriptError:
+                self.client.script_load(script.source)
+                return self.client.evalsha(script.sha, len(keys), *keys, *args)
+        except NoPermissionError as exc:
+            raise denied(name, exc) from None
 
     def pipeline(self) -> ScriptPipeline:
         return ScriptPipeline(self)
@@ -131,6 +136,13 @@ class ScriptPipeline:
             for i, r in zip(missing, replayed, strict=True):
                 results[i] = r
         for r in results:
+            if isinstance(r, NoPermissionError):
+                raise denied("pipeline", r)
             if isinstance(r, Exception):
                 raise r
         return results
+
+
+def denied(what: str, exc: Exception) -> PermissionDeniedError:
+    """NOPERM as a pycanary error: the role's ACL does not allow this script or command."""
+    return PermissionDeniedError(f"the Redis user may not run {what}: {exc}", field="acl")
