@@ -73,6 +73,35 @@ def redact_text(text: str, url: str) -> str:
     return text
 
 
+def _denied(exc: Exception) -> PermissionDeniedError:
+    return PermissionDeniedError(f"the Redis user may not do this: {exc}", field="acl")
+
+
+class _Pipeline(redis.client.Pipeline):
+    """A pipeline whose NOPERM (raised on execute) is a PermissionDeniedError."""
+
+    def execute(self, raise_on_error: bool = True) -> list[Any]:
+        try:
+            return super().execute(raise_on_error)
+        except redis.exceptions.NoPermissionError as exc:
+            raise _denied(exc) from None
+
+
+class _Redis(redis.Redis):
+    """redis.Redis whose NOPERM replies to plain commands (reads of the service layer, SADD of
+    the queue index) surface as PermissionDeniedError, like the scripts' (scripts.py): every
+    face then prints one `error: acl: ...` line for a role that may not do something."""
+
+    def execute_command(self, *args: Any, **options: Any) -> Any:
+        try:
+            return super().execute_command(*args, **options)
+        except redis.exceptions.NoPermissionError as exc:
+            raise _denied(exc) from None
+
+    def pipeline(self, transaction: bool = True, shard_hint: Any = None) -> _Pipeline:
+        return _Pipeline(self.connection_pool, self.response_callbacks, transaction, shard_hint)
+
+
 def _memory_client(name: str) -> Any:
     import fakeredis  # imported lazily: only the embedded default needs it
 
@@ -171,7 +200,7 @@ def connect(
     if scheme in ("redis", "rediss", "unix"):
         if scheme == "rediss":
             client_kwargs = _tls_kwargs(url, client_kwargs)
-        client = redis.Redis.from_url(url, decode_responses=True, **client_kwargs)
+        client = _Redis.from_url(url, decode_responses=True, **client_kwargs)
         return Connection(url, client, keys)
     if scheme == "redis+cluster":
         try:

@@ -15,7 +15,7 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-from redis.exceptions import NoPermissionError, NoScriptError
+from redis.exceptions import NoPermissionError, NoScriptError, ResponseError
 
 from .errors import PermissionDeniedError
 
@@ -88,8 +88,10 @@ class Scripts:
             except NoScriptError:
                 self.client.script_load(script.source)
                 return self.client.evalsha(script.sha, len(keys), *keys, *args)
-        except NoPermissionError as exc:
-            raise denied(name, exc) from None
+        except ResponseError as exc:
+            if is_denied(exc):
+                raise denied(name, exc) from None
+            raise
 
     def pipeline(self) -> ScriptPipeline:
         return ScriptPipeline(self)
@@ -136,11 +138,17 @@ class ScriptPipeline:
             for i, r in zip(missing, replayed, strict=True):
                 results[i] = r
         for r in results:
-            if isinstance(r, NoPermissionError):
+            if isinstance(r, ResponseError) and is_denied(r):
                 raise denied("pipeline", r)
             if isinstance(r, Exception):
                 raise r
         return results
+
+
+def is_denied(exc: Exception) -> bool:
+    """NOPERM, as a command reply or as the error of a command a script ran."""
+    return isinstance(exc, NoPermissionError) or "user executing the script can't" in str(exc) \
+        or str(exc).startswith("NOPERM")
 
 
 def denied(what: str, exc: Exception) -> PermissionDeniedError:
