@@ -111,3 +111,11 @@ def raise_for_code(code: int, *, script: str, field: str | None = None, detail: 
     """Raise the exception mapped to a script's negative return code."""
     cls, message = _SCRIPT_ERRORS.get(code, (ScriptError, f"{script} failed with code {code}"))
     raise cls(f"{message}{detail}", field=field)
+
+
+class PermissionDeniedError(PycanaryError):
+    """Redis refused the call under the connection's ACL user (NOPERM): the role may not do
+    this. Nothing was written: Redis checks permissions before a command (or a script's
+    command) runs."""
+
+    code = "forbidden"

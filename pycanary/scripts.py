@@ -15,7 +15,9 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-from redis.exceptions import NoScriptError
+from redis.exceptions import NoPermissionError, NoScriptError, ResponseError
+
+from .errors import PermissionDeniedError
 
 _INCLUDE = re.compile(r"^-- @include (\w+)\s*$", re.MULTILINE)
 
@@ -81,10 +83,15 @@ class Scripts:
     def call(self, name: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
         script = self.scripts[name]
         try:
-            return self.client.evalsha(script.sha, len(keys), *keys, *args)
-        except NoScriptError:
-            self.client.script_load(script.source)
-            return self.client.evalsha(script.sha, len(keys), *keys, *args)
+            try:
+                return self.client.evalsha(script.sha, len(keys), *keys, *args)
+            except NoScriptError:
+                self.client.script_load(script.source)
+                return self.client.evalsha(script.sha, len(keys), *keys, *args)
+        except ResponseError as exc:
+            if is_denied(exc):
+                raise denied(name, exc) from None
+            raise
 
     def pipeline(self) -> ScriptPipeline:
         return ScriptPipeline(self)
@@ -131,6 +138,19 @@ class ScriptPipeline:
             for i, r in zip(missing, replayed, strict=True):
                 results[i] = r
         for r in results:
+            if isinstance(r, ResponseError) and is_denied(r):
+                raise denied("pipeline", r)
             if isinstance(r, Exception):
                 raise r
         return results
+
+
+def is_denied(exc: Exception) -> bool:
+    """NOPERM, as a command reply or as the error of a command a script ran."""
+    return isinstance(exc, NoPermissionError) or "user executing the script can't" in str(exc) \
+        or str(exc).startswith("NOPERM")
+
+
+def denied(what: str, exc: Exception) -> PermissionDeniedError:
+    """NOPERM as a pycanary error: the role's ACL does not allow this script or command."""
+    return PermissionDeniedError(f"the Redis user may not run {what}: {exc}", field="acl")

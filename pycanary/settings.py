@@ -15,3 +15,10 @@ class Settings(BaseSettings):
     redis_url: str = DEFAULT_REDIS_URL
     prefix: str = DEFAULT_PREFIX
     max_payload_bytes: int = 1024 * 1024
+    #: TLS for ``rediss://`` URLs (unless the URL's own ssl_ca_certs/ssl_certfile/ssl_keyfile
+    #: query parameters, or connect()'s keyword arguments, say otherwise): the CA bundle that
+    #: signed the server's certificate, and this client's certificate and key when the server
+    #: runs with ``tls-auth-clients yes``.
+    redis_tls_ca: str | None = None
+    redis_tls_cert: str | None = None
+    redis_tls_key: str | None = None

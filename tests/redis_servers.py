@@ -189,3 +189,69 @@ class RedisCluster6:
     def stop(self) -> None:
         for n in self.nodes:
             n.stop()
+
+def make_tls_certs(workdir: Path) -> dict[str, Path]:
+    """A throwaway CA, a server certificate for 127.0.0.1 and a client certificate (openssl)."""
+    workdir.mkdir(parents=True, exist_ok=True)
+
+    def run(*args: str) -> None:
+        subprocess.run(["openssl", *args], check=True, capture_output=True, timeout=60,
+                       cwd=workdir)
+
+    run("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj",
+        "/CN=pycanary test CA", "-keyout", "ca.key", "-out", "ca.pem")
+    (workdir / "server.ext").write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
+    for name, cn in (("server", "127.0.0.1"), ("client", "pycanary test client")):
+        run("req", "-newkey", "rsa:2048", "-nodes", "-subj", f"/CN={cn}", "-keyout",
+            f"{name}.key", "-out", f"{name}.csr")
+        ext = ["-extfile", "server.ext"] if name == "server" else []
+        run("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
+            "-CAcreateserial", "-days", "2", "-out", f"{name}.pem", *ext)
+    return {n: workdir / n for n in ("ca.pem", "server.pem", "server.key", "client.pem",
+                                     "client.key")}
+
+
+class RedisTLSProcess:
+    """A redis-server on a TLS-only loopback port that requires client certificates."""
+
+    def __init__(self, workdir: Path, certs: dict[str, Path], *extra: str,
+                 password: str | None = None) -> None:
+        binary = shutil.which("redis-server")
+        if binary is None:  # pragma: no cover
+            raise RuntimeError("redis-server is not on PATH")
+        self.port = free_port()
+        self.dir = workdir / f"redis-tls-{self.port}"
+        self.dir.mkdir(parents=True)
+        self.proc = subprocess.Popen(
+            [binary, "--port", "0", "--tls-port", str(self.port), "--bind", "127.0.0.1",
+             "--tls-cert-file", str(certs["server.pem"]),
+             "--tls-key-file", str(certs["server.key"]),
+             "--tls-ca-cert-file", str(certs["ca.pem"]), "--tls-auth-clients", "yes",
+             "--save", "", "--appendonly", "no", "--dir", str(self.dir), "--logfile",
+             str(self.dir / "log"), *(["--requirepass", password] if password else []),
+             *extra],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        self.client = redis.Redis(port=self.port, password=password, ssl=True,
+                                  ssl_ca_certs=str(certs["ca.pem"]),
+                                  ssl_certfile=str(certs["client.pem"]),
+                                  ssl_keyfile=str(certs["client.key"]), decode_responses=True)
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                self.client.ping()
+                break
+            except redis.exceptions.ConnectionError:
+                if time.monotonic() > deadline or self.proc.poll() is not None:
+                    self.stop()
+                    raise RuntimeError(f"TLS redis-server on {self.port} did not start") from None
+                time.sleep(0.05)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
