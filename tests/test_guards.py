@@ -254,3 +254,34 @@ def test_without_the_fallback_the_same_plan_steps_automatically(real_conn: Any) 
             break
     assert (dep.state, dep.stage, dep.manual_only) == ("active", 1, "")
     assert queue_config.read_config(conn, "payments").weight_bp == 2000
+
+
+# -- worker-side scripts whose guards the worker's own lane rules shadow -----------------------
+def test_fetch_refuses_a_rolled_back_version_and_moves_nothing(conn: Any) -> None:
+    """A retiring worker never asks, but a stale one (or another client) may: the script
+    itself refuses the rolled-back version (-5) and leaves the lane as it was."""
+    service.configure_queue(conn, "payments", stable_version="v1")
+    rollouts.start_canary(conn, "payments", "v2", weight="5", tenants={"t": "100"}, actor="t")
+    Producer(conn).enqueue_many("payments", [{}] * 3, tenant="t")
+    qk = conn.keys.queue("payments")
+    keys = [qk.lane_canary, qk.processing("w-1"), qk.rolled_back]
+    conn.client.sadd(qk.rolled_back, "v2")  # as deployment_rollback marks it
+    assert conn.scripts.call("fetch_jobs", keys, [10, "v2"]) == -5
+    assert conn.client.llen(qk.lane_canary) == 3
+    assert conn.client.llen(qk.processing("w-1")) == 0
+    assert len(conn.scripts.call("fetch_jobs", keys, [10, "v3"])) == 3  # others may
+
+
+def test_due_retries_of_a_closed_canary_lane_go_to_stable(conn: Any) -> None:
+    service.configure_queue(conn, "payments", stable_version="v1")
+    rollouts.start_canary(conn, "payments", "v2", weight="5", actor="t")
+    qk = conn.keys.queue("payments")
+    keys = [qk.delayed_stable, qk.delayed_canary, qk.lane_stable, qk.lane_canary, qk.config]
+    conn.client.zadd(qk.delayed_canary, {"retry-a": 10})
+    assert list(conn.scripts.call("promote_delayed", keys, [100, 50])) == [0, 1, 0]
+    assert conn.client.lrange(qk.lane_canary, 0, -1) == ["retry-a"]  # open: back to canary
+    rollouts.rollback(conn, "payments", actor="t")
+    conn.client.zadd(qk.delayed_canary, {"retry-b": 10})
+    assert list(conn.scripts.call("promote_delayed", keys, [100, 50])) == [0, 1, 0]
+    assert conn.client.lrange(qk.lane_stable, 0, -1)[0] == "retry-b"
+    assert conn.client.llen(qk.lane_canary) == 0 and conn.client.zcard(qk.delayed_canary) == 0

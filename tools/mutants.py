@@ -90,7 +90,7 @@ MUTANTS: list[Mutant] = [
     # workers and metrics
     Mutant("fetch_rolled_back", "lua/fetch_jobs.lua",
            "if rcall('SISMEMBER', rolled_back_key, ARGV[2]) == 1 then return -5 end", "",
-           "a rolled-back version still fetches jobs", (W,)),
+           "a rolled-back version still fetches jobs", (W, G)),
     Mutant("retried_not_counted", "lua/fail_jobs.lua", "bump(m, 'retried', 1)",
            "bump(m, 'retried', 0)", "retries are not counted in the metrics", (W,)),
     Mutant("dead_not_counted", "lua/fail_jobs.lua", "bump(m, 'dead', 1)",
@@ -100,7 +100,7 @@ MUTANTS: list[Mutant] = [
            "the running totals (the controller's input) are never written", (G, W)),
     Mutant("retry_to_closed_canary", "lua/promote_delayed.lua",
            "if canary_open(config_key) then canary_target = lane_canary end",
-           "canary_target = lane_canary", "due retries go to a closed canary lane", (W,)),
+           "canary_target = lane_canary", "due retries go to a closed canary lane", (W, G)),
     Mutant("reap_to_closed_canary", "lua/requeue_jobs.lua",
            "if ARGV[1] == 'canary' and canary_open(config_key) then",
            "if ARGV[1] == 'canary' then", "the reaper returns jobs to a closed canary lane",
