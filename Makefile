@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo test lint bench wheel-check clean
+.PHONY: install demo test lint bench wheel-check clean mutants
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -38,6 +38,10 @@ bench: $(STAMP)
 # A plain (non-editable) install into a fresh venv must run the Lua scripts.
 wheel-check: $(STAMP)
 	$(PY) -m pytest -q tests/test_packaging.py
+
+# One-line bugs injected into a copy of the tree must each fail a test (tools/mutants.py).
+mutants: $(STAMP)
+	$(PY) tools/mutants.py
 
 clean:
 	rm -rf $(VENV) build dist .pytest_cache .ruff_cache
