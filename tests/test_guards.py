@@ -126,9 +126,11 @@ def test_ack_after_the_reaper_requeued_the_job_counts_late(conn: Any) -> None:
     assert (w.stats.done, w.stats.late) == (3, 1 + 1)
     now = registry.now_ms()
     st = metrics.read_window(conn, "payments", "v2", "canary", now - 120_000, now + 1_000)
-    assert (st.ok, st.late) == (3, 2)
+    # a late ack counts only as late: the job was returned and runs again elsewhere, where its
+    # outcome is counted, so ok stays at the one ack that was in time
+    assert (st.ok, st.late) == (1, 2)
     total = conn.client.hgetall(conn.keys.queue("payments").metrics_total("v2", "canary"))
-    assert (total.get("ok"), total.get("late")) == ("3", "2")
+    assert (total.get("ok"), total.get("late")) == ("1", "2")
 
 
 def _wait(cond: Any, what: str, timeout: float = 20.0) -> None:
@@ -264,12 +266,13 @@ def test_fetch_refuses_a_rolled_back_version_and_moves_nothing(conn: Any) -> Non
     rollouts.start_canary(conn, "payments", "v2", weight="5", tenants={"t": "100"}, actor="t")
     Producer(conn).enqueue_many("payments", [{}] * 3, tenant="t")
     qk = conn.keys.queue("payments")
-    keys = [qk.lane_canary, qk.processing("w-1"), qk.rolled_back]
+    keys = [qk.lane_canary, qk.processing("w-1"), qk.rolled_back, qk.processing_index]
     conn.client.sadd(qk.rolled_back, "v2")  # as deployment_rollback marks it
-    assert conn.scripts.call("fetch_jobs", keys, [10, "v2"]) == -5
+    assert conn.scripts.call("fetch_jobs", keys, [10, "v2", "w-1", "canary"]) == -5
     assert conn.client.llen(qk.lane_canary) == 3
     assert conn.client.llen(qk.processing("w-1")) == 0
-    assert len(conn.scripts.call("fetch_jobs", keys, [10, "v3"])) == 3  # others may
+    envelopes, bad = conn.scripts.call("fetch_jobs", keys, [10, "v3", "w-1", "canary"])
+    assert (len(envelopes), bad) == (3, [])  # other versions may
 
 
 def test_due_retries_of_a_closed_canary_lane_go_to_stable(conn: Any) -> None:
