@@ -15,7 +15,9 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-from redis.exceptions import NoScriptError
+from redis.exceptions import NoScriptError, ResponseError
+
+from .errors import from_script_reply
 
 _INCLUDE = re.compile(r"^-- @include (\w+)\s*$", re.MULTILINE)
 
@@ -79,12 +81,20 @@ class Scripts:
             c.script_load(script.source)
 
     def call(self, name: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
+        """EVALSHA; a guard's refusal (error reply "PYCANARY <code> ...") raises its mapped
+        pycanary exception, so no caller sees a raw ResponseError for a refused call."""
         script = self.scripts[name]
         try:
-            return self.client.evalsha(script.sha, len(keys), *keys, *args)
-        except NoScriptError:
-            self.client.script_load(script.source)
-            return self.client.evalsha(script.sha, len(keys), *keys, *args)
+            try:
+                return self.client.evalsha(script.sha, len(keys), *keys, *args)
+            except NoScriptError:
+                self.client.script_load(script.source)
+                return self.client.evalsha(script.sha, len(keys), *keys, *args)
+        except ResponseError as exc:
+            mapped = from_script_reply(str(exc), script=name)
+            if mapped is None:
+                raise
+            raise mapped from None
 
     def pipeline(self) -> ScriptPipeline:
         return ScriptPipeline(self)
@@ -119,7 +129,9 @@ class ScriptPipeline:
                 pipe.execute_command("EVALSHA", self._scripts[name].sha, len(keys), *keys, *args)
         return pipe.execute(raise_on_error=False)
 
-    def execute(self) -> list[Any]:
+    def execute(self, raise_on_error: bool = True) -> list[Any]:
+        """Results in call order; with ``raise_on_error=False`` a failed call's result is its
+        exception (a guard's refusal already mapped to pycanary's), the others still listed."""
         calls, self._calls = self._calls, []
         if not calls:
             return []
@@ -130,7 +142,14 @@ class ScriptPipeline:
             replayed = self._send([calls[i] for i in missing])
             for i, r in zip(missing, replayed, strict=True):
                 results[i] = r
-        for r in results:
+        for i, ((name, _k, _a), r) in enumerate(zip(calls, results, strict=True)):
             if isinstance(r, Exception):
-                raise r
+                mapped = from_script_reply(str(r), script=name or "command") \
+                    if isinstance(r, ResponseError) else None
+                if not raise_on_error:
+                    results[i] = mapped or r
+                elif mapped is not None:
+                    raise mapped from None
+                else:
+                    raise r
         return results

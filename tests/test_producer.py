@@ -81,7 +81,7 @@ def test_payload_size_limit(conn) -> None:
     assert exc.value.field == "payload"
     with pytest.raises(PayloadTooLargeError) as exc:
         producer.enqueue_many("payments", ["ok", "ok", "x" * 2000])
-    assert exc.value.field == "payloads[2]"
+    assert exc.value.field == "jobs[2].payload"
     assert lanes_total(conn, "payments") == 1  # the batch wrote nothing
     default = Producer(conn)
     assert default.max_payload_bytes == 1024 * 1024
@@ -93,7 +93,7 @@ def test_enqueue_many_validates_everything_first(conn) -> None:
     producer = Producer(conn)
     with pytest.raises(ValidationError) as exc:
         producer.enqueue_many("payments", [{}, {}, {1}])
-    assert exc.value.field == "payloads[2]"
+    assert exc.value.field == "jobs[2].payload"
     with pytest.raises(ValidationError) as exc:
         producer.enqueue_many("payments", [{}, {}], sticky_keys=["a"])
     assert exc.value.field == "sticky_keys"
