@@ -69,7 +69,7 @@ class EnqueueTimeoutError(PycanaryError):
     @property
     def job_id(self) -> str:
         """The first (for a single enqueue: the only) job whose outcome is unknown."""
-        return self.job_ids[0]
+        return self.job_ids[0] if self.job_ids else ""
 
 
 class QueueFullError(PycanaryError):

@@ -137,8 +137,12 @@ class Producer:
         keys = self._queues.get(queue)
         if keys is None:
             validation.queue_name(queue)
-            self._with_retries(lambda: self.client.sadd(self.conn.keys.queues, queue), [],
-                               idempotent=True)
+            try:
+                self._with_retries(lambda: self.client.sadd(self.conn.keys.queues, queue),
+                                   [], idempotent=True)
+            except EnqueueTimeoutError as exc:  # before any job was sent: nothing landed
+                raise QueueUnavailableError(f"Redis did not answer; nothing enqueued: {exc}") \
+                    from None
             keys = self._queues[queue] = self.conn.keys.queue(queue).routing()
         return keys
 
