@@ -189,6 +189,21 @@ class Producer:
                 f"job envelope is {len(data)} bytes, above the limit of {limit}", field=field)
         return data
 
+    def _confirm_landed(self, round_: list[tuple[int, list[str], list[Any]]], ids: list[str],
+                        queue: str, results: list[EnqueueResult]) -> None:
+        """After a lost reply, read the round's batch records once: a batch whose record
+        exists has landed (its lanes are the record). A missing record proves nothing (the
+        command may still be queued on the dropped connection), so those stay unknown."""
+        try:  # one MGET: the records share the queue's hash tag, so one slot even in a cluster
+            records = self.client.mget([bkeys[-1] for _first, bkeys, _a in round_])
+        except Exception:  # still unreachable: the outcome stays unknown
+            return
+        weight = self._weights.get(queue, 0)
+        for (first, _k, _a), lanes in zip(round_, records, strict=True):
+            if lanes:
+                results.extend(EnqueueResult(ids[first + j], _LANE_CODE[code], queue, weight)
+                               for j, code in enumerate(lanes))
+
     # -- enqueueing -------------------------------------------------------------------------
     def enqueue(
         self,
@@ -251,11 +266,16 @@ class Producer:
         sticky_keys: Sequence[str] | None = None,
         schema: int = 1,
         batch_size: int = DEFAULT_BATCH_SIZE,
+        job_ids: Sequence[str] | None = None,
     ) -> list[EnqueueResult]:
         """Route and push many jobs: one script call per batch, many batches per round trip.
 
         Every job is validated and encoded before anything is sent, so a bad payload enqueues
-        nothing. Each batch is atomic; batches are not atomic with each other.
+        nothing. Each batch is atomic; batches are not atomic with each other: if Redis goes
+        away part way, PartialEnqueueError lists the ids that landed, were not sent, or are
+        unknown. ``job_ids`` (optional, one per payload) lets a caller send such ids again:
+        a batch with the same first id and size as one that landed is recognised by its
+        idempotency record and not pushed twice.
         """
         validation.tenant(tenant)
         _check_schema(schema)
@@ -271,7 +291,16 @@ class Producer:
         randrange = self._rng.randrange
         skip = tenant is None and self._weights.get(queue) == 0
         bucket = (lambda _k, _s: "") if skip else self._hasher.bucket
-        ids = uuid7_many(len(payloads), now)
+        if job_ids is None:
+            ids = uuid7_many(len(payloads), now)
+            id_jsons = None
+        else:
+            if len(job_ids) != len(payloads):
+                raise ValidationError("must have one id per payload", field="job_ids")
+            ids = [validation.job_id(j, f"jobs[{i}].job_id") for i, j in enumerate(job_ids)]
+            if len(set(ids)) != len(ids):
+                raise ValidationError("must be unique", field="job_ids")
+            id_jsons = [_encode_json(j) for j in ids]
         args: list[Any] = []
         for i, payload in enumerate(payloads):
             jid = ids[i]
@@ -280,7 +309,7 @@ class Producer:
             else:
                 key = validation.sticky_key(sticky_keys[i], f"jobs[{i}].sticky_key")
                 sticky_json = _encode_json(key)
-            raw = render_envelope(f'"{jid}"', queue,
+            raw = render_envelope(f'"{jid}"' if id_jsons is None else id_jsons[i], queue,
                                   self._payload_json(payload, f"jobs[{i}].payload"),
                                   sticky_json, tenant, 0, now, schema)
             args.extend((self._to_bytes(raw, f"jobs[{i}].payload"), key, tenant_arg,
@@ -315,8 +344,12 @@ class Producer:
                                              idempotent=True)
             except PycanaryError as exc:
                 sent = not isinstance(exc, QueueUnavailableError)
-                if not results:
+                if not results and (not sent or not later):
                     raise
+                if sent:
+                    self._confirm_landed(round_, ids, queue, results)
+                    done = {r.job_id for r in results}
+                    round_ids = [jid for jid in round_ids if jid not in done]
                 raise PartialEnqueueError(
                     f"enqueue_many stopped after {len(results)} of {len(ids)} jobs: {exc}",
                     landed_ids=[r.job_id for r in results],

@@ -316,14 +316,37 @@ def test_lost_reply_mid_batch_says_which_ids_landed(real_conn) -> None:
     with pytest.raises(PartialEnqueueError) as exc:
         producer.enqueue_many("payments", [{"i": i} for i in range(5000)])
     err = exc.value
-    assert len(err.landed_ids) == 2000 and len(err.unknown_ids) == 2000
+    # the lost round's batch records were read back: its 2000 jobs are known to have landed
+    assert len(err.landed_ids) == 4000 and err.unknown_ids == []
     assert len(err.not_sent_ids) == 1000
-    assert len(set(err.landed_ids + err.unknown_ids + err.not_sent_ids)) == 5000
+    assert len(set(err.landed_ids + err.not_sent_ids)) == 5000
     stable = conn.keys.queue("payments").lane_stable
     on_lane = {Job.decode(x).id for x in conn.client.lrange(stable, 0, -1)}
-    assert set(err.landed_ids) | set(err.unknown_ids) <= on_lane  # the lost reply had landed
+    assert set(err.landed_ids) <= on_lane
     assert not set(err.not_sent_ids) & on_lane
     assert len(on_lane) == 1 + 4000
+    # sending the rest again (same ids) completes the queue without duplicates
+    rest = producer.enqueue_many("payments", [{}] * 1000, job_ids=err.not_sent_ids)
+    assert len(rest) == 1000 and lanes_total(conn, "payments") == 5001
+
+
+def test_unknown_outcome_when_records_cannot_be_read(real_conn) -> None:
+    conn = real_conn
+    producer = Producer(conn)
+    producer.enqueue("payments", {})
+    _LoseReply(producer, lose=2)
+
+    def down(*_a, **_k):
+        raise redis.exceptions.ConnectionError("Error 111 connecting to 127.0.0.1:6379.")
+
+    producer.client.mget = down  # the read-back of the batch records finds Redis gone
+    with pytest.raises(PartialEnqueueError) as exc:
+        producer.enqueue_many("payments", [{"i": i} for i in range(5000)])
+    del producer.client.mget
+    err = exc.value
+    assert (len(err.landed_ids), len(err.unknown_ids), len(err.not_sent_ids)) == (2000, 2000,
+                                                                                   1000)
+    assert isinstance(err.cause, EnqueueTimeoutError)
 
 
 def test_lost_reply_is_retried_without_duplicates(real_conn) -> None:
