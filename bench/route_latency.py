@@ -680,12 +680,12 @@ class _StubPipeline:
         self._calls: list[int] = []
 
     def call(self, name: str, keys: Any, args: Any) -> None:
-        self._calls.append((len(args) - 1) // 5)
+        self._calls.append((len(args) - 2) // 5)
 
     def __len__(self) -> int:
         return len(self._calls)
 
-    def execute(self) -> list[Any]:
+    def execute(self, raise_on_error: bool = True) -> list[Any]:
         calls, self._calls = self._calls, []
         return [["s" * k, str(WEIGHT_BP), ""] for k in calls]
 

@@ -11,12 +11,22 @@
 
   Returns rev (the config's revision after the change)
   Errors  -1 invalid weight (max_weight_bp), -3 max_weight below a weight in force,
-          -4 invalid argument (unknown field or bad value)
+          -4 invalid argument (unknown field or bad value); as error replies before any write:
+          -13 a key has the wrong type, -4 now_ms or the pairs malformed, a stored weight garbled
 ]]
 local rcall = redis.call
 local config_key, tenant_key = KEYS[1], KEYS[2]
 
 -- @include validate
+-- @include guard
+
+local bad = bad_key_type({{1, 'hash'}, {2, 'hash'}})
+if bad then return guard_fail(-13, bad) end
+if int_arg(ARGV[1], 0) == nil then return guard_fail(-4, 'ARGV[1] now_ms must be an integer') end
+if #ARGV < 3 or #ARGV % 2 ~= 1 then return guard_fail(-4, 'expected now_ms then field, value pairs') end
+if not stored_int_ok(rcall('HGET', config_key, 'weight_bp')) then
+  return guard_fail(-4, 'config weight_bp is not an integer')
+end
 
 local allowed = {
   max_weight_bp = true, stable_version = true, canary_version = true, backend = true,
@@ -32,7 +42,9 @@ for i = 2, #ARGV, 2 do
     if m < tonumber(rcall('HGET', config_key, 'weight_bp') or '0') then return -3 end
     local tenants = rcall('HGETALL', tenant_key)
     for j = 2, #tenants, 2 do
-      if m < tonumber(tenants[j]) then return -3 end
+      local tw = tonumber(tenants[j])
+      if tw == nil then return guard_fail(-4, 'tenant ' .. tenants[j - 1] .. ': weight garbled') end
+      if m < tw then return -3 end
     end
   elseif field == 'sticky' or field == 'enabled' then
     if value ~= '0' and value ~= '1' then return -4 end

@@ -15,7 +15,9 @@
   ARGV[last] event       JSON
 
   Returns {final state, rev}
-  Errors  -7 fenced, -12 not promoting or rolling back
+  Errors  -7 fenced, -12 not promoting or rolling back;
+          as error replies, before any write: -13 a key has the wrong type, -4 a malformed
+          argument (the fence is raised only by a call that writes)
 ]]
 local rcall = redis.call
 local dep_key, events_key, history_key, counters_key, fence_key =
@@ -23,14 +25,30 @@ local dep_key, events_key, history_key, counters_key, fence_key =
 
 -- @include fence
 -- @include deployment
+-- @include guard
 
-if not fence_ok(fence_key, ARGV[1]) then return -7 end
+local bad = bad_key_type({{1, 'hash'}, {2, 'stream'}, {3, 'list'}, {4, 'hash'}, {5, 'string'}})
+if bad then return guard_fail(-13, bad) end
+if ARGV[1] ~= '' and int_arg(ARGV[1], 0) == nil then return guard_fail(-4, 'ARGV[1] epoch must be an integer or empty') end
+if not stored_int_ok(rcall('GET', fence_key)) then return guard_fail(-4, 'the stored fence is not an integer') end
+if int_arg(ARGV[2], 0) == nil then return guard_fail(-4, 'ARGV[2] now_ms must be an integer') end
+if ARGV[3] == nil then return guard_fail(-4, 'ARGV[3] counter missing') end
+if pairs_end(ARGV, 4, #ARGV) ~= #ARGV then return guard_fail(-4, 'field pairs from ARGV[4], then the event') end
+if ARGV[3] ~= '' and not stored_int_ok(rcall('HGET', counters_key, ARGV[3])) then
+  return guard_fail(-4, 'counter ' .. ARGV[3] .. ' is not an integer')
+end
+local fence_fine, fence_up = fence_peek(fence_key, ARGV[1])
+if not fence_fine then return -7 end
+local function raise_fence()
+  if fence_up then rcall('SET', fence_key, tonumber(ARGV[1])) end
+end
 local state = rcall('HGET', dep_key, 'state')
 local final
 if state == 'promoting' then final = 'completed'
 elseif state == 'rolling_back' then final = 'rolled_back'
 else return -12 end
 
+raise_fence()
 local now_ms = ARGV[2]
 local fields = read_pairs(ARGV, 4)
 rcall('HSET', dep_key, 'state', final, 'finished_at', now_ms)

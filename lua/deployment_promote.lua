@@ -18,7 +18,9 @@
   ARGV[last] event       JSON
 
   Returns {1, rev} or {0, rev} if it was already promoting
-  Errors  -7 fenced, -9 rev changed, -12 nothing to promote (none, finished, rolling back)
+  Errors  -7 fenced, -9 rev changed, -12 nothing to promote (none, finished, rolling back);
+          as error replies, before any write: -13 a key has the wrong type, -4 a malformed
+          argument (the fence is raised only by a call that writes)
 ]]
 local rcall = redis.call
 local config_key, tenant_key, rolled_back_key, former_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
@@ -27,13 +29,25 @@ local dep_key, events_key, fence_key = KEYS[5], KEYS[6], KEYS[7]
 -- @include fence
 -- @include deployment
 -- @include canary_flip
+-- @include guard
 
-if not fence_ok(fence_key, ARGV[1]) then return -7 end
+local bad = bad_key_type({{1, 'hash'}, {2, 'hash'}, {3, 'set'}, {4, 'zset'}, {5, 'hash'}, {6, 'stream'}, {7, 'string'}})
+if bad then return guard_fail(-13, bad) end
+if ARGV[1] ~= '' and int_arg(ARGV[1], 0) == nil then return guard_fail(-4, 'ARGV[1] epoch must be an integer or empty') end
+if not stored_int_ok(rcall('GET', fence_key)) then return guard_fail(-4, 'the stored fence is not an integer') end
+if int_arg(ARGV[3], 0) == nil then return guard_fail(-4, 'ARGV[3] now_ms must be an integer') end
+if pairs_end(ARGV, 4, #ARGV) ~= #ARGV then return guard_fail(-4, 'field pairs from ARGV[4], then the event') end
+local fence_fine, fence_up = fence_peek(fence_key, ARGV[1])
+if not fence_fine then return -7 end
+local function raise_fence()
+  if fence_up then rcall('SET', fence_key, tonumber(ARGV[1])) end
+end
 local state, err = dep_check(dep_key, ARGV[2])
 if err then return err end
-if state == 'promoting' then return {0, tonumber(rcall('HGET', dep_key, 'rev'))} end
+if state == 'promoting' then raise_fence(); return {0, tonumber(rcall('HGET', dep_key, 'rev'))} end
 if not ACTIVE[state] or state == 'rolling_back' then return -12 end
 
+raise_fence()
 local now_ms = ARGV[3]
 local fields = read_pairs(ARGV, 4)
 local versions = rcall('HMGET', dep_key, 'stable_version', 'canary_version')

@@ -22,13 +22,32 @@
 
   Returns the deployment's rev (1)
   Errors  -8 a deployment is active on the queue, -10 the canary version is the stable one,
-          -11 the queue has no stable version yet, -2 a weight above max_weight
+          -11 the queue has no stable version yet, -2 a weight above max_weight;
+          as error replies, before any write: -13 a key has the wrong type, -4 a malformed
+          argument, -1 a weight that is not 0..10000
 ]]
 local rcall = redis.call
 local config_key, tenant_key, rolled_back_key, former_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local dep_key, events_key = KEYS[5], KEYS[6]
 
 -- @include deployment
+-- @include guard
+
+local bad = bad_key_type({{1, 'hash'}, {2, 'hash'}, {3, 'set'}, {4, 'zset'}, {5, 'hash'},
+                          {6, 'stream'}})
+if bad then return guard_fail(-13, bad) end
+if int_arg(ARGV[1], 0) == nil then return guard_fail(-4, 'ARGV[1] now_ms must be an integer') end
+if ARGV[2] == nil or ARGV[2] == '' then return guard_fail(-4, 'ARGV[2] canary_version is empty') end
+if int_arg(ARGV[3], 0, 10000) == nil then return guard_fail(-1, 'ARGV[3] weight_bp') end
+if ARGV[4] ~= '0' and ARGV[4] ~= '1' then return guard_fail(-4, 'ARGV[4] sticky must be 0 or 1') end
+local i0 = pairs_end(ARGV, 6, #ARGV)
+if i0 == nil or not tenant_pairs_ok(ARGV, 6) then return guard_fail(-4, 'tenant pairs from ARGV[6]') end
+if pairs_end(ARGV, i0, #ARGV) ~= #ARGV then
+  return guard_fail(-4, 'field pairs from ARGV[' .. i0 .. '], then the event')
+end
+if not stored_int_ok(rcall('HGET', config_key, 'max_weight_bp')) then
+  return guard_fail(-4, 'config max_weight_bp is not an integer')
+end
 
 local now_ms, version, weight = ARGV[1], ARGV[2], tonumber(ARGV[3])
 local tenants, i = read_pairs(ARGV, 6)

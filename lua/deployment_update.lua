@@ -24,7 +24,9 @@
 
   Returns the new rev
   Errors  -7 fenced (a newer leader), -9 rev changed, -12 no such deployment or it finished,
-          -2 a weight above max_weight
+          -2 a weight above max_weight;
+          as error replies, before any write: -13 a key has the wrong type, -4 a malformed
+          argument (the fence is raised only by a call that writes)
 ]]
 local rcall = redis.call
 local config_key, tenant_key, dep_key, events_key, fence_key, analyses_key =
@@ -32,8 +34,30 @@ local config_key, tenant_key, dep_key, events_key, fence_key, analyses_key =
 
 -- @include fence
 -- @include deployment
+-- @include guard
 
-if not fence_ok(fence_key, ARGV[1]) then return -7 end
+local bad = bad_key_type({{1, 'hash'}, {2, 'hash'}, {3, 'hash'}, {4, 'stream'}, {5, 'string'}, {6, 'list'}})
+if bad then return guard_fail(-13, bad) end
+if ARGV[1] ~= '' and int_arg(ARGV[1], 0) == nil then return guard_fail(-4, 'ARGV[1] epoch must be an integer or empty') end
+if not stored_int_ok(rcall('GET', fence_key)) then return guard_fail(-4, 'the stored fence is not an integer') end
+if int_arg(ARGV[3], 0) == nil then return guard_fail(-4, 'ARGV[3] now_ms must be an integer') end
+if ARGV[4] ~= '' and int_arg(ARGV[4], 0, 10000) == nil then return guard_fail(-1, 'ARGV[4] weight_bp') end
+if ARGV[5] ~= 'keep' and ARGV[5] ~= 'set' then return guard_fail(-4, 'ARGV[5] must be keep or set') end
+local i0 = pairs_end(ARGV, 6, #ARGV)
+if i0 == nil or not tenant_pairs_ok(ARGV, 6) then return guard_fail(-4, 'tenant pairs from ARGV[6]') end
+local j0 = pairs_end(ARGV, i0, #ARGV)
+if j0 == nil then return guard_fail(-4, 'field pairs from ARGV[' .. i0 .. ']') end
+local n_ev = int_arg(ARGV[j0], 0)
+if n_ev == nil or j0 + n_ev + 2 ~= #ARGV then return guard_fail(-4, 'events from ARGV[' .. j0 .. ']') end
+if int_arg(ARGV[#ARGV], 1) == nil then return guard_fail(-4, 'keep must be a positive integer') end
+if not stored_int_ok(rcall('HGET', config_key, 'max_weight_bp')) then
+  return guard_fail(-4, 'config max_weight_bp is not an integer')
+end
+local fence_fine, fence_up = fence_peek(fence_key, ARGV[1])
+if not fence_fine then return -7 end
+local function raise_fence()
+  if fence_up then rcall('SET', fence_key, tonumber(ARGV[1])) end
+end
 local state, err = dep_check(dep_key, ARGV[2])
 if err then return err end
 if not ACTIVE[state] then return -12 end
@@ -46,6 +70,8 @@ local fields, j = read_pairs(ARGV, i)
 local n_events = tonumber(ARGV[j])
 local analysis, keep = ARGV[j + n_events + 1], tonumber(ARGV[j + n_events + 2])
 if not within_max(config_key, weight, tenants) then return -2 end
+
+raise_fence()
 
 if weight ~= nil then
   rcall('HSET', config_key, 'weight_bp', weight, 'updated_at', now_ms)

@@ -23,11 +23,17 @@
   ARGV[1] max            jobs to move at most (1..5000)
 
   Returns {moved, remaining}: remaining = jobs left in the from-lane after this call
-  Errors  -4 max is not an integer 1..5000, or both keys are the same list
+  Errors  -4 max is not an integer 1..5000, or both keys are the same list; as an error reply
+          before any write: -13 a key is not a list
 ]]
 local rcall = redis.call
 local from_lane, to_lane = KEYS[1], KEYS[2]
 local max = tonumber(ARGV[1])
+
+-- @include guard
+
+local bad = bad_key_type({{1, 'list'}, {2, 'list'}})
+if bad then return guard_fail(-13, bad) end
 
 if max == nil or max < 1 or max > 5000 or max % 1 ~= 0 or from_lane == to_lane then
   return -4

@@ -12,11 +12,20 @@
 
   Returns {epoch, "epoch:token"} when this token leads, {0, holder's "epoch:token"} when
   another one does
-  Errors  -4 invalid argument
+  Errors  -4 invalid argument; as error replies before any write: -13 a key is not a string,
+          -4 the stored epoch counter is not an integer
 ]]
 local rcall = redis.call
 local leader_key, epoch_key = KEYS[1], KEYS[2]
 local token, lease_ms = ARGV[1], tonumber(ARGV[2])
+
+-- @include guard
+
+local bad = bad_key_type({{1, 'string'}, {2, 'string'}})
+if bad then return guard_fail(-13, bad) end
+if not stored_int_ok(rcall('GET', epoch_key)) then
+  return guard_fail(-4, 'the stored epoch is not an integer')
+end
 
 if token == nil or token == '' or lease_ms == nil or lease_ms < 1 or lease_ms % 1 ~= 0 then
   return -4

@@ -11,12 +11,18 @@
   ARGV[1] now_ms         client clock
 
   Returns {old stable version ('' if none), new stable version}
-  Errors  -6 no canary version to promote
+  Errors  -6 no canary version to promote; as error replies before any write: -13 a key has
+          the wrong type, -4 a malformed argument
 ]]
 local rcall = redis.call
 local config_key, tenant_key, former_key, rolled_back_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 
 -- @include canary_flip
+-- @include guard
+
+local bad = bad_key_type({{1, 'hash'}, {2, 'hash'}, {3, 'zset'}, {4, 'set'}})
+if bad then return guard_fail(-13, bad) end
+if int_arg(ARGV[1], 0) == nil then return guard_fail(-4, 'ARGV[1] now_ms must be an integer') end
 
 local cfg = rcall('HMGET', config_key, 'stable_version', 'canary_version')
 local old, new = cfg[1] or '', cfg[2] or ''

@@ -7,6 +7,7 @@
   KEYS[3] lane_stable    list  stable lane (LPUSH here, workers pop from the right)
   KEYS[4] lane_canary    list  canary lane
   KEYS[5] routed         hash  jobs routed per lane ("stable", "canary")
+  KEYS[6] idem           string  optional: idempotency record of this job id (lane it took)
 
   ARGV[1] envelope       the job envelope (JSON, opaque to this script)
   ARGV[2] sticky_key     key hashed in sticky mode (defaults to the job id client side)
@@ -14,8 +15,12 @@
   ARGV[4] draw           0..9999, the client's random draw, used in random mode
   ARGV[5] client_bucket  bucket precomputed by the client, or '' to compute it here
   ARGV[6] client_salt    salt the client used for ARGV[5]
+  ARGV[7] idem_ttl_ms    with KEYS[6]: how long the record is kept (1..86400000)
 
-  Returns {lane, weight_bp in force, salt in force, bucket or draw compared (-1 at weight 0)}
+  Returns {lane, weight_bp in force, salt in force, bucket or draw compared (-1 at weight 0),
+           1 if KEYS[6] showed the job already landed (nothing pushed again) else 0}
+  Errors  (error reply "PYCANARY <code> why", before any write) -13 a key has the wrong type,
+          -4 a malformed argument
 ]]
 local rcall = redis.call
 local config_key, tenant_key = KEYS[1], KEYS[2]
@@ -23,9 +28,32 @@ local stable_key, canary_key, routed_key = KEYS[3], KEYS[4], KEYS[5]
 
 -- @include fnv1a
 -- @include routing
+-- @include guard
+
+local idem_key = KEYS[6]
+local bad = bad_key_type({{1, 'hash'}, {2, 'hash'}, {3, 'list'}, {4, 'list'}, {5, 'hash'}})
+if bad == nil and idem_key then bad = bad_key_type({{6, 'string'}}) end
+if bad then return guard_fail(-13, bad) end
+local ttl = nil
+if idem_key then
+  ttl = int_arg(ARGV[7], 1, 86400000)
+  if ttl == nil then return guard_fail(-4, 'ARGV[7] idem_ttl_ms must be 1..86400000') end
+end
+if #ARGV ~= (idem_key and 7 or 6) then return guard_fail(-4, 'expected 6 ARGV (7 with KEYS[6])') end
+if ARGV[1] == '' then return guard_fail(-4, 'ARGV[1] envelope is empty') end
+if int_arg(ARGV[4], 0, 9999) == nil then return guard_fail(-4, 'ARGV[4] draw must be 0..9999') end
+if ARGV[5] ~= '' and int_arg(ARGV[5], 0, 9999) == nil then
+  return guard_fail(-4, 'ARGV[5] client_bucket must be 0..9999 or empty')
+end
 
 local cfg = rcall('HMGET', config_key, 'enabled', 'weight_bp', 'sticky', 'salt')
+if not stored_int_ok(cfg[2]) then return guard_fail(-4, 'config weight_bp is not an integer') end
 local weight = effective_weight(cfg, tenant_key, ARGV[3])
+if weight == nil then return guard_fail(-4, 'tenant weight is not an integer') end
+if idem_key then
+  local first = rcall('GET', idem_key)
+  if first then return {first, weight, cfg[4] or '', -1, 1} end
+end
 local lane, n = decide_lane(cfg, weight, ARGV[2], ARGV[4], ARGV[5], ARGV[6])
 
 if lane == 'canary' then
@@ -34,4 +62,5 @@ else
   rcall('LPUSH', stable_key, ARGV[1])
 end
 rcall('HINCRBY', routed_key, lane, 1)
-return {lane, weight, cfg[4] or '', n}
+if idem_key then rcall('SET', idem_key, lane, 'PX', ttl) end
+return {lane, weight, cfg[4] or '', n, 0}

@@ -7,12 +7,17 @@
   KEYS[3] lane_stable    list
   KEYS[4] lane_canary    list
   KEYS[5] routed         hash  jobs routed per lane
+  KEYS[6] idem           string  optional: idempotency record of this batch (its lanes string)
 
   ARGV[1] client_salt    salt the client used for the precomputed buckets
-  ARGV[2 + 5*(i-1) ..]   per job i: envelope, sticky_key, tenant, draw, client_bucket ('' = compute)
+  ARGV[2] idem_ttl_ms    with KEYS[6]: how long the record is kept (1..86400000), else ''
+  ARGV[3 + 5*(i-1) ..]   per job i: envelope, sticky_key, tenant, draw, client_bucket ('' = compute)
 
-  Returns {lanes, weight_bp in force for the first job, salt in force}: lanes is a string with
-  one character per job, 's' (stable) or 'c' (canary), in input order.
+  Returns {lanes, weight_bp in force for the first job, salt in force, 1 if KEYS[6] showed the
+  batch already landed (nothing pushed again) else 0}: lanes is a string with one character per
+  job, 's' (stable) or 'c' (canary), in input order.
+  Errors  (error reply "PYCANARY <code> why", before any write) -13 a key has the wrong type,
+          -4 a malformed argument (naming the job's index in the batch)
 ]]
 local rcall = redis.call
 local config_key, tenant_key = KEYS[1], KEYS[2]
@@ -20,21 +25,54 @@ local stable_key, canary_key, routed_key = KEYS[3], KEYS[4], KEYS[5]
 
 -- @include fnv1a
 -- @include routing
+-- @include guard
+
+local idem_key = KEYS[6]
+local bad = bad_key_type({{1, 'hash'}, {2, 'hash'}, {3, 'list'}, {4, 'list'}, {5, 'hash'}})
+if bad == nil and idem_key then bad = bad_key_type({{6, 'string'}}) end
+if bad then return guard_fail(-13, bad) end
+local ttl = nil
+if idem_key then
+  ttl = int_arg(ARGV[2], 1, 86400000)
+  if ttl == nil then return guard_fail(-4, 'ARGV[2] idem_ttl_ms must be 1..86400000') end
+elseif ARGV[2] ~= '' then
+  return guard_fail(-4, 'ARGV[2] idem_ttl_ms must be empty without KEYS[6]')
+end
+if #ARGV < 7 or (#ARGV - 2) % 5 ~= 0 then
+  return guard_fail(-4, 'expected 2 + 5 ARGV per job, got ' .. #ARGV)
+end
+if idem_key then
+  local first = rcall('GET', idem_key)
+  if first then
+    local cfg0 = rcall('HMGET', config_key, 'enabled', 'weight_bp', 'sticky', 'salt')
+    return {first, tonumber(cfg0[2]) or 0, cfg0[4] or '', 1}
+  end
+end
 
 local cfg = rcall('HMGET', config_key, 'enabled', 'weight_bp', 'sticky', 'salt')
 local client_salt = ARGV[1]
 local stable, canary, lanes = {}, {}, {}
+if not stored_int_ok(cfg[2]) then return guard_fail(-4, 'config weight_bp is not an integer') end
 local queue_weight = effective_weight(cfg, tenant_key, '')
 local tenant_cache = {}
 local first_weight
 
-for i = 2, #ARGV, 5 do
+for i = 3, #ARGV, 5 do
+  local job = (i - 3) / 5
+  if ARGV[i] == '' then return guard_fail(-4, 'job ' .. job .. ': envelope is empty') end
+  if int_arg(ARGV[i + 3], 0, 9999) == nil then
+    return guard_fail(-4, 'job ' .. job .. ': draw must be 0..9999')
+  end
+  if ARGV[i + 4] ~= '' and int_arg(ARGV[i + 4], 0, 9999) == nil then
+    return guard_fail(-4, 'job ' .. job .. ': client_bucket must be 0..9999 or empty')
+  end
   local tenant = ARGV[i + 2]
   local weight = queue_weight
   if tenant ~= '' then
     weight = tenant_cache[tenant]
     if weight == nil then
       weight = effective_weight(cfg, tenant_key, tenant)
+      if weight == nil then return guard_fail(-4, 'tenant ' .. tenant .. ': weight is not an integer') end
       tenant_cache[tenant] = weight
     end
   end
@@ -57,4 +95,6 @@ if #canary > 0 then
   rcall('LPUSH', canary_key, unpack(canary))
   rcall('HINCRBY', routed_key, 'canary', #canary)
 end
-return {table.concat(lanes), first_weight or queue_weight, cfg[4] or ''}
+local lanes_text = table.concat(lanes)
+if idem_key then rcall('SET', idem_key, lanes_text, 'PX', ttl) end
+return {lanes_text, first_weight or queue_weight, cfg[4] or '', 0}

@@ -12,13 +12,24 @@
   ARGV[5] allow_above    '1' lets an explicit promotion go above max_weight, else '0'
 
   Returns {previous weight_bp (-1 if none), new weight_bp (-1 if cleared), rev}
-  Errors  -1 invalid weight, -2 above max_weight, -4 invalid argument
+  Errors  -1 invalid weight, -2 above max_weight, -4 invalid argument; as error replies before
+          any write: -13 a key has the wrong type, -4 now_ms/allow_above/stored max malformed
 ]]
 local rcall = redis.call
 local config_key, tenant_key = KEYS[1], KEYS[2]
 local tenant, now_ms, mode, allow_above = ARGV[2], ARGV[3], ARGV[4], ARGV[5]
 
 -- @include validate
+-- @include guard
+
+local bad = bad_key_type({{1, 'hash'}, {2, 'hash'}})
+if bad then return guard_fail(-13, bad) end
+if #ARGV ~= 5 then return guard_fail(-4, 'expected 5 ARGV') end
+if int_arg(now_ms, 0) == nil then return guard_fail(-4, 'ARGV[3] now_ms must be an integer') end
+if allow_above ~= '0' and allow_above ~= '1' then return guard_fail(-4, 'ARGV[5] must be 0 or 1') end
+if not stored_int_ok(rcall('HGET', config_key, 'max_weight_bp')) then
+  return guard_fail(-4, 'config max_weight_bp is not an integer')
+end
 
 if mode == 'clear' then
   if tenant == '' then return -4 end

@@ -50,6 +50,58 @@ class ConnectionFailedError(PycanaryError):
     code = "unavailable"
 
 
+class QueueUnavailableError(ConnectionFailedError):
+    """The producer could not connect to Redis: the command was never sent, nothing landed.
+    Safe to retry (with the same job id) or to report as a failure."""
+
+
+class EnqueueTimeoutError(PycanaryError):
+    """The command was sent but no reply came (timeout, or the connection dropped while waiting):
+    the job MAY have landed. ``job_ids`` says which; enqueue them again with the same ids (the
+    producer's idempotency record then returns the first lane instead of pushing twice)."""
+
+    code = "outcome_unknown"
+
+    def __init__(self, message: str, *, job_ids: list[str], field: str | None = None) -> None:
+        super().__init__(message, field=field)
+        self.job_ids = job_ids
+
+    @property
+    def job_id(self) -> str:
+        """The first (for a single enqueue: the only) job whose outcome is unknown."""
+        return self.job_ids[0] if self.job_ids else ""
+
+
+class QueueFullError(PycanaryError):
+    """Redis refused the write because it is at maxmemory (OOM): nothing landed."""
+
+    code = "queue_full"
+
+
+class PartialEnqueueError(PycanaryError):
+    """enqueue_many stopped part way (Redis went away between round trips). Each script call is
+    atomic, so every job is in exactly one list: ``landed_ids`` are on a lane, ``not_sent_ids``
+    were never sent, ``unknown_ids`` were sent without a reply (enqueueing them again with
+    ``job_ids=`` is safe: their batch's idempotency record prevents a second push)."""
+
+    code = "partial_enqueue"
+
+    def __init__(self, message: str, *, landed_ids: list[str], not_sent_ids: list[str],
+                 unknown_ids: list[str], cause: PycanaryError | None = None) -> None:
+        super().__init__(message)
+        self.landed_ids = landed_ids
+        self.not_sent_ids = not_sent_ids
+        self.unknown_ids = unknown_ids
+        self.cause = cause
+
+
+class WrongTypeError(PycanaryError):
+    """A key of the queue holds another Redis type than pycanary's (another client wrote it).
+    The script refused before writing anything."""
+
+    code = "wrong_type"
+
+
 class FencedError(PycanaryError):
     """A controller write carried an epoch older than one the queue has seen: this process is
     no longer the leader and must not act."""
@@ -88,6 +140,7 @@ CONFLICT = -9
 SAME_VERSION = -10
 NO_STABLE_VERSION = -11
 NOT_ACTIVE = -12
+WRONG_TYPE = -13
 
 _SCRIPT_ERRORS: dict[int, tuple[type[PycanaryError], str]] = {
     INVALID_WEIGHT: (ValidationError, "must be an integer number of basis points 0..10000"),
@@ -104,7 +157,11 @@ _SCRIPT_ERRORS: dict[int, tuple[type[PycanaryError], str]] = {
                         "current version or run `pycanary queue configure QUEUE "
                         "--stable-version V`"),
     NOT_ACTIVE: (StateError, "no active deployment on this queue in a state that allows it"),
+    WRONG_TYPE: (WrongTypeError, "a key holds the wrong Redis type"),
 }
+
+#: Prefix of the error replies (redis.error_reply) of the scripts' guards: "PYCANARY <code> <why>"
+SCRIPT_REPLY_PREFIX = "PYCANARY "
 
 
 def raise_for_code(code: int, *, script: str, field: str | None = None, detail: str = "") -> None:
@@ -119,3 +176,57 @@ class PermissionDeniedError(PycanaryError):
     command) runs."""
 
     code = "forbidden"
+
+
+def from_script_reply(text: str, *, script: str) -> PycanaryError | None:
+    """The exception for a guard's error reply ("PYCANARY -13 KEYS[3] ... is a string, expected
+    list"), or None if the reply is not one of ours."""
+    if not text.startswith(SCRIPT_REPLY_PREFIX):
+        return None
+    code_text, _, why = text[len(SCRIPT_REPLY_PREFIX):].partition(" ")
+    try:
+        code = int(code_text)
+    except ValueError:
+        return ScriptError(f"{script}: {text}")
+    cls, message = _SCRIPT_ERRORS.get(code, (ScriptError, f"{script} failed with code {code}"))
+    return cls(f"{script}: {message}: {why}" if why else f"{script}: {message}")
+
+
+def map_redis_error(exc: Exception, *, job_ids: list[str], sent: bool = True,
+                    script: str = "route_enqueue") -> PycanaryError:
+    """The producer's one map from redis-py exceptions to pycanary's own.
+
+    - could not connect (the command was never written) -> QueueUnavailableError: nothing landed
+    - timeout, or the connection dropped after sending -> EnqueueTimeoutError: outcome unknown
+    - OOM (maxmemory) -> QueueFullError: the script's first write was refused, nothing landed
+    - a guard's reply (PYCANARY <code>) -> its mapped error; WRONGTYPE -> WrongTypeError
+    - anything else Redis answered -> ScriptError
+    """
+    import redis.exceptions as rex  # here, not at the top: errors.py is imported everywhere
+
+    ids = ", ".join(job_ids[:3]) + (f" and {len(job_ids) - 3} more" if len(job_ids) > 3 else "")
+    if isinstance(exc, PycanaryError):
+        return exc
+    if isinstance(exc, rex.ConnectionError) and (not sent or "connecting to" in str(exc)):
+        return QueueUnavailableError(f"cannot reach Redis, job {ids} not enqueued: {exc}")
+    if isinstance(exc, rex.TimeoutError | rex.ConnectionError | TimeoutError):
+        kind = "timed out" if isinstance(exc, rex.TimeoutError | TimeoutError) else \
+            "lost the connection"
+        return EnqueueTimeoutError(
+            f"{kind} waiting for Redis after sending job {ids}: it may or may not have landed; "
+            f"enqueue again with the same job id to settle it ({exc})", job_ids=list(job_ids))
+    if isinstance(exc, rex.ResponseError):
+        text = str(exc)
+        if isinstance(exc, rex.OutOfMemoryError) or text.startswith("OOM"):
+            return QueueFullError(f"Redis is at maxmemory, job {ids} not enqueued: {text}")
+        mine = from_script_reply(text, script=script)
+        if mine is not None:
+            return mine
+        if text.startswith("WRONGTYPE"):
+            return WrongTypeError(f"{script}: {text}")
+        if text.startswith("NOPERM"):
+            return PermissionDeniedError(f"{script}: {text}", field="acl")
+        return ScriptError(f"{script}: Redis answered: {text}")
+    if isinstance(exc, rex.RedisError):
+        return ScriptError(f"{script}: {exc}")
+    raise exc

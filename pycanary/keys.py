@@ -89,6 +89,11 @@ class QueueKeys:
         """List: a deployment's latest analyses (JSON, newest first, capped)."""
         return f"{self.base}:analyses:{deployment_id}"
 
+    def idem(self, record_id: str) -> str:
+        """String, with a TTL: the lane(s) a job id (or a batch, by its first job id) took, so
+        a retried enqueue of the same id returns that lane instead of pushing it again."""
+        return f"{self.base}:idem:{record_id}"
+
     def routing(self) -> list[str]:
         """KEYS of route_enqueue / route_enqueue_many, in their order."""
         return [self.config, self.tenant_weights, self.lane_stable, self.lane_canary, self.routed]

@@ -17,7 +17,7 @@ from typing import Any
 
 from redis.exceptions import NoPermissionError, NoScriptError, ResponseError
 
-from .errors import PermissionDeniedError
+from .errors import PermissionDeniedError, from_script_reply
 
 _INCLUDE = re.compile(r"^-- @include (\w+)\s*$", re.MULTILINE)
 
@@ -81,6 +81,8 @@ class Scripts:
             c.script_load(script.source)
 
     def call(self, name: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
+        """EVALSHA; a guard's refusal (error reply "PYCANARY <code> ...") raises its mapped
+        pycanary exception, so no caller sees a raw ResponseError for a refused call."""
         script = self.scripts[name]
         try:
             try:
@@ -91,7 +93,10 @@ class Scripts:
         except ResponseError as exc:
             if is_denied(exc):
                 raise denied(name, exc) from None
-            raise
+            mapped = from_script_reply(str(exc), script=name)
+            if mapped is None:
+                raise
+            raise mapped from None
 
     def pipeline(self) -> ScriptPipeline:
         return ScriptPipeline(self)
@@ -126,7 +131,9 @@ class ScriptPipeline:
                 pipe.execute_command("EVALSHA", self._scripts[name].sha, len(keys), *keys, *args)
         return pipe.execute(raise_on_error=False)
 
-    def execute(self) -> list[Any]:
+    def execute(self, raise_on_error: bool = True) -> list[Any]:
+        """Results in call order; with ``raise_on_error=False`` a failed call's result is its
+        exception (a guard's refusal already mapped to pycanary's), the others still listed."""
         calls, self._calls = self._calls, []
         if not calls:
             return []
@@ -137,11 +144,20 @@ class ScriptPipeline:
             replayed = self._send([calls[i] for i in missing])
             for i, r in zip(missing, replayed, strict=True):
                 results[i] = r
-        for r in results:
-            if isinstance(r, ResponseError) and is_denied(r):
-                raise denied("pipeline", r)
+        for i, ((name, _k, _a), r) in enumerate(zip(calls, results, strict=True)):
             if isinstance(r, Exception):
-                raise r
+                if isinstance(r, ResponseError) and is_denied(r):
+                    mapped: Exception | None = denied(name or "pipeline", r)
+                elif isinstance(r, ResponseError):
+                    mapped = from_script_reply(str(r), script=name or "command")
+                else:
+                    mapped = None
+                if not raise_on_error:
+                    results[i] = mapped or r
+                elif mapped is not None:
+                    raise mapped from None
+                else:
+                    raise r
         return results
 
 

@@ -91,8 +91,8 @@ def test_noscript_on_fakeredis(memory_conn) -> None:
 def _script_keys(keys: Keys, queue: str) -> dict[str, list[str]]:
     qk = keys.queue(queue)
     return {
-        "route_enqueue": qk.routing(),
-        "route_enqueue_many": qk.routing(),
+        "route_enqueue": [*qk.routing(), qk.idem("j-1")],
+        "route_enqueue_many": [*qk.routing(), qk.idem("j-1")],
         "explain_route": qk.config_keys(),
         "set_weight": qk.config_keys(),
         "configure_queue": qk.config_keys(),
@@ -110,7 +110,7 @@ def _script_keys(keys: Keys, queue: str) -> dict[str, list[str]]:
         "deployment_start": [qk.config, qk.tenant_weights, qk.rolled_back, qk.former_stable,
                              qk.deployment, qk.events("d-1")],
         "deployment_update": [qk.config, qk.tenant_weights, qk.deployment, qk.events("d-1"),
-                              qk.fence],
+                              qk.fence, qk.analyses("d-1")],
         "deployment_rollback": [qk.config, qk.tenant_weights, qk.rolled_back, qk.deployment,
                                 qk.events("d-1"), qk.fence],
         "deployment_promote": [qk.config, qk.tenant_weights, qk.rolled_back, qk.former_stable,
@@ -149,3 +149,234 @@ def test_every_script_documents_keys_and_argv() -> None:
             assert word in head, (script.name, word)
         assert "local rcall = redis.call" in script.source
         assert "math.random" not in script.source and "TIME" not in script.source
+
+
+# -- every owned script refuses a wrong key type or a bad argument, changing nothing ---------
+import redis as _redis  # noqa: E402
+
+from pycanary.errors import (  # noqa: E402
+    PycanaryError,
+    ValidationError,
+    WeightAboveMaxError,
+    WrongTypeError,
+    raise_for_code,
+)
+
+
+def _typed_calls(keys: Keys) -> dict[str, tuple[list[tuple[str, str]], list]]:
+    """script -> ([(key, expected type)], valid ARGV), built as the callers build them."""
+    qk = keys.queue("payments")
+    ev = '{"type":"x"}'
+    return {
+        "route_enqueue": ([(qk.config, "hash"), (qk.tenant_weights, "hash"),
+                           (qk.lane_stable, "list"), (qk.lane_canary, "list"),
+                           (qk.routed, "hash"), (qk.idem("j1"), "string")],
+                          ["{}", "k", "", 5, "", "", 60_000]),
+        "route_enqueue_many": ([(qk.config, "hash"), (qk.tenant_weights, "hash"),
+                                (qk.lane_stable, "list"), (qk.lane_canary, "list"),
+                                (qk.routed, "hash"), (qk.idem("j1"), "string")],
+                               ["", 60_000, "{}", "k", "", 5, "", "{}", "k2", "", 7, ""]),
+        "explain_route": ([(qk.config, "hash"), (qk.tenant_weights, "hash")], ["k", "", 0]),
+        "set_weight": ([(qk.config, "hash"), (qk.tenant_weights, "hash")],
+                       ["100", "", 1, "set", "0"]),
+        "configure_queue": ([(qk.config, "hash"), (qk.tenant_weights, "hash")],
+                            [1, "max_weight_bp", "5000"]),
+        "adopt_stable_version": ([(qk.config, "hash")], ["v1", 1]),
+        "rollback_canary": ([(qk.config, "hash"), (qk.tenant_weights, "hash"),
+                             (qk.rolled_back, "set")], ["v2", 1]),
+        "promote_canary": ([(qk.config, "hash"), (qk.tenant_weights, "hash"),
+                            (qk.former_stable, "zset"), (qk.rolled_back, "set")], [1]),
+        "deployment_start": ([(qk.config, "hash"), (qk.tenant_weights, "hash"),
+                              (qk.rolled_back, "set"), (qk.former_stable, "zset"),
+                              (qk.deployment, "hash"), (qk.events("d-1"), "stream")],
+                             [1, "v2", 100, "1", "", 1, "acme", 200, 2, "id", "d-1", "state",
+                              "active", ev]),
+        "deployment_update": ([(qk.config, "hash"), (qk.tenant_weights, "hash"),
+                               (qk.deployment, "hash"), (qk.events("d-1"), "stream"),
+                               (qk.fence, "string"), (qk.analyses("d-1"), "list")],
+                              ["", "", 1, 200, "keep", 0, 1, "stage", "1", 1, ev, "{}", 10]),
+        "deployment_rollback": ([(qk.config, "hash"), (qk.tenant_weights, "hash"),
+                                 (qk.rolled_back, "set"), (qk.deployment, "hash"),
+                                 (qk.events("d-1"), "stream"), (qk.fence, "string")],
+                                ["", "", 1, 1, "reason", "r", ev]),
+        "deployment_promote": ([(qk.config, "hash"), (qk.tenant_weights, "hash"),
+                                (qk.rolled_back, "set"), (qk.former_stable, "zset"),
+                                (qk.deployment, "hash"), (qk.events("d-1"), "stream"),
+                                (qk.fence, "string")], ["", "", 1, 1, "reason", "r", ev]),
+        "deployment_finish": ([(qk.deployment, "hash"), (qk.events("d-1"), "stream"),
+                               (qk.history, "list"), (qk.counters, "hash"),
+                               (qk.fence, "string")], ["", 1, "promotions:completed", 0, ev]),
+        "drain_lane": ([(qk.lane_canary, "list"), (qk.lane_stable, "list")], [100]),
+        "fence_queue": ([(qk.fence, "string")], [3]),
+        "leader_acquire": ([(keys.leader, "string"), (keys.leader_epoch, "string")], ["t", 5000]),
+        "leader_renew": ([(keys.leader, "string")], ["1:t", 5000]),
+        "release_lock": ([(keys.reaper_lock, "string")], ["t"]),
+    }
+
+
+# (script, ARGV index to replace, bad value): each must be refused by the script itself.
+_BAD_ARGS = [
+    ("route_enqueue", 3, "x"), ("route_enqueue", 3, "10000"), ("route_enqueue", 4, "-1"),
+    ("route_enqueue", 6, "0"), ("route_enqueue", 0, ""),
+    ("route_enqueue_many", 1, "0"), ("route_enqueue_many", 10, "99999"),
+    ("route_enqueue_many", 7, ""),
+    ("explain_route", 2, "x"),
+    ("set_weight", 0, "10001"), ("set_weight", 2, "soon"), ("set_weight", 3, "add"),
+    ("set_weight", 4, "yes"),
+    ("configure_queue", 0, "x"), ("configure_queue", 1, "colour"),
+    ("configure_queue", 2, "20000"),
+    ("adopt_stable_version", 0, ""), ("adopt_stable_version", 1, "x"),
+    ("rollback_canary", 1, "x"), ("promote_canary", 0, "x"),
+    ("deployment_start", 0, "x"), ("deployment_start", 2, "10001"),
+    ("deployment_start", 3, "2"), ("deployment_start", 5, "9"), ("deployment_start", 7, "x"),
+    ("deployment_start", 8, "7"),
+    ("deployment_update", 0, "e1"), ("deployment_update", 3, "20000"),
+    ("deployment_update", 4, "swap"), ("deployment_update", 6, "5"),
+    ("deployment_update", 9, "4"), ("deployment_update", 12, "0"),
+    ("deployment_rollback", 2, "x"), ("deployment_rollback", 3, "4"),
+    ("deployment_promote", 0, "e"), ("deployment_promote", 3, "-1"),
+    ("deployment_finish", 1, "x"), ("deployment_finish", 3, "3"),
+    ("drain_lane", 0, "0"), ("drain_lane", 0, "5001"),
+    ("fence_queue", 0, "0"), ("fence_queue", 0, "x"),
+    ("leader_acquire", 1, "0"), ("leader_acquire", 0, ""), ("leader_renew", 1, "1.5"),
+    ("release_lock", 0, ""),
+]
+
+
+def _snapshot(conn) -> dict[str, bytes]:
+    raw = _redis.Redis.from_url(conn.url)  # bytes: DUMP is binary
+    try:
+        return {k.decode(): raw.dump(k)
+                for k in sorted(raw.scan_iter(match=f"{conn.keys.prefix}:*", count=1000))}
+    finally:
+        raw.close()
+
+
+def _seed(conn) -> None:
+    """A queue with state in every kind of key, so 'unchanged' means something."""
+    qk = conn.keys.queue("payments")
+    c = conn.client
+    c.hset(qk.config, mapping={"stable_version": "v1", "weight_bp": "100", "rev": "3"})
+    c.hset(qk.tenant_weights, "acme", "50")
+    c.lpush(qk.lane_canary, "{}", "{}")
+    c.lpush(qk.lane_stable, "{}")
+    c.hset(qk.deployment, mapping={"state": "active", "rev": "4", "canary_version": "v2",
+                                   "stable_version": "v1"})
+    c.set(qk.fence, "2")
+    c.sadd(qk.rolled_back, "v0")
+    c.zadd(qk.former_stable, {"v-1": 1})
+
+
+def _call(conn, name: str, keys: list[str], args: list) -> object:
+    res = conn.scripts.call(name, keys, args)
+    if isinstance(res, int) and res < 0:
+        raise_for_code(res, script=name)
+    return res
+
+
+def _wrong_value(conn, key: str, expected: str) -> None:
+    c = conn.client
+    c.delete(key)
+    if expected == "string":
+        c.hset(key, "x", "1")
+    else:
+        c.set(key, "not-a-" + expected)
+
+
+def test_every_owned_script_refuses_wrong_key_types_changing_nothing(real_conn) -> None:
+    conn = real_conn
+    calls = _typed_calls(conn.keys)
+    checked = 0
+    for name, (typed, args) in calls.items():
+        for key, expected in typed:
+            _seed(conn)
+            _wrong_value(conn, key, expected)
+            before = _snapshot(conn)
+            with pytest.raises(WrongTypeError) as exc:
+                _call(conn, name, [k for k, _ in typed], args)
+            assert key in str(exc.value), (name, key, str(exc.value))
+            assert not isinstance(exc.value, _redis.exceptions.ResponseError)
+            assert _snapshot(conn) == before, (name, key)
+            checked += 1
+            for k, _ in typed:
+                conn.client.delete(k)
+    assert checked == sum(len(t) for t, _ in calls.values()) == 63
+
+
+@pytest.mark.parametrize(("name", "index", "value"), _BAD_ARGS)
+def test_every_owned_script_refuses_bad_arguments_changing_nothing(
+        real_conn, name: str, index: int, value: str) -> None:
+    conn = real_conn
+    typed, args = _typed_calls(conn.keys)[name]
+    _seed(conn)
+    bad = list(args)
+    bad[index] = value
+    before = _snapshot(conn)
+    with pytest.raises(PycanaryError) as exc:
+        _call(conn, name, [k for k, _ in typed], bad)
+    assert isinstance(exc.value, ValidationError | WrongTypeError) or exc.value.code in (
+        "invalid", "state"), exc.value
+    assert _snapshot(conn) == before, (name, index, value)
+
+
+def test_garbled_stored_numbers_are_refused_before_any_write(real_conn) -> None:
+    """Another client wrote text where a number lives: refused, nothing half-written."""
+    conn = real_conn
+    qk = conn.keys.queue("payments")
+    calls = _typed_calls(conn.keys)
+    for name, key, field in [("route_enqueue", qk.config, "weight_bp"),
+                             ("set_weight", qk.config, "max_weight_bp"),
+                             ("deployment_update", qk.config, "max_weight_bp"),
+                             ("rollback_canary", qk.config, "weight_bp"),
+                             ("deployment_rollback", qk.config, "weight_bp"),
+                             ("deployment_finish", qk.counters, "promotions:completed")]:
+        _seed(conn)
+        conn.client.hset(key, field, "lots")
+        typed, args = calls[name]
+        before = _snapshot(conn)
+        with pytest.raises(ValidationError):
+            _call(conn, name, [k for k, _ in typed], args)
+        assert _snapshot(conn) == before, name
+    for name in ("fence_queue", "deployment_promote"):
+        _seed(conn)
+        conn.client.set(qk.fence, "high")
+        typed, args = calls[name]
+        before = _snapshot(conn)
+        with pytest.raises(ValidationError):
+            _call(conn, name, [k for k, _ in typed], args)
+        assert _snapshot(conn) == before, name
+
+
+def test_max_weight_guard_in_deployment_include_changes_nothing(real_conn) -> None:
+    """within_max (lua/includes/deployment.lua), called directly with a tenant above max."""
+    conn = real_conn
+    _seed(conn)
+    qk = conn.keys.queue("payments")
+    conn.client.hset(qk.config, "max_weight_bp", "150")
+    conn.client.hdel(qk.deployment, "state")  # no active deployment: start may proceed
+    typed, args = _typed_calls(conn.keys)["deployment_start"]
+    before = _snapshot(conn)
+    with pytest.raises(WeightAboveMaxError):
+        _call(conn, "deployment_start", [k for k, _ in typed], args)  # tenant acme at 200
+    assert _snapshot(conn) == before
+    typed, args = _typed_calls(conn.keys)["deployment_update"]
+    _seed(conn)
+    conn.client.hset(qk.config, "max_weight_bp", "150")
+    before = _snapshot(conn)
+    with pytest.raises(WeightAboveMaxError):
+        _call(conn, "deployment_update", [k for k, _ in typed], args)  # weight 200
+    assert _snapshot(conn) == before
+
+
+def test_fenced_state_errors_do_not_raise_the_fence(real_conn) -> None:
+    """A refused deployment write (-9 rev changed) leaves even the fence as it was."""
+    conn = real_conn
+    _seed(conn)
+    typed, args = _typed_calls(conn.keys)["deployment_update"]
+    bad = list(args)
+    bad[0], bad[1] = "9", "3"  # newer epoch, stale rev (the hash has rev 4)
+    before = _snapshot(conn)
+    with pytest.raises(PycanaryError) as exc:
+        _call(conn, "deployment_update", [k for k, _ in typed], bad)
+    assert exc.value.code == "conflict"
+    assert _snapshot(conn) == before

@@ -81,7 +81,7 @@ def test_payload_size_limit(conn) -> None:
     assert exc.value.field == "payload"
     with pytest.raises(PayloadTooLargeError) as exc:
         producer.enqueue_many("payments", ["ok", "ok", "x" * 2000])
-    assert exc.value.field == "payloads[2]"
+    assert exc.value.field == "jobs[2].payload"
     assert lanes_total(conn, "payments") == 1  # the batch wrote nothing
     default = Producer(conn)
     assert default.max_payload_bytes == 1024 * 1024
@@ -93,7 +93,7 @@ def test_enqueue_many_validates_everything_first(conn) -> None:
     producer = Producer(conn)
     with pytest.raises(ValidationError) as exc:
         producer.enqueue_many("payments", [{}, {}, {1}])
-    assert exc.value.field == "payloads[2]"
+    assert exc.value.field == "jobs[2].payload"
     with pytest.raises(ValidationError) as exc:
         producer.enqueue_many("payments", [{}, {}], sticky_keys=["a"])
     assert exc.value.field == "sticky_keys"
@@ -155,3 +155,206 @@ def test_stale_zero_weight_cache_still_routes_by_the_contract(conn) -> None:
                                                     sticky_keys=keys[100:])]
     want = ["canary" if sticky_bucket(k) < 5000 else "stable" for k in keys]
     assert lanes == want
+
+
+# -- all-or-nothing batches, pycanary's own errors, safe retries ----------------------------
+import threading  # noqa: E402
+import time  # noqa: E402
+
+import redis  # noqa: E402
+
+from pycanary.errors import (  # noqa: E402
+    EnqueueTimeoutError,
+    PartialEnqueueError,
+    QueueFullError,
+    QueueUnavailableError,
+)
+from tests.redis_servers import RedisProcess, free_port  # noqa: E402
+
+
+def test_lone_surrogate_deep_in_a_batch_enqueues_nothing(conn) -> None:
+    producer = Producer(conn)
+    payloads = [{"i": i} for i in range(5000)]
+    payloads[4500] = {"note": "bad \ud800 text"}
+    with pytest.raises(ValidationError) as exc:
+        producer.enqueue_many("payments", payloads)
+    assert exc.value.field == "jobs[4500].payload"
+    assert lanes_total(conn, "payments") == 0
+    assert not conn.client.exists(conn.keys.queue("payments").routed)
+
+
+def test_max_payload_bytes_setting_is_applied(conn, monkeypatch) -> None:
+    from pycanary import service
+
+    monkeypatch.setenv("PYCANARY_MAX_PAYLOAD_BYTES", "200")
+    producer = Producer(conn)
+    assert producer.max_payload_bytes == 200
+    with pytest.raises(PayloadTooLargeError):
+        producer.enqueue("payments", "x" * 300)
+    with pytest.raises(PayloadTooLargeError):
+        service.enqueue(conn, "payments", "x" * 300)
+    assert lanes_total(conn, "payments") == 0
+    assert Producer(conn, max_payload_bytes=1000).enqueue("payments", "x" * 300)
+
+
+def test_caller_job_id_is_idempotent_and_keeps_its_first_lane(conn) -> None:
+    from pycanary import queue_config
+
+    producer = Producer(conn)
+    first = producer.enqueue("payments", {"n": 1}, job_id="order-1")
+    assert first.lane == "stable"
+    queue_config.set_weight(conn, "payments", 10_000)
+    again = Producer(conn).enqueue("payments", {"n": 1}, job_id="order-1")
+    assert (again.job_id, again.lane) == ("order-1", "stable")
+    assert lanes_total(conn, "payments") == 1
+    assert conn.client.hgetall(conn.keys.queue("payments").routed) == {"stable": "1"}
+    assert producer.enqueue("payments", {}, job_id="order-2").lane == "canary"
+    ttl = conn.client.pttl(conn.keys.queue("payments").idem("order-1"))
+    assert 0 < ttl <= 600_000
+
+
+def test_unreachable_redis_raises_queue_unavailable_quickly() -> None:
+    conn = pycanary.connect(f"redis://127.0.0.1:{free_port()}/0", prefix="pycanary-test-x")
+    sleeps: list[float] = []
+    producer = Producer(conn, retries=2, retry_backoff_s=0.01, sleep=sleeps.append)
+    t0 = time.monotonic()
+    with pytest.raises(QueueUnavailableError) as exc:
+        producer.enqueue("payments", {})
+    assert time.monotonic() - t0 < 2
+    assert isinstance(exc.value, pycanary.errors.ConnectionFailedError)
+    assert sleeps == [0.01, 0.02]
+    with pytest.raises(QueueUnavailableError):
+        Producer(conn).enqueue_many("payments", [{}] * 10)
+
+
+@pytest.fixture
+def own_redis(tmp_path):
+    server = RedisProcess(tmp_path, "--enable-debug-command", "local")
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def _block_server(server: RedisProcess, seconds: float) -> threading.Thread:
+    t = threading.Thread(target=lambda: redis.Redis(port=server.port).execute_command(
+        "DEBUG", "SLEEP", seconds))
+    t.start()
+    time.sleep(0.05)
+    return t
+
+
+def test_timeout_says_outcome_unknown_and_a_retry_does_not_duplicate(own_redis) -> None:
+    url = f"redis://127.0.0.1:{own_redis.port}/0"
+    conn = pycanary.connect(url, prefix="pycanary-test-t", socket_timeout=0.2)
+    producer = Producer(conn)
+    producer.enqueue("payments", {})  # registers the queue, loads the scripts
+    qk = conn.keys.queue("payments")
+    blocker = _block_server(own_redis, 0.6)
+    with pytest.raises(EnqueueTimeoutError) as exc:
+        producer.enqueue("payments", {"n": 1}, job_id="pay-7")
+    assert exc.value.job_id == "pay-7" and "may or may not" in str(exc.value)
+    blocker.join()
+    assert conn.client.llen(qk.lane_stable) == 2  # it had landed (exactly once)
+    again = Producer(conn).enqueue("payments", {"n": 1}, job_id="pay-7")
+    assert again.lane == "stable" and conn.client.llen(qk.lane_stable) == 2
+    # with retries the producer settles it itself: one job, its first lane
+    blocker = _block_server(own_redis, 0.5)
+    res = Producer(conn, retries=5, retry_backoff_s=0.2).enqueue("payments", {"n": 2})
+    blocker.join()
+    assert res.lane == "stable" and conn.client.llen(qk.lane_stable) == 3
+    conn.close()
+
+
+def test_oom_raises_queue_full_and_lands_nothing(own_redis) -> None:
+    conn = pycanary.connect(f"redis://127.0.0.1:{own_redis.port}/0", prefix="pycanary-test-o")
+    producer = Producer(conn)
+    producer.enqueue("payments", {})
+    own_redis.client.config_set("maxmemory", "1")
+    try:
+        with pytest.raises(QueueFullError):
+            producer.enqueue("payments", {})
+        with pytest.raises(QueueFullError):
+            producer.enqueue_many("payments", [{}] * 300)
+    finally:
+        own_redis.client.config_set("maxmemory", "0")
+    assert lanes_total(conn, "payments") == 1
+    conn.close()
+
+
+class _LoseReply:
+    """Wraps the producer's script pipeline: round trip number `lose` runs on the server, then
+    its reply is lost (as when the connection drops after sending)."""
+
+    def __init__(self, producer: Producer, lose: int, times: int = 1) -> None:
+        self.real = producer.scripts.pipeline
+        self.lose, self.times, self.n = lose, times, 0
+        producer.scripts.pipeline = self  # type: ignore[method-assign]
+
+    def __call__(self):
+        outer = self
+        pipe = self.real()
+        execute = pipe.execute
+
+        def lossy(raise_on_error: bool = True):
+            outer.n += 1
+            out = execute(raise_on_error)
+            if outer.n >= outer.lose and outer.times > 0:
+                outer.times -= 1
+                raise redis.exceptions.TimeoutError("Timeout reading from socket")
+            return out
+
+        pipe.execute = lossy  # type: ignore[method-assign]
+        return pipe
+
+
+def test_lost_reply_mid_batch_says_which_ids_landed(real_conn) -> None:
+    conn = real_conn
+    producer = Producer(conn)
+    producer.enqueue("payments", {})
+    _LoseReply(producer, lose=2)
+    with pytest.raises(PartialEnqueueError) as exc:
+        producer.enqueue_many("payments", [{"i": i} for i in range(5000)])
+    err = exc.value
+    # the lost round's batch records were read back: its 2000 jobs are known to have landed
+    assert len(err.landed_ids) == 4000 and err.unknown_ids == []
+    assert len(err.not_sent_ids) == 1000
+    assert len(set(err.landed_ids + err.not_sent_ids)) == 5000
+    stable = conn.keys.queue("payments").lane_stable
+    on_lane = {Job.decode(x).id for x in conn.client.lrange(stable, 0, -1)}
+    assert set(err.landed_ids) <= on_lane
+    assert not set(err.not_sent_ids) & on_lane
+    assert len(on_lane) == 1 + 4000
+    # sending the rest again (same ids) completes the queue without duplicates
+    rest = producer.enqueue_many("payments", [{}] * 1000, job_ids=err.not_sent_ids)
+    assert len(rest) == 1000 and lanes_total(conn, "payments") == 5001
+
+
+def test_unknown_outcome_when_records_cannot_be_read(real_conn) -> None:
+    conn = real_conn
+    producer = Producer(conn)
+    producer.enqueue("payments", {})
+    _LoseReply(producer, lose=2)
+
+    def down(*_a, **_k):
+        raise redis.exceptions.ConnectionError("Error 111 connecting to 127.0.0.1:6379.")
+
+    producer.client.mget = down  # the read-back of the batch records finds Redis gone
+    with pytest.raises(PartialEnqueueError) as exc:
+        producer.enqueue_many("payments", [{"i": i} for i in range(5000)])
+    del producer.client.mget
+    err = exc.value
+    assert (len(err.landed_ids), len(err.unknown_ids), len(err.not_sent_ids)) == (2000, 2000,
+                                                                                   1000)
+    assert isinstance(err.cause, EnqueueTimeoutError)
+
+
+def test_lost_reply_is_retried_without_duplicates(real_conn) -> None:
+    conn = real_conn
+    producer = Producer(conn, retries=2, retry_backoff_s=0)
+    producer.enqueue("payments", {})
+    _LoseReply(producer, lose=2)
+    res = producer.enqueue_many("payments", [{"i": i} for i in range(5000)])
+    assert len(res) == 5000 and len({r.job_id for r in res}) == 5000
+    assert lanes_total(conn, "payments") == 5001
+    assert conn.client.hget(conn.keys.queue("payments").routed, "stable") == "5001"

@@ -1,0 +1,60 @@
+-- Guards run before a script's first write, so a refused call changes nothing (the BullMQ
+-- pattern). A refusal is an error reply "PYCANARY <code> <why>" (codes in pycanary/errors.py):
+-- -13 a key holds another type, -4 an argument is malformed, -1 a weight is not 0..10000.
+
+local function guard_fail(code, why)
+  return redis.error_reply('PYCANARY ' .. code .. ' ' .. why)
+end
+
+-- spec: list of {KEYS index, expected type}; 'none' (missing) is always accepted.
+-- Returns nil when every key is fine, else the reason.
+local function bad_key_type(spec)
+  for _, s in ipairs(spec) do
+    local key = KEYS[s[1]]
+    local t = rcall('TYPE', key)
+    if type(t) == 'table' then t = t['ok'] end
+    if t ~= 'none' and t ~= s[2] then
+      return 'KEYS[' .. s[1] .. '] ' .. key .. ' is a ' .. tostring(t) .. ', expected ' .. s[2]
+    end
+  end
+  return nil
+end
+
+-- An integer string within lo..hi (hi may be nil), or nil.
+local function int_arg(s, lo, hi)
+  if type(s) ~= 'string' or not string.match(s, '^%-?%d+$') then return nil end
+  local n = tonumber(s)
+  if n == nil or (lo ~= nil and n < lo) or (hi ~= nil and n > hi) then return nil end
+  return n
+end
+
+-- ARGV from index i: n, then n field/value pairs, all present. Returns the index after them,
+-- or nil when n is not a count or the pairs run past the end of ARGV (limit = last usable index).
+local function pairs_end(args, i, limit)
+  local n = int_arg(args[i], 0)
+  if n == nil or i + 2 * n > limit then return nil end
+  return i + 1 + 2 * n
+end
+
+-- Tenant pairs (tenant, weight) from index i: every weight an integer 0..10000.
+local function tenant_pairs_ok(args, i)
+  local n = tonumber(args[i])
+  for j = i + 2, i + 2 * n, 2 do
+    if int_arg(args[j], 0, 10000) == nil or args[j - 1] == '' then return false end
+  end
+  return true
+end
+
+-- The fence's epoch without writing: ok, and whether the fence must be raised to epoch.
+local function fence_peek(fence_key, epoch)
+  if epoch == nil or epoch == '' then return true, false end
+  local e = tonumber(epoch)
+  local cur = tonumber(rcall('GET', fence_key) or '0') or 0
+  if e == nil or e < cur then return false, false end
+  return true, e > cur
+end
+
+-- A stored number (config field, fence) that another client may have garbled.
+local function stored_int_ok(v)
+  return v == false or v == nil or int_arg(v) ~= nil
+end
