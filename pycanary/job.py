@@ -80,7 +80,7 @@ class Envelope:
             raw = bytes(raw).decode("utf-8")  # UnicodeDecodeError is a ValueError
         if not isinstance(raw, str):
             raise ValueError(f"envelope must be text, got {type(raw).__name__}")
-        _check_nesting(raw)
+        check_nesting(raw)
         try:
             d = json.loads(raw, parse_float=_finite_float, parse_constant=_no_constant)
         except RecursionError:
@@ -124,10 +124,12 @@ def _no_constant(s: str) -> Any:
     raise ValueError(f"non-finite number {s!r}")
 
 
-def _check_nesting(raw: str) -> None:
+def check_nesting(raw: str, limit: int = MAX_NESTING) -> None:
     """Depth of [ and { outside strings, walked only when the bracket count could exceed the
-    limit (almost never), so the common path costs two C-level counts."""
-    if raw.count("[") + raw.count("{") <= MAX_NESTING:
+    limit (almost never), so the common path costs two C-level counts. Producers check a
+    payload against ``MAX_NESTING - 1`` (the envelope adds a level), so they never enqueue a
+    job that every worker would dead-letter."""
+    if raw.count("[") + raw.count("{") <= limit:
         return
     depth = 0
     in_str = esc = False
@@ -143,8 +145,8 @@ def _check_nesting(raw: str) -> None:
             in_str = True
         elif ch in "[{":
             depth += 1
-            if depth > MAX_NESTING:
-                raise ValueError(f"nesting deeper than {MAX_NESTING} levels")
+            if depth > limit:
+                raise ValueError(f"nesting deeper than {limit} levels")
         elif ch in "]}":
             depth -= 1
 

@@ -19,7 +19,7 @@ from .errors import (
     map_redis_error,
 )
 from .ids import uuid7, uuid7_many
-from .job import encode_json, render_envelope
+from .job import MAX_NESTING, check_nesting, encode_json, render_envelope
 from .routing import StickyHasher
 from .scripts import Scripts
 
@@ -168,9 +168,17 @@ class Producer:
 
     def _payload_json(self, payload: Any, field: str) -> str:
         try:
-            return _encode_json(payload)
+            text = _encode_json(payload)
+        except RecursionError:
+            raise ValidationError(f"nesting deeper than {MAX_NESTING - 1} levels",
+                                  field=field) from None
         except (TypeError, ValueError) as exc:
             raise ValidationError(f"must be JSON-serialisable: {exc}", field=field) from None
+        try:
+            check_nesting(text, MAX_NESTING - 1)
+        except ValueError as exc:
+            raise ValidationError(str(exc), field=field) from None
+        return text
 
     def _checked(self, raw: str, field: str) -> str:
         """The envelope, checked to be sendable as UTF-8 and within the size limit.

@@ -358,3 +358,28 @@ def test_lost_reply_is_retried_without_duplicates(real_conn) -> None:
     assert len(res) == 5000 and len({r.job_id for r in res}) == 5000
     assert lanes_total(conn, "payments") == 5001
     assert conn.client.hget(conn.keys.queue("payments").routed, "stable") == "5001"
+
+
+def test_payload_nested_deeper_than_workers_accept_is_refused(conn) -> None:
+    """A job every worker would dead-letter as poison is refused at the producer instead."""
+    from pycanary.job import MAX_NESTING, Envelope
+
+    deep: object = 1
+    for _ in range(MAX_NESTING - 1):
+        deep = [deep]
+    p = Producer(conn)
+    job_id = p.enqueue("payments", deep).job_id  # the deepest payload a worker takes
+    raw = conn.client.lindex(conn.keys.queue("payments").lane_stable, 0)
+    assert Envelope.decode(raw).id == job_id
+    for too_deep in ([deep], [[0] * 3, {"a": [deep]}]):
+        with pytest.raises(ValidationError) as err:
+            p.enqueue("payments", too_deep)
+        assert err.value.field == "payload"
+        assert f"nesting deeper than {MAX_NESTING - 1} levels" in err.value.message
+    very_deep: object = 1
+    for _ in range(990):
+        very_deep = [very_deep]
+    with pytest.raises(ValidationError) as err:
+        p.enqueue_many("payments", [{}, very_deep])
+    assert err.value.field == "jobs[1].payload"
+    assert conn.client.llen(conn.keys.queue("payments").lane_stable) == 1
