@@ -22,7 +22,7 @@ from typing import Any
 
 import redis
 
-from . import deployments, registry
+from . import defaults, deployments, histogram, registry
 from .analysis import Action, AnalysisState, LaneStats, decide, evaluate
 from .connection import Connection
 from .deployments import CorruptDeploymentError, Deployment
@@ -112,15 +112,15 @@ class Controller:
         clock: Callable[[], float] = time.time,
         leadership: Leadership | None = None,
         controller_id: str | None = None,
-        drain_batch: int = 500,
-        heartbeat_s: float = registry.DEFAULT_HEARTBEAT_S,
+        drain_batch: int = defaults.DRAIN_BATCH,
+        heartbeat_s: float = defaults.HEARTBEAT_S,
     ) -> None:
         self.conn = conn
         self.clock = clock
         self.leadership = leadership
         self.id = controller_id or (leadership.controller_id if leadership else "controller")
         self.drain_batch = drain_batch
-        self.worker_ttl_ms = int(heartbeat_s * registry.TTL_HEARTBEATS * 1000)
+        self.worker_ttl_ms = defaults.ttl_ms(heartbeat_s)
         self._fenced_epoch: int | None = None
         # per tick: errors noted (and their exceptions), errors stored by the last tick
         # (None: not read yet), deployments that decoded
@@ -158,7 +158,7 @@ class Controller:
         return [q for q in queues if q not in broken]
 
     # -- the loop --------------------------------------------------------------------------
-    def run(self, stop: threading.Event, poll_s: float = 1.0) -> None:
+    def run(self, stop: threading.Event, poll_s: float = defaults.POLL_S) -> None:
         while not stop.is_set():
             try:
                 self.tick()
@@ -569,9 +569,7 @@ class Controller:
             return None if n == 0 else round(s.failed / n, 5)
 
         def p95_ms(s: LaneStats) -> float | None:
-            from .histogram import quantile
-
-            q = quantile(s.run_hist, 0.95)
+            q = histogram.quantile(s.run_hist, 0.95)
             return None if q is None else round(q / 1000, 3)
 
         log.info("canary metrics comparison", extra={"fields": {
@@ -617,7 +615,7 @@ class Controller:
 
 
 def finish_after_drain(conn: Connection, dep: Deployment, *, actor: str, epoch: int | None,
-                       clock: Callable[[], float], batch: int = 500) -> str:
+                       clock: Callable[[], float], batch: int = defaults.DRAIN_BATCH) -> str:
     """Drain the canary lane into stable, then end the deployment. Shared by the controller and
     by an operator's rollback/promote, so whoever gets there first finishes it; a drain cut
     short (time bound) is resumed by the next controller tick."""

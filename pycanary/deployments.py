@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
 
+from . import defaults
 from .connection import Connection
 from .errors import raise_for_code
 from .keys import QueueKeys
@@ -34,8 +35,7 @@ _INT_FIELDS = ("stage", "weight_bp", "started_at", "stage_started_at", "paused_a
                "rev", "weight0_at", "drained_at", "paused_ms")
 
 
-def now_ms() -> int:
-    return time.time_ns() // 1_000_000
+now_ms = defaults.now_ms
 
 
 def new_id(queue: str, now: int) -> str:

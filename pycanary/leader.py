@@ -39,6 +39,7 @@ from typing import Any
 
 import redis
 
+from . import defaults
 from .connection import Connection
 from .errors import FENCED, raise_for_code
 from .validation import queue_name
@@ -64,7 +65,7 @@ class Leadership:
         self,
         conn: Connection,
         *,
-        lease_s: float = 5.0,
+        lease_s: float = defaults.LEASE_S,
         controller_id: str | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:

@@ -12,11 +12,11 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import histogram
+from . import defaults, histogram
 from .connection import Connection
 
-DEFAULT_SLOT_S = 10
-DEFAULT_KEEP_S = 3600
+DEFAULT_SLOT_S = defaults.SLOT_S
+DEFAULT_KEEP_S = defaults.KEEP_S
 COUNT_FIELDS = ("ok", "failed", "retried", "dead", "late")
 
 

@@ -40,7 +40,7 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
-from . import histogram, registry
+from . import defaults, histogram, registry
 from .connection import Connection
 from .deployments import ACTIVE_STATES
 from .keys import LANES
@@ -118,9 +118,9 @@ class RedisCollector(Collector):
     """A prometheus-client collector exporting pycanary's state, read fresh on each scrape."""
 
     def __init__(self, conn: Connection, *,
-                 heartbeat_s: float = registry.DEFAULT_HEARTBEAT_S) -> None:
+                 heartbeat_s: float = defaults.HEARTBEAT_S) -> None:
         self.conn = conn
-        self.worker_ttl_ms = int(heartbeat_s * registry.TTL_HEARTBEATS * 1000)
+        self.worker_ttl_ms = defaults.ttl_ms(heartbeat_s)
         #: (queue, reason) -> deployments the controller skipped, as of the last read()
         self.controller_errors: dict[tuple[str, str], int] = {}
 
@@ -324,7 +324,7 @@ class RedisCollector(Collector):
         return c
 
 
-def render(conn: Connection, *, heartbeat_s: float = registry.DEFAULT_HEARTBEAT_S) -> bytes:
+def render(conn: Connection, *, heartbeat_s: float = defaults.HEARTBEAT_S) -> bytes:
     """The exposition text of one scrape (what ``/metrics`` and the CLI print).
 
     A registry of its own holds only this collector, so no process-wide metrics (GC, process)

@@ -6,11 +6,10 @@ applied in one atomic step; reads are plain HGETALLs.
 
 from __future__ import annotations
 
-import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from . import validation
+from . import defaults, validation
 from .connection import Connection
 from .errors import (
     ABOVE_MAX_WEIGHT,
@@ -24,8 +23,7 @@ from .routing import MAX_WEIGHT_BP
 BACKENDS = ("lists", "streams")
 
 
-def _now_ms() -> int:
-    return time.time_ns() // 1_000_000
+_now_ms = defaults.now_ms
 
 
 @dataclass(frozen=True)

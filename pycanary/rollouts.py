@@ -14,7 +14,7 @@ from typing import Any
 
 import redis
 
-from . import deployments, metrics, queue_config, registry, validation
+from . import defaults, deployments, metrics, queue_config, registry, validation
 from .analysis import AnalysisState
 from .connection import Connection
 from .controller import finish_after_drain
@@ -35,8 +35,7 @@ def operator() -> str:
     return f"cli:{user}@{socket.gethostname()}"
 
 
-def _now_ms() -> int:
-    return time.time_ns() // 1_000_000
+_now_ms = defaults.now_ms
 
 
 # -- safety guards -----------------------------------------------------------------------------
@@ -65,7 +64,7 @@ def check_schemas(conn: Connection, queue: str, version: str) -> None:
     present = schemas_in_queue(conn, queue)
     if not present:
         return
-    ttl = int(registry.DEFAULT_HEARTBEAT_S * registry.TTL_HEARTBEATS * 1000)
+    ttl = defaults.TTL_MS
     workers = [w for w in registry.list_workers(conn, ttl_ms=ttl)
                if w.version == version and w.state != "dead" and queue in w.queues]
     if not workers:
@@ -430,7 +429,7 @@ def status(conn: Connection, queue: str | None = None, *, window_s: int = 300,
         queues = [queue]
     else:
         queues = sorted(set(deployments.active_queues(conn)) | set(queue_config.list_queues(conn)))
-    ttl = int(registry.DEFAULT_HEARTBEAT_S * registry.TTL_HEARTBEATS * 1000)
+    ttl = defaults.TTL_MS
     workers = registry.list_workers(conn, ttl_ms=ttl)
     leader = conn.client.get(conn.keys.leader)
     errors = controller_errors(conn)

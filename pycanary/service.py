@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import queue_config, registry, validation
+from . import defaults, queue_config, registry, validation
 from .connection import Connection
 from .errors import ValidationError, WeightAboveMaxError
 from .producer import EnqueueResult, Producer
@@ -196,11 +196,11 @@ def explain_route(
 
 
 def list_workers(conn: Connection, *, queue: str | None = None,
-                 heartbeat_s: float = registry.DEFAULT_HEARTBEAT_S) -> list[dict[str, Any]]:
+                 heartbeat_s: float = defaults.HEARTBEAT_S) -> list[dict[str, Any]]:
     """Registered workers with their state (active, outdated, retiring, standby, dead)."""
     if queue is not None:
         validation.queue_name(queue)
-    ttl_ms = int(heartbeat_s * registry.TTL_HEARTBEATS * 1000)
+    ttl_ms = defaults.ttl_ms(heartbeat_s)
     rows = [w.to_dict() for w in registry.list_workers(conn, ttl_ms=ttl_ms)]
     if queue is not None:
         rows = [w for w in rows if queue in w["queues"]]
