@@ -867,6 +867,9 @@ class Decision:
     stage: int
     next_stage: int | None = None
     rules: tuple[RuleResult, ...] = ()
+    #: What led to the action, for code (the reason is for people): "analysis" (the checks),
+    #: "deadline" (the plan's deadline passed) or "stage_time" (the stage's time elapsed).
+    cause: str = "analysis"
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -875,6 +878,7 @@ class Decision:
             "stage": self.stage,
             "next_stage": self.next_stage,
             "rules": [r.to_dict() for r in self.rules],
+            "cause": self.cause,
         }
 
 
@@ -887,12 +891,14 @@ def should_rollback(analysis: Analysis, plan: Plan) -> bool:
     return analysis.fail_streak >= analysis.failure_threshold
 
 
-def decide(plan: Plan, analysis: Analysis, state: AnalysisState, now_s: float) -> Decision:
+def decide(plan: Plan, analysis: Analysis, state: AnalysisState, now_s: float, *,
+           at_manual_gate: bool = False) -> Decision:
     """Turn a check into an action. Promotion needs the stage's time *and* a PASS.
 
     ``state`` is the one evaluate() returned with ``analysis`` (it knows when the stage and
-    the deployment started). The deadline only applies before the final gate: a plan waiting
-    for a person's approval is healthy, not late.
+    the deployment started). ``at_manual_gate`` says the deployment already waits for a
+    person's approval: a passed deadline then holds (the plan is healthy, not late) instead of
+    rolling back; failing checks still roll it back.
     """
     i = analysis.stage
     cfg = plan.settings(i)
@@ -929,11 +935,20 @@ def decide(plan: Plan, analysis: Analysis, state: AnalysisState, now_s: float) -
         and state.started_s is not None
         and now_s - state.started_s >= plan.deadline
     ):
+        if at_manual_gate:
+            return Decision(
+                Action.HOLD,
+                f"deadline {format_duration(plan.deadline)} passed while waiting for "
+                f"approval (latest verdict {analysis.verdict.value}: {analysis.reason})",
+                i,
+                cause="deadline",
+            )
         return Decision(
             Action.ROLLBACK,
             f"deadline {format_duration(plan.deadline)} passed in stage {i} "
             f"(latest verdict {analysis.verdict.value}: {analysis.reason})",
             i,
+            cause="deadline",
         )
     if elapsed >= cfg.duration_s:
         return Decision(
@@ -941,6 +956,7 @@ def decide(plan: Plan, analysis: Analysis, state: AnalysisState, now_s: float) -
             f"stage {i} time is up but the latest check is {analysis.verdict.value}: "
             f"{analysis.reason}",
             i,
+            cause="stage_time",
         )
     return Decision(
         Action.CONTINUE,

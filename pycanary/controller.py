@@ -22,7 +22,7 @@ from typing import Any
 
 import redis
 
-from . import defaults, deployments, histogram, registry
+from . import defaults, deployments, histogram, metrics, registry
 from .analysis import Action, AnalysisState, LaneStats, decide, evaluate
 from .connection import Connection
 from .deployments import CorruptDeploymentError, Deployment
@@ -465,16 +465,12 @@ class Controller:
     def _lane_stats(self, lane: str, version: str, now: dict[str, int],
                     before: dict[str, Any], snap: LaneSnapshot, window_s: float) -> LaneStats:
         d = _diff(now, before or {})
-        run: dict[int, int] = {}
-        wait: dict[int, int] = {}
-        for k, n in d.items():
-            if n > 0 and k[1:].isdigit():
-                if k[0] == "r":
-                    run[int(k[1:])] = n
-                elif k[0] == "w":
-                    wait[int(k[1:])] = n
-        return LaneStats(lane=lane, version=version, ok=max(0, d.get("ok", 0)),
-                         failed=max(0, d.get("failed", 0)), dead=max(0, d.get("dead", 0)),
+        f = metrics.decode(d)
+        run = {b: n for b, n in f.run_hist.items() if n > 0}
+        wait = {b: n for b, n in f.wait_hist.items() if n > 0}
+        c = f.counts
+        return LaneStats(lane=lane, version=version, ok=max(0, c.get("ok", 0)),
+                         failed=max(0, c.get("failed", 0)), dead=max(0, c.get("dead", 0)),
                          run_hist=run, wait_hist=wait, workers=snap.workers,
                          window_s=window_s, backlog=snap.backlog)
 
@@ -495,7 +491,8 @@ class Controller:
                                   dep.totals.get("canary", {}), snaps["canary"], window_s)
         state = AnalysisState.from_dict(dep.analysis_state) if dep.analysis_state else None
         analysis, st = evaluate(dep.stage, plan, stable, canary, state, now_s)
-        decision = decide(plan, analysis, st, now_s)
+        decision = decide(plan, analysis, st, now_s,
+                          at_manual_gate=dep.state == "awaiting_promotion")
         analysis_d, decision_d = analysis.to_dict(), decision.to_dict()
         values: dict[str, Any] = {"totals": totals, "last_check_at": now,
                                   "analysis_state": st.to_dict(), "last_analysis": analysis_d,
@@ -531,16 +528,11 @@ class Controller:
         w = _Write(dep, values, events=events, analysis=record,
                    label=f"{analysis.verdict.value.lower()} ({decision.action.value})")
         action = decision.action
-        if (action is Action.ROLLBACK and dep.state == "awaiting_promotion"
-                and not decision.rules and "deadline" in decision.reason):
-            # a plan waiting at its manual gate waits for a person, it is not late; failing
-            # checks (which carry their rules) still roll it back
-            action = Action.HOLD
+        if action is Action.HOLD and decision.cause == "deadline":
             w.label = "awaiting promotion (deadline passed, waiting for a person)"
         if action is Action.ROLLBACK:
             w.then, w.reason, w.data = "rollback", decision.reason, decision_d
-            w.rule = decision.rules[0].rule if decision.rules else (
-                "deadline" if "deadline" in decision.reason else "analysis")
+            w.rule = decision.rules[0].rule if decision.rules else decision.cause
             return w
         if action is Action.PROMOTE and manual_only:
             action = Action.AWAIT_APPROVAL

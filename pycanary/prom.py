@@ -40,16 +40,15 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
-from . import defaults, histogram, registry
+from . import defaults, histogram, metrics, registry
 from .connection import Connection
 from .deployments import ACTIVE_STATES
 from .keys import LANES
-from .metrics import COUNT_FIELDS
 
 #: Outcomes exported by pycanary_jobs_processed_total. `ok` and `failed` count attempts (they
 #: add up to the histogram's _count); `retried` and `dead` split the failed ones by what
 #: happened next. `late` (a duplicate ack) is not an outcome of its own.
-OUTCOMES = tuple(f for f in COUNT_FIELDS if f != "late")
+OUTCOMES = tuple(f for f in metrics.COUNT_FIELDS if f != "late")
 
 _US_PER_S = 1_000_000
 
@@ -77,8 +76,9 @@ BUCKET_LE = _bucket_bounds_le()
 def duration_buckets(run_hist: dict[int, int]) -> tuple[list[tuple[str, float]], float]:
     """Cumulative Prometheus buckets and an estimated sum (seconds) from bucket counts.
 
-    The sum is estimated from each bucket's geometric midpoint, the same representative value
-    the analysis uses for quantiles, because the exact run times are not stored.
+    The sum is estimated from each bucket's geometric midpoint, because the exact run times are
+    not stored. Quantiles are not computed here: Prometheus derives them from these buckets,
+    and pycanary's own views use histogram.quantile (the analysis's function).
     """
     counts = [0] * histogram.N_BUCKETS
     for i, n in run_hist.items():
@@ -107,7 +107,7 @@ class QueueSnapshot:
     depth: dict[str, int] = field(default_factory=dict)
     versions: set[str] = field(default_factory=set)
     #: (version, lane) -> running totals; pairs with no totals hash are left out.
-    totals: dict[tuple[str, str], dict[str, int]] = field(default_factory=dict)
+    totals: dict[tuple[str, str], metrics.Fields] = field(default_factory=dict)
 
     @property
     def active(self) -> bool:
@@ -175,7 +175,7 @@ class RedisCollector(Collector):
         for (qs, version, lane), raw in zip(pairs, pipe.execute(raise_on_error=False),
                                             strict=True):
             if raw and not isinstance(raw, Exception):
-                qs.totals[(version, lane)] = {k: int(v) for k, v in raw.items()}
+                qs.totals[(version, lane)] = metrics.decode(raw)
         return queues, workers
 
     # -- exporting ----------------------------------------------------------------------------
@@ -264,7 +264,8 @@ class RedisCollector(Collector):
         for qs in queues:
             for (version, lane), totals in sorted(qs.totals.items()):
                 for outcome in OUTCOMES:
-                    c.add_metric([qs.name, lane, version, outcome], totals.get(outcome, 0))
+                    c.add_metric([qs.name, lane, version, outcome],
+                                 totals.counts.get(outcome, 0))
         return c
 
     @staticmethod
@@ -278,10 +279,8 @@ class RedisCollector(Collector):
         for qs in queues:
             by_version: dict[str, dict[int, int]] = {}
             for (version, _lane), totals in sorted(qs.totals.items()):
-                run = by_version.setdefault(version, {})
-                for name, n in totals.items():
-                    if name[0] == "r" and name[1:].isdigit():
-                        run[int(name[1:])] = run.get(int(name[1:]), 0) + n
+                by_version[version] = histogram.merge(by_version.get(version, {}),
+                                                      totals.run_hist)
             for version, run in by_version.items():
                 if run:
                     buckets, total_s = duration_buckets(run)
