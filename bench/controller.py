@@ -71,8 +71,8 @@ from pycanary.plan import load_plan
 from pycanary.scripts import ScriptPipeline
 
 PLAN_PATH = REPO / "examples" / "plans" / "design-card.yaml"
-SLOT_S = metrics.DEFAULT_SLOT_S
-KEEP_S = metrics.DEFAULT_KEEP_S
+SLOT_S = defaults.SLOT_S
+KEEP_S = defaults.KEEP_S
 HISTORY_SLOTS = KEEP_S // SLOT_S  # 360 per lane: one hour
 TEN_MIN_SLOTS = 600 // SLOT_S  # 60 per lane
 RATE = 100  # jobs/s per queue

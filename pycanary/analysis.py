@@ -607,6 +607,17 @@ def _error_log_lambda(llr: tuple[float, ...], ratios: tuple[float, ...]) -> floa
     return _logsumexp(v + math.log(w) for v, w in zip(llr, weights, strict=True))
 
 
+def _stat_rule(name: str, enough: bool, crossed: bool, obs: dict[str, Any], alpha: float,
+               short: str, fail: str, ok: str) -> RuleResult:
+    """One always-valid test's result: INCONCLUSIVE before min_samples, a decisive FAIL once
+    the likelihood ratio crossed 1/alpha, else PASS."""
+    if not enough:
+        return RuleResult(name, Verdict.INCONCLUSIVE, obs, alpha, short)
+    if crossed:
+        return RuleResult(name, Verdict.FAIL, obs, alpha, fail, decisive=True)
+    return RuleResult(name, Verdict.PASS, obs, alpha, ok)
+
+
 def _stat_rules(st: AnalysisState, plan: Plan, cfg: StageSettings) -> list[RuleResult]:
     sp = plan.statistical
     if not sp.enabled:
@@ -635,30 +646,11 @@ def _stat_rules(st: AnalysisState, plan: Plan, cfg: StageSettings) -> list[RuleR
             "canary_attempts": st.canary_attempts,
         }
         ratio_txt = "n/a" if ratio is None else f"{ratio:.2f}"
-        if not enough:
-            out.append(RuleResult("stat_error_rate", Verdict.INCONCLUSIVE, obs, alpha, short))
-        elif st.error_max_log_lr >= bound:
-            out.append(
-                RuleResult(
-                    "stat_error_rate",
-                    Verdict.FAIL,
-                    obs,
-                    alpha,
-                    f"canary fails more often than stable (ratio {ratio_txt}), always-valid "
-                    f"p={p:.2g} <= {alpha:g} over {st.canary_attempts} canary attempts",
-                    decisive=True,
-                )
-            )
-        else:
-            out.append(
-                RuleResult(
-                    "stat_error_rate",
-                    Verdict.PASS,
-                    obs,
-                    alpha,
-                    f"no evidence canary fails more often (ratio {ratio_txt}, p={p:.2g})",
-                )
-            )
+        out.append(_stat_rule(
+            "stat_error_rate", enough, st.error_max_log_lr >= bound, obs, alpha, short,
+            f"canary fails more often than stable (ratio {ratio_txt}), always-valid "
+            f"p={p:.2g} <= {alpha:g} over {st.canary_attempts} canary attempts",
+            f"no evidence canary fails more often (ratio {ratio_txt}, p={p:.2g})"))
     if sp.run_time:
         alpha = sp.alpha * (1.0 - share) if sp.error_rate else sp.alpha
         bound = math.log(1.0 / alpha)
@@ -671,31 +663,12 @@ def _stat_rules(st: AnalysisState, plan: Plan, cfg: StageSettings) -> list[RuleR
             "canary_attempts": st.canary_attempts,
         }
         auc_txt = "n/a" if auc is None else f"{auc:.3f}"
-        if not enough:
-            out.append(RuleResult("stat_run_time", Verdict.INCONCLUSIVE, obs, alpha, short))
-        elif st.run_max_log_lr >= bound:
-            out.append(
-                RuleResult(
-                    "stat_run_time",
-                    Verdict.FAIL,
-                    obs,
-                    alpha,
-                    f"canary runs more than {sp.run_time_tolerance:g}% slower than stable "
-                    f"(P(slower after tolerance)={auc_txt}), always-valid p={p:.2g} <= {alpha:g}",
-                    decisive=True,
-                )
-            )
-        else:
-            out.append(
-                RuleResult(
-                    "stat_run_time",
-                    Verdict.PASS,
-                    obs,
-                    alpha,
-                    f"no evidence canary runs more than {sp.run_time_tolerance:g}% slower "
-                    f"(P(slower after tolerance)={auc_txt}, p={p:.2g})",
-                )
-            )
+        out.append(_stat_rule(
+            "stat_run_time", enough, st.run_max_log_lr >= bound, obs, alpha, short,
+            f"canary runs more than {sp.run_time_tolerance:g}% slower than stable "
+            f"(P(slower after tolerance)={auc_txt}), always-valid p={p:.2g} <= {alpha:g}",
+            f"no evidence canary runs more than {sp.run_time_tolerance:g}% slower "
+            f"(P(slower after tolerance)={auc_txt}, p={p:.2g})"))
     return out
 
 

@@ -39,7 +39,6 @@ from .validation import NAME_RE
 
 log = logging.getLogger("pycanary.controller")
 
-COUNT_FIELDS = ("ok", "failed", "retried", "dead", "late")
 
 
 class JsonFormatter(logging.Formatter):

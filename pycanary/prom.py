@@ -27,7 +27,7 @@ Known limits, on purpose:
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
 from prometheus_client import CollectorRegistry, generate_latest
@@ -112,6 +112,16 @@ class QueueSnapshot:
     @property
     def active(self) -> bool:
         return self.deployment_state in ACTIVE_STATES
+
+
+def _per_lane(family: CounterMetricFamily | GaugeMetricFamily, queues: list[QueueSnapshot],
+              values: Callable[[QueueSnapshot], dict[str, int]]) -> Metric:
+    """Fill a (queue, lane) family: one sample per lane of every queue, 0 when absent."""
+    for qs in queues:
+        got = values(qs)
+        for lane in LANES:
+            family.add_metric([qs.name, lane], got.get(lane, 0))
+    return family
 
 
 class RedisCollector(Collector):
@@ -250,10 +260,7 @@ class RedisCollector(Collector):
     def _routed(queues: list[QueueSnapshot]) -> Metric:
         c = CounterMetricFamily("pycanary_jobs_routed", "Jobs enqueued, by the lane they got",
                                 labels=["queue", "lane"])
-        for qs in queues:
-            for lane in LANES:
-                c.add_metric([qs.name, lane], qs.routed.get(lane, 0))
-        return c
+        return _per_lane(c, queues, lambda qs: qs.routed)
 
     @staticmethod
     def _processed(queues: list[QueueSnapshot]) -> Metric:
@@ -291,10 +298,7 @@ class RedisCollector(Collector):
     def _depth(queues: list[QueueSnapshot]) -> Metric:
         g = GaugeMetricFamily("pycanary_queue_depth", "Jobs waiting in the lane (not retries)",
                               labels=["queue", "lane"])
-        for qs in queues:
-            for lane in LANES:
-                g.add_metric([qs.name, lane], qs.depth.get(lane, 0))
-        return g
+        return _per_lane(g, queues, lambda qs: qs.depth)
 
     @staticmethod
     def _workers(workers: list[registry.WorkerRecord]) -> Metric:

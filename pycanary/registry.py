@@ -129,9 +129,6 @@ def check_heartbeat_s(heartbeat_s: float) -> float:
     return float(heartbeat_s)
 
 
-ttl_of = defaults.ttl_ms
-
-
 def deregister(conn: Connection, worker_id: str) -> None:
     """A clean exit. Call it only once the worker's processing lists are empty (the worker
     checks): a deregistered worker's leftovers are found only through the processing index."""

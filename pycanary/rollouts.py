@@ -35,9 +35,6 @@ def operator() -> str:
     return f"cli:{user}@{socket.gethostname()}"
 
 
-_now_ms = defaults.now_ms
-
-
 # -- safety guards -----------------------------------------------------------------------------
 def schemas_in_queue(conn: Connection, queue: str) -> set[int]:
     """Payload schema versions of the jobs waiting in the queue (lanes and retries). An admin
@@ -107,7 +104,8 @@ def _start(conn: Connection, queue: str, version: str, plan: Plan, *, kind: str,
     if not allow_schema_change:
         check_schemas(conn, queue, version)
     return deployments.start(conn, queue, version, plan, kind=kind, actor=actor or operator(),
-                             now=now_ms if now_ms is not None else _now_ms(), message=message)
+                             now=now_ms if now_ms is not None else defaults.now_ms(),
+                             message=message)
 
 
 def start_canary(
@@ -174,7 +172,7 @@ def promote(conn: Connection, queue: str, *, full: bool = False, actor: str | No
     """Advance one stage (past a manual gate), or with ``full`` (and after the last stage)
     make the canary the stable version now; then drain its lane into stable."""
     actor = actor or operator()
-    now = now_ms if now_ms is not None else _now_ms()
+    now = now_ms if now_ms is not None else defaults.now_ms()
     dep = _active(conn, queue)
     if dep.state in ("promoting", "rolling_back"):
         raise StateError(f"deployment {dep.id} is {dep.state}", field="queue")
@@ -289,7 +287,7 @@ def pause(conn: Connection, queue: str, *, actor: str | None = None, reason: str
           now_ms: int | None = None) -> Deployment:
     """Freeze stage timers and the weight until `resume`."""
     actor = actor or operator()
-    now = now_ms if now_ms is not None else _now_ms()
+    now = now_ms if now_ms is not None else defaults.now_ms()
     dep = _active(conn, queue)
     if dep.state == "paused":
         return dep
@@ -307,7 +305,7 @@ def resume(conn: Connection, queue: str, *, actor: str | None = None,
            now_ms: int | None = None) -> Deployment:
     """Continue a paused deployment; the time it was paused does not count toward its stage."""
     actor = actor or operator()
-    now = now_ms if now_ms is not None else _now_ms()
+    now = now_ms if now_ms is not None else defaults.now_ms()
     dep = _active(conn, queue)
     if dep.state != "paused":
         raise StateError(f"deployment {dep.id} is {dep.state}, not paused", field="queue")
@@ -339,7 +337,7 @@ def set_weight_with_deployment(conn: Connection, queue: str, bp: int | None,
     if dep is None or dep.state not in ("active", "awaiting_promotion", "paused"):
         return False
     actor = actor or operator()
-    now = _now_ms()
+    now = defaults.now_ms()
     tenants = None
     weight = None
     if tenant is None:
@@ -459,7 +457,7 @@ def status(conn: Connection, queue: str | None = None, *, window_s: int = 300,
             out.append(row)
             continue
         if dep is not None:
-            now = registry.now_ms()
+            now = defaults.now_ms()
             try:
                 lanes = metrics.read_lanes(conn, q, {"stable": dep.stable_version,
                                                      "canary": dep.canary_version},

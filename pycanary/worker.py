@@ -217,7 +217,6 @@ class Worker:
             q: LaneAssignment(None, "standby", "not yet configured") for q in self.queues}
         self._last_lane: dict[str, str] = {}
         self._stop = threading.Event()
-        self._abort = threading.Event()
         self._results: queue_mod.SimpleQueue[_Outcome] = queue_mod.SimpleQueue()
         self._pending: deque[_Running] = deque()
         self._inflight = 0
