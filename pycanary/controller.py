@@ -439,7 +439,7 @@ class Controller:
             qk = self.conn.keys.queue(dep.queue)
             for lane, version in (("stable", dep.stable_version),
                                   ("canary", dep.canary_version)):
-                pipe.hgetall(qk.metrics_total(version, lane))
+                metrics.read_totals_on(pipe, qk, version, lane)
                 pipe.llen(qk.lane(lane))
         res = iter(pipe.execute(raise_on_error=False))
         out: dict[str, dict[str, LaneSnapshot]] = {}

@@ -15,6 +15,7 @@ from typing import Any
 
 from . import defaults, histogram
 from .connection import Connection
+from .keys import QueueKeys
 
 DEFAULT_SLOT_S = defaults.SLOT_S
 DEFAULT_KEEP_S = defaults.KEEP_S
@@ -122,6 +123,12 @@ def add_slot(stats: WindowStats, raw: dict[str, str]) -> None:
     stats.wait_hist = histogram.merge(stats.wait_hist, f.wait_hist)
     for name, n in f.counts.items():
         setattr(stats, name, getattr(stats, name) + n)
+
+
+def read_totals_on(pipe: Any, qk: QueueKeys, version: str, lane: str) -> None:
+    """Queue on a pipeline the read of one running-totals hash; decode the reply with decode.
+    The controller and /metrics batch many of these in one round trip."""
+    pipe.hgetall(qk.metrics_total(version, lane))
 
 
 def read_totals(conn: Connection, queue: str, version: str, lane: str) -> Fields:

@@ -40,7 +40,7 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
-from . import defaults, histogram, metrics, registry
+from . import defaults, histogram, metrics, registry, service
 from .connection import Connection
 from .deployments import ACTIVE_STATES
 from .keys import LANES
@@ -156,9 +156,7 @@ class RedisCollector(Collector):
             pipe.hmget(qk.config, ["weight_bp", "stable_version", "canary_version"])
             pipe.hmget(qk.deployment, ["id", "state", "stable_version", "canary_version"])
             pipe.hgetall(qk.counters)
-            pipe.hgetall(qk.routed)
-            pipe.llen(qk.lane_stable)
-            pipe.llen(qk.lane_canary)
+            service.read_lanes(pipe, qk)
             pipe.zrange(qk.former_stable, 0, -1)
             pipe.smembers(qk.rolled_back)
         replies = iter(pipe.execute())
@@ -169,8 +167,7 @@ class RedisCollector(Collector):
             qs.stable_version, qs.canary_version = stable or "", canary or ""
             qs.deployment_id, qs.deployment_state = dep_id or "", state or ""
             qs.counters = {k: int(v) for k, v in next(replies).items()}
-            qs.routed = {k: int(v) for k, v in next(replies).items()}
-            qs.depth = {"stable": int(next(replies)), "canary": int(next(replies))}
+            qs.depth, qs.routed = service.decode_lanes(replies)
             former, rolled_back = next(replies), next(replies)
             qs.versions = {v for v in (stable, canary, dep_stable, dep_canary) if v}
             qs.versions |= set(former) | set(rolled_back)
@@ -180,7 +177,7 @@ class RedisCollector(Collector):
         pairs = [(qs, v, lane) for qs in queues for v in sorted(qs.versions) for lane in LANES]
         pipe = client.pipeline(transaction=False)
         for qs, version, lane in pairs:
-            pipe.hgetall(keys.queue(qs.name).metrics_total(version, lane))
+            metrics.read_totals_on(pipe, keys.queue(qs.name), version, lane)
         # one corrupt totals key (wrong type) must not fail the whole scrape: it is left out
         for (qs, version, lane), raw in zip(pairs, pipe.execute(raise_on_error=False),
                                             strict=True):
