@@ -53,8 +53,8 @@ from _common import (
     REPO,
     CpuMeter,
     PrivateRedis,
+    clean_up,
     commandstats,
-    delete_prefix,
     fmt_num,
     md_table,
     pass_fail,
@@ -642,10 +642,7 @@ def main() -> int:
         results["analyses"] = {"bytes": a_now, "entries": a_n, "bytes_if_10_kept": a_10}
         results["cpu"] = meter.stop()
     finally:
-        delete_prefix(conn.client, prefix)
-        conn.close()
-        if server is not None:
-            server.stop()
+        clean_up(conn, prefix, server)
 
     if args.json:
         print(json.dumps(results, indent=2, default=str))
