@@ -14,7 +14,7 @@ from typing import Any
 
 import redis
 
-from . import defaults, deployments, metrics, queue_config, registry, validation
+from . import defaults, deployments, metrics, queue_config, registry, service, validation
 from .analysis import AnalysisState
 from .connection import Connection
 from .controller import finish_after_drain
@@ -442,9 +442,7 @@ def status(conn: Connection, queue: str | None = None, *, window_s: int = 300,
                                  " or queues set)"})
             continue
         cfg = queue_config.read_config(conn, q)
-        qk = conn.keys.queue(q)
-        depth = {"stable": conn.client.llen(qk.lane_stable),
-                 "canary": conn.client.llen(qk.lane_canary)}
+        depth, _routed = service.lanes_of(conn, q)
         row: dict[str, Any] = {"queue": q, "config": cfg.to_dict(), "depth": depth,
                                "leader": leader, "deployment": None, "controller_error": err}
         row["workers"] = [w.to_dict() for w in workers if q in w.queues]

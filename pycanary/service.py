@@ -162,12 +162,16 @@ def configure_queue(
 def queue_info(conn: Connection, queue: str) -> dict[str, Any]:
     """Config, lane depths and routed counts of one queue."""
     cfg = queue_config.read_config(conn, queue)
-    qk = conn.keys.queue(queue)
-    pipe = conn.client.pipeline(transaction=False)
-    read_lanes(pipe, qk)
     info = cfg.to_dict()
-    info["depth"], info["routed"] = decode_lanes(iter(pipe.execute()))
+    info["depth"], info["routed"] = lanes_of(conn, queue)
     return info
+
+
+def lanes_of(conn: Connection, queue: str) -> tuple[dict[str, int], dict[str, int]]:
+    """({lane: depth}, {lane: jobs routed}) of one queue, in one round trip."""
+    pipe = conn.client.pipeline(transaction=False)
+    read_lanes(pipe, conn.keys.queue(queue))
+    return decode_lanes(iter(pipe.execute()))
 
 
 def read_lanes(pipe: Any, qk: QueueKeys) -> None:
