@@ -15,6 +15,7 @@ from typing import Any
 import redis
 
 from . import defaults, deployments, metrics, queue_config, registry, service, validation
+from . import leader as leadership
 from .analysis import AnalysisState
 from .connection import Connection
 from .controller import finish_after_drain
@@ -429,7 +430,7 @@ def status(conn: Connection, queue: str | None = None, *, window_s: int = 300,
         queues = sorted(set(deployments.active_queues(conn)) | set(queue_config.list_queues(conn)))
     ttl = defaults.TTL_MS
     workers = registry.list_workers(conn, ttl_ms=ttl)
-    leader = conn.client.get(conn.keys.leader)
+    leader = leadership.holder(conn)
     errors = controller_errors(conn)
     out = []
     for q in queues:
