@@ -437,6 +437,18 @@ def _need(n_c: int, n_s: int | None, min_samples: int, what: str) -> str | None:
     return None
 
 
+def _excess_result(name: str, obs: dict[str, float | int | str | None], thr: float,
+                   alpha: float, over: str, log_lr: float) -> RuleResult:
+    """A threshold rule whose observed figure is over its threshold: FAIL once the excess is
+    significant (always-valid p <= alpha), INCONCLUSIVE until then, so noise does not fail."""
+    p = _p_from_log_lr(log_lr)
+    obs["p_value"] = p
+    if p <= alpha:
+        return RuleResult(name, Verdict.FAIL, obs, thr, f"{over}, p={p:.2g}")
+    return RuleResult(name, Verdict.INCONCLUSIVE, obs, thr,
+                      f"{over} but not yet significant (p={p:.2g})")
+
+
 def _rule_max_error_rate(thr: float, c: LaneTotals, cfg: StageSettings, alpha: float) -> RuleResult:
     n, x = c.attempts, c.failed
     rate = 100.0 * x / n if n else None
@@ -448,19 +460,8 @@ def _rule_max_error_rate(thr: float, c: LaneTotals, cfg: StageSettings, alpha: f
     what = f"canary error rate {_pct(rate)} ({x} of {n} attempts this stage)"
     if rate <= thr:
         return RuleResult("max_error_rate", Verdict.PASS, obs, thr, f"{what} <= {_pct(thr)}")
-    p = _p_from_log_lr(_excess_log_lr(x, n, thr / 100.0))
-    obs["p_value"] = p
-    if p <= alpha:
-        return RuleResult(
-            "max_error_rate", Verdict.FAIL, obs, thr, f"{what} > {_pct(thr)}, p={p:.2g}"
-        )
-    return RuleResult(
-        "max_error_rate",
-        Verdict.INCONCLUSIVE,
-        obs,
-        thr,
-        f"{what} > {_pct(thr)} but not yet significant (p={p:.2g})",
-    )
+    return _excess_result("max_error_rate", obs, thr, alpha, f"{what} > {_pct(thr)}",
+                          _excess_log_lr(x, n, thr / 100.0))
 
 
 def _rule_max_error_rate_increase(
@@ -484,17 +485,8 @@ def _rule_max_error_rate_increase(
         return RuleResult(name, Verdict.PASS, obs, thr, f"{what} <= +{thr:.2f}pp")
     # Stable's rate is taken as the reference: it is the lane with the most data at every
     # stage below 50%, and the rule only FAILs on an excess that is significant anyway.
-    p = _p_from_log_lr(_excess_log_lr(c.failed, c.attempts, (rs + thr) / 100.0))
-    obs["p_value"] = p
-    if p <= alpha:
-        return RuleResult(name, Verdict.FAIL, obs, thr, f"{what} > +{thr:.2f}pp, p={p:.2g}")
-    return RuleResult(
-        name,
-        Verdict.INCONCLUSIVE,
-        obs,
-        thr,
-        f"{what} > +{thr:.2f}pp but not yet significant (p={p:.2g})",
-    )
+    return _excess_result(name, obs, thr, alpha, f"{what} > +{thr:.2f}pp",
+                          _excess_log_lr(c.failed, c.attempts, (rs + thr) / 100.0))
 
 
 def _rule_max_latency_increase(
@@ -522,18 +514,9 @@ def _rule_max_latency_increase(
     # always-valid answer needs no distributional assumption about run times.
     limit = ps * (1.0 + thr / 100.0)
     above = _count_above(c.run_hist, limit)
-    p = _p_from_log_lr(_excess_log_lr(above, n_c, 1.0 - LATENCY_Q))
     obs["canary_share_above_limit"] = above / n_c
-    obs["p_value"] = p
-    if p <= alpha:
-        return RuleResult(name, Verdict.FAIL, obs, thr, f"{what} > +{thr:g}%, p={p:.2g}")
-    return RuleResult(
-        name,
-        Verdict.INCONCLUSIVE,
-        obs,
-        thr,
-        f"{what} > +{thr:g}% but not yet significant (p={p:.2g})",
-    )
+    return _excess_result(name, obs, thr, alpha, f"{what} > +{thr:g}%",
+                          _excess_log_lr(above, n_c, 1.0 - LATENCY_Q))
 
 
 def _rule_max_throughput_decrease(
