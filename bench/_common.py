@@ -118,6 +118,14 @@ def delete_prefix(client: Any, prefix: str, extra: Iterable[str] = ()) -> int:
     return n
 
 
+def clean_up(conn: Any, prefix: str, server: Any | None) -> None:
+    """End of a bench run: delete its keys, close the connection, stop its private server."""
+    delete_prefix(conn.client, prefix)
+    conn.close()
+    if server is not None:
+        server.stop()
+
+
 def raise_on_sigterm() -> None:
     """Turn SIGTERM/SIGHUP into SystemExit so `finally` blocks (key cleanup) run."""
     def handler(signum: int, _frame: Any) -> None:

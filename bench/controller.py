@@ -53,8 +53,8 @@ from _common import (
     REPO,
     CpuMeter,
     PrivateRedis,
+    clean_up,
     commandstats,
-    delete_prefix,
     fmt_num,
     md_table,
     pass_fail,
@@ -64,15 +64,15 @@ from _common import (
 )
 
 import pycanary
-from pycanary import deployments, histogram, metrics, registry, rollouts, service
+from pycanary import defaults, deployments, histogram, metrics, registry, rollouts, service
 from pycanary.controller import Controller
 from pycanary.leader import Leadership
 from pycanary.plan import load_plan
 from pycanary.scripts import ScriptPipeline
 
 PLAN_PATH = REPO / "examples" / "plans" / "design-card.yaml"
-SLOT_S = metrics.DEFAULT_SLOT_S
-KEEP_S = metrics.DEFAULT_KEEP_S
+SLOT_S = defaults.SLOT_S
+KEEP_S = defaults.KEEP_S
 HISTORY_SLOTS = KEEP_S // SLOT_S  # 360 per lane: one hour
 TEN_MIN_SLOTS = 600 // SLOT_S  # 60 per lane
 RATE = 100  # jobs/s per queue
@@ -231,7 +231,7 @@ def verify_equivalence(conn: pycanary.Connection, traffic: Traffic) -> dict[str,
     c = conn.client
     a, b = conn.keys.queue("verify-scripts"), conn.keys.queue("verify-direct")
     totals: dict[str, Counter] = {"stable": Counter(), "canary": Counter()}
-    slot0 = metrics.slot_of(registry.now_ms())
+    slot0 = metrics.slot_of(defaults.now_ms())
     same = True
     sizes = [0, 0]
     for lane, n in split(RATE * SLOT_S, round(HISTORY_CANARY_SHARE * 10_000)).items():
@@ -274,7 +274,7 @@ def feed_interval(conn: pycanary.Connection, queues: list[str], weights: dict[st
     """One interval of traffic: HINCRBY into the current slot and the totals, as ack_jobs and
     fail_jobs do. Returns the jobs recorded."""
     pipe = conn.client.pipeline(transaction=False)
-    slot = metrics.slot_of(registry.now_ms())
+    slot = metrics.slot_of(defaults.now_ms())
     n_jobs = 0
     for q in queues:
         qk = conn.keys.queue(q)
@@ -294,7 +294,7 @@ def feed_interval(conn: pycanary.Connection, queues: list[str], weights: dict[st
 
 def heartbeat_workers(conn: pycanary.Connection, queues: list[str]) -> None:
     """Two live workers: v1 on every queue's stable lane, v2 on every canary lane."""
-    now = registry.now_ms()
+    now = defaults.now_ms()
     for v, lane in (("v1", "stable"), ("v2", "canary")):
         info = {"host": "bench", "pid": 1, "version": v, "state": "active",
                 "queues": ",".join(queues), "lanes": ",".join(f"{q}={lane}" for q in queues),
@@ -466,7 +466,7 @@ def slot_shape(conn: pycanary.Connection, queue: str) -> dict[str, Any]:
     """Mean non-empty run / wait buckets per slot and lane over the newest 60 slots."""
     c = conn.client
     qk = conn.keys.queue(queue)
-    now_slot = metrics.slot_of(registry.now_ms())
+    now_slot = metrics.slot_of(defaults.now_ms())
     out = {}
     for lane, v in VERSIONS.items():
         run = wait = n = 0
@@ -484,7 +484,7 @@ def what_ifs(conn: pycanary.Connection, queue: str, prefix: str) -> list[dict[st
     """Alternatives measured on scratch keys built from the queue's newest 10 minutes."""
     c = conn.client
     qk = conn.keys.queue(queue)
-    now_slot = metrics.slot_of(registry.now_ms())
+    now_slot = metrics.slot_of(defaults.now_ms())
     lanes = {lane: [c.hgetall(qk.metrics_slot(v, lane, now_slot - k * SLOT_S))
                     for k in range(1, TEN_MIN_SLOTS + 1)] for lane, v in VERSIONS.items()}
     scratch = f"{prefix}:scratch"
@@ -600,7 +600,7 @@ def main() -> int:
             service.configure_queue(conn, q, stable_version="v1")
             rollouts.ramp(conn, q, "v2", plan, allow_schema_change=True, actor="bench",
                           now_ms=int(clock() * 1000))
-            fill_history(conn, q, traffic, registry.now_ms())
+            fill_history(conn, q, traffic, defaults.now_ms())
         heartbeat_workers(conn, queues)
         results["setup_s"] = time.perf_counter() - t0
 
@@ -612,8 +612,8 @@ def main() -> int:
         results["ticks"]["no leadership"] = run_ticks(
             conn, plain, clock, queues, traffic, n_ticks, interval, measure_server=server
             is not None)
-        leader = Controller(conn, clock=clock,
-                            leadership=Leadership(conn, lease_s=5.0, controller_id="bench"))
+        lead = Leadership(conn, lease_s=defaults.LEASE_S, controller_id="bench")
+        leader = Controller(conn, clock=clock, leadership=lead)
         results["ticks"]["with leadership"] = run_ticks(
             conn, leader, clock, queues, traffic, n_ticks, interval,
             measure_server=server is not None)
@@ -642,10 +642,7 @@ def main() -> int:
         results["analyses"] = {"bytes": a_now, "entries": a_n, "bytes_if_10_kept": a_10}
         results["cpu"] = meter.stop()
     finally:
-        delete_prefix(conn.client, prefix)
-        conn.close()
-        if server is not None:
-            server.stop()
+        clean_up(conn, prefix, server)
 
     if args.json:
         print(json.dumps(results, indent=2, default=str))

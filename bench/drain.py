@@ -37,8 +37,8 @@ from typing import Any
 from _common import (
     CpuMeter,
     PrivateRedis,
+    clean_up,
     commandstats,
-    delete_prefix,
     md_table,
     pass_fail,
     raise_on_sigterm,
@@ -279,10 +279,7 @@ def main() -> int:
                                              args.producer_rate))
         results["cpu"] = meter.stop()
     finally:
-        delete_prefix(conn.client, prefix)
-        conn.close()
-        if server is not None:
-            server.stop()
+        clean_up(conn, prefix, server)
 
     runs = results["runs"]
     targets = []

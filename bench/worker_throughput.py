@@ -34,7 +34,7 @@ from _common import (
 )
 
 import pycanary
-from pycanary import registry
+from pycanary import defaults, registry
 from pycanary.job import Job
 from pycanary.worker import Worker
 
@@ -117,7 +117,7 @@ def ack_cost(conn: pycanary.Connection, queue: str, batch: int, rounds: int) -> 
     for _ in range(rounds):
         jobs, _bad = conn.scripts.call("fetch_jobs", qk.fetch_keys(wid, "stable"),
                                        [batch, "v1", wid, "stable"])
-        args: list[Any] = [3600]
+        args: list[Any] = [defaults.KEEP_S]
         for i, raw in enumerate(jobs):
             args += [raw, 40 + i % 7, 30 + i % 5]
         before = commandstats(conn.client)
@@ -130,7 +130,7 @@ def ack_cost(conn: pycanary.Connection, queue: str, batch: int, rounds: int) -> 
 
 def reaper_cost(conn: pycanary.Connection, live: int, dead: int) -> tuple[float, float]:
     """ms of a reap() pass with `live` live workers and `dead` dead ones (empty lists)."""
-    now = registry.now_ms()
+    now = defaults.now_ms()
     pipe = conn.scripts.pipeline()
     for i in range(live + dead):
         seen = now if i < live else now - 60_000
@@ -139,11 +139,11 @@ def reaper_cost(conn: pycanary.Connection, live: int, dead: int) -> tuple[float,
                    "state", "active"])
     pipe.execute()
     t0 = time.perf_counter()
-    report = registry.reap(conn, ttl_ms=6_000)
+    report = registry.reap(conn, ttl_ms=defaults.TTL_MS)
     with_dead = (time.perf_counter() - t0) * 1000
     assert report.workers == dead, report
     t0 = time.perf_counter()
-    registry.reap(conn, ttl_ms=6_000)
+    registry.reap(conn, ttl_ms=defaults.TTL_MS)
     only_live = (time.perf_counter() - t0) * 1000
     return only_live, with_dead
 

@@ -437,6 +437,18 @@ def _need(n_c: int, n_s: int | None, min_samples: int, what: str) -> str | None:
     return None
 
 
+def _excess_result(name: str, obs: dict[str, float | int | str | None], thr: float,
+                   alpha: float, over: str, log_lr: float) -> RuleResult:
+    """A threshold rule whose observed figure is over its threshold: FAIL once the excess is
+    significant (always-valid p <= alpha), INCONCLUSIVE until then, so noise does not fail."""
+    p = _p_from_log_lr(log_lr)
+    obs["p_value"] = p
+    if p <= alpha:
+        return RuleResult(name, Verdict.FAIL, obs, thr, f"{over}, p={p:.2g}")
+    return RuleResult(name, Verdict.INCONCLUSIVE, obs, thr,
+                      f"{over} but not yet significant (p={p:.2g})")
+
+
 def _rule_max_error_rate(thr: float, c: LaneTotals, cfg: StageSettings, alpha: float) -> RuleResult:
     n, x = c.attempts, c.failed
     rate = 100.0 * x / n if n else None
@@ -448,19 +460,8 @@ def _rule_max_error_rate(thr: float, c: LaneTotals, cfg: StageSettings, alpha: f
     what = f"canary error rate {_pct(rate)} ({x} of {n} attempts this stage)"
     if rate <= thr:
         return RuleResult("max_error_rate", Verdict.PASS, obs, thr, f"{what} <= {_pct(thr)}")
-    p = _p_from_log_lr(_excess_log_lr(x, n, thr / 100.0))
-    obs["p_value"] = p
-    if p <= alpha:
-        return RuleResult(
-            "max_error_rate", Verdict.FAIL, obs, thr, f"{what} > {_pct(thr)}, p={p:.2g}"
-        )
-    return RuleResult(
-        "max_error_rate",
-        Verdict.INCONCLUSIVE,
-        obs,
-        thr,
-        f"{what} > {_pct(thr)} but not yet significant (p={p:.2g})",
-    )
+    return _excess_result("max_error_rate", obs, thr, alpha, f"{what} > {_pct(thr)}",
+                          _excess_log_lr(x, n, thr / 100.0))
 
 
 def _rule_max_error_rate_increase(
@@ -484,17 +485,8 @@ def _rule_max_error_rate_increase(
         return RuleResult(name, Verdict.PASS, obs, thr, f"{what} <= +{thr:.2f}pp")
     # Stable's rate is taken as the reference: it is the lane with the most data at every
     # stage below 50%, and the rule only FAILs on an excess that is significant anyway.
-    p = _p_from_log_lr(_excess_log_lr(c.failed, c.attempts, (rs + thr) / 100.0))
-    obs["p_value"] = p
-    if p <= alpha:
-        return RuleResult(name, Verdict.FAIL, obs, thr, f"{what} > +{thr:.2f}pp, p={p:.2g}")
-    return RuleResult(
-        name,
-        Verdict.INCONCLUSIVE,
-        obs,
-        thr,
-        f"{what} > +{thr:.2f}pp but not yet significant (p={p:.2g})",
-    )
+    return _excess_result(name, obs, thr, alpha, f"{what} > +{thr:.2f}pp",
+                          _excess_log_lr(c.failed, c.attempts, (rs + thr) / 100.0))
 
 
 def _rule_max_latency_increase(
@@ -522,18 +514,9 @@ def _rule_max_latency_increase(
     # always-valid answer needs no distributional assumption about run times.
     limit = ps * (1.0 + thr / 100.0)
     above = _count_above(c.run_hist, limit)
-    p = _p_from_log_lr(_excess_log_lr(above, n_c, 1.0 - LATENCY_Q))
     obs["canary_share_above_limit"] = above / n_c
-    obs["p_value"] = p
-    if p <= alpha:
-        return RuleResult(name, Verdict.FAIL, obs, thr, f"{what} > +{thr:g}%, p={p:.2g}")
-    return RuleResult(
-        name,
-        Verdict.INCONCLUSIVE,
-        obs,
-        thr,
-        f"{what} > +{thr:g}% but not yet significant (p={p:.2g})",
-    )
+    return _excess_result(name, obs, thr, alpha, f"{what} > +{thr:g}%",
+                          _excess_log_lr(above, n_c, 1.0 - LATENCY_Q))
 
 
 def _rule_max_throughput_decrease(
@@ -607,6 +590,17 @@ def _error_log_lambda(llr: tuple[float, ...], ratios: tuple[float, ...]) -> floa
     return _logsumexp(v + math.log(w) for v, w in zip(llr, weights, strict=True))
 
 
+def _stat_rule(name: str, enough: bool, crossed: bool, obs: dict[str, Any], alpha: float,
+               short: str, fail: str, ok: str) -> RuleResult:
+    """One always-valid test's result: INCONCLUSIVE before min_samples, a decisive FAIL once
+    the likelihood ratio crossed 1/alpha, else PASS."""
+    if not enough:
+        return RuleResult(name, Verdict.INCONCLUSIVE, obs, alpha, short)
+    if crossed:
+        return RuleResult(name, Verdict.FAIL, obs, alpha, fail, decisive=True)
+    return RuleResult(name, Verdict.PASS, obs, alpha, ok)
+
+
 def _stat_rules(st: AnalysisState, plan: Plan, cfg: StageSettings) -> list[RuleResult]:
     sp = plan.statistical
     if not sp.enabled:
@@ -635,30 +629,11 @@ def _stat_rules(st: AnalysisState, plan: Plan, cfg: StageSettings) -> list[RuleR
             "canary_attempts": st.canary_attempts,
         }
         ratio_txt = "n/a" if ratio is None else f"{ratio:.2f}"
-        if not enough:
-            out.append(RuleResult("stat_error_rate", Verdict.INCONCLUSIVE, obs, alpha, short))
-        elif st.error_max_log_lr >= bound:
-            out.append(
-                RuleResult(
-                    "stat_error_rate",
-                    Verdict.FAIL,
-                    obs,
-                    alpha,
-                    f"canary fails more often than stable (ratio {ratio_txt}), always-valid "
-                    f"p={p:.2g} <= {alpha:g} over {st.canary_attempts} canary attempts",
-                    decisive=True,
-                )
-            )
-        else:
-            out.append(
-                RuleResult(
-                    "stat_error_rate",
-                    Verdict.PASS,
-                    obs,
-                    alpha,
-                    f"no evidence canary fails more often (ratio {ratio_txt}, p={p:.2g})",
-                )
-            )
+        out.append(_stat_rule(
+            "stat_error_rate", enough, st.error_max_log_lr >= bound, obs, alpha, short,
+            f"canary fails more often than stable (ratio {ratio_txt}), always-valid "
+            f"p={p:.2g} <= {alpha:g} over {st.canary_attempts} canary attempts",
+            f"no evidence canary fails more often (ratio {ratio_txt}, p={p:.2g})"))
     if sp.run_time:
         alpha = sp.alpha * (1.0 - share) if sp.error_rate else sp.alpha
         bound = math.log(1.0 / alpha)
@@ -671,31 +646,12 @@ def _stat_rules(st: AnalysisState, plan: Plan, cfg: StageSettings) -> list[RuleR
             "canary_attempts": st.canary_attempts,
         }
         auc_txt = "n/a" if auc is None else f"{auc:.3f}"
-        if not enough:
-            out.append(RuleResult("stat_run_time", Verdict.INCONCLUSIVE, obs, alpha, short))
-        elif st.run_max_log_lr >= bound:
-            out.append(
-                RuleResult(
-                    "stat_run_time",
-                    Verdict.FAIL,
-                    obs,
-                    alpha,
-                    f"canary runs more than {sp.run_time_tolerance:g}% slower than stable "
-                    f"(P(slower after tolerance)={auc_txt}), always-valid p={p:.2g} <= {alpha:g}",
-                    decisive=True,
-                )
-            )
-        else:
-            out.append(
-                RuleResult(
-                    "stat_run_time",
-                    Verdict.PASS,
-                    obs,
-                    alpha,
-                    f"no evidence canary runs more than {sp.run_time_tolerance:g}% slower "
-                    f"(P(slower after tolerance)={auc_txt}, p={p:.2g})",
-                )
-            )
+        out.append(_stat_rule(
+            "stat_run_time", enough, st.run_max_log_lr >= bound, obs, alpha, short,
+            f"canary runs more than {sp.run_time_tolerance:g}% slower than stable "
+            f"(P(slower after tolerance)={auc_txt}), always-valid p={p:.2g} <= {alpha:g}",
+            f"no evidence canary runs more than {sp.run_time_tolerance:g}% slower "
+            f"(P(slower after tolerance)={auc_txt}, p={p:.2g})"))
     return out
 
 
@@ -867,6 +823,9 @@ class Decision:
     stage: int
     next_stage: int | None = None
     rules: tuple[RuleResult, ...] = ()
+    #: What led to the action, for code (the reason is for people): "analysis" (the checks),
+    #: "deadline" (the plan's deadline passed) or "stage_time" (the stage's time elapsed).
+    cause: str = "analysis"
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -875,6 +834,7 @@ class Decision:
             "stage": self.stage,
             "next_stage": self.next_stage,
             "rules": [r.to_dict() for r in self.rules],
+            "cause": self.cause,
         }
 
 
@@ -887,12 +847,14 @@ def should_rollback(analysis: Analysis, plan: Plan) -> bool:
     return analysis.fail_streak >= analysis.failure_threshold
 
 
-def decide(plan: Plan, analysis: Analysis, state: AnalysisState, now_s: float) -> Decision:
+def decide(plan: Plan, analysis: Analysis, state: AnalysisState, now_s: float, *,
+           at_manual_gate: bool = False) -> Decision:
     """Turn a check into an action. Promotion needs the stage's time *and* a PASS.
 
     ``state`` is the one evaluate() returned with ``analysis`` (it knows when the stage and
-    the deployment started). The deadline only applies before the final gate: a plan waiting
-    for a person's approval is healthy, not late.
+    the deployment started). ``at_manual_gate`` says the deployment already waits for a
+    person's approval: a passed deadline then holds (the plan is healthy, not late) instead of
+    rolling back; failing checks still roll it back.
     """
     i = analysis.stage
     cfg = plan.settings(i)
@@ -929,11 +891,20 @@ def decide(plan: Plan, analysis: Analysis, state: AnalysisState, now_s: float) -
         and state.started_s is not None
         and now_s - state.started_s >= plan.deadline
     ):
+        if at_manual_gate:
+            return Decision(
+                Action.HOLD,
+                f"deadline {format_duration(plan.deadline)} passed while waiting for "
+                f"approval (latest verdict {analysis.verdict.value}: {analysis.reason})",
+                i,
+                cause="deadline",
+            )
         return Decision(
             Action.ROLLBACK,
             f"deadline {format_duration(plan.deadline)} passed in stage {i} "
             f"(latest verdict {analysis.verdict.value}: {analysis.reason})",
             i,
+            cause="deadline",
         )
     if elapsed >= cfg.duration_s:
         return Decision(
@@ -941,6 +912,7 @@ def decide(plan: Plan, analysis: Analysis, state: AnalysisState, now_s: float) -
             f"stage {i} time is up but the latest check is {analysis.verdict.value}: "
             f"{analysis.reason}",
             i,
+            cause="stage_time",
         )
     return Decision(
         Action.CONTINUE,

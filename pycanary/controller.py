@@ -22,7 +22,7 @@ from typing import Any
 
 import redis
 
-from . import deployments, registry
+from . import defaults, deployments, histogram, metrics, registry
 from .analysis import Action, AnalysisState, LaneStats, decide, evaluate
 from .connection import Connection
 from .deployments import CorruptDeploymentError, Deployment
@@ -39,7 +39,6 @@ from .validation import NAME_RE
 
 log = logging.getLogger("pycanary.controller")
 
-COUNT_FIELDS = ("ok", "failed", "retried", "dead", "late")
 
 
 class JsonFormatter(logging.Formatter):
@@ -112,15 +111,15 @@ class Controller:
         clock: Callable[[], float] = time.time,
         leadership: Leadership | None = None,
         controller_id: str | None = None,
-        drain_batch: int = 500,
-        heartbeat_s: float = registry.DEFAULT_HEARTBEAT_S,
+        drain_batch: int = defaults.DRAIN_BATCH,
+        heartbeat_s: float = defaults.HEARTBEAT_S,
     ) -> None:
         self.conn = conn
         self.clock = clock
         self.leadership = leadership
         self.id = controller_id or (leadership.controller_id if leadership else "controller")
         self.drain_batch = drain_batch
-        self.worker_ttl_ms = int(heartbeat_s * registry.TTL_HEARTBEATS * 1000)
+        self.worker_ttl_ms = defaults.ttl_ms(heartbeat_s)
         self._fenced_epoch: int | None = None
         # per tick: errors noted (and their exceptions), errors stored by the last tick
         # (None: not read yet), deployments that decoded
@@ -158,7 +157,7 @@ class Controller:
         return [q for q in queues if q not in broken]
 
     # -- the loop --------------------------------------------------------------------------
-    def run(self, stop: threading.Event, poll_s: float = 1.0) -> None:
+    def run(self, stop: threading.Event, poll_s: float = defaults.POLL_S) -> None:
         while not stop.is_set():
             try:
                 self.tick()
@@ -440,7 +439,7 @@ class Controller:
             qk = self.conn.keys.queue(dep.queue)
             for lane, version in (("stable", dep.stable_version),
                                   ("canary", dep.canary_version)):
-                pipe.hgetall(qk.metrics_total(version, lane))
+                metrics.read_totals_on(pipe, qk, version, lane)
                 pipe.llen(qk.lane(lane))
         res = iter(pipe.execute(raise_on_error=False))
         out: dict[str, dict[str, LaneSnapshot]] = {}
@@ -465,16 +464,12 @@ class Controller:
     def _lane_stats(self, lane: str, version: str, now: dict[str, int],
                     before: dict[str, Any], snap: LaneSnapshot, window_s: float) -> LaneStats:
         d = _diff(now, before or {})
-        run: dict[int, int] = {}
-        wait: dict[int, int] = {}
-        for k, n in d.items():
-            if n > 0 and k[1:].isdigit():
-                if k[0] == "r":
-                    run[int(k[1:])] = n
-                elif k[0] == "w":
-                    wait[int(k[1:])] = n
-        return LaneStats(lane=lane, version=version, ok=max(0, d.get("ok", 0)),
-                         failed=max(0, d.get("failed", 0)), dead=max(0, d.get("dead", 0)),
+        f = metrics.decode(d)
+        run = {b: n for b, n in f.run_hist.items() if n > 0}
+        wait = {b: n for b, n in f.wait_hist.items() if n > 0}
+        c = f.counts
+        return LaneStats(lane=lane, version=version, ok=max(0, c.get("ok", 0)),
+                         failed=max(0, c.get("failed", 0)), dead=max(0, c.get("dead", 0)),
                          run_hist=run, wait_hist=wait, workers=snap.workers,
                          window_s=window_s, backlog=snap.backlog)
 
@@ -495,7 +490,8 @@ class Controller:
                                   dep.totals.get("canary", {}), snaps["canary"], window_s)
         state = AnalysisState.from_dict(dep.analysis_state) if dep.analysis_state else None
         analysis, st = evaluate(dep.stage, plan, stable, canary, state, now_s)
-        decision = decide(plan, analysis, st, now_s)
+        decision = decide(plan, analysis, st, now_s,
+                          at_manual_gate=dep.state == "awaiting_promotion")
         analysis_d, decision_d = analysis.to_dict(), decision.to_dict()
         values: dict[str, Any] = {"totals": totals, "last_check_at": now,
                                   "analysis_state": st.to_dict(), "last_analysis": analysis_d,
@@ -531,16 +527,11 @@ class Controller:
         w = _Write(dep, values, events=events, analysis=record,
                    label=f"{analysis.verdict.value.lower()} ({decision.action.value})")
         action = decision.action
-        if (action is Action.ROLLBACK and dep.state == "awaiting_promotion"
-                and not decision.rules and "deadline" in decision.reason):
-            # a plan waiting at its manual gate waits for a person, it is not late; failing
-            # checks (which carry their rules) still roll it back
-            action = Action.HOLD
+        if action is Action.HOLD and decision.cause == "deadline":
             w.label = "awaiting promotion (deadline passed, waiting for a person)"
         if action is Action.ROLLBACK:
             w.then, w.reason, w.data = "rollback", decision.reason, decision_d
-            w.rule = decision.rules[0].rule if decision.rules else (
-                "deadline" if "deadline" in decision.reason else "analysis")
+            w.rule = decision.rules[0].rule if decision.rules else decision.cause
             return w
         if action is Action.PROMOTE and manual_only:
             action = Action.AWAIT_APPROVAL
@@ -569,9 +560,7 @@ class Controller:
             return None if n == 0 else round(s.failed / n, 5)
 
         def p95_ms(s: LaneStats) -> float | None:
-            from .histogram import quantile
-
-            q = quantile(s.run_hist, 0.95)
+            q = histogram.quantile(s.run_hist, 0.95)
             return None if q is None else round(q / 1000, 3)
 
         log.info("canary metrics comparison", extra={"fields": {
@@ -617,7 +606,7 @@ class Controller:
 
 
 def finish_after_drain(conn: Connection, dep: Deployment, *, actor: str, epoch: int | None,
-                       clock: Callable[[], float], batch: int = 500) -> str:
+                       clock: Callable[[], float], batch: int = defaults.DRAIN_BATCH) -> str:
     """Drain the canary lane into stable, then end the deployment. Shared by the controller and
     by an operator's rollback/promote, so whoever gets there first finishes it; a drain cut
     short (time bound) is resumed by the next controller tick."""

@@ -17,13 +17,12 @@ from typing import Any
 
 from .connection import Connection
 from .errors import raise_for_code
-from .keys import QueueKeys
 from .plan import Plan, parse_plan
 
-#: Deployment states. The first six are "active": at most one per queue.
-ACTIVE_STATES = ("pending", "active", "paused", "awaiting_promotion", "promoting",
-                 "rolling_back")
-FINISHED_STATES = ("completed", "rolled_back", "failed")
+#: Deployment states (the ones the scripts write). The first five are "active": at most one
+#: per queue. A deployment is created "active"; it ends "completed" or "rolled_back".
+ACTIVE_STATES = ("active", "paused", "awaiting_promotion", "promoting", "rolling_back")
+FINISHED_STATES = ("completed", "rolled_back")
 STATES = ACTIVE_STATES + FINISHED_STATES
 ANALYSES_KEPT = 10
 
@@ -34,8 +33,6 @@ _INT_FIELDS = ("stage", "weight_bp", "started_at", "stage_started_at", "paused_a
                "rev", "weight0_at", "drained_at", "paused_ms")
 
 
-def now_ms() -> int:
-    return time.time_ns() // 1_000_000
 
 
 def new_id(queue: str, now: int) -> str:
@@ -410,7 +407,3 @@ def finish(conn: Connection, dep: Deployment, *, actor: str, now: int, message: 
     dep.state, dep.rev = final, int(rev)
     conn.client.srem(conn.keys.active_deployments, dep.queue)
     return str(final)
-
-
-def queue_keys(conn: Connection, dep: Deployment) -> QueueKeys:
-    return conn.keys.queue(dep.queue)

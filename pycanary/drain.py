@@ -21,12 +21,12 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from . import validation
+from . import defaults, validation
 from .connection import Connection
 from .errors import ValidationError, raise_for_code
 from .keys import LANES
 
-DEFAULT_BATCH = 500
+DEFAULT_BATCH = defaults.DRAIN_BATCH
 #: The script refuses more per call: 5,000 jobs stay within a few ms of server time.
 MAX_BATCH = 5_000
 #: Script calls per round trip.

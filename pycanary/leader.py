@@ -39,6 +39,7 @@ from typing import Any
 
 import redis
 
+from . import defaults
 from .connection import Connection
 from .errors import FENCED, raise_for_code
 from .validation import queue_name
@@ -64,7 +65,7 @@ class Leadership:
         self,
         conn: Connection,
         *,
-        lease_s: float = 5.0,
+        lease_s: float = defaults.LEASE_S,
         controller_id: str | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -133,9 +134,8 @@ class Leadership:
         self._epoch = self._value = self._confirmed_at = None
 
     def holder(self) -> str | None:
-        """The leader's "epoch:token" as stored in Redis (token = controller id/nonce), or
-        None if nobody leads. For status displays; do not base decisions on it."""
-        return self.conn.client.get(self.conn.keys.leader)
+        """The leader's "epoch:token" as stored in Redis (see `holder`)."""
+        return holder(self.conn)
 
     def release(self) -> bool:
         """Give up leadership (on shutdown) so another controller takes over at once instead of
@@ -223,3 +223,10 @@ def run_scripts(conn: Connection, calls: Sequence[tuple[str, Sequence[str], Sequ
         for i, r in zip(missing, send([calls[i] for i in missing]), strict=True):
             results[i] = r
     return results
+
+
+def holder(conn: Connection) -> str | None:
+    """The leader's "epoch:token" as stored in Redis (token = controller id/nonce), or None if
+    nobody leads. The one reader of the leader key, for status displays; do not base
+    decisions on it."""
+    return conn.client.get(conn.keys.leader)

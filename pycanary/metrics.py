@@ -9,14 +9,16 @@ wait). Slots are `slot_s` seconds long (default 10 s) and expire after `keep_s` 
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import histogram
+from . import defaults, histogram
 from .connection import Connection
+from .keys import QueueKeys
 
-DEFAULT_SLOT_S = 10
-DEFAULT_KEEP_S = 3600
+DEFAULT_SLOT_S = defaults.SLOT_S
+DEFAULT_KEEP_S = defaults.KEEP_S
 COUNT_FIELDS = ("ok", "failed", "retried", "dead", "late")
 
 
@@ -85,22 +87,53 @@ class WindowStats:
         }
 
 
+@dataclass
+class Fields:
+    """One metrics hash (a slot or the running totals), decoded: counts and both histograms."""
+
+    counts: dict[str, int] = field(default_factory=dict)
+    run_hist: dict[int, int] = field(default_factory=dict)
+    wait_hist: dict[int, int] = field(default_factory=dict)
+
+
+def decode(raw: Mapping[str, str | int]) -> Fields:
+    """The one decoder of the metrics hash layout (`ok`.. counts, `r<b>` run and `w<b>` wait
+    buckets); values may be the strings Redis returns or ints (a difference of two hashes).
+    Fields it does not know are ignored, so a newer writer does not break an older reader."""
+    out = Fields()
+    for name, value in raw.items():
+        n = int(value)
+        first = name[:1]
+        if first in ("r", "w") and name[1:].isdigit():
+            hist = out.run_hist if first == "r" else out.wait_hist
+            b = int(name[1:])
+            hist[b] = hist.get(b, 0) + n
+        elif name in COUNT_FIELDS:
+            out.counts[name] = out.counts.get(name, 0) + n
+    return out
+
+
 def add_slot(stats: WindowStats, raw: dict[str, str]) -> None:
     """Fold one slot hash into a window."""
     if not raw:
         return
     stats.slots_with_data += 1
-    for name, value in raw.items():
-        n = int(value)
-        first = name[0]
-        if first == "r" and name[1:].isdigit():
-            b = int(name[1:])
-            stats.run_hist[b] = stats.run_hist.get(b, 0) + n
-        elif first == "w" and name[1:].isdigit():
-            b = int(name[1:])
-            stats.wait_hist[b] = stats.wait_hist.get(b, 0) + n
-        elif name in COUNT_FIELDS:
-            setattr(stats, name, getattr(stats, name) + n)
+    f = decode(raw)
+    stats.run_hist = histogram.merge(stats.run_hist, f.run_hist)
+    stats.wait_hist = histogram.merge(stats.wait_hist, f.wait_hist)
+    for name, n in f.counts.items():
+        setattr(stats, name, getattr(stats, name) + n)
+
+
+def read_totals_on(pipe: Any, qk: QueueKeys, version: str, lane: str) -> None:
+    """Queue on a pipeline the read of one running-totals hash; decode the reply with decode.
+    The controller and /metrics batch many of these in one round trip."""
+    pipe.hgetall(qk.metrics_total(version, lane))
+
+
+def read_totals(conn: Connection, queue: str, version: str, lane: str) -> Fields:
+    """The running totals of one version in one lane (what status views show)."""
+    return decode(conn.client.hgetall(conn.keys.queue(queue).metrics_total(version, lane)))
 
 
 def read_window(

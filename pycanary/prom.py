@@ -27,7 +27,7 @@ Known limits, on purpose:
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
 from prometheus_client import CollectorRegistry, generate_latest
@@ -40,16 +40,15 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
-from . import histogram, registry
+from . import defaults, histogram, metrics, registry, service
 from .connection import Connection
 from .deployments import ACTIVE_STATES
 from .keys import LANES
-from .metrics import COUNT_FIELDS
 
 #: Outcomes exported by pycanary_jobs_processed_total. `ok` and `failed` count attempts (they
 #: add up to the histogram's _count); `retried` and `dead` split the failed ones by what
 #: happened next. `late` (a duplicate ack) is not an outcome of its own.
-OUTCOMES = tuple(f for f in COUNT_FIELDS if f != "late")
+OUTCOMES = tuple(f for f in metrics.COUNT_FIELDS if f != "late")
 
 _US_PER_S = 1_000_000
 
@@ -77,8 +76,9 @@ BUCKET_LE = _bucket_bounds_le()
 def duration_buckets(run_hist: dict[int, int]) -> tuple[list[tuple[str, float]], float]:
     """Cumulative Prometheus buckets and an estimated sum (seconds) from bucket counts.
 
-    The sum is estimated from each bucket's geometric midpoint, the same representative value
-    the analysis uses for quantiles, because the exact run times are not stored.
+    The sum is estimated from each bucket's geometric midpoint, because the exact run times are
+    not stored. Quantiles are not computed here: Prometheus derives them from these buckets,
+    and pycanary's own views use histogram.quantile (the analysis's function).
     """
     counts = [0] * histogram.N_BUCKETS
     for i, n in run_hist.items():
@@ -107,20 +107,30 @@ class QueueSnapshot:
     depth: dict[str, int] = field(default_factory=dict)
     versions: set[str] = field(default_factory=set)
     #: (version, lane) -> running totals; pairs with no totals hash are left out.
-    totals: dict[tuple[str, str], dict[str, int]] = field(default_factory=dict)
+    totals: dict[tuple[str, str], metrics.Fields] = field(default_factory=dict)
 
     @property
     def active(self) -> bool:
         return self.deployment_state in ACTIVE_STATES
 
 
+def _per_lane(family: CounterMetricFamily | GaugeMetricFamily, queues: list[QueueSnapshot],
+              values: Callable[[QueueSnapshot], dict[str, int]]) -> Metric:
+    """Fill a (queue, lane) family: one sample per lane of every queue, 0 when absent."""
+    for qs in queues:
+        got = values(qs)
+        for lane in LANES:
+            family.add_metric([qs.name, lane], got.get(lane, 0))
+    return family
+
+
 class RedisCollector(Collector):
     """A prometheus-client collector exporting pycanary's state, read fresh on each scrape."""
 
     def __init__(self, conn: Connection, *,
-                 heartbeat_s: float = registry.DEFAULT_HEARTBEAT_S) -> None:
+                 heartbeat_s: float = defaults.HEARTBEAT_S) -> None:
         self.conn = conn
-        self.worker_ttl_ms = int(heartbeat_s * registry.TTL_HEARTBEATS * 1000)
+        self.worker_ttl_ms = defaults.ttl_ms(heartbeat_s)
         #: (queue, reason) -> deployments the controller skipped, as of the last read()
         self.controller_errors: dict[tuple[str, str], int] = {}
 
@@ -146,9 +156,7 @@ class RedisCollector(Collector):
             pipe.hmget(qk.config, ["weight_bp", "stable_version", "canary_version"])
             pipe.hmget(qk.deployment, ["id", "state", "stable_version", "canary_version"])
             pipe.hgetall(qk.counters)
-            pipe.hgetall(qk.routed)
-            pipe.llen(qk.lane_stable)
-            pipe.llen(qk.lane_canary)
+            service.read_lanes(pipe, qk)
             pipe.zrange(qk.former_stable, 0, -1)
             pipe.smembers(qk.rolled_back)
         replies = iter(pipe.execute())
@@ -159,8 +167,7 @@ class RedisCollector(Collector):
             qs.stable_version, qs.canary_version = stable or "", canary or ""
             qs.deployment_id, qs.deployment_state = dep_id or "", state or ""
             qs.counters = {k: int(v) for k, v in next(replies).items()}
-            qs.routed = {k: int(v) for k, v in next(replies).items()}
-            qs.depth = {"stable": int(next(replies)), "canary": int(next(replies))}
+            qs.depth, qs.routed = service.decode_lanes(replies)
             former, rolled_back = next(replies), next(replies)
             qs.versions = {v for v in (stable, canary, dep_stable, dep_canary) if v}
             qs.versions |= set(former) | set(rolled_back)
@@ -170,12 +177,12 @@ class RedisCollector(Collector):
         pairs = [(qs, v, lane) for qs in queues for v in sorted(qs.versions) for lane in LANES]
         pipe = client.pipeline(transaction=False)
         for qs, version, lane in pairs:
-            pipe.hgetall(keys.queue(qs.name).metrics_total(version, lane))
+            metrics.read_totals_on(pipe, keys.queue(qs.name), version, lane)
         # one corrupt totals key (wrong type) must not fail the whole scrape: it is left out
         for (qs, version, lane), raw in zip(pairs, pipe.execute(raise_on_error=False),
                                             strict=True):
             if raw and not isinstance(raw, Exception):
-                qs.totals[(version, lane)] = {k: int(v) for k, v in raw.items()}
+                qs.totals[(version, lane)] = metrics.decode(raw)
         return queues, workers
 
     # -- exporting ----------------------------------------------------------------------------
@@ -250,10 +257,7 @@ class RedisCollector(Collector):
     def _routed(queues: list[QueueSnapshot]) -> Metric:
         c = CounterMetricFamily("pycanary_jobs_routed", "Jobs enqueued, by the lane they got",
                                 labels=["queue", "lane"])
-        for qs in queues:
-            for lane in LANES:
-                c.add_metric([qs.name, lane], qs.routed.get(lane, 0))
-        return c
+        return _per_lane(c, queues, lambda qs: qs.routed)
 
     @staticmethod
     def _processed(queues: list[QueueSnapshot]) -> Metric:
@@ -264,7 +268,8 @@ class RedisCollector(Collector):
         for qs in queues:
             for (version, lane), totals in sorted(qs.totals.items()):
                 for outcome in OUTCOMES:
-                    c.add_metric([qs.name, lane, version, outcome], totals.get(outcome, 0))
+                    c.add_metric([qs.name, lane, version, outcome],
+                                 totals.counts.get(outcome, 0))
         return c
 
     @staticmethod
@@ -278,10 +283,8 @@ class RedisCollector(Collector):
         for qs in queues:
             by_version: dict[str, dict[int, int]] = {}
             for (version, _lane), totals in sorted(qs.totals.items()):
-                run = by_version.setdefault(version, {})
-                for name, n in totals.items():
-                    if name[0] == "r" and name[1:].isdigit():
-                        run[int(name[1:])] = run.get(int(name[1:]), 0) + n
+                by_version[version] = histogram.merge(by_version.get(version, {}),
+                                                      totals.run_hist)
             for version, run in by_version.items():
                 if run:
                     buckets, total_s = duration_buckets(run)
@@ -292,10 +295,7 @@ class RedisCollector(Collector):
     def _depth(queues: list[QueueSnapshot]) -> Metric:
         g = GaugeMetricFamily("pycanary_queue_depth", "Jobs waiting in the lane (not retries)",
                               labels=["queue", "lane"])
-        for qs in queues:
-            for lane in LANES:
-                g.add_metric([qs.name, lane], qs.depth.get(lane, 0))
-        return g
+        return _per_lane(g, queues, lambda qs: qs.depth)
 
     @staticmethod
     def _workers(workers: list[registry.WorkerRecord]) -> Metric:
@@ -324,7 +324,7 @@ class RedisCollector(Collector):
         return c
 
 
-def render(conn: Connection, *, heartbeat_s: float = registry.DEFAULT_HEARTBEAT_S) -> bytes:
+def render(conn: Connection, *, heartbeat_s: float = defaults.HEARTBEAT_S) -> bytes:
     """The exposition text of one scrape (what ``/metrics`` and the CLI print).
 
     A registry of its own holds only this collector, so no process-wide metrics (GC, process)

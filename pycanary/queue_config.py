@@ -6,11 +6,10 @@ applied in one atomic step; reads are plain HGETALLs.
 
 from __future__ import annotations
 
-import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from . import validation
+from . import defaults, validation
 from .connection import Connection
 from .errors import (
     ABOVE_MAX_WEIGHT,
@@ -22,10 +21,6 @@ from .errors import (
 from .routing import MAX_WEIGHT_BP
 
 BACKENDS = ("lists", "streams")
-
-
-def _now_ms() -> int:
-    return time.time_ns() // 1_000_000
 
 
 @dataclass(frozen=True)
@@ -42,10 +37,6 @@ class QueueConfig:
     tenant_weights_bp: dict[str, int] = field(default_factory=dict)
     rev: int = 0
     updated_at: int | None = None
-
-    @property
-    def weight_percent(self) -> float:
-        return self.weight_bp / 100
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -115,7 +106,7 @@ def set_weight(
     res = conn.scripts.call(
         "set_weight",
         conn.keys.queue(queue).config_keys(),
-        (arg, tenant or "", now_ms if now_ms is not None else _now_ms(), mode,
+        (arg, tenant or "", now_ms if now_ms is not None else defaults.now_ms(), mode,
          "1" if allow_above_max else "0"),
     )
     if isinstance(res, int):
@@ -174,7 +165,7 @@ def configure(
     res = conn.scripts.call(
         "configure_queue",
         conn.keys.queue(queue).config_keys(),
-        (now_ms if now_ms is not None else _now_ms(), *pairs),
+        (now_ms if now_ms is not None else defaults.now_ms(), *pairs),
     )
     if isinstance(res, int) and res < 0:
         detail = ""
@@ -199,7 +190,7 @@ def check_max_weight_against_plan(conn: Connection, queue: str, max_weight_bp: i
         dep = deployments.get(conn, queue)
     except deployments.CorruptDeploymentError:
         return  # unreadable: the controller reports it; the weights in force are still guarded
-    if dep is None or dep.state not in ("pending", "active", "paused", "awaiting_promotion"):
+    if dep is None or dep.state not in ("active", "paused", "awaiting_promotion"):
         return  # promoting / rolling back: weight 0, no stage to come
     plan = dep.plan
     for i, stage in enumerate(plan.stages):

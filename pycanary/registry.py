@@ -16,35 +16,34 @@ from __future__ import annotations
 import json
 import logging
 import secrets
-import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import redis
 
+from . import defaults
 from .connection import Connection
 from .errors import ValidationError, raise_for_code
 from .keys import LANES
 
 log = logging.getLogger("pycanary.registry")
 
-DEFAULT_HEARTBEAT_S = 2.0
+DEFAULT_HEARTBEAT_S = defaults.HEARTBEAT_S
 #: Missed heartbeats before a worker counts as dead.
-TTL_HEARTBEATS = 3
+TTL_HEARTBEATS = defaults.TTL_HEARTBEATS
 MIN_HEARTBEAT_S = 0.1
 MAX_HEARTBEAT_S = 300.0
 MIN_TTL_MS = 300
 MAX_TTL_MS = 900_000
-DEFAULT_TTL_MS = int(DEFAULT_HEARTBEAT_S * TTL_HEARTBEATS * 1000)
+DEFAULT_TTL_MS = defaults.TTL_MS
 #: "Now" far in the future (16 digits, what the scripts accept): forget whatever the deadline.
 FOREVER_MS = 10**15
 REQUEUE_BATCH = 200
 REAP_LIMIT = 100
 
 
-def now_ms() -> int:
-    return time.time_ns() // 1_000_000
+now_ms = defaults.now_ms
 
 
 @dataclass
@@ -128,10 +127,6 @@ def check_heartbeat_s(heartbeat_s: float) -> float:
             f"must be {MIN_HEARTBEAT_S}..{MAX_HEARTBEAT_S} seconds, got {heartbeat_s!r}",
             field="heartbeat")
     return float(heartbeat_s)
-
-
-def ttl_of(heartbeat_s: float) -> int:
-    return round(heartbeat_s * TTL_HEARTBEATS * 1000)
 
 
 def deregister(conn: Connection, worker_id: str) -> None:

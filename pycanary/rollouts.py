@@ -14,7 +14,8 @@ from typing import Any
 
 import redis
 
-from . import deployments, metrics, queue_config, registry, validation
+from . import defaults, deployments, metrics, queue_config, registry, service, validation
+from . import leader as leadership
 from .analysis import AnalysisState
 from .connection import Connection
 from .controller import finish_after_drain
@@ -33,10 +34,6 @@ def operator() -> str:
     except Exception:  # pragma: no cover - no passwd entry in some containers
         user = "unknown"
     return f"cli:{user}@{socket.gethostname()}"
-
-
-def _now_ms() -> int:
-    return time.time_ns() // 1_000_000
 
 
 # -- safety guards -----------------------------------------------------------------------------
@@ -65,7 +62,7 @@ def check_schemas(conn: Connection, queue: str, version: str) -> None:
     present = schemas_in_queue(conn, queue)
     if not present:
         return
-    ttl = int(registry.DEFAULT_HEARTBEAT_S * registry.TTL_HEARTBEATS * 1000)
+    ttl = defaults.TTL_MS
     workers = [w for w in registry.list_workers(conn, ttl_ms=ttl)
                if w.version == version and w.state != "dead" and queue in w.queues]
     if not workers:
@@ -108,7 +105,8 @@ def _start(conn: Connection, queue: str, version: str, plan: Plan, *, kind: str,
     if not allow_schema_change:
         check_schemas(conn, queue, version)
     return deployments.start(conn, queue, version, plan, kind=kind, actor=actor or operator(),
-                             now=now_ms if now_ms is not None else _now_ms(), message=message)
+                             now=now_ms if now_ms is not None else defaults.now_ms(),
+                             message=message)
 
 
 def start_canary(
@@ -175,7 +173,7 @@ def promote(conn: Connection, queue: str, *, full: bool = False, actor: str | No
     """Advance one stage (past a manual gate), or with ``full`` (and after the last stage)
     make the canary the stable version now; then drain its lane into stable."""
     actor = actor or operator()
-    now = now_ms if now_ms is not None else _now_ms()
+    now = now_ms if now_ms is not None else defaults.now_ms()
     dep = _active(conn, queue)
     if dep.state in ("promoting", "rolling_back"):
         raise StateError(f"deployment {dep.id} is {dep.state}", field="queue")
@@ -290,7 +288,7 @@ def pause(conn: Connection, queue: str, *, actor: str | None = None, reason: str
           now_ms: int | None = None) -> Deployment:
     """Freeze stage timers and the weight until `resume`."""
     actor = actor or operator()
-    now = now_ms if now_ms is not None else _now_ms()
+    now = now_ms if now_ms is not None else defaults.now_ms()
     dep = _active(conn, queue)
     if dep.state == "paused":
         return dep
@@ -308,7 +306,7 @@ def resume(conn: Connection, queue: str, *, actor: str | None = None,
            now_ms: int | None = None) -> Deployment:
     """Continue a paused deployment; the time it was paused does not count toward its stage."""
     actor = actor or operator()
-    now = now_ms if now_ms is not None else _now_ms()
+    now = now_ms if now_ms is not None else defaults.now_ms()
     dep = _active(conn, queue)
     if dep.state != "paused":
         raise StateError(f"deployment {dep.id} is {dep.state}, not paused", field="queue")
@@ -340,7 +338,7 @@ def set_weight_with_deployment(conn: Connection, queue: str, bp: int | None,
     if dep is None or dep.state not in ("active", "awaiting_promotion", "paused"):
         return False
     actor = actor or operator()
-    now = _now_ms()
+    now = defaults.now_ms()
     tenants = None
     weight = None
     if tenant is None:
@@ -430,9 +428,9 @@ def status(conn: Connection, queue: str | None = None, *, window_s: int = 300,
         queues = [queue]
     else:
         queues = sorted(set(deployments.active_queues(conn)) | set(queue_config.list_queues(conn)))
-    ttl = int(registry.DEFAULT_HEARTBEAT_S * registry.TTL_HEARTBEATS * 1000)
+    ttl = defaults.TTL_MS
     workers = registry.list_workers(conn, ttl_ms=ttl)
-    leader = conn.client.get(conn.keys.leader)
+    leader = leadership.holder(conn)
     errors = controller_errors(conn)
     out = []
     for q in queues:
@@ -445,9 +443,7 @@ def status(conn: Connection, queue: str | None = None, *, window_s: int = 300,
                                  " or queues set)"})
             continue
         cfg = queue_config.read_config(conn, q)
-        qk = conn.keys.queue(q)
-        depth = {"stable": conn.client.llen(qk.lane_stable),
-                 "canary": conn.client.llen(qk.lane_canary)}
+        depth, _routed = service.lanes_of(conn, q)
         row: dict[str, Any] = {"queue": q, "config": cfg.to_dict(), "depth": depth,
                                "leader": leader, "deployment": None, "controller_error": err}
         row["workers"] = [w.to_dict() for w in workers if q in w.queues]
@@ -460,7 +456,7 @@ def status(conn: Connection, queue: str | None = None, *, window_s: int = 300,
             out.append(row)
             continue
         if dep is not None:
-            now = registry.now_ms()
+            now = defaults.now_ms()
             try:
                 lanes = metrics.read_lanes(conn, q, {"stable": dep.stable_version,
                                                      "canary": dep.canary_version},

@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import queue_config, registry, validation
+from . import defaults, queue_config, registry, validation
 from .connection import Connection
 from .errors import ValidationError, WeightAboveMaxError
+from .keys import LANES, QueueKeys
 from .producer import EnqueueResult, Producer
 from .routing import sticky_bucket
 
@@ -161,16 +162,31 @@ def configure_queue(
 def queue_info(conn: Connection, queue: str) -> dict[str, Any]:
     """Config, lane depths and routed counts of one queue."""
     cfg = queue_config.read_config(conn, queue)
-    qk = conn.keys.queue(queue)
-    pipe = conn.client.pipeline(transaction=False)
-    pipe.llen(qk.lane_stable)
-    pipe.llen(qk.lane_canary)
-    pipe.hgetall(qk.routed)
-    stable_len, canary_len, routed = pipe.execute()
     info = cfg.to_dict()
-    info["depth"] = {"stable": stable_len, "canary": canary_len}
-    info["routed"] = {lane: int(routed.get(lane, 0)) for lane in ("stable", "canary")}
+    info["depth"], info["routed"] = lanes_of(conn, queue)
     return info
+
+
+def lanes_of(conn: Connection, queue: str) -> tuple[dict[str, int], dict[str, int]]:
+    """({lane: depth}, {lane: jobs routed}) of one queue, in one round trip."""
+    pipe = conn.client.pipeline(transaction=False)
+    read_lanes(pipe, conn.keys.queue(queue))
+    return decode_lanes(iter(pipe.execute()))
+
+
+def read_lanes(pipe: Any, qk: QueueKeys) -> None:
+    """Queue on a pipeline the reads of a queue's lane depths and routed counts: the one place
+    that knows where they live (status, `queue show` and /metrics all go through it)."""
+    for lane in LANES:
+        pipe.llen(qk.lane(lane))
+    pipe.hgetall(qk.routed)
+
+
+def decode_lanes(replies: Iterator[Any]) -> tuple[dict[str, int], dict[str, int]]:
+    """({lane: depth}, {lane: jobs routed}) from the replies read_lanes queued, in order."""
+    depth = {lane: int(next(replies)) for lane in LANES}
+    routed = next(replies)
+    return depth, {lane: int(routed.get(lane, 0)) for lane in LANES}
 
 
 def list_queues(conn: Connection) -> list[dict[str, Any]]:
@@ -196,11 +212,11 @@ def explain_route(
 
 
 def list_workers(conn: Connection, *, queue: str | None = None,
-                 heartbeat_s: float = registry.DEFAULT_HEARTBEAT_S) -> list[dict[str, Any]]:
+                 heartbeat_s: float = defaults.HEARTBEAT_S) -> list[dict[str, Any]]:
     """Registered workers with their state (active, outdated, retiring, standby, dead)."""
     if queue is not None:
         validation.queue_name(queue)
-    ttl_ms = int(heartbeat_s * registry.TTL_HEARTBEATS * 1000)
+    ttl_ms = defaults.ttl_ms(heartbeat_s)
     rows = [w.to_dict() for w in registry.list_workers(conn, ttl_ms=ttl_ms)]
     if queue is not None:
         rows = [w for w in rows if queue in w["queues"]]

@@ -60,45 +60,14 @@ def p_from_log_lr(log_lr: float) -> float:
     return 1.0 if log_lr <= 0 else math.exp(-log_lr)
 
 
-def quantiles(hist: Mapping[int, int], qs: tuple[float, ...]) -> list[float | None]:
-    """Quantiles (ascending qs) in microseconds, interpolated log-linearly inside the bucket.
-
-    histogram.quantile returns bucket midpoints, which move in 10% steps: a 5% latency
-    threshold would flap between 0% and +10%. Interpolation makes small differences visible.
-    One pass for all qs, because the controller computes several per lane per check.
-    """
-    total = sum(hist.values())
-    if total <= 0:
-        return [None for _ in qs]
-    out: list[float | None] = []
-    k = 0
-    seen = 0
-    for i in sorted(hist):
-        c = hist[i]
-        if c <= 0:
-            continue
-        while k < len(qs) and seen + c >= qs[k] * total:
-            lo, hi = histogram.bucket_bounds(i)
-            if i <= 0 or math.isinf(hi):
-                out.append(histogram.bucket_value(i))
-            else:
-                out.append(lo * (hi / lo) ** ((qs[k] * total - seen) / c))
-            k += 1
-        seen += c
-        if k == len(qs):
-            break
-    while len(out) < len(qs):
-        out.append(histogram.bucket_value(max(hist)))
-    return out
-
-
-def quantile(hist: Mapping[int, int], q: float) -> float | None:
-    """One interpolated quantile (see _quantiles)."""
-    return quantiles(hist, (q,))[0]
+#: The quantile functions live in histogram.py (one for the whole project); re-exported for
+#: the analysis, which imports its statistics from here.
+quantiles = histogram.quantiles
+quantile = histogram.quantile
 
 
 def count_above(hist: Mapping[int, int], t: float) -> float:
-    """Number of observations above t, splitting the bucket that holds t as _quantile does."""
+    """Number of observations above t, splitting t's bucket as histogram.quantiles does."""
     above = 0.0
     for i, c in hist.items():
         if c <= 0:

@@ -48,16 +48,16 @@ import redis
 from redis.client import NEVER_DECODE
 from redis.exceptions import NoScriptError
 
-from . import metrics, registry, validation
+from . import defaults, metrics, registry, validation
 from .connection import Connection
 from .errors import VERSION_ROLLED_BACK, ScriptError, ValidationError
 from .job import Envelope, Job, encode_json
 
 log = logging.getLogger("pycanary.worker")
 
-DEFAULT_MAX_ATTEMPTS = 3
-DEFAULT_BACKOFF_S = 1.0
-DEFAULT_BACKOFF_MAX_S = 300.0
+DEFAULT_MAX_ATTEMPTS = defaults.MAX_ATTEMPTS
+DEFAULT_BACKOFF_S = defaults.BACKOFF_S
+DEFAULT_BACKOFF_MAX_S = defaults.BACKOFF_MAX_S
 #: Acks are flushed when this many are buffered, or after ACK_DELAY_S, or when idle.
 ACK_BATCH = 200
 ACK_DELAY_S = 0.002
@@ -149,7 +149,7 @@ class WorkerStats:
     dead: int = 0
     late: int = 0
     bounced: int = 0
-    started_at: int = field(default_factory=registry.now_ms)
+    started_at: int = field(default_factory=defaults.now_ms)
 
 
 class Worker:
@@ -166,7 +166,7 @@ class Worker:
         concurrency: int = 1,
         lane: str | None = None,
         schemas: Iterable[int] | None = None,
-        heartbeat_s: float = registry.DEFAULT_HEARTBEAT_S,
+        heartbeat_s: float = defaults.HEARTBEAT_S,
         max_attempts: int = DEFAULT_MAX_ATTEMPTS,
         backoff_s: float = DEFAULT_BACKOFF_S,
         backoff_max_s: float = DEFAULT_BACKOFF_MAX_S,
@@ -201,7 +201,7 @@ class Worker:
         self.pinned_lane = lane
         self.schemas = None if schemas is None else frozenset(int(s) for s in schemas)
         self.heartbeat_s = heartbeat_s
-        self.ttl_ms = registry.ttl_of(heartbeat_s)
+        self.ttl_ms = defaults.ttl_ms(heartbeat_s)
         self.max_attempts = max_attempts
         self.backoff_base_s = backoff_s
         self.backoff_max_s = backoff_max_s
@@ -217,7 +217,6 @@ class Worker:
             q: LaneAssignment(None, "standby", "not yet configured") for q in self.queues}
         self._last_lane: dict[str, str] = {}
         self._stop = threading.Event()
-        self._abort = threading.Event()
         self._results: queue_mod.SimpleQueue[_Outcome] = queue_mod.SimpleQueue()
         self._pending: deque[_Running] = deque()
         self._inflight = 0
@@ -300,7 +299,7 @@ class Worker:
             (stable, canary), rolled_back, former = res[3 * i: 3 * i + 3]
             if not stable and self.pinned_lane in (None, "stable"):
                 stable = conn.scripts.call("adopt_stable_version", [conn.keys.queue(q).config],
-                                           [self.version, registry.now_ms()])
+                                           [self.version, defaults.now_ms()])
             a = assign_lane(self.version, stable_version=stable or None,
                             canary_version=canary or None, rolled_back=bool(rolled_back),
                             former_stable=former is not None, pinned_lane=self.pinned_lane)
@@ -333,13 +332,13 @@ class Worker:
             "current": self._inflight, "done": self.stats.done, "failed": self.stats.failed,
             "schemas": "any" if self.schemas is None else ",".join(map(str,
                                                                        sorted(self.schemas))),
-            "last_seen": registry.now_ms(),
+            "last_seen": defaults.now_ms(),
         }
         return registry.heartbeat(self.conn, self.id, version=self.version, queues=lanes,
                                   info=info, ttl_ms=self.ttl_ms)
 
     def _promote_due(self) -> None:
-        now = registry.now_ms()
+        now = defaults.now_ms()
         for q in self.queues:
             qk = self.conn.keys.queue(q)
             while True:
@@ -368,7 +367,7 @@ class Worker:
                     self._refresh_assignments()
                     # others are judged by their own advertised TTL; ttl_ms only covers
                     # workers that advertise none
-                    registry.reap(self.conn, ttl_ms=max(self.ttl_ms, registry.DEFAULT_TTL_MS),
+                    registry.reap(self.conn, ttl_ms=max(self.ttl_ms, defaults.TTL_MS),
                                   queues=self.queues)
                 self._promote_due()
             except Exception as exc:
@@ -500,7 +499,7 @@ class Worker:
 
     def _accept(self, queue: str, lane: str, raw: str | bytes) -> None:
         """A job now in the processing list: pending (held), bounced, or dead-lettered."""
-        now = registry.now_ms()
+        now = defaults.now_ms()
         try:
             if isinstance(raw, bytes):
                 raise ValueError(f"not UTF-8 ({len(raw)} bytes)")
@@ -531,12 +530,12 @@ class Worker:
         qk = self.conn.keys.queue(queue)
         record: dict[str, Any] = {"error": f"undecodable envelope: {exc}"[:2000],
                                   "version": self.version, "lane": lane, "worker": self.id,
-                                  "failed_at": registry.now_ms()}
+                                  "failed_at": defaults.now_ms()}
         if isinstance(raw, bytes):
             record["raw_hex"] = raw.hex()
         else:
             record["raw"] = raw
-        slot = metrics.slot_of(registry.now_ms(), self.slot_s)
+        slot = metrics.slot_of(defaults.now_ms(), self.slot_s)
         res = self.conn.scripts.call("fail_jobs", qk.fail_keys(self.id, self.version, lane, slot),
                                      [self.keep_s, raw, "dead", encode_json(record), "", 0, 0])
         _check(res, "fail_jobs")
@@ -701,7 +700,7 @@ class Worker:
             return
         r = out.running
         attempt = r.envelope.attempts + 1
-        now = registry.now_ms()
+        now = defaults.now_ms()
         try:
             if attempt < self.max_attempts:
                 due = now + int(1000 * backoff_s(attempt, self.backoff_base_s,
@@ -748,7 +747,7 @@ class Worker:
         lanes = self._active_lanes() if want > 0 else []
         if not self._acks and not self._fails and not lanes:
             return 0
-        slot = metrics.slot_of(registry.now_ms(), self.slot_s)
+        slot = metrics.slot_of(defaults.now_ms(), self.slot_s)
         calls: list[tuple[str, list[str], list[Any]]] = []
         what: list[tuple[str, Any]] = []
         groups: dict[tuple[str, str], list[_Outcome]] = {}

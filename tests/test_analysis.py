@@ -556,7 +556,18 @@ def test_last_stage_manual_gate_and_deadline() -> None:
     a, state = evaluate(1, plan, lane("stable", 2500), lane("canary", 0), state, 1800.0)
     d = decide(plan, a, state, 1800.0)
     assert d.action is Action.ROLLBACK and d.reason.startswith("deadline 30m passed in stage 1")
+    assert d.cause == "deadline" and d.rules == ()
     assert json.dumps(d.to_dict())
+    # at the manual gate a passed deadline holds: the plan waits for a person, it is not late
+    g = decide(plan, a, state, 1800.0, at_manual_gate=True)
+    assert (g.action, g.cause, g.rules) == (Action.HOLD, "deadline", ())
+    assert g.reason.startswith("deadline 30m passed while waiting for approval (latest verdict ")
+    # failing checks still roll it back at the gate, with their rules and cause "analysis"
+    bad = plan_of(max_error_rate=1, deadline="30m", failure_threshold=1)
+    fa, fstate = evaluate(1, bad, lane("stable", 2500), lane("canary", 2500, failed=2500),
+                          AnalysisState().enter_stage(1, 0.0), 1800.0)
+    f = decide(bad, fa, fstate, 1800.0, at_manual_gate=True)
+    assert (f.action, f.cause) == (Action.ROLLBACK, "analysis") and f.rules
 
 
 # ---------------------------------------------------------------------------------------------

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from pycanary import queue_config, service
+from pycanary import defaults, queue_config, service
 from pycanary.producer import Producer
 from tests.conftest import REAL_URL
 
@@ -129,8 +129,8 @@ def test_second_signal_exits_at_once_and_reaper_recovers(real_conn) -> None:
         assert conn.client.llen(qk.lane_stable) < 4  # it still held jobs when it died
         from pycanary import registry
 
-        time.sleep(HEARTBEAT * registry.TTL_HEARTBEATS + 0.2)
-        report = registry.reap(conn, ttl_ms=int(HEARTBEAT * registry.TTL_HEARTBEATS * 1000))
+        time.sleep(defaults.ttl_ms(HEARTBEAT) / 1000 + 0.2)
+        report = registry.reap(conn, ttl_ms=defaults.ttl_ms(HEARTBEAT))
         assert report.workers == 1 and report.jobs >= 2
         assert conn.client.llen(qk.lane_stable) == 4
     finally:

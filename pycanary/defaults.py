@@ -1,0 +1,44 @@
+"""Default settings shared by the library, the CLI and the benchmarks, and the two clock helpers.
+
+Each default is written once here so the worker, the controller, the CLI options and the
+benchmarks cannot drift apart (a heartbeat of 2 s in one place and 3 s in another makes
+workers look dead). Modules keep their old names (``registry.DEFAULT_HEARTBEAT_S``,
+``worker.DEFAULT_MAX_ATTEMPTS``, ...) as aliases of these.
+"""
+
+from __future__ import annotations
+
+import time
+
+#: Seconds between worker heartbeats.
+HEARTBEAT_S = 2.0
+#: Missed heartbeats before a worker counts as dead.
+TTL_HEARTBEATS = 3
+#: Attempts a job gets before it goes to the DLQ.
+MAX_ATTEMPTS = 3
+#: First retry delay in seconds (doubled per attempt) and its ceiling.
+BACKOFF_S = 1.0
+BACKOFF_MAX_S = 300.0
+#: Leader lease of the controller, in seconds.
+LEASE_S = 5.0
+#: Jobs moved per drain script call.
+DRAIN_BATCH = 500
+#: Seconds between controller ticks.
+POLL_S = 1.0
+#: Length of one metrics slot and how long slots and running totals are kept, in seconds.
+SLOT_S = 10
+KEEP_S = 3600
+
+
+def now_ms() -> int:
+    """Wall-clock time in milliseconds since the epoch: the one clock passed to the scripts."""
+    return time.time_ns() // 1_000_000
+
+
+def ttl_ms(heartbeat_s: float) -> int:
+    """How long a worker heartbeating every heartbeat_s seconds counts as alive, in ms."""
+    return round(heartbeat_s * TTL_HEARTBEATS * 1000)
+
+
+#: TTL of workers with the default heartbeat.
+TTL_MS = ttl_ms(HEARTBEAT_S)
