@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import os
 import threading
-import time
+
+from . import defaults
 
 _lock = threading.Lock()
 _last_ms = 0
@@ -16,7 +17,7 @@ def _reserve(n: int, now_ms: int | None) -> tuple[int, int]:
     """Reserve n consecutive (ms, counter) values; within one millisecond the 74 random bits are
     incremented, so ids made by one process are strictly increasing."""
     global _last_ms, _last_rand
-    ms = time.time_ns() // 1_000_000 if now_ms is None else now_ms
+    ms = defaults.now_ms() if now_ms is None else now_ms
     with _lock:
         if ms <= _last_ms and _last_rand + n < (1 << _RAND_BITS):
             ms = _last_ms

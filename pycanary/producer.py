@@ -7,7 +7,7 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, NamedTuple
 
-from . import validation
+from . import defaults, validation
 from .connection import Connection
 from .errors import (
     EnqueueTimeoutError,
@@ -93,7 +93,7 @@ class Producer:
         self._sleep = sleep
         self.client, self.scripts = self._own_client(conn)
         self._rng = rng or random.Random()
-        self._clock_ms = clock_ms or (lambda: time.time_ns() // 1_000_000)
+        self._clock_ms = clock_ms or defaults.now_ms
         self._salts: dict[str, str] = {}
         # queue -> weight the script last reported for untagged jobs: at 0 (no canary, the
         # usual case) the sticky bucket is not needed; if the weight rose meanwhile the script

@@ -58,11 +58,3 @@ class StickyHasher:
             self._prefix, self._salt = prefix, salt
             self._state = fnv1a32(prefix.encode(), _salt_state(salt))
         return fnv1a32(key[-self.TAIL :].encode(), self._state) % BUCKETS
-
-
-def is_canary_sticky(key: str, weight_bp: int, salt: str = "") -> bool:
-    return sticky_bucket(key, salt) < weight_bp
-
-
-def is_canary_draw(draw: int, weight_bp: int) -> bool:
-    return draw < weight_bp

@@ -1,7 +1,7 @@
 -- Shared pieces of the deployment scripts. A deployment hash carries `state` and `rev`; every
 -- change bumps rev, and a writer that read rev r passes it so that a change made meanwhile
 -- (an operator's pause, a rollback) is never overwritten: compare-and-set, error -9.
-local ACTIVE = {pending = true, active = true, paused = true, awaiting_promotion = true,
+local ACTIVE = {active = true, paused = true, awaiting_promotion = true,
                 promoting = true, rolling_back = true}
 
 local function dep_check(dep_key, expected_rev)
