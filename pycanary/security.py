@@ -51,7 +51,7 @@ ROLES: dict[str, Role] = {
         "producer", "enqueue jobs; reads routing config, never changes it",
         scripts=("route_enqueue", "route_enqueue_many"),
         reads=(_Q + "config", _Q + "tenant_weights"),
-        writes=(_Q + "lane:stable", _Q + "lane:canary", _Q + "routed", "queues"),
+        writes=(_Q + "lane:stable", _Q + "lane:canary", _Q + "routed", _Q + "idem:*", "queues"),
         plain_writes=("sadd",),
     ),
     "worker": Role(
