@@ -209,7 +209,11 @@ def map_redis_error(exc: Exception, *, job_ids: list[str], sent: bool = True,
         return exc
     if isinstance(exc, rex.ConnectionError) and (not sent or "connecting to" in str(exc)):
         return QueueUnavailableError(f"cannot reach Redis, job {ids} not enqueued: {exc}")
-    if isinstance(exc, rex.TimeoutError | rex.ConnectionError | TimeoutError):
+    if isinstance(exc, rex.ClusterDownError | rex.TryAgainError):
+        # refused before the script ran (a failover in progress): nothing landed
+        return QueueUnavailableError(f"Redis Cluster is failing over, job {ids} not enqueued: "
+                                     f"{exc}")
+    if isinstance(exc, rex.TimeoutError | rex.ConnectionError | TimeoutError | rex.ClusterError):
         kind = "timed out" if isinstance(exc, rex.TimeoutError | TimeoutError) else \
             "lost the connection"
         return EnqueueTimeoutError(

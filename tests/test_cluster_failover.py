@@ -26,6 +26,7 @@ import redis
 import pycanary
 from pycanary import deployments, queue_config, rollouts
 from pycanary.controller import Controller
+from pycanary.errors import ConnectionFailedError, EnqueueTimeoutError
 from pycanary.job import Job
 from pycanary.worker import Worker
 from tests.redis_servers import RedisCluster6
@@ -116,8 +117,9 @@ def test_primary_killed_mid_run(cluster: RedisCluster6) -> None:
                 try:
                     p.enqueue(q, {"n": n}, job_id=jid)
                     enqueued.append((jid, time.monotonic()))
-                except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError,
+                except (ConnectionFailedError, EnqueueTimeoutError,
                         redis.exceptions.ClusterError, redis.exceptions.RedisClusterException):
+                    # the producer's own errors: unreachable (nothing landed) or outcome unknown
                     unknown.append(jid)
                     time.sleep(0.05)
                 n += 1
