@@ -7,18 +7,115 @@ line naming the field, an unreachable Redis exits 1, neither with a traceback.
 from __future__ import annotations
 
 import json
+import math
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated, Any
 
 import redis
 import typer
+from typer._click import exceptions as click
+from typer.core import TyperGroup
 
-from . import rollouts, service
+from . import rollouts, service, validation
 from .connection import Connection, connect
-from .errors import ConnectionFailedError, PycanaryError
+from .errors import ConnectionFailedError, PayloadTooLargeError, PycanaryError, ValidationError
 from .plan import PlanError
 from .settings import Settings
+
+#: Longest error line printed; a message quoting a 4 KB argument is cut, never a screenful.
+MAX_ERROR_LINE = 300
+
+
+def _one_line(text: str, limit: int = MAX_ERROR_LINE) -> str:
+    """Make text safe to print as one line: no newlines or control characters, no lone
+    surrogates (an argument that was invalid UTF-8), at most ``limit`` characters."""
+    text = text.encode("utf-8", "backslashreplace").decode("utf-8")
+    text = " ".join(text.split())
+    text = "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _usage_error(exc: click.UsageError) -> tuple[str, str]:
+    """(field, message) of a command-line parsing error, in pycanary's own words."""
+    param = getattr(exc, "param", None)
+    name = (param.name or "argument") if param is not None else None
+    if isinstance(exc, click.MissingParameter):
+        opts = getattr(param, "opts", None) or []
+        flag = next((o for o in opts if o.startswith("--")), None)
+        return name or "arguments", f"missing (give {flag})" if flag else "missing"
+    if isinstance(exc, click.BadParameter):
+        return name or "arguments", exc.message.rstrip(".")
+    if isinstance(exc, click.NoSuchOption):
+        return "option", f"no such option {exc.option_name}"
+    msg = exc.format_message().rstrip(".")
+    field = "command" if "No such command" in msg else "arguments"
+    return field, msg[:1].lower() + msg[1:]
+
+
+def report_error(exc: BaseException) -> int | None:
+    """Print one ``error: field: message`` line for a failure and return the exit code: 2
+    for a user mistake, 1 for Redis trouble. ``None``: not ours, let it raise (a bug)."""
+    if isinstance(exc, PlanError):
+        line = f"{exc.field}: {exc.message}"
+        if len(exc.lines) > 1:
+            line += f" (and {len(exc.lines) - 1} more: " + "; ".join(exc.lines[1:]) + ")"
+        typer.echo(f"error: {_one_line(line, 500)}", err=True)
+        return 2
+    if isinstance(exc, ConnectionFailedError):
+        typer.echo(f"error: {_one_line(str(exc))}", err=True)
+        return 1
+    if isinstance(exc, PycanaryError):
+        typer.echo(f"error: {_one_line(str(exc))}", err=True)
+        return 2
+    if isinstance(exc, click.UsageError):
+        field, message = _usage_error(exc)
+        typer.echo(f"error: {_one_line(f'{field}: {message}')}", err=True)
+        return 2
+    if isinstance(exc, click.ClickException):
+        typer.echo(f"error: {_one_line(exc.format_message())}", err=True)
+        return exc.exit_code
+    if isinstance(exc, redis.exceptions.ConnectionError | redis.exceptions.TimeoutError):
+        typer.echo(f"error: {_one_line(f'cannot reach Redis: {exc}')}", err=True)
+        return 1
+    if isinstance(exc, redis.exceptions.RedisError):
+        typer.echo(f"error: {_one_line(f'Redis answered: {exc}')}", err=True)
+        return 1
+    return None
+
+
+class _Group(TyperGroup):
+    """The root command: every failure of every subcommand ends here as one line and an exit
+    code (in a real process and under typer's CliRunner alike), never a traceback."""
+
+    def main(  # type: ignore[override]
+        self,
+        args: Sequence[str] | None = None,
+        prog_name: str | None = None,
+        complete_var: str | None = None,
+        standalone_mode: bool = True,
+        **extra: Any,
+    ) -> Any:
+        try:
+            rv = super().main(args=args, prog_name=prog_name, complete_var=complete_var,
+                              standalone_mode=False, **extra)
+        except click.NoArgsIsHelpError as exc:
+            typer.echo(exc.format_message(), err=True)
+            code: int | None = 2
+        except typer.Abort:
+            typer.echo("aborted", err=True)
+            code = 1
+        except Exception as exc:
+            code = report_error(exc)
+            if code is None:
+                raise
+        else:
+            code = rv if isinstance(rv, int) and not isinstance(rv, bool) else 0
+        if standalone_mode:
+            sys.exit(code)
+        return code
+
 
 app = typer.Typer(
     name="pycanary",
@@ -26,6 +123,7 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    cls=_Group,
 )
 queue_app = typer.Typer(help="Inspect and configure queues.", no_args_is_help=True)
 route_app = typer.Typer(help="Inspect routing decisions.", no_args_is_help=True)
@@ -33,6 +131,28 @@ app.add_typer(queue_app, name="queue")
 app.add_typer(route_app, name="route")
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
+
+
+def _queue_arg(value: str | None) -> str | None:
+    """Every QUEUE argument is checked before anything connects to Redis."""
+    return None if value is None else validation.queue_name(value)
+
+
+def _finite(value: float | None, field: str, lo: float, hi: float) -> None:
+    """Seconds and rates: a finite number in [lo, hi] (NaN and inf are floats too)."""
+    if value is not None and not (math.isfinite(value) and lo <= value <= hi):
+        raise ValidationError(f"must be {lo:g}-{hi:g}, got {value!r}", field=field)
+
+
+def _choice(value: str, field: str, choices: tuple[str, ...]) -> str:
+    if value.lower() not in choices:
+        raise ValidationError(f"must be one of {', '.join(choices)}, got "
+                              f"{validation.quote(value)}", field=field)
+    return value.lower()
+
+
+#: The largest --count of one `pycanary enqueue` (a script or a loop goes further).
+MAX_COUNT = 10_000_000
 
 
 class State:
@@ -85,7 +205,7 @@ def _pct(bp: int | None) -> str:
 @app.command()
 def enqueue(
     ctx: typer.Context,
-    queue: Annotated[str, typer.Argument(help="Queue name, e.g. payments.")],
+    queue: Annotated[str, typer.Argument(help="Queue name, e.g. payments.", callback=_queue_arg)],
     payload: Annotated[str | None, typer.Argument(help="Job payload as JSON (default {}).")] = None,
     job_id: Annotated[
         str | None, typer.Option("--job-id", help="Job id (default: UUIDv7).")
@@ -101,7 +221,20 @@ def enqueue(
     as_json: JsonOpt = False,
 ) -> None:
     """Enqueue a job; the routing script picks its lane (stable or canary)."""
-    data = service.parse_payload(payload)
+    if not 1 <= count <= MAX_COUNT:
+        raise ValidationError(f"must be 1-{MAX_COUNT:,}, got {validation.quote(count)}",
+                              field="count")
+    _finite(rate, "rate", 0.001, 1_000_000)
+    limit = Settings().max_payload_bytes
+    if payload is not None and len(payload) > limit:
+        raise PayloadTooLargeError(f"is {len(payload)} characters, above the limit of {limit} "
+                                   "bytes", field="payload")
+    if payload is not None and any(0xD800 <= ord(c) <= 0xDFFF for c in payload):
+        raise ValidationError("is not valid UTF-8", field="payload")
+    try:
+        data = service.parse_payload(payload)
+    except RecursionError:
+        raise ValidationError("nested too deeply", field="payload") from None
     show_progress = (count >= 20_000 or rate is not None) and sys.stderr.isatty()
 
     def progress(done: int, total: int) -> None:
@@ -128,7 +261,7 @@ def enqueue(
 @app.command("set-weight")
 def set_weight(
     ctx: typer.Context,
-    queue: Annotated[str, typer.Argument(help="Queue name.")],
+    queue: Annotated[str, typer.Argument(help="Queue name.", callback=_queue_arg)],
     percent: Annotated[
         str | None, typer.Argument(help="Canary share in percent, 0-100, two decimals at most.")
     ] = None,
@@ -180,7 +313,7 @@ def _queue_text(info: dict[str, Any]) -> str:
 @queue_app.command("configure")
 def queue_configure(
     ctx: typer.Context,
-    queue: Annotated[str, typer.Argument(help="Queue name.")],
+    queue: Annotated[str, typer.Argument(help="Queue name.", callback=_queue_arg)],
     backend: Annotated[
         str | None, typer.Option("--backend", help="lists or streams.")
     ] = None,
@@ -216,7 +349,7 @@ def queue_configure(
 @queue_app.command("show")
 def queue_show(
     ctx: typer.Context,
-    queue: Annotated[str, typer.Argument(help="Queue name.")],
+    queue: Annotated[str, typer.Argument(help="Queue name.", callback=_queue_arg)],
     as_json: JsonOpt = False,
 ) -> None:
     """Show a queue's routing config, lane depths and routed counts."""
@@ -240,7 +373,7 @@ def queue_list(ctx: typer.Context, as_json: JsonOpt = False) -> None:
 @route_app.command("explain")
 def route_explain(
     ctx: typer.Context,
-    queue: Annotated[str, typer.Argument(help="Queue name.")],
+    queue: Annotated[str, typer.Argument(help="Queue name.", callback=_queue_arg)],
     key: Annotated[str, typer.Argument(help="Sticky key (job id, order id, ...).")],
     tenant: Annotated[str | None, typer.Option("--tenant", help="Tenant label.")] = None,
     as_json: JsonOpt = False,
@@ -293,6 +426,21 @@ def worker(
 
     from .worker import Worker, load_handler
 
+    for q in queues:
+        validation.queue_name(q)
+    validation.version(version)
+    if lane is not None:
+        _choice(lane, "lane", ("stable", "canary"))
+    if not 1 <= concurrency <= 1024:
+        raise ValidationError(f"must be 1-1024, got {validation.quote(concurrency)}",
+                              field="concurrency")
+    if not 1 <= max_attempts <= 1000:
+        raise ValidationError(f"must be 1-1000, got {validation.quote(max_attempts)}",
+                              field="max_attempts")
+    _finite(heartbeat, "heartbeat", 0.1, 3600)
+    _finite(timeout, "timeout", 0.001, 86_400)
+    log_level = _choice(log_level, "log_level", ("debug", "info", "warning", "error"))
+
     logging.basicConfig(level=getattr(logging, log_level.upper(), logging.INFO),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if os.getcwd() not in sys.path:
@@ -318,7 +466,7 @@ def _ago(ms: int) -> str:
 def workers(
     ctx: typer.Context,
     queue: Annotated[
-        str | None, typer.Option("--queue", help="Only workers of this queue.")
+        str | None, typer.Option("--queue", help="Only workers of this queue.", callback=_queue_arg)
     ] = None,
     as_json: JsonOpt = False,
 ) -> None:
@@ -371,7 +519,7 @@ def _dep_line(dep: Any) -> str:
 @canary_app.command("start")
 def canary_start(
     ctx: typer.Context,
-    queue: Annotated[str, typer.Argument(help="Queue name.")],
+    queue: Annotated[str, typer.Argument(help="Queue name.", callback=_queue_arg)],
     version: Annotated[str, typer.Option("--version", help="Canary version to start.")],
     weight: Annotated[str, typer.Option("--weight", help="Canary percent.")] = "10",
     tenant: Annotated[
@@ -400,7 +548,7 @@ def canary_start(
 @app.command()
 def ramp(
     ctx: typer.Context,
-    queue: Annotated[str, typer.Argument(help="Queue name.")],
+    queue: Annotated[str, typer.Argument(help="Queue name.", callback=_queue_arg)],
     version: Annotated[str, typer.Option("--version", help="Canary version to roll out.")],
     plan: Annotated[Path, typer.Option("--plan", help="Plan file (YAML).")],
     watch: Annotated[
@@ -425,7 +573,9 @@ def ramp(
 @app.command()
 def status(
     ctx: typer.Context,
-    queue: Annotated[str | None, typer.Argument(help="Queue (default: all).")] = None,
+    queue: Annotated[
+        str | None, typer.Argument(help="Queue (default: all).", callback=_queue_arg)
+    ] = None,
     watch: Annotated[bool, typer.Option("--watch", help="Refresh every second.")] = False,
     as_json: JsonOpt = False,
 ) -> None:
@@ -442,7 +592,7 @@ def status(
 @app.command()
 def promote(
     ctx: typer.Context,
-    queue: Annotated[str, typer.Argument(help="Queue name.")],
+    queue: Annotated[str, typer.Argument(help="Queue name.", callback=_queue_arg)],
     full: Annotated[bool, typer.Option("--full", help="Make the canary stable now.")] = False,
     yes: YesOpt = False,
     as_json: JsonOpt = False,
@@ -469,7 +619,7 @@ def promote(
 @app.command()
 def rollback(
     ctx: typer.Context,
-    queue: Annotated[str, typer.Argument(help="Queue name.")],
+    queue: Annotated[str, typer.Argument(help="Queue name.", callback=_queue_arg)],
     reason: Annotated[str, typer.Option("--reason", help="Why (kept in the event log).")] = "",
     yes: YesOpt = False,
     as_json: JsonOpt = False,
@@ -488,7 +638,7 @@ def rollback(
 @app.command()
 def pause(
     ctx: typer.Context,
-    queue: Annotated[str, typer.Argument(help="Queue name.")],
+    queue: Annotated[str, typer.Argument(help="Queue name.", callback=_queue_arg)],
     as_json: JsonOpt = False,
 ) -> None:
     """Freeze a deployment: stage timers and weight stay until resume."""
@@ -499,7 +649,7 @@ def pause(
 @app.command()
 def resume(
     ctx: typer.Context,
-    queue: Annotated[str, typer.Argument(help="Queue name.")],
+    queue: Annotated[str, typer.Argument(help="Queue name.", callback=_queue_arg)],
     as_json: JsonOpt = False,
 ) -> None:
     """Continue a paused deployment (paused time does not count toward the stage)."""
@@ -510,7 +660,7 @@ def resume(
 @app.command()
 def drain(
     ctx: typer.Context,
-    queue: Annotated[str, typer.Argument(help="Queue name.")],
+    queue: Annotated[str, typer.Argument(help="Queue name.", callback=_queue_arg)],
     yes: YesOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
@@ -550,6 +700,11 @@ def controller(
 
     from .controller import Controller, JsonFormatter
     from .leader import Leadership
+
+    _finite(lease, "lease", 0.5, 3600)
+    _finite(poll, "poll", 0.01, 3600)
+    log_format = _choice(log_format, "log_format", ("json", "text"))
+    log_level = _choice(log_level, "log_level", ("debug", "info", "warning", "error"))
 
     handler = logging.StreamHandler()
     if log_format == "json":
@@ -603,6 +758,8 @@ def demo(
     compressed time, in a live view; ends with a summary (lost jobs: 0)."""
     from .demo import run_demo
 
+    _finite(speed, "speed", 1, 10_000)
+    _finite(rate, "rate", 1, 5_000)
     live = sys.stdout.isatty() and not as_json
     result = run_demo(redis_url, scenario=scenario, speed=speed, rate=rate, live=live,
                       log=None if live or as_json else typer.echo)
@@ -614,22 +771,9 @@ def demo(
 
 
 def main() -> None:
-    """Entry point: run the app, turning pycanary errors into one line and an exit code."""
-    try:
-        app()
-    except PycanaryError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        sys.exit(1 if isinstance(exc, ConnectionFailedError) else 2)
-    except PlanError as exc:
-        for line in str(exc).splitlines():
-            typer.echo(f"error: {line}", err=True)
-        sys.exit(2)
-    except redis.exceptions.ConnectionError as exc:
-        typer.echo(f"error: cannot reach Redis: {exc}", err=True)
-        sys.exit(1)
-    except redis.exceptions.RedisError as exc:
-        typer.echo(f"error: Redis answered: {exc}", err=True)
-        sys.exit(1)
+    """Entry point: the root group turns every pycanary error into one line and an exit
+    code (see `_Group.main`)."""
+    app()
 
 
 if __name__ == "__main__":

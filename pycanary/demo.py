@@ -25,6 +25,7 @@ from .connection import Connection, connect
 from .controller import Controller
 from .job import Job
 from .producer import Producer
+from .validation import quote
 from .worker import Worker
 
 QUEUE = "payments"
@@ -186,11 +187,14 @@ def run_demo(
     log: Callable[[str], None] | None = None,
 ) -> DemoResult:
     if scenario not in ("healthy", "regression"):
-        raise service.ValidationError(f"must be healthy or regression, got {scenario!r}",
+        raise service.ValidationError(f"must be healthy or regression, got {quote(scenario)}",
                                       field="scenario")
     speed = speed or PLAN_TOTAL_S / (DEMO_SECONDS * 0.8)
     if not 1 <= speed <= 10_000:
         raise service.ValidationError(f"must be 1-10000, got {speed}", field="speed")
+    if isinstance(rate, bool) or not isinstance(rate, int | float) or not 1 <= rate <= 5_000:
+        raise service.ValidationError(f"must be 1-5000 jobs per second, got {quote(rate)}",
+                                      field="rate")
     if url == "memory://":
         url = f"memory://demo-{uuid.uuid4().hex[:8]}"
     conn = connect(url, prefix=f"pycanary-demo-{uuid.uuid4().hex[:8]}")

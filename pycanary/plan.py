@@ -44,7 +44,16 @@ positive. Percentages: 0-100 with at most two decimals (``12.25``); every model 
 basis points (0..10000) the routing scripts use, so no float ever reaches Redis.
 
 Errors: one ``PlanError`` whose lines read ``stages[1].percentage: must be 0-100, got 150``,
-most useful first, so CLI and API can show the first line alone and still be helpful.
+most useful first, so CLI and API can show the first line alone and still be helpful. It is a
+``pycanary.errors.ValidationError`` whose ``field`` is the first line's path (``plan`` for a
+file that cannot be read or parsed).
+
+Limits, applied before anything is expanded, because a plan may come from an API client:
+files and texts above ``MAX_PLAN_BYTES`` (64 KB) are refused unread; YAML may nest at most
+``MAX_DEPTH`` levels and hold at most ``MAX_NODES`` nodes *after* alias expansion (a "billion
+laughs" document is refused while it is composed, before any object is built); a plan has at
+most ``MAX_STAGES`` stages; durations are at most ``MAX_DURATION_S`` (366 days); error lines
+quote at most ~60 characters of a rejected value and at most ``MAX_ERROR_LINES`` are kept.
 """
 
 from __future__ import annotations
@@ -68,6 +77,9 @@ from pydantic import (
     model_validator,
 )
 from pydantic_core import PydanticCustomError
+
+from . import errors as _errors
+from .validation import quote
 
 __all__ = [
     "DEFAULT_FAILURE_THRESHOLD",
@@ -93,13 +105,43 @@ DEFAULT_ON_NO_DATA = "hold"
 
 OnNoData = Literal["hold", "fail", "pass"]
 
+MAX_PLAN_BYTES = 64 * 1024
+MAX_DEPTH = 32
+MAX_NODES = 20_000
+MAX_STAGES = 100
+MAX_DURATION_S = 366 * 86_400
+MAX_ERROR_LINES = 20
 
-class PlanError(ValueError):
-    """A plan that cannot be used; ``lines`` holds one ``path: problem`` per defect."""
+_FIELD_RE = re.compile(r"^([A-Za-z_][A-Za-z0-9_]*(?:\[\d+\]|\.[^\s:]+)*): ")
 
-    def __init__(self, lines: list[str]) -> None:
-        self.lines = list(lines) or ["plan: invalid"]
-        super().__init__("\n".join(self.lines))
+
+class PlanError(_errors.ValidationError):
+    """A plan that cannot be used; ``lines`` holds one ``path: problem`` per defect.
+
+    A ValidationError (so faces report it like any user mistake, and still a ValueError):
+    ``field`` is the path of the first line, or ``plan`` when the first line is about the
+    file or its YAML; ``message`` is the rest of the first line; ``str()`` is every line."""
+
+    code = "invalid_plan"
+
+    def __init__(self, lines: list[str], *, field: str | None = None) -> None:
+        lines = list(lines) or ["plan: invalid"]
+        if len(lines) > MAX_ERROR_LINES:
+            lines = [*lines[:MAX_ERROR_LINES],
+                     f"plan: {len(lines) - MAX_ERROR_LINES} more problems not shown"]
+        self.lines = lines
+        first = lines[0]
+        m = _FIELD_RE.match(first) if field is None else None
+        if field is not None:
+            message = first.removeprefix(f"{field}: ")
+        elif m is not None:
+            field, message = m.group(1), first[m.end():]
+        else:
+            field, message = "plan", first
+        super().__init__(message, field=field)
+
+    def __str__(self) -> str:
+        return "\n".join(self.lines)
 
 
 # --------------------------------------------------------------------------------------------
@@ -107,17 +149,21 @@ class PlanError(ValueError):
 
 
 def _got(v: Any) -> str:
-    """Render a rejected value the way the user wrote it (YAML spelling for null and booleans)."""
+    """Render a rejected value the way the user wrote it (YAML spelling for null and booleans).
+
+    Bounded: never more than ~60 characters, and never the cost of expanding the value (a
+    shared YAML structure, a 5,000-digit integer)."""
     if v is None:
         return "null"
     if isinstance(v, bool):
         return "true" if v else "false"
-    if isinstance(v, float) and v.is_integer() and math.isfinite(v):
+    if isinstance(v, float) and v.is_integer() and math.isfinite(v) and abs(v) < 1e16:
         return str(int(v))
-    if isinstance(v, (int, float)):
+    if isinstance(v, int) and v.bit_length() <= 64:
         return str(v)
-    text = repr(v)
-    return text if len(text) <= 60 else text[:57] + "..."
+    if isinstance(v, float):
+        return repr(v)
+    return quote(v, 60)
 
 
 def _fail(kind: str, message: str, value: Any) -> PydanticCustomError:
@@ -143,6 +189,8 @@ def parse_duration(value: Any) -> int:
         seconds = value
     elif isinstance(value, str):
         text = value.strip().lower()
+        if len(text) > 32:  # a 5,000-digit number is no duration; refuse before int() it
+            raise _fail("duration", "must be a duration like 30s, 10m, 1h30m", value)
         if text.lstrip("-").isdigit():
             seconds = int(text)
         else:
@@ -155,6 +203,8 @@ def parse_duration(value: Any) -> int:
         raise _fail("duration", "must be a duration like 30s, 10m, 1h30m", value)
     if seconds <= 0:
         raise _fail("duration", "must be above 0s", value)
+    if seconds > MAX_DURATION_S:
+        raise _fail("duration", "must be at most 366d", value)
     return seconds
 
 
@@ -176,10 +226,14 @@ def _number(value: Any, what: str) -> float:
         raise _fail("number", f"must be {what}", value)
     if isinstance(value, str):
         text = value.strip().removesuffix("%").strip()
+        if len(text) > 64:  # no percentage needs more; float() of 5,000 digits is inf
+            raise _fail("number", f"must be {what}", value)
         try:
             value = float(text)
         except ValueError:
             raise _fail("number", f"must be {what}", value) from None
+    if isinstance(value, int) and value.bit_length() > 64:
+        raise _fail("number", f"must be {what}", value)  # float() would overflow
     if not isinstance(value, (int, float)) or not math.isfinite(value):
         raise _fail("number", f"must be {what}", value)
     return float(value)
@@ -404,6 +458,9 @@ class Plan(_ConditionFields):
         issues: list[tuple[str, str]] = []
         if not self.stages:
             issues.append(("stages", "must list at least one stage, got []"))
+        if len(self.stages) > MAX_STAGES:
+            issues.append(("stages", f"must list at most {MAX_STAGES} stages, "
+                                     f"got {len(self.stages)}"))
         cap = self.max_weight
         if cap is not None and cap <= 0:
             issues.append(("max_weight", f"must be above 0, got {_got(cap)}"))
@@ -557,13 +614,21 @@ def _fields_at(loc: tuple[Any, ...]) -> list[str]:
     return []
 
 
+_PLAIN_KEY = re.compile(r"[A-Za-z0-9_.:-]{1,40}")
+
+
 def _path(loc: tuple[Any, ...]) -> str:
+    """``stages[1].tenants.acme``; a key the user made up (4 KB, a newline, a dot) is quoted
+    and shortened, so the path stays one short line and cannot be mistaken for nesting."""
     out = ""
     for part in loc:
         if isinstance(part, int):
             out += f"[{part}]"
         else:
-            out += ("." if out else "") + str(part)
+            text = str(part)
+            if not _PLAIN_KEY.fullmatch(text):
+                text = quote(text, 40)
+            out += ("." if out else "") + text
     return out or "canary_config"
 
 
@@ -619,7 +684,51 @@ def _errors_to_lines(err: ValidationError) -> list[str]:
 
 
 class _Loader(yaml.SafeLoader):
-    """SafeLoader that refuses duplicate keys: with plain YAML the last one silently wins."""
+    """SafeLoader that refuses duplicate keys (with plain YAML the last one silently wins)
+    and bounds the document while it is composed, before any Python object exists.
+
+    Aliases are allowed (``conditions: *strict`` is handy), but each one counts as the whole
+    subtree it stands for, so ``MAX_NODES`` bounds the *expanded* size and a billion-laughs
+    document stops after a few thousand events. Depth counts through aliases too.
+    """
+
+    def __init__(self, stream: Any) -> None:
+        super().__init__(stream)
+        self._nodes = 0  # nodes so far, each alias counted as the subtree it stands for
+        self._depth = 0  # nesting of the node being composed
+        self._height = 0  # tallest child so far of the node being composed
+        self._sizes: dict[int, tuple[int, int]] = {}  # id(node) -> (expanded nodes, height)
+
+    def _refuse(self, what: str, mark: Any) -> None:
+        raise yaml.composer.ComposerError(None, None, what, mark)
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        mark = self.peek_event().start_mark
+        if self.check_event(yaml.AliasEvent):
+            node = super().compose_node(parent, index)
+            size, height = self._sizes.get(id(node), (1, 1))
+            self._nodes += size
+            if self._nodes > MAX_NODES:
+                self._refuse(f"too large: more than {MAX_NODES} values once aliases are "
+                             "expanded", mark)
+            if self._depth + height > MAX_DEPTH:
+                self._refuse(f"nested deeper than {MAX_DEPTH} levels", mark)
+            self._height = max(self._height, height)
+            return node
+        self._depth += 1
+        if self._depth > MAX_DEPTH:
+            self._refuse(f"nested deeper than {MAX_DEPTH} levels", mark)
+        self._nodes += 1
+        if self._nodes > MAX_NODES:
+            self._refuse(f"too large: more than {MAX_NODES} values", mark)
+        start, outer = self._nodes, self._height
+        self._height = 0
+        node = super().compose_node(parent, index)
+        height = self._height + 1
+        self._height = max(outer, height)
+        self._sizes[id(node)] = (self._nodes - start + 1, height)
+        self._depth -= 1
+        return node
 
 
 def _construct_mapping(loader: _Loader, node: yaml.MappingNode, deep: bool = False) -> Any:
@@ -643,15 +752,46 @@ _Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _constru
 
 
 def _load_yaml(text: str, name: str) -> Any:
+    """YAML text -> Python data, with the limits above; every failure is one PlanError line."""
+    size = len(text) if len(text) * 4 <= MAX_PLAN_BYTES else len(
+        text.encode("utf-8", "surrogatepass"))
+    if size > MAX_PLAN_BYTES:
+        raise PlanError([f"{name}: too large: {size} bytes, the limit is {MAX_PLAN_BYTES}"],
+                        field="plan")
     try:
         return yaml.load(text, Loader=_Loader)
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line = f":{mark.line + 1}" if mark is not None else ""
-        problem = exc.problem or exc.context or "invalid YAML"
-        raise PlanError([f"{name}{line}: {problem}"]) from None
+        problem = (exc.problem or exc.context or "invalid YAML").strip()
+        if len(problem) > 160:
+            problem = problem[:157] + "..."
+        raise PlanError([f"{name}{line}: {problem}"], field="plan") from None
     except yaml.YAMLError as exc:
-        raise PlanError([f"{name}: {exc}"]) from None
+        raise PlanError([f"{name}: {quote(str(exc), 160)[1:-1]}"], field="plan") from None
+    except (ValueError, OverflowError, RecursionError) as exc:
+        # a scalar PyYAML cannot convert (an int of 5,000 digits exceeds 3.11's limit)
+        raise PlanError([f"{name}: invalid value: {quote(str(exc), 120)[1:-1]}"],
+                        field="plan") from None
+
+
+def _check_shape(data: Any) -> None:
+    """Bound an already-parsed plan (the API path) the way the loader bounds YAML: at most
+    MAX_NODES values and MAX_DEPTH levels, walked iteratively (a self-referencing dict ends
+    at the depth limit, a shared structure at the node limit), before pydantic sees it."""
+    stack: list[tuple[Any, int]] = [(data, 1)]
+    nodes = 0
+    while stack:
+        value, depth = stack.pop()
+        nodes += 1
+        if nodes > MAX_NODES:
+            raise PlanError([f"plan: too large: more than {MAX_NODES} values"], field="plan")
+        if depth > MAX_DEPTH:
+            raise PlanError([f"plan: nested deeper than {MAX_DEPTH} levels"], field="plan")
+        if isinstance(value, Mapping):
+            stack.extend((v, depth + 1) for v in value.values())
+        elif isinstance(value, (list, tuple)):
+            stack.extend((v, depth + 1) for v in value)
 
 
 def parse_plan(source: Mapping[str, Any] | str, *, name: str = "<string>") -> Plan:
@@ -660,16 +800,26 @@ def parse_plan(source: Mapping[str, Any] | str, *, name: str = "<string>") -> Pl
     The mapping may be the design card's ``{canary_config: {...}}`` or the ``canary_config``
     body itself (what an API client naturally posts). Error paths are relative to the body.
     """
-    data: Any = _load_yaml(source, name) if isinstance(source, str) else source
+    if isinstance(source, bytes):
+        try:
+            source = source.decode("utf-8")
+        except UnicodeDecodeError:
+            raise PlanError([f"{name}: not UTF-8 text"], field="plan") from None
+    if isinstance(source, str):
+        data: Any = _load_yaml(source, name)
+    else:
+        data = source
+        _check_shape(data)
     if data is None:
-        raise PlanError([f"{name}: the plan is empty"])
+        raise PlanError([f"{name}: the plan is empty"], field="plan")
     if not isinstance(data, Mapping):
         raise PlanError([f"canary_config: must be a mapping, got {_got(data)}"])
     if "canary_config" in data:
         extra = [k for k in data if k != "canary_config"]
         if extra:
             raise PlanError(
-                [f"{k}: unknown field (allowed at the top: canary_config)" for k in extra]
+                [f"{_path((k,))}: unknown field (allowed at the top: canary_config)"
+                 for k in extra]
             )
         data = data["canary_config"]
         if not isinstance(data, Mapping):
@@ -678,15 +828,27 @@ def parse_plan(source: Mapping[str, Any] | str, *, name: str = "<string>") -> Pl
         return Plan.model_validate(dict(data))
     except ValidationError as exc:
         raise PlanError(_errors_to_lines(exc)) from None
+    except RecursionError:  # pragma: no cover - _check_shape bounds depth first
+        raise PlanError([f"plan: nested deeper than {MAX_DEPTH} levels"], field="plan") from None
 
 
 def load_plan(path: str | Path) -> Plan:
-    """Read and validate a plan file; errors name the file for YAML problems (file:line)."""
+    """Read and validate a plan file; errors name the file for YAML problems (file:line).
+
+    The size is checked before reading (and the read is bounded, for a file that grows or a
+    FIFO), so a 1 GB "plan" costs nothing."""
     p = Path(path)
     try:
-        text = p.read_text(encoding="utf-8")
+        with p.open("rb") as f:
+            raw = f.read(MAX_PLAN_BYTES + 1)
     except OSError as exc:
-        raise PlanError([f"{p}: cannot read plan: {exc.strerror or exc}"]) from None
-    except UnicodeDecodeError:
-        raise PlanError([f"{p}: not UTF-8 text"]) from None
+        raise PlanError([f"{p}: cannot read plan: {exc.strerror or exc}"],
+                        field="plan") from None
+    if len(raw) > MAX_PLAN_BYTES:
+        raise PlanError([f"{p}: too large: above the limit of {MAX_PLAN_BYTES} bytes"],
+                        field="plan")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise PlanError([f"{p}: not UTF-8 text (byte {exc.start})"], field="plan") from None
     return parse_plan(text, name=str(p))

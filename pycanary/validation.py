@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import re
+import reprlib
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
@@ -13,12 +14,48 @@ NAME_RE = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 VERSION_RE = re.compile(r"^[A-Za-z0-9._:+-]{1,128}$")
 MAX_JOB_ID = 128
 MAX_STICKY_KEY = 1024
+#: Characters of a rejected value an error message may quote: a 4 KB queue name or a
+#: 5,000-digit number must not turn one error line into a screenful.
+QUOTE_LIMIT = 80
+
+_repr = reprlib.Repr()
+_repr.maxstring = QUOTE_LIMIT
+_repr.maxother = QUOTE_LIMIT
+_repr.maxlong = 40
+_repr.maxlevel = 3
+for _name in ("maxlist", "maxtuple", "maxdict", "maxset", "maxfrozenset", "maxdeque"):
+    setattr(_repr, _name, 4)
+
+
+def quote(value: Any, limit: int = QUOTE_LIMIT) -> str:
+    """A bounded, single-line repr of a rejected value, for error messages.
+
+    Bounded in work as well as in length: reprlib never expands more than a few items of a
+    container (a shared "billion laughs" structure costs nothing) and never converts a huge
+    int to decimal in full (3.11 refuses above 4,300 digits anyway).
+    """
+    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 200:
+        return f"<an integer of about {int(value.bit_length() * 0.30103) + 1} digits>"
+    try:
+        text = repr(value[: limit + 2]) if isinstance(value, str) else _repr.repr(value)
+    except Exception:  # a hostile __repr__ must not replace the error being reported
+        text = f"<{type(value).__name__}>"
+    text = text.encode("utf-8", "backslashreplace").decode("utf-8")
+    text = "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _plain(value: Any) -> str:
+    """Like quote, without the quotes around a string: "got 150" reads as the user typed it."""
+    text = quote(value)
+    return text[1:-1] if isinstance(value, str) and text[:1] in "'\"" else text
 
 
 def queue_name(value: Any, field: str = "queue") -> str:
     if not isinstance(value, str) or not NAME_RE.match(value):
         raise ValidationError(
-            f"must be 1-128 characters of A-Za-z0-9._:- (no braces, spaces or @), got {value!r}",
+            "must be 1-128 characters of A-Za-z0-9._:- (no braces, spaces or @), got "
+            + quote(value),
             field=field,
         )
     return value
@@ -33,17 +70,19 @@ def tenant(value: Any, field: str = "tenant") -> str | None:
 def version(value: Any, field: str = "version") -> str:
     if not isinstance(value, str) or not VERSION_RE.match(value):
         raise ValidationError(
-            f"must be 1-128 characters of A-Za-z0-9._:+-, got {value!r}", field=field
+            f"must be 1-128 characters of A-Za-z0-9._:+-, got {quote(value)}", field=field
         )
     return value
 
 
 def _printable_text(value: Any, field: str, max_len: int) -> str:
     if not isinstance(value, str) or not 1 <= len(value) <= max_len:
-        raise ValidationError(f"must be a string of 1-{max_len} characters, got {value!r}",
+        raise ValidationError(f"must be a string of 1-{max_len} characters, got {quote(value)}",
                               field=field)
     if any(ord(c) < 32 or ord(c) == 127 for c in value):
         raise ValidationError("must not contain control characters", field=field)
+    if any(0xD800 <= ord(c) <= 0xDFFF for c in value):
+        raise ValidationError("must be valid Unicode (no lone surrogates)", field=field)
     return value
 
 
@@ -62,21 +101,22 @@ def percent_to_bp(value: Any, field: str = "weight") -> int:
     that 12.345 is refused rather than silently rounded.
     """
     if isinstance(value, bool):
-        raise ValidationError(f"must be a percentage 0-100, got {value!r}", field=field)
+        raise ValidationError(f"must be a percentage 0-100, got {quote(value)}", field=field)
     if isinstance(value, float) and not math.isfinite(value):
-        raise ValidationError(f"must be a percentage 0-100, got {value!r}", field=field)
+        raise ValidationError(f"must be a percentage 0-100, got {quote(value)}", field=field)
     text = str(value).strip().removesuffix("%").strip() if isinstance(value, str) else repr(value)
     try:
         d = Decimal(text)
     except (InvalidOperation, ValueError):
-        raise ValidationError(f"must be a percentage 0-100, got {value!r}", field=field) from None
+        raise ValidationError(f"must be a percentage 0-100, got {quote(value)}",
+                              field=field) from None
     if not d.is_finite():
-        raise ValidationError(f"must be a percentage 0-100, got {value!r}", field=field)
+        raise ValidationError(f"must be a percentage 0-100, got {quote(value)}", field=field)
     if d < 0 or d > 100:
-        raise ValidationError(f"must be 0-100, got {value}", field=field)
+        raise ValidationError(f"must be 0-100, got {_plain(value)}", field=field)
     bp = d * 100
     if bp != bp.to_integral_value():
-        raise ValidationError(f"at most two decimals, got {value}", field=field)
+        raise ValidationError(f"at most two decimals, got {_plain(value)}", field=field)
     return int(bp)
 
 
