@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import deployments, histogram, rollouts, service
+from . import deployments, histogram, metrics, rollouts, service
 from .connection import Connection, connect
 from .controller import Controller
 from .job import Job
@@ -129,16 +129,15 @@ class _Fleet:
 
 def _lane_line(conn: Connection, dep: deployments.Deployment, lane: str) -> dict[str, Any]:
     version = dep.stable_version if lane == "stable" else dep.canary_version
-    qk = conn.keys.queue(dep.queue)
-    d = {k: int(v) for k, v in conn.client.hgetall(qk.metrics_total(version, lane)).items()}
-    run = {int(k[1:]): n for k, n in d.items() if k[0] == "r" and k[1:].isdigit() and n > 0}
-    ok, failed = d.get("ok", 0), d.get("failed", 0)
+    f = metrics.read_totals(conn, dep.queue, version, lane)
+    run = {b: n for b, n in f.run_hist.items() if n > 0}
+    ok, failed = f.counts.get("ok", 0), f.counts.get("failed", 0)
     p50, p95 = histogram.quantile(run, 0.5), histogram.quantile(run, 0.95)
     return {"version": version, "done": ok + failed,
             "errors": None if ok + failed == 0 else failed / (ok + failed),
             "p50_ms": None if p50 is None else p50 / 1000,
             "p95_ms": None if p95 is None else p95 / 1000,
-            "depth": conn.client.llen(qk.lane(lane))}
+            "depth": service.lanes_of(conn, dep.queue)[0][lane]}
 
 
 def _view(conn: Connection, dep: deployments.Deployment, clock: ScaledClock, scenario: str,
@@ -289,7 +288,7 @@ def run_demo(
         lost = len(set(enqueued) - set(done_all) - dead)
         evs = deployments.events(conn, QUEUE, dep.id, count=200)
         result = DemoResult(
-            scenario=scenario, url=url.split("@")[-1], outcome=dep.state,
+            scenario=scenario, url=conn.safe_url, outcome=dep.state,
             enqueued=len(enqueued),
             processed={v: len(ids) for v, ids in fleet.done.items()},
             dead_lettered=len(dead), lost=lost, duplicates=len(done_all) - len(set(done_all)),
@@ -299,6 +298,9 @@ def run_demo(
             if regression_at is not None:
                 result.regression_to_rollback_s = dep.rollback_at / 1000 - regression_at
             result.drained_jobs = (dep.drain or {}).get("moved")
+            if dep.weight0_at:
+                # rollback decided -> weight 0 written, on the deployment's own clock
+                result.weight_zero_ms = float(max(0, dep.weight0_at - dep.rollback_at))
         return result
     finally:
         stop.set()

@@ -118,7 +118,3 @@ def percent_to_bp(value: Any, field: str = "weight") -> int:
     if bp != bp.to_integral_value():
         raise ValidationError(f"at most two decimals, got {_plain(value)}", field=field)
     return int(bp)
-
-
-def bp_to_percent(bp: int) -> float:
-    return bp / 100

@@ -13,7 +13,7 @@ from typing import Any
 from . import rollouts
 from .connection import Connection
 
-FINAL = {"completed": 0, "rolled_back": 1, "failed": 1}
+FINAL = {"completed": 0, "rolled_back": 1}
 
 
 def _pct(x: float | None) -> str:
@@ -99,7 +99,7 @@ def watch_status(conn: Connection, queue: str | None, interval: float = 1.0) -> 
 
 def watch_deployment(conn: Connection, queue: str, dep_id: str, *, as_json: bool = False,
                      interval: float = 1.0, timeout: float | None = None) -> int:
-    """Follow one deployment until it ends: 0 promoted, 1 rolled back (or failed)."""
+    """Follow one deployment until it ends: 0 promoted, 1 rolled back."""
     seen: set[str] = set()
     started = time.monotonic()
     tty = sys.stdout.isatty() and not as_json

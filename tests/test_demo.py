@@ -32,6 +32,7 @@ def test_demo_outcome_and_nothing_lost(url: str, scenario: str, outcome: str) ->
         # (detection time is asserted by the controller scenario tests; at this speed a
         # 30 s interval is 0.1 s of real time, too short to gather samples)
         assert result.regression_to_rollback_s is not None
+        assert result.weight_zero_ms is not None and 0 <= result.weight_zero_ms < 1000
 
 
 def test_demo_cli_json_and_bad_scenario() -> None:
