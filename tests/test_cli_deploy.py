@@ -32,7 +32,8 @@ def test_canary_lifecycle(real_conn) -> None:
     res = run("status", prefix=prefix)
     assert "deployment" in res.stdout and "no controller is running" in res.stdout
     assert run("pause", "payments", prefix=prefix).returncode == 0
-    assert "paused" in run("status", "payments", "--json", prefix=prefix).stdout
+    paused = json.loads(run("status", "payments", "--json", prefix=prefix).stdout)[0]
+    assert paused["deployment"]["state"] == "paused"
     assert run("resume", "payments", prefix=prefix).returncode == 0
     # destructive verbs ask; without a terminal they need --yes
     assert_user_error(run("rollback", "payments", prefix=prefix), "yes")

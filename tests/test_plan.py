@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pydantic
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -475,8 +476,9 @@ def test_json_text_is_yaml() -> None:
 
 def test_plan_is_immutable() -> None:
     plan = parse_plan(body())
-    with pytest.raises(Exception):  # noqa: B017 - pydantic raises its own ValidationError
+    with pytest.raises(pydantic.ValidationError, match="frozen"):
         plan.interval = 5
+    assert plan.interval == parse_plan(body()).interval
 
 
 # ---------------------------------------------------------------------------------------------
