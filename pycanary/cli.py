@@ -630,9 +630,7 @@ def rollback(
     processed next, in order."""
     _confirm(f"Roll back the canary on {queue}?", yes)
     res = rollouts.rollback(_state(ctx).conn(), queue, reason=reason)
-    text = (f"{queue}: rolled back; weight 0 after {res['weight_zero_ms']:.1f} ms, canary lane "
-            f"drained ({res['drained_jobs'] or 0} jobs) after {res['drained_ms']:.1f} ms")
-    _emit(res, as_json, text)
+    _emit(res, as_json, res["message"])  # the service says whether the drain completed
 
 
 @app.command()
