@@ -17,10 +17,10 @@ import pytest
 from typer.testing import CliRunner
 
 from pycanary import plan as plan_mod
-from pycanary import service
+from pycanary import rollouts, service
 from pycanary.cli import app
 from pycanary.connection import Connection
-from pycanary.errors import ValidationError
+from pycanary.errors import StateError, ValidationError
 from pycanary.producer import Producer
 from pycanary.worker import Worker
 
@@ -37,6 +37,8 @@ canary_config:
     - percentage: 50
       duration: 5m
 """
+GOOD_PLAN_DICT: dict[str, Any] = {"interval": "15s", "stages": [
+    {"percentage": 10, "duration": "3m"}, {"percentage": 50, "duration": "5m"}]}
 BILLION_LAUGHS = (
     "a: &a [\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\"]\n"
     + "".join(f"{chr(98 + i)}: &{chr(98 + i)} [" + ",".join([f"*{chr(97 + i)}"] * 9) + "]\n"
@@ -117,6 +119,27 @@ CLI_CASES = [
     pytest.param(["ramp", "payments", "--version", "v2", "--plan", "/nonexistent/plan.yaml"],
                  "plan", {}, id="ramp-plan-missing"),
     pytest.param(["promote", "pay{x}", "--yes"], "queue", {}, id="promote-queue-braces"),
+    pytest.param(["canary", "start", "payments", "--version", "v2", "--weight", "101",
+                  "--allow-schema-change"], "weight", {}, id="canary-start-weight-101"),
+    pytest.param(["canary", "start", "payments", "--version", "v2", "--weight", HUGE_INT,
+                  "--allow-schema-change"], "weight", {}, id="canary-start-weight-huge"),
+    pytest.param(["canary", "start", "payments", "--version", "v{2}",
+                  "--allow-schema-change"], "version", {}, id="canary-start-version-braces"),
+    pytest.param(["enqueue", "payments", "--tenant", "t" * 4096], "tenant", {},
+                 id="enqueue-tenant-4kb"),
+    pytest.param(["enqueue", "payments", "--job-id", "j" * 4096], "job_id", {},
+                 id="enqueue-job-id-4kb"),
+    pytest.param(["set-weight", "payments", "5", "--tenant", "a b"], "tenant", {},
+                 id="set-weight-tenant-space"),
+    pytest.param(["route", "explain", "pay{x}", "k"], "queue", {}, id="route-explain-braces"),
+    pytest.param(["status", "q" * 4096], "queue", {}, id="status-queue-4kb"),
+    pytest.param(["workers", "--queue", "a b"], "queue", {}, id="workers-queue-space"),
+    pytest.param(["drain", "pay{x}", "--yes"], "queue", {}, id="drain-queue-braces"),
+    pytest.param(["controller", "--lease", "nan"], "lease", {}, id="controller-lease-nan"),
+    pytest.param(["controller", "--poll", HUGE_INT], "poll", {}, id="controller-poll-huge"),
+    pytest.param(["demo", "--rate", "-1"], "rate", {}, id="demo-rate-negative"),
+    pytest.param(["no-such-verb"], "command", {}, id="unknown-verb"),
+    pytest.param(["enqueue", "payments", "--bogus"], "option", {}, id="unknown-option"),
 ]
 
 
@@ -265,6 +288,30 @@ API_CASES: list[Any] = [
                  id="service-configure-queue"),
     pytest.param(lambda c: service.queue_info(c, "q" * 4096), "queue",
                  id="service-queue-info-4kb"),
+    pytest.param(lambda c: service.lanes_of(c, "pay{x}"), "queue", id="service-lanes-of"),
+    pytest.param(lambda c: rollouts.set_weight_with_deployment(c, "pay{x}", 100, None),
+                 "queue", id="rollouts-set-weight-queue"),
+    pytest.param(lambda c: rollouts.drain(c, "pay{x}"), "queue", id="rollouts-drain-queue"),
+    pytest.param(lambda c: rollouts.promote(c, "payments"), "queue",
+                 id="rollouts-promote-no-deployment"),
+    pytest.param(lambda c: rollouts.rollback(c, "payments"), "queue",
+                 id="rollouts-rollback-no-deployment"),
+    pytest.param(lambda c: rollouts.pause(c, "payments"), "queue",
+                 id="rollouts-pause-no-deployment"),
+    pytest.param(lambda c: rollouts.resume(c, "payments"), "queue",
+                 id="rollouts-resume-no-deployment"),
+    pytest.param(lambda c: rollouts.ramp(c, "pay{x}", "v2", GOOD_PLAN_DICT,
+                                         allow_schema_change=True), "queue",
+                 id="rollouts-ramp-queue"),
+    pytest.param(lambda c: rollouts.ramp(c, "payments", "v2", "/nonexistent/plan.yaml",
+                                         allow_schema_change=True), "plan",
+                 id="rollouts-ramp-plan-missing"),
+    pytest.param(lambda c: rollouts.start_canary(c, "payments", "v2", weight=float("nan"),
+                                                 allow_schema_change=True), "weight",
+                 id="rollouts-canary-weight-nan"),
+    pytest.param(lambda c: rollouts.start_canary(c, "payments", "v2", weight=10**5000,
+                                                 allow_schema_change=True), "weight",
+                 id="rollouts-canary-weight-huge"),
 ]
 
 
@@ -273,7 +320,8 @@ def test_api_refuses(real_conn: Connection, call: Callable[[Connection], Any],
                      field: str) -> None:
     seed(real_conn)
     before = snapshot(real_conn)
-    with pytest.raises(ValidationError) as info:
+    # user mistakes are ValidationError; a verb in the wrong state is StateError (also exit 2)
+    with pytest.raises((ValidationError, StateError)) as info:
         call(real_conn)
     got = info.value.field
     # a batch names the job too: jobs[3].payload
