@@ -212,8 +212,12 @@ def test_cli_ramp_twice(real_conn: Connection, runner: CliRunner, tmp_path: Path
     pytest.param(["set-weight", "payments", HUGE_INT], "weight", id="proc-weight-huge"),
     pytest.param(["enqueue", "payments", nested(1000)], "payload", id="proc-nested"),
     pytest.param(["enqueue", "pay{ments}"], "queue", id="proc-queue-braces"),
+    # raw bytes on the command line: argv arrives as a str with lone surrogates
+    pytest.param([b"enqueue", b"pay\xffments"], "queue", id="proc-queue-invalid-utf8"),
+    pytest.param([b"enqueue", b"payments", b'{"a": "\xff"}'], "payload",
+                 id="proc-payload-invalid-utf8"),
 ])
-def test_process_refuses(real_conn: Connection, argv: list[str], field: str) -> None:
+def test_process_refuses(real_conn: Connection, argv: list[str | bytes], field: str) -> None:
     seed(real_conn)
     before = snapshot(real_conn)
     proc = subprocess.run(
