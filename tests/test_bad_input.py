@@ -66,8 +66,10 @@ def snapshot(conn: Connection) -> list[tuple[bytes, bytes | None]]:
 
 
 def seed(conn: Connection) -> None:
+    """State to protect: a configured queue with three jobs waiting."""
     service.configure_queue(conn, "payments", stable_version="v1")
     Producer(conn).enqueue_many("payments", [{"n": i} for i in range(3)])
+    assert len(snapshot(conn)) >= 3  # an empty snapshot would make every comparison vacuous
 
 
 def nested(depth: int) -> str:
