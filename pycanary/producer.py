@@ -47,7 +47,8 @@ class EnqueueResult(NamedTuple):
 
 def _check_schema(schema: int) -> int:
     if isinstance(schema, bool) or not isinstance(schema, int) or not 1 <= schema <= 65535:
-        raise ValidationError(f"must be an integer 1-65535, got {schema!r}", field="schema")
+        raise ValidationError(f"must be an integer 1-65535, got {validation.quote(schema)}",
+                              field="schema")
     return schema
 
 

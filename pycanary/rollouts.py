@@ -334,6 +334,7 @@ def set_weight_with_deployment(conn: Connection, queue: str, bp: int | None,
     """`set-weight` during a deployment: change the weight through the deployment and pause
     its automatic progression (the operator took the wheel). Returns False when the queue has
     no active deployment (the caller sets the plain weight)."""
+    validation.queue_name(queue)
     dep = deployments.get(conn, queue)
     if dep is None or dep.state not in ("active", "awaiting_promotion", "paused"):
         return False

@@ -169,6 +169,7 @@ def queue_info(conn: Connection, queue: str) -> dict[str, Any]:
 
 def lanes_of(conn: Connection, queue: str) -> tuple[dict[str, int], dict[str, int]]:
     """({lane: depth}, {lane: jobs routed}) of one queue, in one round trip."""
+    validation.queue_name(queue)
     pipe = conn.client.pipeline(transaction=False)
     read_lanes(pipe, conn.keys.queue(queue))
     return decode_lanes(iter(pipe.execute()))

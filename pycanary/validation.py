@@ -104,6 +104,8 @@ def percent_to_bp(value: Any, field: str = "weight") -> int:
         raise ValidationError(f"must be a percentage 0-100, got {quote(value)}", field=field)
     if isinstance(value, float) and not math.isfinite(value):
         raise ValidationError(f"must be a percentage 0-100, got {quote(value)}", field=field)
+    if isinstance(value, int) and not 0 <= value <= 100:  # 10**5000: repr() would refuse it
+        raise ValidationError(f"must be 0-100, got {quote(value)}", field=field)
     text = str(value).strip().removesuffix("%").strip() if isinstance(value, str) else repr(value)
     try:
         d = Decimal(text)
