@@ -209,7 +209,9 @@ def test_deadline_does_not_roll_back_a_deployment_waiting_at_its_manual_gate(
     assert (cfg.canary_version, cfg.weight_bp) == ("v2", 1000)
     assert not conn.client.sismember(d.qk.rolled_back, "v2")
     assert dep.manual_only == ""  # quiet lanes with nothing waiting are not a metrics outage
-    assert (dep.last_decision or {}).get("action") == "rollback"  # decide said so; held
+    # decide itself holds at the gate, and says the deadline is why
+    last = dep.last_decision or {}
+    assert (last.get("action"), last.get("cause")) == ("hold", "deadline"), last
 
 
 def test_deadline_still_rolls_back_before_the_gate(real_conn: Any) -> None:
