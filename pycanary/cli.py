@@ -18,7 +18,7 @@ import typer
 from typer._click import exceptions as click
 from typer.core import TyperGroup
 
-from . import rollouts, service, validation
+from . import defaults, registry, rollouts, service, validation
 from .connection import Connection, connect
 from .errors import ConnectionFailedError, PayloadTooLargeError, PycanaryError, ValidationError
 from .plan import PlanError
@@ -407,11 +407,12 @@ def worker(
                                  "(default: any).")
     ] = None,
     heartbeat: Annotated[
-        float, typer.Option("--heartbeat", help="Seconds between heartbeats.")
-    ] = 2.0,
+        float, typer.Option("--heartbeat", help="Seconds between heartbeats (0.1-300); the "
+                            "worker counts as dead after 3 missed.")
+    ] = defaults.HEARTBEAT_S,
     max_attempts: Annotated[
         int, typer.Option("--max-attempts", help="Attempts before dead-lettering.")
-    ] = 3,
+    ] = defaults.MAX_ATTEMPTS,
     timeout: Annotated[
         float | None, typer.Option("--timeout", help="Seconds a job may run (default: none).")
     ] = None,
@@ -437,7 +438,7 @@ def worker(
     if not 1 <= max_attempts <= 1000:
         raise ValidationError(f"must be 1-1000, got {validation.quote(max_attempts)}",
                               field="max_attempts")
-    _finite(heartbeat, "heartbeat", 0.1, 3600)
+    _finite(heartbeat, "heartbeat", registry.MIN_HEARTBEAT_S, registry.MAX_HEARTBEAT_S)
     _finite(timeout, "timeout", 0.001, 86_400)
     log_level = _choice(log_level, "log_level", ("debug", "info", "warning", "error"))
 
@@ -684,8 +685,9 @@ def drain(
 @app.command()
 def controller(
     ctx: typer.Context,
-    lease: Annotated[float, typer.Option("--lease", help="Leader lease in seconds.")] = 5.0,
-    poll: Annotated[float, typer.Option("--poll", help="Seconds between ticks.")] = 1.0,
+    lease: Annotated[
+        float, typer.Option("--lease", help="Leader lease in seconds.")] = defaults.LEASE_S,
+    poll: Annotated[float, typer.Option("--poll", help="Seconds between ticks.")] = defaults.POLL_S,
     log_format: Annotated[str, typer.Option("--log-format", help="json or text.")] = "json",
     log_level: Annotated[str, typer.Option("--log-level", help="debug, info, warning.")] = "info",
 ) -> None:
