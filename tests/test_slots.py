@@ -28,6 +28,8 @@ from pycanary.producer import Producer
 from pycanary.scripts import load_all
 from pycanary.worker import Worker
 
+from .test_worker import run_until  # one helper that runs a worker until a condition holds
+
 # Scripts that no code path calls (kept for operators / older clients). The test below checks
 # that pycanary really never calls them, so this list cannot hide a used script.
 UNUSED = {"promote_canary"}
@@ -69,20 +71,6 @@ def recorder(monkeypatch: pytest.MonkeyPatch) -> Recorder:
     return rec
 
 
-def _run_worker(worker: Worker, until: Any, timeout: float = 20.0) -> None:
-    t = threading.Thread(target=worker.run, daemon=True)
-    t.start()
-    deadline = time.monotonic() + timeout
-    try:
-        while not until():
-            assert time.monotonic() < deadline, "worker did not finish in time"
-            time.sleep(0.01)
-    finally:
-        worker.stop()
-        t.join(15)
-    assert not t.is_alive()
-
-
 def _flows(conn: Any) -> None:
     """Every flow that runs a script: producing, working, reaping, deployments, leadership."""
     qk = conn.keys.queue("payments")
@@ -90,7 +78,7 @@ def _flows(conn: Any) -> None:
     # a worker with no stable version configured adopts its own (adopt_stable_version)
     p.enqueue("payments", {"i": -1})
     w0 = Worker(conn, ["payments"], "v1", lambda job: None, heartbeat_s=0.2)
-    _run_worker(w0, lambda: w0.stats.done == 1)
+    run_until(w0, lambda: w0.stats.done == 1)
     service.configure_queue(conn, "payments", max_weight="90", salt="s1")
     service.set_weight(conn, "payments", "20")
     service.explain_route(conn, "payments", "order-1", tenant="acme")
@@ -111,7 +99,7 @@ def _flows(conn: Any) -> None:
                heartbeat_s=0.2, max_attempts=2)
     dlq_done = lambda: conn.client.llen(qk.dlq) >= 13 and conn.client.zcard(  # noqa: E731
         qk.delayed_stable) == 0 and w.stats.bounced >= 1
-    _run_worker(w, dlq_done)
+    run_until(w, dlq_done)
     conn.client.lrem(qk.lane_stable, 0, conn.client.lindex(qk.lane_stable, 0) or "")
 
     # a worker stopped with fetched-but-unstarted jobs returns them (return_job); a dead
