@@ -29,19 +29,16 @@ local dep_key, events_key, history_key, counters_key, fence_key =
 
 local bad = bad_key_type({{1, 'hash'}, {2, 'stream'}, {3, 'list'}, {4, 'hash'}, {5, 'string'}})
 if bad then return guard_fail(-13, bad) end
-if ARGV[1] ~= '' and int_arg(ARGV[1], 0) == nil then return guard_fail(-4, 'ARGV[1] epoch must be an integer or empty') end
-if not stored_int_ok(rcall('GET', fence_key)) then return guard_fail(-4, 'the stored fence is not an integer') end
+local fence_err = fence_args_error(fence_key, ARGV[1])
+if fence_err then return fence_err end
 if int_arg(ARGV[2], 0) == nil then return guard_fail(-4, 'ARGV[2] now_ms must be an integer') end
 if ARGV[3] == nil then return guard_fail(-4, 'ARGV[3] counter missing') end
 if pairs_end(ARGV, 4, #ARGV) ~= #ARGV then return guard_fail(-4, 'field pairs from ARGV[4], then the event') end
 if ARGV[3] ~= '' and not stored_int_ok(rcall('HGET', counters_key, ARGV[3])) then
   return guard_fail(-4, 'counter ' .. ARGV[3] .. ' is not an integer')
 end
-local fence_fine, fence_up = fence_peek(fence_key, ARGV[1])
-if not fence_fine then return -7 end
-local function raise_fence()
-  if fence_up then rcall('SET', fence_key, tonumber(ARGV[1])) end
-end
+local raise_fence = fence_gate(fence_key, ARGV[1])
+if not raise_fence then return -7 end
 local state = rcall('HGET', dep_key, 'state')
 local final
 if state == 'promoting' then final = 'completed'

@@ -38,8 +38,8 @@ local config_key, tenant_key, dep_key, events_key, fence_key, analyses_key =
 
 local bad = bad_key_type({{1, 'hash'}, {2, 'hash'}, {3, 'hash'}, {4, 'stream'}, {5, 'string'}, {6, 'list'}})
 if bad then return guard_fail(-13, bad) end
-if ARGV[1] ~= '' and int_arg(ARGV[1], 0) == nil then return guard_fail(-4, 'ARGV[1] epoch must be an integer or empty') end
-if not stored_int_ok(rcall('GET', fence_key)) then return guard_fail(-4, 'the stored fence is not an integer') end
+local fence_err = fence_args_error(fence_key, ARGV[1])
+if fence_err then return fence_err end
 if int_arg(ARGV[3], 0) == nil then return guard_fail(-4, 'ARGV[3] now_ms must be an integer') end
 if ARGV[4] ~= '' and int_arg(ARGV[4], 0, 10000) == nil then return guard_fail(-1, 'ARGV[4] weight_bp') end
 if ARGV[5] ~= 'keep' and ARGV[5] ~= 'set' then return guard_fail(-4, 'ARGV[5] must be keep or set') end
@@ -53,11 +53,8 @@ if int_arg(ARGV[#ARGV], 1) == nil then return guard_fail(-4, 'keep must be a pos
 if not stored_int_ok(rcall('HGET', config_key, 'max_weight_bp')) then
   return guard_fail(-4, 'config max_weight_bp is not an integer')
 end
-local fence_fine, fence_up = fence_peek(fence_key, ARGV[1])
-if not fence_fine then return -7 end
-local function raise_fence()
-  if fence_up then rcall('SET', fence_key, tonumber(ARGV[1])) end
-end
+local raise_fence = fence_gate(fence_key, ARGV[1])
+if not raise_fence then return -7 end
 local state, err = dep_check(dep_key, ARGV[2])
 if err then return err end
 if not ACTIVE[state] then return -12 end

@@ -58,3 +58,21 @@ end
 local function stored_int_ok(v)
   return v == false or v == nil or int_arg(v) ~= nil
 end
+
+-- The epoch argument (ARGV[1]) and the stored fence of a fenced deployment script, checked
+-- before any write. Returns an error reply, or nil.
+local function fence_args_error(fence_key, epoch)
+  if epoch ~= '' and int_arg(epoch, 0) == nil then return guard_fail(-4, 'ARGV[1] epoch must be an integer or empty') end
+  if not stored_int_ok(rcall('GET', fence_key)) then return guard_fail(-4, 'the stored fence is not an integer') end
+  return nil
+end
+
+-- The fence checked without writing it: nil if the epoch is older than the queue's (fenced),
+-- else a function that raises the fence, called once the script writes.
+local function fence_gate(fence_key, epoch)
+  local fine, up = fence_peek(fence_key, epoch)
+  if not fine then return nil end
+  return function()
+    if up then rcall('SET', fence_key, tonumber(epoch)) end
+  end
+end
