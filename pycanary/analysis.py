@@ -1,6 +1,6 @@
 """Canary analysis: judge the canary lane against the stable lane, one check at a time.
 
-Pure by design (DESIGN.md 1a): lane snapshots and the previous ``AnalysisState`` come in, an
+Pure by design (docs/design.md 1a): lane snapshots and the previous ``AnalysisState`` come in, an
 ``Analysis`` and the next state go out. No Redis and no clock, so the controller can store the
 state anywhere, a restarted controller continues where the old one stopped, and the bench can
 run thousands of simulated deployments through exactly this code.

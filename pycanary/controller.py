@@ -1,4 +1,4 @@
-"""The controller: runs every active deployment's plan (DESIGN.md sections 4, 6, 7).
+"""The controller: runs every active deployment's plan (docs/design.md sections 4, 6, 7).
 
 Each tick, for each active deployment: read both lanes' running metric totals, subtract the
 snapshot kept from the previous check (so each check sees exactly the attempts since the last

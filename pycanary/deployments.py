@@ -1,6 +1,6 @@
 """Deployments persisted in Redis: one rollout of one canary version on one queue.
 
-The deployment hash is the single source of truth (DESIGN.md invariant 5): any controller, API
+The deployment hash is the single source of truth (docs/design.md invariant 5): any controller, API
 or CLI process can die and the next one reads where things are. Every change goes through a
 deployment_*.lua script that also moves the queue's routing weight, so the two never disagree;
 writes carry the rev they read (compare-and-set) and, from the controller, its leader epoch.

@@ -1,4 +1,4 @@
-"""Drain a lane into another: what follows a rollback or a promotion (DESIGN.md invariant 2).
+"""Drain a lane into another: what follows a rollback or a promotion (docs/design.md invariant 2).
 
 Rollback closes the canary lane in one script (``rollback_canary.lua``); the jobs already waiting
 in it still have to run, on the stable version, next and in their order. ``drain_lane.lua`` moves

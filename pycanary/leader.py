@@ -1,4 +1,4 @@
-"""Leader election with fencing for the controller (DESIGN.md invariant 4: one controller acts).
+"""Leader election with fencing for the controller (design.md invariant 4: one controller acts).
 
 A lease in Redis (``Keys.leader`` = "epoch:token", PX) says who leads; every new leadership gets
 a strictly higher epoch. Three layers keep a deposed leader from acting:

@@ -9,7 +9,7 @@ The design card's format is accepted verbatim::
           auto_promote: true
           conditions: {max_error_rate: 0.5, max_latency_increase: 15}
 
-Extensions (DESIGN.md section 6). Condition keys may sit at the top of ``canary_config`` (they
+Extensions (docs/design.md section 6). Condition keys may sit at the top of ``canary_config`` (they
 become defaults for every stage) and inside any stage's ``conditions`` (they override the default
 for that stage only)::
 

@@ -1,4 +1,4 @@
-"""Prometheus metrics (DESIGN.md section 8), read from Redis on every scrape.
+"""Prometheus metrics (docs/design.md section 8), read from Redis on every scrape.
 
 Why a custom collector instead of prometheus-client's Counter/Gauge objects: the numbers are
 written by Lua scripts in many worker, producer and controller processes, atomically with the

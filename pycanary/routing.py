@@ -1,4 +1,4 @@
-"""The routing contract of DESIGN.md section 2, in Python.
+"""The routing contract of docs/design.md section 2, in Python.
 
 The Lua scripts compute the same thing; pycanary's own producer precomputes the sticky bucket
 here (saving the Lua FNV loop on the server) and the script trusts it only when the salt the

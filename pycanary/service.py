@@ -118,7 +118,7 @@ def set_weight(
     """Set a queue's (or a tenant's) canary weight in percent; ``None`` clears a tenant's.
 
     With an active deployment the change goes through it and pauses its automatic progression
-    (DESIGN.md section 5), so the controller does not undo the operator's weight."""
+    (docs/design.md section 5), so the controller does not undo the operator's weight."""
     from . import rollouts
 
     bp = None if percent is None else validation.percent_to_bp(percent, "weight")

@@ -95,7 +95,7 @@ def assign_lane(
     former_stable: bool,
     pinned_lane: str | None = None,
 ) -> LaneAssignment:
-    """The lane rule (DESIGN.md invariants 2 and 3), pure so it can be tested on its own."""
+    """The lane rule (docs/design.md invariants 2 and 3), pure so it can be tested on its own."""
     if rolled_back and version != stable_version:
         return LaneAssignment(None, "retiring", f"version {version} was rolled back")
     if pinned_lane is not None:

@@ -1,4 +1,4 @@
-"""Controller failover on a real Redis with real processes (DESIGN.md invariants 4 and 5).
+"""Controller failover on a real Redis with real processes (docs/design.md invariants 4 and 5).
 
 Two `pycanary controller` processes (lease 1 s, poll 0.1 s) drive a real-time ramp of
 `payments` (three 4 s stages, checks every second) while a v1 and a v2 worker process run the

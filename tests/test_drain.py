@@ -1,4 +1,4 @@
-"""Draining a lane (DESIGN.md invariant 2): bounded calls, drained jobs next and in their order,
+"""Draining a lane (design.md invariant 2): bounded calls, drained jobs next and in their order,
 nothing lost or duplicated while producers keep enqueuing, nothing routed to a closed canary."""
 
 from __future__ import annotations

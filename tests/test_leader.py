@@ -1,4 +1,4 @@
-"""Leader election with fencing (DESIGN.md invariant 4), on fakeredis and on a real Redis.
+"""Leader election with fencing (docs/design.md invariant 4), on fakeredis and on a real Redis.
 
 Leases in Redis expire by real time, so expiry tests use leases of 0.3-0.5 s and short real
 sleeps; local validity (`is_leader()`) is driven by an injected clock.

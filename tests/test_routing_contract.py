@@ -1,4 +1,4 @@
-"""The routing contract (DESIGN.md section 2) holds in Python, real Redis Lua and fakeredis Lua."""
+"""The routing contract (design.md section 2) holds in Python, real Redis Lua and fakeredis Lua."""
 
 from __future__ import annotations
 
