@@ -602,15 +602,10 @@ def promote(
 
     Advances one stage; from the last stage, with --full, or on a manual canary it makes the
     canary version stable and drains its lane into stable."""
-    conn = _state(ctx).conn()
-    from . import deployments as deps
-
-    dep = deps.get(conn, queue)
-    if dep is not None and dep.active:
-        target = "100% (stable)" if full or dep.kind == "manual" or dep.last_stage else \
-            f"stage {dep.stage + 1} ({dep.plan.stages[dep.stage + 1].percentage:g}%)"
-        _confirm(f"Promote {dep.canary_version} on {queue} to {target}?", yes)
-    res = rollouts.promote(conn, queue, full=full)
+    res = rollouts.promote(
+        _state(ctx).conn(), queue, full=full,
+        confirm=lambda dep, target: _confirm(
+            f"Promote {dep.canary_version} on {queue} to {target}?", yes))
     text = (f"{queue}: {res['stable_version']} is now stable ({res['state']})"
             if res["action"] == "promoted" else
             f"{queue}: advanced to stage {res['stage']} ({res['percent']:g}%)")

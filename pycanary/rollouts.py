@@ -169,16 +169,26 @@ def _active(conn: Connection, queue: str) -> Deployment:
 
 
 def promote(conn: Connection, queue: str, *, full: bool = False, actor: str | None = None,
-            now_ms: int | None = None, clock: Callable[[], float] = time.time) -> dict[str, Any]:
-    """Advance one stage (past a manual gate), or with ``full`` (and after the last stage)
-    make the canary the stable version now; then drain its lane into stable."""
+            now_ms: int | None = None, clock: Callable[[], float] = time.time,
+            confirm: Callable[[Deployment, str], None] | None = None) -> dict[str, Any]:
+    """Advance one stage (past a manual gate), or with ``full`` (and after the last stage, or
+    on a manual canary) make the canary the stable version now; then drain its lane into
+    stable.
+
+    ``confirm(dep, target)`` is called before anything is written, with where the promotion
+    goes ("100% (stable)" or "stage 2 (50%)"), so a face can ask a person; it raises to stop.
+    The rule of what "promote" means lives here only."""
     actor = actor or operator()
     now = now_ms if now_ms is not None else defaults.now_ms()
     dep = _active(conn, queue)
     if dep.state in ("promoting", "rolling_back"):
         raise StateError(f"deployment {dep.id} is {dep.state}", field="queue")
     plan = dep.plan
-    if full or dep.kind == "manual" or dep.last_stage:
+    final = full or dep.kind == "manual" or dep.last_stage
+    if confirm is not None:
+        confirm(dep, "100% (stable)" if final else
+                f"stage {dep.stage + 1} ({plan.stages[dep.stage + 1].percentage:g}%)")
+    if final:
         deployments.promote_final(conn, dep, actor=actor, now=now,
                                   reason="promoted by " + actor + (" (--full)" if full else ""))
         # the canary is stable from here: a drain problem is reported, not a failed promote
