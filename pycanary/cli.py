@@ -732,6 +732,7 @@ def metrics_cmd(ctx: typer.Context) -> None:
 # -- demo --------------------------------------------------------------------------------------
 @app.command()
 def demo(
+    ctx: typer.Context,
     scenario: Annotated[
         str, typer.Option("--scenario", help="healthy (ends promoted) or regression (ends "
                           "rolled back).")
@@ -741,22 +742,34 @@ def demo(
                                    "45-minute plan in about 30 s).")
     ] = None,
     redis_url: Annotated[
-        str, typer.Option("--redis-url", help="Run it on a real Redis instead of the embedded "
-                          "memory:// server.")
-    ] = "memory://",
+        str | None, typer.Option("--redis-url", help="Run it on this Redis (also `pycanary "
+                                 "--redis-url URL demo` or PYCANARY_REDIS_URL); default: the "
+                                 "embedded memory:// server.")
+    ] = None,
     rate: Annotated[float, typer.Option("--rate", help="Jobs enqueued per second.")] = 150.0,
+    keep: Annotated[
+        bool, typer.Option("--keep", help="Leave the demo's keys on the server afterwards "
+                           "(the summary says under which prefix).")
+    ] = False,
     as_json: JsonOpt = False,
 ) -> None:
     """The whole story in one process, on the embedded default: nothing to install.
 
     Producers, v1 and v2 workers and the controller running the design card's plan with
-    compressed time, in a live view; ends with a summary (lost jobs: 0)."""
+    compressed time, in a live view; ends with a summary (lost jobs: 0). On a real Redis it
+    writes only under a prefix of its own, <prefix>:demo-<random>, and deletes exactly those
+    keys at the end (unless --keep); nothing else on the server is read or changed.
+
+    Example: pycanary --redis-url redis://127.0.0.1:6379/0 demo --scenario regression"""
     from .demo import run_demo
 
     _finite(speed, "speed", 1, 10_000)
     _finite(rate, "rate", 1, 5_000)
+    root = ctx.find_root().params  # the root's --redis-url / PYCANARY_REDIS_URL, if given
+    url = redis_url or root.get("redis_url") or "memory://"
     live = sys.stdout.isatty() and not as_json
-    result = run_demo(redis_url, scenario=scenario, speed=speed, rate=rate, live=live,
+    result = run_demo(url, prefix=_state(ctx).prefix, keep=keep, scenario=scenario,
+                      speed=speed, rate=rate, live=live,
                       log=None if live or as_json else typer.echo)
     if as_json:
         typer.echo(json.dumps(result.to_dict(), indent=2, default=str))

@@ -1,10 +1,15 @@
-"""`pycanary demo`: the whole story in one process, on the embedded default (memory://).
+"""`pycanary demo`: the whole story in one process, on the embedded default (memory://) or
+on the Redis server it is given.
 
 Producers at a steady rate, stable workers of v1, canary workers of v2 and the controller run
 the design card's plan (5% -> 15% -> 50% -> manual gate -> 100%) with compressed time. In the
 `healthy` scenario v2 is as good as v1 and ends promoted; in `regression` v2 starts failing and
 slowing down midway and is rolled back automatically. Nothing is faked but the clock of the
 plan: the real Lua scripts route, fetch, ack and drain; the real analysis decides.
+
+On a real server the demo keeps to a key prefix of its own (``<prefix>:demo-<random>``), so it
+never meets a real deployment, worker or controller there; at the end it deletes the keys under
+that prefix, and nothing else (``keep=True`` leaves them for a look, and says where).
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from . import deployments, histogram, metrics, rollouts, service
 from .connection import Connection, connect
 from .controller import Controller
 from .job import Job
+from .keys import DEFAULT_PREFIX
 from .producer import Producer
 from .validation import quote
 from .worker import Worker
@@ -76,6 +82,8 @@ class DemoResult:
     seconds: float
     speed: float
     reason: str = ""
+    prefix: str = ""
+    kept: bool = False
     regression_to_rollback_s: float | None = None
     weight_zero_ms: float | None = None
     drained_jobs: int | None = None
@@ -97,10 +105,15 @@ class DemoResult:
         ]
         if self.regression_to_rollback_s is not None:
             lines.append(f"rollback       {self.regression_to_rollback_s:.0f}s of plan time after "
-                         "the regression began; weight 0 at once, canary lane drained "
-                         f"({self.drained_jobs or 0} jobs)")
+                         "the regression began")
+        if self.weight_zero_ms is not None:
+            lines.append(f"weight 0       {self.weight_zero_ms:.0f} ms after the rollback was "
+                         f"decided; canary lane drained ({self.drained_jobs or 0} jobs)")
         if self.reason:
             lines.append(f"reason         {self.reason[:160]}")
+        if self.kept:
+            lines.append(f"keys kept      {self.url}, prefix {self.prefix} (pycanary --redis-url "
+                         f"... --prefix {self.prefix} status payments)")
         return "\n".join(lines)
 
 
@@ -174,9 +187,18 @@ def _view(conn: Connection, dep: deployments.Deployment, clock: ScaledClock, sce
                  title=f"pycanary demo: {scenario}", border_style="cyan")
 
 
+def _stop_all(workers: list[Worker], threads: list[threading.Thread]) -> None:
+    for w in workers:
+        w.stop()
+    for t in threads:
+        t.join(10)
+
+
 def run_demo(
     url: str = "memory://",
     *,
+    prefix: str = DEFAULT_PREFIX,
+    keep: bool = False,
     scenario: str = "healthy",
     speed: float | None = None,
     rate: float = 150.0,
@@ -194,17 +216,25 @@ def run_demo(
     if isinstance(rate, bool) or not isinstance(rate, int | float) or not 1 <= rate <= 5_000:
         raise service.ValidationError(f"must be 1-5000 jobs per second, got {quote(rate)}",
                                       field="rate")
-    if url == "memory://":
-        url = f"memory://demo-{uuid.uuid4().hex[:8]}"
-    conn = connect(url, prefix=f"pycanary-demo-{uuid.uuid4().hex[:8]}")
+    run_id = uuid.uuid4().hex[:8]
+    own_server = url == "memory://"  # an in-process server of its own, made for this run
+    if own_server:
+        url = f"memory://demo-{run_id}"
+    conn = connect(url, prefix=f"{prefix}:demo-{run_id}")
     # the story is told by the view and the summary; keep the controller's JSON logs out of it
     logging.getLogger("pycanary").setLevel(logging.ERROR)
-    conn.ping()
+    try:
+        conn.ping()
+    except BaseException:
+        conn.close()
+        raise
     say = log or (lambda _m: None)
     clock = ScaledClock(speed)
     fleet = _Fleet(random.Random(seed))
     stop = threading.Event()
     threads: list[threading.Thread] = []
+    workers: list[Worker] = []
+    live_ctx: Any = None
     enqueued: list[str] = []
     t_start = time.monotonic()
     try:
@@ -231,6 +261,8 @@ def run_demo(
             t.start()
         # canary workers wait in standby until the deployment names their version
         while not any(w.ready.is_set() for w in workers):
+            if time.monotonic() - t_start > timeout_s:
+                raise TimeoutError(f"no demo worker started in {timeout_s:.0f}s")
             time.sleep(0.01)
         dep = rollouts.ramp(conn, QUEUE, "v2", DEMO_PLAN, actor="demo",
                             now_ms=int(clock() * 1000))
@@ -238,7 +270,6 @@ def run_demo(
         ctl = Controller(conn, clock=clock, controller_id="demo-controller")
         regression_at: float | None = None
         gate_seen: float | None = None
-        live_ctx = None
         if live:
             from rich.live import Live
 
@@ -257,8 +288,10 @@ def run_demo(
                 regression_at = clock()
                 say("v2 starts failing 20% of jobs and runs 3x slower")
             if dep.state == "awaiting_promotion":
+                # the operator's part: promote at once (state, not time), after a second for a
+                # viewer to see the gate in the live view
                 gate_seen = gate_seen or time.monotonic()
-                if time.monotonic() - gate_seen > 1.0:
+                if not live or time.monotonic() - gate_seen > 1.0:
                     rollouts.promote(conn, QUEUE, actor="demo (as `pycanary promote payments`)",
                                      now_ms=int(clock() * 1000), clock=clock)
             if not dep.active:
@@ -267,9 +300,9 @@ def run_demo(
                 raise TimeoutError(f"the demo did not finish in {timeout_s:.0f}s: {dep.state}")
             time.sleep(0.1)
         stop.set()
-        # let every job finish: nothing may be lost
+        # let every job finish: nothing may be lost (bounded by the run's own timeout only)
         qk = conn.keys.queue(QUEUE)
-        deadline = time.monotonic() + 60
+        deadline = max(time.monotonic() + 30, t_start + timeout_s)
         while time.monotonic() < deadline:
             c = conn.client
             held = sum(c.llen(qk.processing(w.id)) for w in workers)
@@ -277,12 +310,10 @@ def run_demo(
                     or c.zcard(qk.delayed_stable) or c.zcard(qk.delayed_canary)):
                 break
             time.sleep(0.05)
-        for w in workers:
-            w.stop()
-        for t in threads:
-            t.join(10)
+        _stop_all(workers, threads)
         if live_ctx is not None:
             live_ctx.__exit__(None, None, None)
+            live_ctx = None
         dead = {json.loads(x)["job"]["id"] for x in conn.client.lrange(qk.dlq, 0, -1)}
         done_all = fleet.done["v1"] + fleet.done["v2"]
         lost = len(set(enqueued) - set(done_all) - dead)
@@ -293,6 +324,7 @@ def run_demo(
             processed={v: len(ids) for v, ids in fleet.done.items()},
             dead_lettered=len(dead), lost=lost, duplicates=len(done_all) - len(set(done_all)),
             seconds=time.monotonic() - t_start, speed=speed, reason=dep.reason, events=evs,
+            prefix=conn.keys.prefix, kept=keep and not own_server,
         )
         if dep.state == "rolled_back" and dep.rollback_at:
             if regression_at is not None:
@@ -304,9 +336,13 @@ def run_demo(
         return result
     finally:
         stop.set()
-        if conn.is_memory:
-            conn.client.flushall()  # our own in-process server, made for this run
-        else:
-            for key in conn.client.scan_iter(match=f"{conn.keys.prefix}:*", count=1000):
+        _stop_all(workers, threads)  # also on an error: nothing may write after the clean-up
+        if live_ctx is not None:
+            live_ctx.__exit__(None, None, None)
+        if own_server:
+            conn.client.flushall()  # the in-process server made for this run, nobody else's
+        elif not keep:
+            # the prefix is this run's own: every key under it was written by the demo
+            for key in list(conn.client.scan_iter(match=f"{conn.keys.prefix}:*", count=1000)):
                 conn.client.delete(key)
         conn.close()
