@@ -22,6 +22,7 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -30,32 +31,48 @@ from .connection import Connection, connect
 from .controller import Controller
 from .job import Job
 from .keys import DEFAULT_PREFIX
+from .plan import parse_plan
 from .producer import Producer
 from .validation import quote
 from .worker import Worker
 
 QUEUE = "payments"
-PLAN_TOTAL_S = (10 + 15 + 20) * 60
 DEMO_SECONDS = 30
-PLAN_PATH = Path(__file__).resolve().parent.parent / "examples" / "plans" / "design-card.yaml"
+CARD_FILE = "design-card.yaml"
 
-# The design card's stages, with min_samples lowered to fit the demo's few hundred jobs a
-# stage and generous thresholds (the regression it injects is 20% errors, 3x slower).
-DEMO_PLAN: dict[str, Any] = {
-    "canary_config": {
-        "min_samples": 30,
-        # a healthy demo should end promoted: one false rollback in 10,000 runs, not 1 in 125
-        "statistical": {"alpha": 0.0001},
-        "stages": [
-            {"percentage": 5, "duration": "10m", "auto_promote": True,
-             "conditions": {"max_error_rate": 5, "max_latency_increase": 50}},
-            {"percentage": 15, "duration": "15m", "auto_promote": True,
-             "conditions": {"max_error_rate": 5, "max_latency_increase": 50}},
-            {"percentage": 50, "duration": "20m", "auto_promote": False,
-             "conditions": {"max_error_rate": 5, "max_latency_increase": 50}},
-        ],
-    }
-}
+#: What the demo changes in the card: a few hundred jobs a stage instead of thousands, so fewer
+#: samples; generous thresholds, since the regression it injects (20% errors, 3x slower) is far
+#: beyond them and the card's 0.5% / 5% would make a healthy run's few samples look noisy; and
+#: a small alpha: a healthy demo should end promoted (one false rollback in 10,000 runs, not 1
+#: in 125). Stages, percentages, durations and the manual gate are the card's own; the clock,
+#: not the durations, is compressed (ScaledClock), so the view shows the card's plan time.
+DEMO_MIN_SAMPLES = 30
+DEMO_CONDITIONS: dict[str, Any] = {"max_error_rate": 5, "max_latency_increase": 50}
+DEMO_STATISTICAL: dict[str, Any] = {"alpha": 0.0001}
+
+
+def card_source() -> tuple[str, str]:
+    """(YAML text, where it came from) of the design card's plan. One file:
+    examples/plans/design-card.yaml; a wheel carries it as pycanary/plans/design-card.yaml
+    (pyproject force-include, like the Lua scripts), found through importlib.resources, so
+    the demo runs from a plain install; a source checkout reads the examples file itself."""
+    packaged = resources.files("pycanary").joinpath("plans", CARD_FILE)
+    if packaged.is_file():
+        return packaged.read_text(encoding="utf-8"), str(packaged)
+    path = Path(__file__).resolve().parent.parent / "examples" / "plans" / CARD_FILE
+    return path.read_text(encoding="utf-8"), str(path)
+
+
+def demo_plan() -> dict[str, Any]:
+    """The design card's plan as the demo runs it: the card's stages, with the demo's samples,
+    thresholds and alpha (see DEMO_CONDITIONS)."""
+    text, where = card_source()
+    body = parse_plan(text, name=where).to_dict()["canary_config"]
+    body["min_samples"] = DEMO_MIN_SAMPLES
+    body["statistical"] = {**body.get("statistical", {}), **DEMO_STATISTICAL}
+    for stage in body["stages"]:
+        stage["conditions"] = {**stage.get("conditions", {}), **DEMO_CONDITIONS}
+    return {"canary_config": body}
 
 
 class ScaledClock:
@@ -210,7 +227,9 @@ def run_demo(
     if scenario not in ("healthy", "regression"):
         raise service.ValidationError(f"must be healthy or regression, got {quote(scenario)}",
                                       field="scenario")
-    speed = speed or PLAN_TOTAL_S / (DEMO_SECONDS * 0.8)
+    plan = demo_plan()
+    plan_s = parse_plan(plan).total_duration
+    speed = speed or plan_s / (DEMO_SECONDS * 0.8)
     if not 1 <= speed <= 10_000:
         raise service.ValidationError(f"must be 1-10000, got {speed}", field="speed")
     if isinstance(rate, bool) or not isinstance(rate, int | float) or not 1 <= rate <= 5_000:
@@ -264,9 +283,11 @@ def run_demo(
             if time.monotonic() - t_start > timeout_s:
                 raise TimeoutError(f"no demo worker started in {timeout_s:.0f}s")
             time.sleep(0.01)
-        dep = rollouts.ramp(conn, QUEUE, "v2", DEMO_PLAN, actor="demo",
+        dep = rollouts.ramp(conn, QUEUE, "v2", plan, actor="demo",
                             now_ms=int(clock() * 1000))
-        say(f"started {dep.id}: v1 -> v2 on {QUEUE}, 5% -> 15% -> 50% -> gate -> 100%")
+        stages = " -> ".join(f"{s.percentage:g}%" + ("" if s.auto_promote else " -> gate")
+                             for s in dep.plan.stages)
+        say(f"started {dep.id}: v1 -> v2 on {QUEUE}, {stages} -> 100%")
         ctl = Controller(conn, clock=clock, controller_id="demo-controller")
         regression_at: float | None = None
         gate_seen: float | None = None
