@@ -19,14 +19,11 @@ actor id in the event log is its "host:pid".
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -38,16 +35,15 @@ from pycanary.errors import FencedError
 from pycanary.leader import Leadership
 from pycanary.producer import Producer
 from tests.conftest import REAL_URL
+from tests.processes import STARTUP, Holder, holder, start_controller, wait_until
 from tests.test_controller_scenarios import behave, canary_workers_ready
 from tests.test_worker_processes import start_worker, stop_all, wait_for
 
-ROOT = Path(__file__).resolve().parents[1]
 QUEUE = "payments"
 LEASE = 1.0
 POLL = 0.1
 #: Two lease periods, plus slack for interpreter stalls on a loaded two-core machine.
 TAKEOVER = 2 * LEASE + 1.0
-STARTUP = 25.0  # interpreter and import start of four processes on a loaded machine
 STAGE_S = 4
 
 PLAN = {"canary_config": {
@@ -64,22 +60,6 @@ PLAN = {"canary_config": {
         {"percentage": 80, "duration": f"{STAGE_S}s", "auto_promote": True},
     ],
 }}
-
-
-@dataclass(frozen=True)
-class Holder:
-    epoch: int
-    pid: int
-    actor: str  # the controller id, "host:pid", as written in the event log
-
-
-def parse_holder(value: str | None) -> Holder | None:
-    """ "epoch:host:pid/nonce" -> Holder."""
-    if not value:
-        return None
-    epoch, token = value.split(":", 1)
-    actor = token.rsplit("/", 1)[0]
-    return Holder(int(epoch), int(actor.rsplit(":", 1)[1]), actor)
 
 
 class Rig:
@@ -106,16 +86,11 @@ class Rig:
                                      "tests.handlers:scenario", "--concurrency", "4")
                         for v in ("v1", "v2")]
 
-    def start_controllers(self) -> None:
-        env = {**os.environ, "PYTHONPATH": str(ROOT)}
-        for i in range(2):
+    def start_controllers(self, crash: tuple[str | None, ...] = (None, None)) -> None:
+        """Two controllers; ``crash[i]`` the i-th one's PYCANARY_TEST_CRASH_AT point."""
+        for i, point in enumerate(crash):
             log = self.tmp / f"controller{i}.log"
-            with log.open("w") as fh:
-                p = subprocess.Popen(
-                    [sys.executable, "-m", "pycanary.cli", "--redis-url", REAL_URL, "--prefix",
-                     self.conn.keys.prefix, "controller", "--lease", str(LEASE), "--poll",
-                     str(POLL), "--log-format", "json"],
-                    cwd=ROOT, env=env, stdout=fh, stderr=subprocess.STDOUT)
+            p = start_controller(self.conn, log, lease=LEASE, poll=POLL, crash=point)
             self.controllers.append(p)
             self.logs[p.pid] = log
 
@@ -147,7 +122,7 @@ class Rig:
 
     # -- views -----------------------------------------------------------------------------
     def holder(self) -> Holder | None:
-        return parse_holder(self.conn.client.get(self.conn.keys.leader))
+        return holder(self.conn)
 
     def fence(self) -> int:
         return int(self.conn.client.get(self.conn.keys.queue(QUEUE).fence) or 0)
@@ -181,15 +156,7 @@ class Rig:
         return "\n".join(parts)
 
     def wait(self, cond, timeout: float, what: str):
-        deadline = time.monotonic() + timeout
-        while True:
-            value = cond()
-            if value:
-                return value
-            if time.monotonic() > deadline:
-                raise AssertionError(f"timed out ({timeout:.1f} s) waiting for {what}\n"
-                                     f"{self.diag()}")
-            time.sleep(0.02)
+        return wait_until(cond, timeout, what, self.diag)
 
 
 @pytest.fixture
