@@ -270,6 +270,8 @@ class Controller:
             except Exception as exc:  # one deployment's bug is its own
                 self._error(dep.queue, "evaluation", f"{type(exc).__name__}: {exc}",
                             dep=dep, exc=exc)
+        if any(w.then or "stage" in w.values for w in writes):
+            _crash_point("mid_check")
         calls = []
         for w in writes:
             keys, args = deployments.update_call(
@@ -644,10 +646,12 @@ def _stub(queue: str, deployment_id: str) -> Deployment:
                       state="", plan_raw={})
 
 
-#: Test hook (tests/test_controller_rollback_crash.py): ``PYCANARY_TEST_CRASH_AT=<point>`` makes
-#: the controller SIGKILL itself at that point of a rollback, the way a machine dies: no
-#: cleanup, no lease release. Points: ``after_rollback`` (weight 0 written, nothing drained),
-#: ``mid_drain`` (the first drain slice moved, the rest waiting).
+#: Test hook (tests/test_controller_rollback_crash.py, test_controller_failover.py):
+#: ``PYCANARY_TEST_CRASH_AT=<point>`` makes the controller SIGKILL itself at that point, the way a
+#: machine dies: no cleanup, no lease release. Points: ``mid_check`` (a check that decided a step
+#: (stage, promotion, rollback) has read its data and decided, its fenced write not yet sent),
+#: ``after_rollback`` (weight 0 written, nothing drained), ``mid_drain`` (the first drain slice
+#: moved, the rest waiting).
 CRASH_ENV = "PYCANARY_TEST_CRASH_AT"
 
 
