@@ -515,10 +515,15 @@ class Worker:
         self._hold(r)
         self._pending.append(r)
 
+    def _return_keys(self, queue: str, lane: str) -> list[str]:
+        """KEYS of return_job and bounce_job: the job goes back to its lane, or to the stable
+        lane when it came from a closed canary lane (the script reads the config)."""
+        qk = self.conn.keys.queue(queue)
+        return [qk.processing(self.id), qk.lane(lane), qk.lane_stable, qk.config]
+
     def _bounce(self, queue: str, lane: str, raw: str) -> None:
         """A payload schema this worker does not accept: back to the lane for another worker."""
-        qk = self.conn.keys.queue(queue)
-        res = self.conn.scripts.call("bounce_job", [qk.processing(self.id), qk.lane(lane)], [raw])
+        res = self.conn.scripts.call("bounce_job", self._return_keys(queue, lane), [raw])
         _check(res, "bounce_job")
         self.stats.bounced += 1
         self._stop.wait(BOUNCE_PAUSE_S)
@@ -672,8 +677,7 @@ class Worker:
             return
         back = [r for r in pending if r.queue in retired]
         for r in reversed(back):  # newest first, so the oldest ends up at the very head
-            qk = self.conn.keys.queue(r.queue)
-            res = self.conn.scripts.call("return_job", [qk.processing(self.id), qk.lane_stable],
+            res = self.conn.scripts.call("return_job", self._return_keys(r.queue, "stable"),
                                          [r.raw])
             _check(res, "return_job")
             pending.remove(r)
@@ -686,8 +690,7 @@ class Worker:
         Each job leaves `pending` only once the script ran, so a failure keeps it held."""
         while pending:
             r = pending[-1]  # newest first, so the oldest ends up at the very head
-            qk = self.conn.keys.queue(r.queue)
-            res = self.conn.scripts.call("return_job", [qk.processing(self.id), qk.lane(r.lane)],
+            res = self.conn.scripts.call("return_job", self._return_keys(r.queue, r.lane),
                                          [r.raw])
             _check(res, "return_job")
             pending.pop()
