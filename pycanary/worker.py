@@ -216,6 +216,12 @@ class Worker:
         self._assignments: dict[str, LaneAssignment] = {
             q: LaneAssignment(None, "standby", "not yet configured") for q in self.queues}
         self._last_lane: dict[str, str] = {}
+        # the config revision each queue's assignment was decided from: the maintenance thread
+        # polls it every tick, so a rollback is seen in a fraction of a heartbeat
+        self._config_rev: dict[str, str | None] = {}
+        # guards _pending and _held: the maintenance thread returns unstarted jobs of a lane
+        # this worker no longer serves while the main thread may be busy running a job
+        self._lock = threading.RLock()
         self._stop = threading.Event()
         self._results: queue_mod.SimpleQueue[_Outcome] = queue_mod.SimpleQueue()
         self._pending: deque[_Running] = deque()
@@ -291,12 +297,13 @@ class Worker:
         pipe = conn.client.pipeline(transaction=False)
         for q in self.queues:
             qk = conn.keys.queue(q)
-            pipe.hmget(qk.config, ["stable_version", "canary_version"])
+            pipe.hmget(qk.config, ["stable_version", "canary_version", "rev"])
             pipe.sismember(qk.rolled_back, self.version)
             pipe.zscore(qk.former_stable, self.version)
         res = pipe.execute()
         for i, q in enumerate(self.queues):
-            (stable, canary), rolled_back, former = res[3 * i: 3 * i + 3]
+            (stable, canary, rev), rolled_back, former = res[3 * i: 3 * i + 3]
+            self._config_rev[q] = rev
             if not stable and self.pinned_lane in (None, "stable"):
                 stable = conn.scripts.call("adopt_stable_version", [conn.keys.queue(q).config],
                                            [self.version, defaults.now_ms()])
@@ -350,12 +357,30 @@ class Worker:
                 if not int(more):
                     break
 
+    def _config_changed(self) -> bool:
+        """One cheap read per queue (the config's revision, bumped by every config write):
+        has any queue's config changed since the assignments were last decided?"""
+        pipe = self.conn.client.pipeline(transaction=False)
+        for q in self.queues:
+            pipe.hget(self.conn.keys.queue(q).config, "rev")
+        revs = pipe.execute()
+        return any(self._config_rev.get(q) != rev for q, rev in zip(self.queues, revs,
+                                                                        strict=True))
+
     def _maintenance(self) -> None:
         """Heartbeats until run() has released every held job (not merely until stop(): a
-        stopping worker still holds its in-flight jobs, and must not look dead meanwhile)."""
+        stopping worker still holds its in-flight jobs, and must not look dead meanwhile).
+
+        It runs in its own thread, so busy slots never starve it. Every tick it checks the
+        queues' config revision: a rollback (or a new canary replacing this version) is seen
+        within a tick, and the jobs this worker holds but has not started are returned from
+        here at once, even while the main thread is running a long job."""
         next_beat = time.monotonic() + self.heartbeat_s
         while not self._maint_stop.wait(min(0.25, self.heartbeat_s / 4)):
             try:
+                if time.monotonic() < next_beat and self._config_changed():
+                    self._refresh_assignments()
+                    self._after_refresh()
                 if time.monotonic() >= next_beat:
                     # a failed heartbeat is retried next tick, not a whole period later: after
                     # an outage this worker must show it is alive before others reap it
@@ -365,6 +390,7 @@ class Worker:
                         self._needs_reconcile = True
                     next_beat = time.monotonic() + self.heartbeat_s
                     self._refresh_assignments()
+                    self._after_refresh()
                     # others are judged by their own advertised TTL; ttl_ms only covers
                     # workers that advertise none
                     registry.reap(self.conn, ttl_ms=max(self.ttl_ms, defaults.TTL_MS),
@@ -372,6 +398,17 @@ class Worker:
                 self._promote_due()
             except Exception as exc:
                 log.warning("maintenance step failed (%s); retrying next tick", exc)
+
+    def _after_refresh(self) -> None:
+        """Maintenance thread, after the assignments were decided again: give back the jobs of
+        lanes this worker no longer serves. If the main thread holds the lock (it is
+        dispatching or returning jobs itself), it does the same on its next round."""
+        if not self._lock.acquire(timeout=0.5):
+            return
+        try:
+            self._return_unwanted()
+        finally:
+            self._lock.release()
 
     # -- executors ------------------------------------------------------------------------
     def _start_executor(self) -> None:
@@ -458,15 +495,17 @@ class Worker:
         return [(q, a.lane) for q, a in self._assignments.items() if a.lane is not None]
 
     def _hold(self, r: _Running) -> None:
-        self._held[(r.queue, r.raw)] += 1
+        with self._lock:
+            self._held[(r.queue, r.raw)] += 1
 
     def _unhold(self, queue: str, raw: str) -> None:
         key = (queue, raw)
-        n = self._held.get(key, 0)
-        if n <= 1:
-            self._held.pop(key, None)
-        else:
-            self._held[key] = n - 1
+        with self._lock:
+            n = self._held.get(key, 0)
+            if n <= 1:
+                self._held.pop(key, None)
+            else:
+                self._held[key] = n - 1
 
     def _block_fetch(self) -> int:
         """Idle: wait for one job on the only active lane (BLMOVE), or sleep a little.
@@ -512,8 +551,9 @@ class Worker:
             return
         r = _Running(raw, env, queue, lane, time.perf_counter_ns(),
                      max(0.0, (now - env.waiting_since) * 1000.0))
-        self._hold(r)
-        self._pending.append(r)
+        with self._lock:
+            self._hold(r)
+            self._pending.append(r)
 
     def _return_keys(self, queue: str, lane: str) -> list[str]:
         """KEYS of return_job and bounce_job: the job goes back to its lane, or to the stable
@@ -583,6 +623,10 @@ class Worker:
         fetch whose reply was lost (connection dropped, an error raised midway) moved jobs
         that nobody runs. Entries held by no one here are adopted (run, bounced or
         dead-lettered). Read as bytes, so an envelope that is not UTF-8 cannot fail it."""
+        with self._lock:
+            self._reconcile_locked()
+
+    def _reconcile_locked(self) -> None:
         failed: Exception | None = None
         for q in self.queues:
             qk = self.conn.keys.queue(q)
@@ -637,10 +681,14 @@ class Worker:
                 if self._inflight == 0:
                     break
             if pending:
-                self._return_retired(pending)
-            # 1. dispatch what was fetched
-            while pending and self._inflight < self.concurrency:
-                self._dispatch(pending.popleft())
+                with self._lock:
+                    self._return_unwanted()
+            # 1. dispatch what was fetched (never a job of a lane this worker left)
+            while self._inflight < self.concurrency:
+                r = self._take()
+                if r is None:
+                    break
+                self._dispatch(r)
             buffered = len(self._acks) + len(self._fails)
             # 2. collect outcomes; wait for one only when nothing else can be done
             if self._inflight and (self._inflight >= self.concurrency or stopping or
@@ -668,33 +716,53 @@ class Worker:
                     self._block_fetch()
         self._sync(0)
 
-    def _return_retired(self, pending: deque[_Running]) -> None:
-        """Jobs fetched from a lane this worker no longer serves because its version was
-        rolled back never start here: they go to the head of the stable lane (the canary lane
-        is being drained, so a job put back there could be left behind)."""
-        retired = {q for q, a in self._assignments.items() if a.state == "retiring"}
-        if not retired or not any(r.queue in retired for r in pending):
+    def _wanted(self, queue: str) -> bool:
+        """Does this worker still serve a lane of the queue (not rolled back, not replaced)?"""
+        return self._assignments[queue].lane is not None
+
+    def _take(self) -> _Running | None:
+        """The next fetched job to start, unless it belongs to a queue whose lane this worker
+        left: that one is given back instead (by _return_unwanted), never started."""
+        with self._lock:
+            if self._pending and self._wanted(self._pending[0].queue):
+                return self._pending.popleft()
+        return None
+
+    def _return_unwanted(self) -> None:
+        """Jobs fetched for a lane this worker no longer serves (its version was rolled back,
+        or another canary version replaced it) never start here: each goes back to the head
+        of its lane, in order, and return_job sends it to the head of the stable lane when
+        that lane is a closed canary lane. Called with the lock held, from either thread."""
+        pending = self._pending
+        back = [r for r in pending if not self._wanted(r.queue)]
+        if not back:
             return
-        back = [r for r in pending if r.queue in retired]
+        moved = Counter()
         for r in reversed(back):  # newest first, so the oldest ends up at the very head
-            res = self.conn.scripts.call("return_job", self._return_keys(r.queue, "stable"),
+            res = self.conn.scripts.call("return_job", self._return_keys(r.queue, r.lane),
                                          [r.raw])
             _check(res, "return_job")
             pending.remove(r)
             self._unhold(r.queue, r.raw)
-        log.info("worker %s: %d fetched job(s) of a rolled-back version returned to the head "
-                 "of the stable lane", self.id, len(back))
+            moved["stable" if int(res) == 2 else r.lane] += 1
+        log.info("worker %s (version %s): %d fetched job(s) not started, returned to the head "
+                 "of their lane (%s): %s", self.id, self.version, len(back),
+                 ", ".join(f"{n} to {lane}" for lane, n in sorted(moved.items())),
+                 "; ".join(sorted({a.reason for q, a in self._assignments.items()
+                                   if a.lane is None and a.reason})))
 
     def _return_pending(self, pending: deque[_Running]) -> None:
-        """Fetched but not started when stopping: straight back to the head of their lane.
-        Each job leaves `pending` only once the script ran, so a failure keeps it held."""
-        while pending:
-            r = pending[-1]  # newest first, so the oldest ends up at the very head
-            res = self.conn.scripts.call("return_job", self._return_keys(r.queue, r.lane),
-                                         [r.raw])
-            _check(res, "return_job")
-            pending.pop()
-            self._unhold(r.queue, r.raw)
+        """Fetched but not started when stopping: straight back to the head of their lane
+        (the stable lane's, when it is a closed canary lane). Each job leaves `pending` only
+        once the script ran, so a failure keeps it held."""
+        with self._lock:
+            while pending:
+                r = pending[-1]  # newest first, so the oldest ends up at the very head
+                res = self.conn.scripts.call("return_job", self._return_keys(r.queue, r.lane),
+                                             [r.raw])
+                _check(res, "return_job")
+                pending.pop()
+                self._unhold(r.queue, r.raw)
 
     def _collect(self, out: _Outcome) -> None:
         self._inflight -= 1

@@ -359,3 +359,55 @@ def test_jobs_left_in_its_own_processing_list_are_adopted(conn) -> None:
     assert conn.client.llen(qk.processing(w.id)) == 0
     st = window(conn, "payments", "v1", "stable")
     assert (st.ok, st.late) == (4, 0)
+
+
+def test_busy_worker_returns_unstarted_jobs_within_a_heartbeat_of_a_rollback(conn) -> None:
+    """The only slot is busy in a long job: the maintenance thread still learns of the
+    rollback and gives back every fetched job at once, in order, to the stable lane's head;
+    none of them ever starts here, and the running job finishes and is recorded."""
+    queue_config.configure(conn, "payments", stable_version="v1", canary_version="v2")
+    queue_config.set_weight(conn, "payments", 10_000)
+    ids = [r.job_id for r in Producer(conn).enqueue_many("payments", [{}] * 12)]
+    qk = conn.keys.queue("payments")
+    gate, started = threading.Event(), threading.Event()
+    ran: list[str] = []
+
+    def handler(job: Job) -> None:
+        ran.append(job.id)
+        started.set()
+        gate.wait(10)
+
+    w = Worker(conn, ["payments"], "v2", handler, prefetch=10, heartbeat_s=0.4)
+    t = threading.Thread(target=w.run, daemon=True)
+    t.start()
+    try:
+        assert started.wait(10)
+        deadline = time.monotonic() + 5
+        while conn.client.llen(qk.processing(w.id)) < 10:
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        conn.scripts.call("rollback_canary", [qk.config, qk.tenant_weights, qk.rolled_back],
+                          ["", registry.now_ms()])
+        t0 = time.monotonic()
+        while conn.client.llen(qk.processing(w.id)) > 1:
+            assert time.monotonic() - t0 < 0.4, "unstarted jobs not returned within a heartbeat"
+            time.sleep(0.01)
+        assert ran == ids[:1]  # still busy with the first job
+        # 9 returned jobs in order at the stable lane's head (the right end), then the 2
+        # jobs left in the canary lane, which are the rollback's drain's business
+        head = conn.client.lrange(qk.lane_stable, 0, -1)[::-1][:9]
+        assert [Envelope.decode(x).id for x in head] == ids[1:10]
+        assert conn.client.llen(qk.lane_canary) == 2
+        gate.set()
+        deadline = time.monotonic() + 5
+        while w.stats.done < 1 or conn.client.llen(qk.processing(w.id)):
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        time.sleep(0.3)
+        assert ran == ids[:1] and w.state == "retiring"
+    finally:
+        gate.set()
+        w.stop()
+        t.join(5)
+    assert not t.is_alive()
+    assert window(conn, "payments", "v2", "canary").ok == 1
