@@ -416,6 +416,10 @@ def worker(
     timeout: Annotated[
         float | None, typer.Option("--timeout", help="Seconds a job may run (default: none).")
     ] = None,
+    prefetch: Annotated[
+        int | None, typer.Option("--prefetch", help="Jobs held at once, running ones included "
+                                 "(concurrency-1000; default: the concurrency).")
+    ] = None,
     log_level: Annotated[str, typer.Option("--log-level", help="debug, info, warning.")] = "info",
 ) -> None:
     """Run a worker: takes jobs of its version's lane, runs the handler, records outcomes.
@@ -425,7 +429,7 @@ def worker(
     import logging
     import os
 
-    from .worker import Worker, load_handler
+    from .worker import Worker, check_prefetch, load_handler
 
     for q in queues:
         validation.queue_name(q)
@@ -440,6 +444,7 @@ def worker(
                               field="max_attempts")
     _finite(heartbeat, "heartbeat", registry.MIN_HEARTBEAT_S, registry.MAX_HEARTBEAT_S)
     _finite(timeout, "timeout", 0.001, 86_400)
+    check_prefetch(prefetch, concurrency)
     log_level = _choice(log_level, "log_level", ("debug", "info", "warning", "error"))
 
     logging.basicConfig(level=getattr(logging, log_level.upper(), logging.INFO),
@@ -449,7 +454,7 @@ def worker(
     fn = load_handler(handler)
     w = Worker(_state(ctx).conn(), queues, version, fn, concurrency=concurrency, lane=lane,
                schemas=service.parse_schemas(schemas), heartbeat_s=heartbeat,
-               max_attempts=max_attempts, job_timeout_s=timeout)
+               max_attempts=max_attempts, job_timeout_s=timeout, prefetch=prefetch)
     typer.echo(f"worker {w.id} version {version} on {', '.join(w.queues)}", err=True)
     stats = w.run()
     typer.echo(f"worker {w.id} stopped: {stats.done} done, {stats.failed} failed attempts, "

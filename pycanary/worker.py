@@ -62,6 +62,8 @@ DEFAULT_BACKOFF_MAX_S = defaults.BACKOFF_MAX_S
 ACK_BATCH = 200
 ACK_DELAY_S = 0.002
 MAX_FETCH = 200
+#: Most jobs a worker may hold at once (fetch_jobs takes at most 1000 per call).
+MAX_PREFETCH = 1000
 PROMOTE_BATCH = 500
 BOUNCE_PAUSE_S = 0.2
 #: Backoff after a failed step (Redis unreachable or refusing), doubling up to the cap.
@@ -112,6 +114,20 @@ def assign_lane(
         f"version {version} is neither stable ({stable_version}) nor canary "
         f"({canary_version or '-'}); start a canary with it to give it jobs",
     )
+
+
+def check_prefetch(prefetch: int | None, concurrency: int) -> int:
+    """The jobs a worker holds at once, running ones included (default: the concurrency, so
+    a worker holds nothing it cannot start now: a rollback or a stop leaves little to give
+    back). More than the concurrency saves round trips for very short jobs."""
+    if prefetch is None:
+        return concurrency
+    if isinstance(prefetch, bool) or not isinstance(prefetch, int) or not (
+            concurrency <= prefetch <= MAX_PREFETCH):
+        raise ValidationError(
+            f"--prefetch must be {concurrency}-{MAX_PREFETCH} (at least --concurrency: it "
+            f"counts running jobs too), got {prefetch!r}", field="prefetch")
+    return prefetch
 
 
 def backoff_s(attempt: int, base: float, cap: float, rng: random.Random) -> float:
@@ -206,7 +222,7 @@ class Worker:
         self.backoff_base_s = backoff_s
         self.backoff_max_s = backoff_max_s
         self.job_timeout_s = job_timeout_s
-        self.prefetch = prefetch or max(32, min(MAX_FETCH, concurrency * 4))
+        self.prefetch = check_prefetch(prefetch, concurrency)
         self.block_s = block_s
         self.slot_s = slot_s
         self.keep_s = keep_s

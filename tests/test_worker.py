@@ -291,7 +291,10 @@ def test_worker_validation() -> None:
     conn = pycanary.connect("memory://validation")
     for kwargs, field in [({"queues": []}, "queues"), ({"version": "v 1"}, "version"),
                           ({"lane": "blue"}, "lane"), ({"concurrency": 0}, "concurrency"),
-                          ({"handler": 3}, "handler"), ({"queues": ["a b"]}, "queue")]:
+                          ({"handler": 3}, "handler"), ({"queues": ["a b"]}, "queue"),
+                          ({"prefetch": 0}, "prefetch"), ({"prefetch": 1001}, "prefetch"),
+                          ({"prefetch": 2, "concurrency": 4}, "prefetch"),
+                          ({"prefetch": True}, "prefetch")]:
         args = {"queues": ["payments"], "version": "v1", "handler": print} | kwargs
         with pytest.raises(ValidationError) as exc:
             Worker(conn, args.pop("queues"), args.pop("version"), args.pop("handler"), **args)
@@ -411,3 +414,25 @@ def test_busy_worker_returns_unstarted_jobs_within_a_heartbeat_of_a_rollback(con
         t.join(5)
     assert not t.is_alive()
     assert window(conn, "payments", "v2", "canary").ok == 1
+
+
+@pytest.mark.parametrize("concurrency,prefetch,most", [(1, None, 1), (1, 3, 3), (2, None, 2)])
+def test_prefetch_bounds_the_jobs_a_worker_holds(conn, concurrency: int, prefetch: int | None,
+                                                 most: int) -> None:
+    """Default: the concurrency, so a busy worker holds nothing it could not start now."""
+    Producer(conn).enqueue_many("payments", [{}] * 30)
+    qk = conn.keys.queue("payments")
+    held: list[int] = []
+    lock = threading.Lock()
+
+    def handler(job: Job) -> None:
+        with lock:
+            held.append(conn.client.llen(qk.processing(w.id)))
+        time.sleep(0.002)
+
+    w = Worker(conn, ["payments"], "v1", handler, concurrency=concurrency, prefetch=prefetch,
+               heartbeat_s=0.2)
+    assert w.prefetch == most
+    run_until(w, drained(conn, "payments", w))
+    assert w.stats.done == 30 and max(held) <= most
+    assert max(held) == most or prefetch is None  # a bigger prefetch is really used
