@@ -420,6 +420,11 @@ def worker(
         int | None, typer.Option("--prefetch", help="Jobs held at once, running ones included "
                                  "(concurrency-1000; default: the concurrency).")
     ] = None,
+    exit_when_retired: Annotated[
+        bool, typer.Option("--exit-when-retired", help="Exit (code 0) once this version is "
+                           "rolled back or replaced on every queue it served, after giving "
+                           "back unstarted jobs, so a process supervisor can stop it.")
+    ] = False,
     log_level: Annotated[str, typer.Option("--log-level", help="debug, info, warning.")] = "info",
 ) -> None:
     """Run a worker: takes jobs of its version's lane, runs the handler, records outcomes.
@@ -454,11 +459,13 @@ def worker(
     fn = load_handler(handler)
     w = Worker(_state(ctx).conn(), queues, version, fn, concurrency=concurrency, lane=lane,
                schemas=service.parse_schemas(schemas), heartbeat_s=heartbeat,
-               max_attempts=max_attempts, job_timeout_s=timeout, prefetch=prefetch)
+               max_attempts=max_attempts, job_timeout_s=timeout, prefetch=prefetch,
+               exit_when_retired=exit_when_retired)
     typer.echo(f"worker {w.id} version {version} on {', '.join(w.queues)}", err=True)
     stats = w.run()
     typer.echo(f"worker {w.id} stopped: {stats.done} done, {stats.failed} failed attempts, "
-               f"{stats.dead} dead-lettered", err=True)
+               f"{stats.dead} dead-lettered"
+               + (f"; retired ({w.exit_reason})" if w.exit_reason else ""), err=True)
 
 
 def _ago(ms: int) -> str:

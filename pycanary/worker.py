@@ -193,6 +193,7 @@ class Worker:
         keep_s: int = metrics.DEFAULT_KEEP_S,
         worker_id: str | None = None,
         rng: random.Random | None = None,
+        exit_when_retired: bool = False,
     ) -> None:
         if not queues:
             raise ValidationError("give at least one queue", field="queues")
@@ -223,6 +224,9 @@ class Worker:
         self.backoff_max_s = backoff_max_s
         self.job_timeout_s = job_timeout_s
         self.prefetch = check_prefetch(prefetch, concurrency)
+        self.exit_when_retired = exit_when_retired
+        #: why the worker stopped on its own (--exit-when-retired), "" otherwise
+        self.exit_reason = ""
         self.block_s = block_s
         self.slot_s = slot_s
         self.keep_s = keep_s
@@ -284,6 +288,7 @@ class Worker:
         self._start_executor()
         try:
             self._refresh_assignments()
+            self._after_refresh()
             self._heartbeat()
             self._needs_reconcile = True  # a previous run with this id may have left jobs
             self._maint = threading.Thread(target=self._maintenance, name="pycanary-maint",
@@ -419,12 +424,32 @@ class Worker:
         """Maintenance thread, after the assignments were decided again: give back the jobs of
         lanes this worker no longer serves. If the main thread holds the lock (it is
         dispatching or returning jobs itself), it does the same on its next round."""
+        if self.exit_when_retired and not self._stop.is_set():
+            why = self.retired_reason()
+            if why:
+                self.exit_reason = why
+                log.info("worker %s (version %s) exits: retired on every queue it served (%s); "
+                         "unstarted jobs go back, running ones finish first", self.id,
+                         self.version, why)
+                self.stop()
         if not self._lock.acquire(timeout=0.5):
             return
         try:
             self._return_unwanted()
         finally:
             self._lock.release()
+
+    def retired_reason(self) -> str:
+        """Why this worker has nothing left to do, or "": no queue gives it a lane any more,
+        and on at least one its version was rolled back or replaced (a worker that has been
+        on standby from the start, waiting for its canary, is not retired)."""
+        if any(a.lane is not None for a in self._assignments.values()):
+            return ""
+        why = [f"{q}: {a.reason}" if a.state == "retiring" else
+               f"{q}: no longer serves the {self._last_lane[q]} lane ({a.reason})"
+               for q, a in self._assignments.items()
+               if a.state == "retiring" or q in self._last_lane]
+        return "; ".join(why)
 
     # -- executors ------------------------------------------------------------------------
     def _start_executor(self) -> None:

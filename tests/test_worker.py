@@ -436,3 +436,44 @@ def test_prefetch_bounds_the_jobs_a_worker_holds(conn, concurrency: int, prefetc
     run_until(w, drained(conn, "payments", w))
     assert w.stats.done == 30 and max(held) <= most
     assert max(held) == most or prefetch is None  # a bigger prefetch is really used
+
+
+@pytest.mark.parametrize("how", ["rollback", "replaced"])
+def test_exit_when_retired(conn, how: str) -> None:
+    """A worker whose version was rolled back or replaced on every queue it served stops on
+    its own; one on standby from the start (its canary not begun yet) waits."""
+    queue_config.configure(conn, "payments", stable_version="v1", canary_version="v2")
+    queue_config.set_weight(conn, "payments", 10_000)
+    Producer(conn).enqueue_many("payments", [{}] * 3)
+    qk = conn.keys.queue("payments")
+    w = Worker(conn, ["payments"], "v2", lambda job: None, heartbeat_s=0.2,
+               exit_when_retired=True)
+    waiting = Worker(conn, ["payments"], "v3", lambda job: None, heartbeat_s=0.2,
+                     exit_when_retired=True)
+    threads = [threading.Thread(target=x.run, daemon=True) for x in (w, waiting)]
+    for t in threads:
+        t.start()
+    try:
+        deadline = time.monotonic() + 10
+        while w.stats.done < 3:
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        assert waiting.state == "standby" and threads[0].is_alive()
+        if how == "rollback":
+            conn.scripts.call("rollback_canary", [qk.config, qk.tenant_weights, qk.rolled_back],
+                              ["", registry.now_ms()])
+        else:
+            queue_config.configure(conn, "payments", canary_version="v3")
+        threads[0].join(2)
+        assert not threads[0].is_alive(), "the retired worker did not exit"
+        want = "was rolled back" if how == "rollback" else "no longer serves the canary lane"
+        assert want in w.exit_reason
+        assert registry.list_workers(conn, ttl_ms=60_000)[0].id == waiting.id  # deregistered
+        if how == "rollback":
+            time.sleep(0.5)
+            assert threads[1].is_alive() and waiting.exit_reason == ""
+    finally:
+        for x in (w, waiting):
+            x.stop()
+        for t in threads:
+            t.join(5)
