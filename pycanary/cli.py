@@ -599,7 +599,9 @@ def status(
     if watch:
         raise typer.Exit(watch_status(conn, queue))
     rows = rollouts.status(conn, queue)
-    _emit(rows, as_json, render_status(rows))
+    extra = [f"{row['queue']}: {_running_text(r)}" for row in rows
+             for r in row.get("rolled_back_running", [])]
+    _emit(rows, as_json, "\n".join([render_status(rows), *extra]))
 
 
 @app.command()
@@ -643,7 +645,22 @@ def rollback(
     processed next, in order."""
     _confirm(f"Roll back the canary on {queue}?", yes)
     res = rollouts.rollback(_state(ctx).conn(), queue, reason=reason)
-    _emit(res, as_json, res["message"])  # the service says whether the drain completed
+    running = res.get("still_running")
+    _emit(res, as_json, res["message"]  # the service says whether the drain completed
+          + (f"\n{queue}: {_running_text(running)}" if running else ""))
+
+
+def _running_text(r: dict[str, Any]) -> str:
+    """One line on the jobs still running on a rolled-back version (rollback, status)."""
+    if r["running_jobs"]:
+        return (f"{r['running_jobs']} job(s) still running on rolled-back {r['version']} "
+                f"({r['workers']} worker(s)); they finish and are recorded, nothing new "
+                f"starts on it")
+    when = (f"the last one finished {_ago(r['last_finished_at'])}"
+            if r["last_finished_at"] else "none finished since its workers started")
+    if not r["workers"]:
+        return f"no job running on rolled-back {r['version']} (no live worker of it)"
+    return f"no job running on rolled-back {r['version']}; {when}"
 
 
 @app.command()

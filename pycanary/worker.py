@@ -246,6 +246,10 @@ class Worker:
         self._results: queue_mod.SimpleQueue[_Outcome] = queue_mod.SimpleQueue()
         self._pending: deque[_Running] = deque()
         self._inflight = 0
+        # running jobs per (queue, lane) and when the last one finished (wall clock, ms): in
+        # the heartbeat, so `rollback` and `status` can say what still runs on a version
+        self._running: Counter[tuple[str, str]] = Counter()
+        self._last_finished_ms = 0
         # outcomes not yet recorded in Redis: instance state, so they survive a restart of
         # _serve after an outage and are flushed when Redis answers again
         self._acks: list[_Outcome] = []
@@ -358,6 +362,9 @@ class Worker:
             "lanes": ",".join(f"{q}={a.lane or '-'}" for q, a in self._assignments.items()),
             "concurrency": self.concurrency, "started_at": self.stats.started_at,
             "current": self._inflight, "done": self.stats.done, "failed": self.stats.failed,
+            "running": ",".join(f"{q}/{lane}={n}" for (q, lane), n in
+                                sorted(dict(self._running).items()) if n > 0),
+            "last_finished_at": self._last_finished_ms,
             "schemas": "any" if self.schemas is None else ",".join(map(str,
                                                                        sorted(self.schemas))),
             "last_seen": defaults.now_ms(),
@@ -503,6 +510,7 @@ class Worker:
 
     def _dispatch(self, r: _Running) -> None:
         self._inflight += 1
+        self._running[(r.queue, r.lane)] += 1
         if self._loop is not None:
             fut = asyncio.run_coroutine_threadsafe(self._run_async(r), self._loop)
             fut.add_done_callback(lambda f, r=r: self._results.put(_result_of(f, r)))
@@ -735,10 +743,10 @@ class Worker:
             if self._inflight and (self._inflight >= self.concurrency or stopping or
                                    (pending and not buffered)):
                 with contextlib.suppress(queue_mod.Empty):
-                    self._collect(self._results.get(timeout=ACK_DELAY_S if buffered else 0.05))
+                    self._finished(self._results.get(timeout=ACK_DELAY_S if buffered else 0.05))
             while True:
                 try:
-                    self._collect(self._results.get_nowait())
+                    self._finished(self._results.get_nowait())
                 except queue_mod.Empty:
                     break
             buffered = len(self._acks) + len(self._fails)
@@ -804,6 +812,15 @@ class Worker:
                 _check(res, "return_job")
                 pending.pop()
                 self._unhold(r.queue, r.raw)
+
+    def _finished(self, out: _Outcome) -> None:
+        """A job's outcome came back: it no longer runs (heartbeat figures), then record it."""
+        key = (out.running.queue, out.running.lane)
+        self._running[key] -= 1
+        if self._running[key] <= 0:
+            del self._running[key]
+        self._last_finished_ms = defaults.now_ms()
+        self._collect(out)
 
     def _collect(self, out: _Outcome) -> None:
         self._inflight -= 1

@@ -217,7 +217,8 @@ def test_worker_that_cannot_record_outcomes_exits_without_deregistering(real_con
     ids = [r.job_id for r in Producer(conn).enqueue_many(Q, [{"i": i} for i in range(5)])]
     conn.client.set(qk.metrics_total("v1", "stable"), "oops")
     ran: list[str] = []
-    w = Worker(conn, [Q], "v1", lambda job: ran.append(job.id), heartbeat_s=0.1)
+    w = Worker(conn, [Q], "v1", lambda job: ran.append(job.id), heartbeat_s=0.1,
+               prefetch=5)  # fetched at once, before the first refused ack
     w.stop_grace_s = 0.5
     t = threading.Thread(target=w.run, daemon=True)
     t.start()

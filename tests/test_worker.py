@@ -477,3 +477,51 @@ def test_exit_when_retired(conn, how: str) -> None:
             x.stop()
         for t in threads:
             t.join(5)
+
+
+def test_rollback_and_status_report_jobs_still_running_on_the_rolled_back_version(
+        conn) -> None:
+    from pycanary import rollouts
+
+    queue_config.configure(conn, "payments", stable_version="v1", canary_version="v2")
+    queue_config.set_weight(conn, "payments", 10_000)
+    Producer(conn).enqueue_many("payments", [{}] * 2)
+    gate, started = threading.Event(), threading.Event()
+
+    def handler(job: Job) -> None:
+        started.set()
+        gate.wait(10)
+
+    w = Worker(conn, ["payments"], "v2", handler, heartbeat_s=0.2)
+    t = threading.Thread(target=w.run, daemon=True)
+    t.start()
+    try:
+        assert started.wait(10)
+        deadline = time.monotonic() + 5
+        while service.list_workers(conn)[0]["running"] != {"payments": {"canary": 1}}:
+            assert time.monotonic() < deadline, service.list_workers(conn)
+            time.sleep(0.02)
+        res = rollouts.rollback(conn, "payments", actor="t")
+        assert res["still_running"] == {"version": "v2", "running_jobs": 1, "workers": 1,
+                                        "last_finished_at": None}
+        [row] = rollouts.status(conn, "payments")
+        assert [r["running_jobs"] for r in row["rolled_back_running"]] == [1]
+        t_done = registry.now_ms()
+        gate.set()
+        deadline = time.monotonic() + 5
+        while True:
+            [row] = rollouts.status(conn, "payments")
+            [r] = row["rolled_back_running"]
+            if r["running_jobs"] == 0:
+                break
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        assert r["version"] == "v2" and r["workers"] == 1
+        assert t_done <= r["last_finished_at"] <= registry.now_ms()
+        assert w.stats.done == 1  # the running job was recorded; the other never started
+    finally:
+        gate.set()
+        w.stop()
+        t.join(5)
+    qk = conn.keys.queue("payments")
+    assert conn.client.llen(qk.lane_stable) == 1 and conn.client.llen(qk.lane_canary) == 0
