@@ -409,6 +409,8 @@ class Worker:
                 if time.monotonic() < next_beat and self._config_changed():
                     self._refresh_assignments()
                     self._after_refresh()
+                elif any(not self._wanted(r.queue) for r in list(self._pending)):
+                    self._after_refresh()  # the lock was busy last time: try again
                 if time.monotonic() >= next_beat:
                     # a failed heartbeat is retried next tick, not a whole period later: after
                     # an outage this worker must show it is alive before others reap it
