@@ -21,6 +21,13 @@ finished with its outcome not yet recorded) and keeps outcomes as instance state
 * on exit, jobs not started go back to the head of their lane, and the worker deregisters
   only once its processing lists are empty. Otherwise it leaves its registration to expire,
   and the reaper returns the lists.
+
+A rollback takes effect within a heartbeat even on a busy worker (issue 11): the maintenance
+thread polls the config revision every tick and, once the version is rolled back or replaced
+on a queue, returns every job held but not started to the head of its lane, in order (the
+stable lane's when the canary lane is closed); none of them starts here. A worker holds at
+most ``prefetch`` jobs, running ones included (default: its concurrency), and with
+``exit_when_retired`` it stops once no queue it served wants its version any more.
 """
 
 from __future__ import annotations
@@ -432,7 +439,8 @@ class Worker:
     def _after_refresh(self) -> None:
         """Maintenance thread, after the assignments were decided again: give back the jobs of
         lanes this worker no longer serves. If the main thread holds the lock (it is
-        dispatching or returning jobs itself), it does the same on its next round."""
+        dispatching or returning jobs itself), the next tick tries again, and the main thread
+        does the same on its next round."""
         if self.exit_when_retired and not self._stop.is_set():
             why = self.retired_reason()
             if why:
@@ -441,7 +449,8 @@ class Worker:
                          "unstarted jobs go back, running ones finish first", self.id,
                          self.version, why)
                 self.stop()
-        if not self._lock.acquire(timeout=0.5):
+        # never wait long: heartbeats must go on (the next tick tries again)
+        if not self._lock.acquire(timeout=min(0.05, self.heartbeat_s / 4)):
             return
         try:
             self._return_unwanted()
