@@ -15,6 +15,8 @@ import sys
 import time
 from collections import Counter
 
+import pytest
+
 from pycanary import metrics, queue_config, registry
 from pycanary.producer import Producer
 from tests.conftest import REAL_URL
@@ -51,25 +53,36 @@ def canary_worker(conn, *args: str, slow_s: str = "1") -> subprocess.Popen:
                         env={"SLOW_S": slow_s})
 
 
-def test_busy_canary_worker_starts_nothing_a_heartbeat_after_the_rollback(real_conn) -> None:
+@pytest.mark.parametrize("prefetch", [None, 8])
+def test_busy_canary_worker_starts_nothing_a_heartbeat_after_the_rollback(
+        real_conn, prefetch: int | None) -> None:
+    """Prefetch default (the concurrency: it holds only the running job), and 8 (it holds 7
+    unstarted jobs while busy, which must come back at once and never start on v2)."""
     conn = real_conn
     qk = conn.keys.queue("payments")
     ids = canary_queue(conn, 40)
-    canary = canary_worker(conn, "--prefetch", "8")  # holds 7 unstarted jobs while busy
+    canary = canary_worker(conn, *(["--prefetch", str(prefetch)] if prefetch else []))
     procs = [canary]
     try:
         wait_for(lambda: len(records(conn, "starts")) >= 2 and
                  conn.client.llen(qk.processing(registry.list_workers(
-                     conn, ttl_ms=60_000)[0].id)) == 8, 30, "a busy canary worker")
+                     conn, ttl_ms=60_000)[0].id)) == (prefetch or 1), 30,
+                 "a busy canary worker")
         res = cli(conn, "rollback", "payments", "--yes", "--json")
         assert res.returncode == 0, res.stderr
         out = json.loads(res.stdout)
         rolled_back_at = int(conn.client.hget(qk.config, "updated_at"))
         assert out["still_running"]["version"] == "v2"
         assert out["still_running"]["running_jobs"] in (0, 1)  # as of its last heartbeat
-        # the held jobs came back at once, while the only slot is still busy
+        # the held jobs came back at once, while the only slot is still busy (what stays in
+        # its processing list are jobs it started: the running one, one not yet acknowledged)
         wid = registry.list_workers(conn, ttl_ms=60_000)[0].id
-        wait_for(lambda: conn.client.llen(qk.processing(wid)) <= 1,
+
+        def unstarted() -> set[str]:
+            held = {json.loads(x)["id"] for x in conn.client.lrange(qk.processing(wid), 0, -1)}
+            return held - {s[0] for s in records(conn, "starts")}
+
+        wait_for(lambda: not unstarted(),
                  max(0.0, (rolled_back_at + HEARTBEAT_MS) / 1000 - time.time()) + 0.05,
                  "unstarted jobs given back within a heartbeat of the rollback")
         assert conn.client.llen(qk.lane_canary) == 0
@@ -95,7 +108,8 @@ def test_busy_canary_worker_starts_nothing_a_heartbeat_after_the_rollback(real_c
         now = registry.now_ms()
         st = metrics.read_window(conn, "payments", "v2", "canary", now - 600_000, now + 1000)
         assert st.ok == len(on_v2) and st.failed == 0
-        print(f"\n40 jobs: {len(on_v2)} ran on v2 before the rollback, "
+        print(f"\nprefetch {prefetch or 'default'}, 40 jobs: {len(on_v2)} ran on v2 before "
+              f"the rollback, "
               f"{len(starts) - len(on_v2)} on v1 after; last v2 start "
               f"{last_v2[3] - rolled_back_at} ms after the rollback")
         # status: nothing runs on v2 any more, and when the last one finished
