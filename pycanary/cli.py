@@ -416,6 +416,15 @@ def worker(
     timeout: Annotated[
         float | None, typer.Option("--timeout", help="Seconds a job may run (default: none).")
     ] = None,
+    prefetch: Annotated[
+        int | None, typer.Option("--prefetch", help="Jobs held at once, running ones included "
+                                 "(concurrency-1000; default: the concurrency).")
+    ] = None,
+    exit_when_retired: Annotated[
+        bool, typer.Option("--exit-when-retired", help="Exit (code 0) once this version is "
+                           "rolled back or replaced on every queue it served, after giving "
+                           "back unstarted jobs, so a process supervisor can stop it.")
+    ] = False,
     log_level: Annotated[str, typer.Option("--log-level", help="debug, info, warning.")] = "info",
 ) -> None:
     """Run a worker: takes jobs of its version's lane, runs the handler, records outcomes.
@@ -425,7 +434,7 @@ def worker(
     import logging
     import os
 
-    from .worker import Worker, load_handler
+    from .worker import Worker, check_prefetch, load_handler
 
     for q in queues:
         validation.queue_name(q)
@@ -440,6 +449,7 @@ def worker(
                               field="max_attempts")
     _finite(heartbeat, "heartbeat", registry.MIN_HEARTBEAT_S, registry.MAX_HEARTBEAT_S)
     _finite(timeout, "timeout", 0.001, 86_400)
+    check_prefetch(prefetch, concurrency)
     log_level = _choice(log_level, "log_level", ("debug", "info", "warning", "error"))
 
     logging.basicConfig(level=getattr(logging, log_level.upper(), logging.INFO),
@@ -449,11 +459,13 @@ def worker(
     fn = load_handler(handler)
     w = Worker(_state(ctx).conn(), queues, version, fn, concurrency=concurrency, lane=lane,
                schemas=service.parse_schemas(schemas), heartbeat_s=heartbeat,
-               max_attempts=max_attempts, job_timeout_s=timeout)
+               max_attempts=max_attempts, job_timeout_s=timeout, prefetch=prefetch,
+               exit_when_retired=exit_when_retired)
     typer.echo(f"worker {w.id} version {version} on {', '.join(w.queues)}", err=True)
     stats = w.run()
     typer.echo(f"worker {w.id} stopped: {stats.done} done, {stats.failed} failed attempts, "
-               f"{stats.dead} dead-lettered", err=True)
+               f"{stats.dead} dead-lettered"
+               + (f"; retired ({w.exit_reason})" if w.exit_reason else ""), err=True)
 
 
 def _ago(ms: int) -> str:
@@ -587,7 +599,9 @@ def status(
     if watch:
         raise typer.Exit(watch_status(conn, queue))
     rows = rollouts.status(conn, queue)
-    _emit(rows, as_json, render_status(rows))
+    extra = [f"{row['queue']}: {_running_text(r)}" for row in rows
+             for r in row.get("rolled_back_running", [])]
+    _emit(rows, as_json, "\n".join([render_status(rows), *extra]))
 
 
 @app.command()
@@ -626,7 +640,22 @@ def rollback(
     processed next, in order."""
     _confirm(f"Roll back the canary on {queue}?", yes)
     res = rollouts.rollback(_state(ctx).conn(), queue, reason=reason)
-    _emit(res, as_json, res["message"])  # the service says whether the drain completed
+    running = res.get("still_running")
+    _emit(res, as_json, res["message"]  # the service says whether the drain completed
+          + (f"\n{queue}: {_running_text(running)}" if running else ""))
+
+
+def _running_text(r: dict[str, Any]) -> str:
+    """One line on the jobs still running on a rolled-back version (rollback, status)."""
+    if r["running_jobs"]:
+        return (f"{r['running_jobs']} job(s) still running on rolled-back {r['version']} "
+                f"({r['workers']} worker(s)); they finish and are recorded, nothing new "
+                f"starts on it")
+    when = (f"the last one finished {_ago(r['last_finished_at'])}"
+            if r["last_finished_at"] else "none finished since its workers started")
+    if not r["workers"]:
+        return f"no job running on rolled-back {r['version']} (no live worker of it)"
+    return f"no job running on rolled-back {r['version']}; {when}"
 
 
 @app.command()

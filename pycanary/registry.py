@@ -67,6 +67,9 @@ class WorkerRecord:
             "current": _int(self.info.get("current")),
             "done": _int(self.info.get("done")), "failed": _int(self.info.get("failed")),
             "schemas": self.info.get("schemas", "any"),
+            # jobs running now, {queue: {lane: n}}, and when its last job finished (ms)
+            "running": _running(self.info.get("running", "")),
+            "last_finished_at": _int(self.info.get("last_finished_at")) or None,
             # what it takes now ("-" = nothing: standby or retiring); queues holds the lane the
             # reaper returns its jobs to
             "lanes": dict(part.split("=", 1) for part in self.info.get("lanes", "").split(",")
@@ -76,6 +79,17 @@ class WorkerRecord:
 
 def _int(v: str | None) -> int | None:
     return None if v in (None, "") else int(v)
+
+
+def _running(text: str) -> dict[str, dict[str, int]]:
+    """The heartbeat's ``running`` field, "queue/lane=n,...", as {queue: {lane: n}}."""
+    out: dict[str, dict[str, int]] = {}
+    for part in text.split(","):
+        where, sep, n = part.rpartition("=")
+        q, slash, lane = where.partition("/")
+        if sep and slash and n.isdigit():
+            out.setdefault(q, {})[lane] = int(n)
+    return out
 
 
 def heartbeat(

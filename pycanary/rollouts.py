@@ -229,6 +229,7 @@ def rollback(conn: Connection, queue: str, *, reason: str = "", actor: str | Non
                "weight_zero_ms": round((t_weight0 - t0) * 1000, 3)}
         out.update(finish_outcome(conn, dep, actor=actor, clock=clock))
         out["drained_ms"] = round((clock() - t0) * 1000, 3)
+        out["still_running"] = _still_running(conn, queue, dep.canary_version)
         out["message"] = (f"{queue}: rolled back; weight 0 after {out['weight_zero_ms']:.1f} ms"
                           + (f", canary lane drained ({out['drained_jobs'] or 0} jobs) after "
                              f"{out['drained_ms']:.1f} ms" if out["drain_complete"] else
@@ -239,8 +240,9 @@ def rollback(conn: Connection, queue: str, *, reason: str = "", actor: str | Non
         raise StateError(f"nothing to roll back on {queue}: no deployment and weight 0",
                          field="queue")
     qk = conn.keys.queue(queue)
-    conn.scripts.call("rollback_canary", [qk.config, qk.tenant_weights, qk.rolled_back],
-                      ["", int(t0 * 1000)])
+    _prev, marked = conn.scripts.call("rollback_canary",
+                                      [qk.config, qk.tenant_weights, qk.rolled_back],
+                                      ["", int(t0 * 1000)])
     t_weight0 = clock()
     out = {"queue": queue, "deployment_id": None, "rollback": "done", "state": "rolled_back",
            "reason": reason, "weight_zero_ms": round((t_weight0 - t0) * 1000, 3)}
@@ -256,10 +258,38 @@ def rollback(conn: Connection, queue: str, *, reason: str = "", actor: str | Non
                    f"drain incomplete, {report.remaining} jobs left; run `pycanary drain "
                    f"{queue}`")
     out["drained_ms"] = round((clock() - t0) * 1000, 3)
+    out["still_running"] = _still_running(conn, queue, marked)
     out["message"] = (f"{queue}: rolled back; weight 0 after {out['weight_zero_ms']:.1f} ms"
                       + (f", canary lane drained ({out['drained_jobs'] or 0} jobs)"
                          if out["drain_complete"] else f"; {out['warning']}"))
     return out
+
+
+def rolled_back_running(workers: list[dict[str, Any]], queue: str,
+                        version: str) -> dict[str, Any]:
+    """Jobs still running on a rolled-back version of a queue, as its live workers last told
+    in their heartbeats. A rollback stops new starts on the version within a heartbeat, but
+    jobs already running finish (or time out) and are recorded: this says how many are left,
+    and once none is, when the last one finished (``last_finished_at``, ms; None while some
+    run or when no live worker of the version is left to tell)."""
+    mine = [w for w in workers if w.get("version") == version and w.get("state") != "dead"
+            and queue in (w.get("queues") or {})]
+    jobs = sum(sum((w.get("running") or {}).get(queue, {}).values()) for w in mine)
+    finished = [w["last_finished_at"] for w in mine if w.get("last_finished_at")]
+    return {"version": version, "running_jobs": jobs, "workers": len(mine),
+            "last_finished_at": max(finished) if finished and not jobs else None}
+
+
+def _still_running(conn: Connection, queue: str, version: str) -> dict[str, Any] | None:
+    """rolled_back_running for a rollback just made; None if the registry cannot be read
+    (the rollback has taken effect regardless)."""
+    if not version:
+        return None
+    try:
+        workers = [w.to_dict() for w in registry.list_workers(conn, ttl_ms=defaults.TTL_MS)]
+    except (redis.exceptions.RedisError, ValueError):
+        return None
+    return rolled_back_running(workers, queue, version)
 
 
 def finish_outcome(conn: Connection, dep: Deployment, *, actor: str,
@@ -458,6 +488,13 @@ def status(conn: Connection, queue: str | None = None, *, window_s: int = 300,
         row: dict[str, Any] = {"queue": q, "config": cfg.to_dict(), "depth": depth,
                                "leader": leader, "deployment": None, "controller_error": err}
         row["workers"] = [w.to_dict() for w in workers if q in w.queues]
+        try:
+            rolled = conn.client.smembers(conn.keys.queue(q).rolled_back)
+        except redis.exceptions.ResponseError:  # a garbled key: the rest of the row shows
+            rolled = set()
+        row["rolled_back_running"] = [
+            rolled_back_running(row["workers"], q, v) for v in sorted(rolled)
+            if any(w["version"] == v and w["state"] != "dead" for w in row["workers"])]
         try:
             dep = deployments.get(conn, q)
         except deployments.CorruptDeploymentError as exc:

@@ -290,3 +290,51 @@ def test_due_retries_of_a_closed_canary_lane_go_to_stable(conn: Any) -> None:
     assert list(conn.scripts.call("promote_delayed", keys, [100, 50])) == [0, 1, 0]
     assert conn.client.lrange(qk.lane_stable, 0, -1)[0] == "retry-b"
     assert conn.client.llen(qk.lane_canary) == 0 and conn.client.zcard(qk.delayed_canary) == 0
+
+
+def _return_keys(conn: Any, lane: str) -> list[str]:
+    qk = conn.keys.queue("payments")
+    return [qk.processing("w-1"), qk.lane(lane), qk.lane_stable, qk.config]
+
+
+@pytest.mark.parametrize("script", ["return_job", "bounce_job"])
+def test_jobs_given_back_from_a_closed_canary_lane_go_to_the_stable_head(
+        conn: Any, script: str) -> None:
+    """Stopping a rolled-back worker as the runbook says once left its jobs in the canary
+    lane, which nobody reads after a rollback: the scripts now send them to stable's head."""
+    service.configure_queue(conn, "payments", stable_version="v1")
+    rollouts.start_canary(conn, "payments", "v2", weight="5", actor="t")
+    qk = conn.keys.queue("payments")
+    c = conn.client
+    c.lpush(qk.lane_stable, "stable-old", "stable-new")  # the head is the right end
+    c.lpush(qk.processing("w-1"), "job-a", "job-b", "job-c")
+    # open canary lane: back to the canary lane (head for return, tail for bounce)
+    assert conn.scripts.call(script, _return_keys(conn, "canary"), ["job-c"]) == 1
+    assert c.lrange(qk.lane_canary, 0, -1) == ["job-c"]
+    rollouts.rollback(conn, "payments", actor="t")  # drains job-c to stable's head
+    # closed: to the head of stable, newest given back first so the oldest ends at the head
+    assert conn.scripts.call(script, _return_keys(conn, "canary"), ["job-b"]) == 2
+    assert conn.scripts.call(script, _return_keys(conn, "canary"), ["job-a"]) == 2
+    assert c.lrange(qk.lane_stable, 0, -1) == ["stable-new", "stable-old", "job-c", "job-b",
+                                               "job-a"]
+    assert c.llen(qk.lane_canary) == 0 and c.llen(qk.processing("w-1")) == 0
+    # a job no longer held moves nothing
+    assert conn.scripts.call(script, _return_keys(conn, "canary"), ["job-a"]) == 0
+    assert c.llen(qk.lane_stable) == 5
+    # stable-lane jobs stay in the stable lane whatever the canary lane's state
+    c.lpush(qk.processing("w-1"), "job-s")
+    assert conn.scripts.call(script, _return_keys(conn, "stable"), ["job-s"]) == 1
+    assert "job-s" in c.lrange(qk.lane_stable, 0, -1)
+
+
+@pytest.mark.parametrize("script", ["return_job", "bounce_job"])
+def test_return_scripts_refuse_a_config_of_the_wrong_type_before_any_write(
+        conn: Any, script: str) -> None:
+    qk = conn.keys.queue("payments")
+    c = conn.client
+    c.lpush(qk.processing("w-1"), "job-a")
+    c.set(qk.config, "oops")
+    with pytest.raises(Exception, match="WRONGTYPE"):
+        conn.scripts.call(script, _return_keys(conn, "canary"), ["job-a"])
+    assert c.lrange(qk.processing("w-1"), 0, -1) == ["job-a"]
+    assert c.llen(qk.lane_stable) == 0 and c.llen(qk.lane_canary) == 0

@@ -143,6 +143,7 @@ def _guard_cases(conn) -> list[tuple[str, list[str], list, str]]:
     """(script, KEYS, ARGV, key made a string) for every worker script."""
     qk, k = conn.keys.queue(Q), conn.keys
     slot_keys = qk.fail_keys("w", "v1", "stable", 1)
+    ret_keys = [qk.processing("w"), qk.lane_canary, qk.lane_stable, qk.config]
     return [
         ("fetch_jobs", qk.fetch_keys("w", "stable"), [10, "v1", "w", "stable"],
          qk.processing_index),
@@ -150,8 +151,10 @@ def _guard_cases(conn) -> list[tuple[str, list[str], list, str]]:
          qk.metrics_total("v1", "stable")),
         ("fail_jobs", slot_keys, [60, "job-0", "dead", "record", "", 1, 1], qk.dlq),
         ("fail_jobs", slot_keys, [60, "job-0", "retry", "next", "5", 1, 1], qk.delayed_stable),
-        ("return_job", [qk.processing("w"), qk.lane_canary], ["job-0"], qk.lane_canary),
-        ("bounce_job", [qk.processing("w"), qk.lane_canary], ["job-0"], qk.lane_canary),
+        ("return_job", ret_keys, ["job-0"], qk.lane_canary),
+        ("bounce_job", ret_keys, ["job-0"], qk.lane_canary),
+        ("return_job", ret_keys, ["job-0"], qk.lane_stable),
+        ("bounce_job", ret_keys, ["job-0"], qk.config),
         ("requeue_jobs", qk.requeue_keys("w"), ["stable", 10, "w"], qk.processing_index),
         ("forget_worker", k.heartbeat_keys("w"), ["w", 10**15, 6000], k.worker_deadlines),
         ("heartbeat", k.heartbeat_keys("w"), ["w", 1, 6000, "{}"], k.worker_meta),
@@ -160,7 +163,7 @@ def _guard_cases(conn) -> list[tuple[str, list[str], list, str]]:
     ]
 
 
-@pytest.mark.parametrize("case", range(10))
+@pytest.mark.parametrize("case", range(12))
 def test_worker_scripts_refuse_wrong_types_before_any_write(conn, case: int) -> None:
     """The fail_jobs bug: with a wrong-type DLQ its LREM ran, its push failed, the job was
     gone. Now every worker script checks all key types first: an error changes nothing."""
@@ -214,7 +217,8 @@ def test_worker_that_cannot_record_outcomes_exits_without_deregistering(real_con
     ids = [r.job_id for r in Producer(conn).enqueue_many(Q, [{"i": i} for i in range(5)])]
     conn.client.set(qk.metrics_total("v1", "stable"), "oops")
     ran: list[str] = []
-    w = Worker(conn, [Q], "v1", lambda job: ran.append(job.id), heartbeat_s=0.1)
+    w = Worker(conn, [Q], "v1", lambda job: ran.append(job.id), heartbeat_s=0.1,
+               prefetch=5)  # fetched at once, before the first refused ack
     w.stop_grace_s = 0.5
     t = threading.Thread(target=w.run, daemon=True)
     t.start()

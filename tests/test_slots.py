@@ -145,6 +145,26 @@ def _flows(conn: Any) -> None:
     rollouts.rollback(conn, "payments", reason="test", actor="test")
     rollouts.drain(conn, "payments")
     assert deployments.get(conn, "payments").state == "rolled_back"
+    # a busy canary worker stopped after a rollback gives back the canary jobs it holds:
+    # return_job from a closed canary lane, to stable
+    service.set_weight(conn, "payments", "90")
+    p.enqueue_many("payments", [{}] * 20)
+    gate3, started3 = threading.Event(), threading.Event()
+
+    def blocked(job: Job) -> None:
+        started3.set()
+        gate3.wait(10)
+
+    w3 = Worker(conn, ["payments"], "v1", blocked, lane="canary", prefetch=5, heartbeat_s=0.2)
+    t3 = threading.Thread(target=w3.run, daemon=True)
+    t3.start()
+    assert started3.wait(10)
+    rollouts.rollback(conn, "payments", actor="test")
+    w3.stop()
+    gate3.set()
+    t3.join(15)
+    assert not t3.is_alive()
+    assert conn.client.llen(qk.lane_canary) == 0
 
 
 @pytest.fixture
