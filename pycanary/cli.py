@@ -534,6 +534,10 @@ def canary_start(
                            help="Start even if canary workers do not accept every payload "
                                 "schema in the queue.")
     ] = False,
+    force: Annotated[
+        bool, typer.Option("--force", help="Start even if no live worker of VERSION would take "
+                           "the canary lane (recorded in the deployment's events).")
+    ] = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Start a manual canary: a share of new jobs goes to VERSION.
@@ -542,7 +546,7 @@ def canary_start(
     failure."""
     dep = rollouts.start_canary(_state(ctx).conn(), queue, version, weight=weight,
                                 tenants=_parse_tenants(tenant), sticky=sticky,
-                                allow_schema_change=allow_schema_change)
+                                allow_schema_change=allow_schema_change, force=force)
     _emit(dep.to_dict(), as_json, _dep_line(dep))
 
 
@@ -558,11 +562,20 @@ def ramp(
     allow_schema_change: Annotated[
         bool, typer.Option("--allow-schema-change", help="Skip the payload schema guard.")
     ] = False,
+    force: Annotated[
+        bool, typer.Option("--force", help="Start even if no live worker of VERSION would take "
+                           "the canary lane or no controller runs (recorded in the events).")
+    ] = False,
     as_json: JsonOpt = False,
 ) -> None:
-    """Start a staged rollout of VERSION following a plan (5% -> 15% -> 50% -> 100%, ...)."""
+    """Start a staged rollout of VERSION following a plan (5% -> 15% -> 50% -> 100%, ...).
+
+    Refused (exit 2) without a live worker of VERSION on the queue or a running controller:
+    start them first, e.g. `pycanary worker orders --version v2 --handler app:handle` and
+    `pycanary controller`, or pass --force."""
     conn = _state(ctx).conn()
-    dep = rollouts.ramp(conn, queue, version, plan, allow_schema_change=allow_schema_change)
+    dep = rollouts.ramp(conn, queue, version, plan, allow_schema_change=allow_schema_change,
+                        force=force)
     if not watch:
         _emit(dep.to_dict(), as_json, _dep_line(dep))
         return

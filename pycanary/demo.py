@@ -24,6 +24,7 @@ from . import deployments, histogram, metrics, rollouts, service
 from .connection import Connection, connect
 from .controller import Controller
 from .job import Job
+from .leader import Leadership
 from .producer import Producer
 from .validation import quote
 from .worker import Worker
@@ -229,13 +230,16 @@ def run_demo(
         threads.append(threading.Thread(target=produce, daemon=True, name="producer"))
         for t in threads:
             t.start()
-        # canary workers wait in standby until the deployment names their version
-        while not any(w.ready.is_set() for w in workers):
+        # canary workers wait in standby until the deployment names their version; the ramp's
+        # preflight wants them registered and the controller leading before it starts
+        while not all(w.ready.is_set() for w in workers):
             time.sleep(0.01)
+        ctl = Controller(conn, clock=clock, controller_id="demo-controller",
+                         leadership=Leadership(conn, controller_id="demo-controller"))
+        ctl.tick()
         dep = rollouts.ramp(conn, QUEUE, "v2", DEMO_PLAN, actor="demo",
                             now_ms=int(clock() * 1000))
         say(f"started {dep.id}: v1 -> v2 on {QUEUE}, 5% -> 15% -> 50% -> gate -> 100%")
-        ctl = Controller(conn, clock=clock, controller_id="demo-controller")
         regression_at: float | None = None
         gate_seen: float | None = None
         live_ctx = None

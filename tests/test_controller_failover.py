@@ -215,7 +215,7 @@ def start_ramp_mid_stage(rig: Rig) -> tuple[deployments.Deployment, Holder]:
     rig.wait(lambda: all("started" in rig.logs[p].read_text() for p in pids), STARTUP,
              "both controllers to start")
     rig.start_producer()
-    dep = rollouts.ramp(conn, QUEUE, "v2", PLAN, actor="test")
+    dep = rollouts.ramp(conn, QUEUE, "v2", PLAN, actor="test", force=True)
     canary_workers_ready(conn)
     rig.wait(lambda: (d := deployments.get(conn, QUEUE)) and d.stage == 1 and d, 3 * STAGE_S + 8,
              "the ramp to reach stage 1")
@@ -363,7 +363,7 @@ def test_deposed_leader_mid_check_leaves_no_trace(real_conn) -> None:
     service.configure_queue(conn, QUEUE, stable_version="v1")
     plan = {"canary_config": {"interval": "1s",
                               "stages": [{"percentage": 10, "duration": "60s"}]}}
-    dep = rollouts.ramp(conn, QUEUE, "v2", plan, actor="test")
+    dep = rollouts.ramp(conn, QUEUE, "v2", plan, actor="test", force=True)
     now = [time.time()]
     old = Controller(conn, clock=lambda: now[0],
                      leadership=Leadership(conn, lease_s=0.3, controller_id="old"))

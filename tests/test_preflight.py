@@ -1,0 +1,171 @@
+"""A deployment never starts only to wait forever: `ramp` and `canary start` refuse without a
+live worker of the canary version on the queue (and `ramp` without a controller), unless
+forced; the controller rolls back a canary lane nobody reads; all on real Redis with real
+worker registrations."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import pytest
+
+from pycanary import deployments, queue_config, registry, rollouts, service
+from pycanary.connection import Connection
+from pycanary.controller import Controller
+from pycanary.errors import StateError
+from pycanary.leader import Leadership
+from pycanary.worker import Worker
+from tests.test_cli import run
+
+PLAN = {"interval": "1s", "stages": [{"percentage": 20, "duration": "10m"}]}
+
+
+@contextmanager
+def running(conn: Connection, version: str, *, lane: str | None = None,
+            queue: str = "payments", handler=lambda job: None) -> Iterator[Worker]:
+    """A real worker of ``version`` in a thread, registered (first heartbeat) on entry."""
+    w = Worker(conn, [queue], version, handler, heartbeat_s=0.2, block_s=0.1, lane=lane)
+    t = threading.Thread(target=w.run, daemon=True)
+    t.start()
+    assert w.ready.wait(10)
+    try:
+        yield w
+    finally:
+        w.stop()
+        t.join(10)
+
+
+@contextmanager
+def leading(conn: Connection) -> Iterator[Leadership]:
+    lead = Leadership(conn, controller_id="test-controller")
+    assert lead.tick()
+    try:
+        yield lead
+    finally:
+        lead.release()
+
+
+def test_ramp_refused_without_canary_worker_nothing_written(real_conn: Connection) -> None:
+    conn = real_conn
+    service.configure_queue(conn, "payments", stable_version="v1")
+    before = queue_config.read_config(conn, "payments")
+    # a stable worker is not a canary worker
+    with leading(conn), running(conn, "v1"), pytest.raises(StateError) as err:
+        rollouts.ramp(conn, "payments", "v2", PLAN, actor="t")
+    assert str(err.value) == (
+        "version: no live worker of version v2 consumes queue payments: start one with "
+        "`pycanary worker payments --version v2 --handler MODULE:FN` (it waits in standby for "
+        "the canary lane), or pass --force")
+    assert deployments.get(conn, "payments") is None
+    assert queue_config.read_config(conn, "payments") == before
+
+
+def test_ramp_refused_without_controller(real_conn: Connection) -> None:
+    conn = real_conn
+    service.configure_queue(conn, "payments", stable_version="v1")
+    with running(conn, "v2"):
+        with pytest.raises(StateError) as err:
+            rollouts.ramp(conn, "payments", "v2", PLAN, actor="t")
+        assert str(err.value) == ("controller: no controller is running: start "
+                                  "`pycanary controller`, or pass --force")
+        # a manual canary needs no controller to start (the worker is enough)
+        dep = rollouts.start_canary(conn, "payments", "v2", weight="5", actor="t")
+    assert dep.state == "active"
+
+
+def test_ramp_starts_with_standby_worker_and_controller(real_conn: Connection) -> None:
+    conn = real_conn
+    service.configure_queue(conn, "payments", stable_version="v1")
+    with leading(conn), running(conn, "v2") as w:
+        rec = next(r for r in registry.list_workers(conn, ttl_ms=5000) if r.id == w.id)
+        assert rec.state == "standby"  # waits for its version to become the canary
+        dep = rollouts.ramp(conn, "payments", "v2", PLAN, actor="t")
+    assert dep.state == "active" and dep.weight_bp == 2000
+    msgs = [e["message"] for e in deployments.events(conn, "payments", dep.id, count=10)]
+    assert not any("forced" in m for m in msgs)
+
+
+def test_workers_that_do_not_count(real_conn: Connection) -> None:
+    """Pinned to stable, of another queue, or gone: none of them reads the canary lane."""
+    conn = real_conn
+    service.configure_queue(conn, "payments", stable_version="v1")
+    with leading(conn):
+        with running(conn, "v2", lane="stable"), running(conn, "v2", queue="other"), \
+                pytest.raises(StateError, match="no live worker of version v2"):
+            rollouts.ramp(conn, "payments", "v2", PLAN, actor="t")
+        with running(conn, "v2"):
+            pass  # stopped: deregistered
+        with pytest.raises(StateError, match="no live worker of version v2"):
+            rollouts.start_canary(conn, "payments", "v2", weight="5", actor="t")
+        with running(conn, "v2", lane="canary"):  # pinned to canary counts
+            assert rollouts.start_canary(conn, "payments", "v2", weight="5", actor="t")
+
+
+def test_dead_worker_does_not_count(real_conn: Connection) -> None:
+    conn = real_conn
+    service.configure_queue(conn, "payments", stable_version="v1")
+    # a registration whose heartbeat deadline has passed (a worker killed with -9)
+    registry.heartbeat(conn, "ghost", version="v2", queues={"payments": "stable"},
+                       info={"state": "standby", "lanes": "payments=-"}, ttl_ms=600,
+                       now=1_000)
+    assert [w.state for w in registry.list_workers(conn, ttl_ms=600)] == ["dead"]
+    with pytest.raises(StateError, match="no live worker of version v2"):
+        rollouts.start_canary(conn, "payments", "v2", weight="5", actor="t")
+
+
+def test_force_overrides_and_is_recorded(real_conn: Connection) -> None:
+    conn = real_conn
+    service.configure_queue(conn, "payments", stable_version="v1")
+    dep = rollouts.ramp(conn, "payments", "v2", PLAN, actor="t", force=True)
+    msgs = [e["message"] for e in deployments.events(conn, "payments", dep.id, count=10)]
+    assert any(m.endswith("(forced past the preflight: no live worker of version v2 consumes "
+                          "queue payments; no controller is running)") for m in msgs), msgs
+
+
+def test_cli_ramp_and_canary_start_refused_exit_2(real_conn: Connection, tmp_path) -> None:
+    conn = real_conn
+    prefix = conn.keys.prefix
+    service.configure_queue(conn, "payments", stable_version="v1")
+    plan = tmp_path / "plan.yaml"
+    plan.write_text("canary_config:\n  stages:\n    - percentage: 10\n      duration: 1m\n")
+    res = run("ramp", "payments", "--version", "v2", "--plan", str(plan), prefix=prefix)
+    assert res.returncode == 2 and "Traceback" not in res.stderr
+    assert res.stderr.strip().splitlines() == [
+        "error: version: no live worker of version v2 consumes queue payments: start one with "
+        "`pycanary worker payments --version v2 --handler MODULE:FN` (it waits in standby for "
+        "the canary lane), or pass --force"]
+    res = run("canary", "start", "payments", "--version", "v2", prefix=prefix)
+    assert res.returncode == 2 and "no live worker of version v2" in res.stderr
+    assert deployments.get(conn, "payments") is None
+    with running(conn, "v2"):
+        res = run("ramp", "payments", "--version", "v2", "--plan", str(plan), prefix=prefix)
+        assert res.returncode == 2
+        assert res.stderr.strip() == ("error: controller: no controller is running: start "
+                                      "`pycanary controller`, or pass --force")
+    res = run("ramp", "payments", "--version", "v2", "--plan", str(plan), "--force",
+              prefix=prefix)
+    assert res.returncode == 0, res.stderr
+    assert deployments.get(conn, "payments").state == "active"
+
+
+def test_controller_runs_are_seen_by_preflight(real_conn: Connection) -> None:
+    """The leadership a real Controller loop takes is what `ramp` looks for."""
+    conn = real_conn
+    service.configure_queue(conn, "payments", stable_version="v1")
+    stop = threading.Event()
+    lead = Leadership(conn, controller_id="ctl")
+    ctl = Controller(conn, leadership=lead)
+    t = threading.Thread(target=ctl.run, args=(stop, 0.1), daemon=True)
+    t.start()
+    try:
+        with running(conn, "v2"):
+            for _ in range(100):
+                if conn.client.get(conn.keys.leader):
+                    break
+                stop.wait(0.05)
+            assert rollouts.ramp(conn, "payments", "v2", PLAN, actor="t").state == "active"
+    finally:
+        stop.set()
+        t.join(10)
