@@ -703,6 +703,10 @@ def controller(
     poll: Annotated[float, typer.Option("--poll", help="Seconds between ticks.")] = defaults.POLL_S,
     log_format: Annotated[str, typer.Option("--log-format", help="json or text.")] = "json",
     log_level: Annotated[str, typer.Option("--log-level", help="debug, info, warning.")] = "info",
+    stall_grace: Annotated[
+        float, typer.Option("--stall-grace", help="Seconds canary jobs may wait with no live "
+                            "canary worker before the deployment is rolled back as stalled.")
+    ] = defaults.STALL_GRACE_S,
 ) -> None:
     """Run the leader-elected controller that drives every deployment's plan.
 
@@ -716,6 +720,7 @@ def controller(
 
     _finite(lease, "lease", 0.5, 3600)
     _finite(poll, "poll", 0.01, 3600)
+    _finite(stall_grace, "stall_grace", 1, 86400)
     log_format = _choice(log_format, "log_format", ("json", "text"))
     log_level = _choice(log_level, "log_level", ("debug", "info", "warning", "error"))
 
@@ -730,7 +735,8 @@ def controller(
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
-    ctl = Controller(conn, leadership=Leadership(conn, lease_s=lease))
+    ctl = Controller(conn, leadership=Leadership(conn, lease_s=lease),
+                     stall_grace_s=stall_grace)
     typer.echo(f"controller {ctl.id} started (lease {lease:g}s)", err=True)
     ctl.run(stop, poll_s=min(poll, lease / 5))
     typer.echo(f"controller {ctl.id} stopped", err=True)

@@ -6,12 +6,13 @@ worker registrations."""
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
 import pytest
 
-from pycanary import deployments, queue_config, registry, rollouts, service
+from pycanary import defaults, deployments, queue_config, registry, rollouts, service
 from pycanary.connection import Connection
 from pycanary.controller import Controller
 from pycanary.errors import StateError
@@ -169,3 +170,90 @@ def test_controller_runs_are_seen_by_preflight(real_conn: Connection) -> None:
     finally:
         stop.set()
         t.join(10)
+
+
+# -- a stalled canary lane rolls back ----------------------------------------------------------
+STALL_PLAN = {"interval": "1s", "on_no_data": "hold",
+              "stages": [{"percentage": 50, "duration": "1h"}]}
+
+
+def test_stalled_canary_lane_rolls_back_and_stable_processes_everything(
+        real_conn: Connection) -> None:
+    conn = real_conn
+    service.configure_queue(conn, "payments", stable_version="v1")
+    done: list[str] = []
+    lock = threading.Lock()
+
+    def record(job) -> None:
+        with lock:
+            done.append(job.id)
+
+    t = [1_000_000.0]
+    qk = conn.keys.queue("payments")
+    from pycanary.producer import Producer
+
+    with leading(conn) as lead, running(conn, "v1", handler=record):
+        # the grace runs on the wall clock (worker liveness is real time): 2 s here
+        ctl = Controller(conn, clock=lambda: t[0], leadership=lead, stall_grace_s=2)
+        with running(conn, "v2"):
+            dep = rollouts.ramp(conn, "payments", "v2", STALL_PLAN, actor="t",
+                                now_ms=int(t[0] * 1000))
+        # the only v2 worker stopped (deregistered): canary jobs now wait for nobody
+        ids = [r.job_id for r in Producer(conn).enqueue_many("payments", [{}] * 200)]
+        waiting = conn.client.llen(qk.lane_canary)
+        assert 50 < waiting < 150
+        ctl.tick()  # baseline
+        t[0] += 1
+        seen = defaults.now_ms()
+        ctl.tick()  # stall first seen
+        since = deployments.get(conn, "payments").meta["stalled_since"]
+        assert seen <= since <= defaults.now_ms()
+        t[0] += 3600  # policy time alone does not make a stall
+        ctl.tick()
+        assert deployments.get(conn, "payments").state == "active"
+        time.sleep(max(0.0, (since + 2000 - defaults.now_ms()) / 1000) + 0.05)
+        t[0] += 1
+        ctl.tick()
+        dep = deployments.get(conn, "payments")
+        assert dep.state == "rolled_back", dep.state
+        assert dep.reason == (f"stalled: {waiting} canary jobs waiting, no live v2 worker "
+                              "for 2s")
+        assert conn.client.llen(qk.lane_canary) == 0 and dep.weight_bp == 0
+        evs = deployments.events(conn, "payments", dep.id, count=20)
+        assert any(e["type"] == "rollback" and e["message"].endswith(dep.reason)
+                   for e in evs), evs
+        row = rollouts.status(conn, "payments")[0]
+        assert row["deployment"]["reason"] == dep.reason
+        for _ in range(200):
+            with lock:
+                if len(done) >= len(ids):
+                    break
+            threading.Event().wait(0.05)
+    assert sorted(done) == sorted(ids)  # every job ran once on stable, none lost
+
+
+def test_stall_clears_when_a_canary_worker_comes_back(real_conn: Connection) -> None:
+    conn = real_conn
+    service.configure_queue(conn, "payments", stable_version="v1")
+    t = [1_000_000.0]
+    from pycanary.producer import Producer
+
+    with leading(conn) as lead:
+        ctl = Controller(conn, clock=lambda: t[0], leadership=lead, stall_grace_s=1)
+        rollouts.ramp(conn, "payments", "v2", STALL_PLAN, actor="t", now_ms=int(t[0] * 1000),
+                      force=True)
+        Producer(conn).enqueue_many("payments", [{}] * 40)
+        ctl.tick()
+        t[0] += 1
+        ctl.tick()
+        assert "stalled_since" in deployments.get(conn, "payments").meta
+        with running(conn, "v2"):
+            for _ in range(200):
+                if conn.client.llen(conn.keys.queue("payments").lane_canary) == 0:
+                    break
+                threading.Event().wait(0.05)
+            time.sleep(1.1)
+            t[0] += 100
+            ctl.tick()
+            dep = deployments.get(conn, "payments")
+        assert dep.state == "active" and "stalled_since" not in (dep.meta or {})
