@@ -20,10 +20,19 @@ from typer.core import TyperGroup
 
 from . import defaults, registry, rollouts, service, validation
 from .connection import Connection, connect
-from .errors import ConnectionFailedError, PayloadTooLargeError, PycanaryError, ValidationError
+from .errors import (
+    ConnectionFailedError,
+    PayloadTooLargeError,
+    PycanaryError,
+    QueueFullError,
+    ValidationError,
+)
 from .plan import PlanError
 from .settings import Settings
 
+#: Exit code of a command refused because the queue is full (max_backlog or Redis OOM): nothing
+#: landed, retry later (docs/producer-errors.md).
+EXIT_QUEUE_FULL = 3
 #: Longest error line printed; a message quoting a 4 KB argument is cut, never a screenful.
 MAX_ERROR_LINE = 300
 
@@ -56,7 +65,8 @@ def _usage_error(exc: click.UsageError) -> tuple[str, str]:
 
 def report_error(exc: BaseException) -> int | None:
     """Print one ``error: field: message`` line for a failure and return the exit code: 2
-    for a user mistake, 1 for Redis trouble. ``None``: not ours, let it raise (a bug)."""
+    for a user mistake, 1 for Redis trouble, 3 for a full queue (nothing landed). ``None``:
+    not ours, let it raise (a bug)."""
     if isinstance(exc, PlanError):
         line = f"{exc.field}: {exc.message}"
         if len(exc.lines) > 1:
@@ -66,6 +76,9 @@ def report_error(exc: BaseException) -> int | None:
     if isinstance(exc, ConnectionFailedError):
         typer.echo(f"error: {_one_line(str(exc))}", err=True)
         return 1
+    if isinstance(exc, QueueFullError):
+        typer.echo(f"error: {_one_line(str(exc))}", err=True)
+        return EXIT_QUEUE_FULL
     if isinstance(exc, PycanaryError):
         typer.echo(f"error: {_one_line(str(exc))}", err=True)
         return 2
@@ -305,6 +318,8 @@ def _queue_text(info: dict[str, Any]) -> str:
         f"versions        stable {info['stable_version'] or '-'}, "
         f"canary {info['canary_version'] or '-'}",
         f"backend         {info['backend']}",
+        f"max backlog     {info['max_backlog']:,} jobs per lane" if info.get("max_backlog")
+        else "max backlog     none",
         f"depth           stable {info['depth']['stable']:,}, canary {info['depth']['canary']:,}",
         f"routed          stable {info['routed']['stable']:,}, canary {info['routed']['canary']:,}",
     ])
@@ -334,6 +349,11 @@ def queue_configure(
     enabled: Annotated[
         bool | None, typer.Option("--enable/--disable", help="Turn canary routing on or off.")
     ] = None,
+    max_backlog: Annotated[
+        str | None, typer.Option("--max-backlog", help="Jobs a lane may hold before `enqueue` "
+                                 "is refused with QueueFull (exit 3); 0 or none = no limit. "
+                                 "E.g. --max-backlog 100000.")
+    ] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Configure a queue: its max_weight guard, stable version, routing mode and backend."""
@@ -341,6 +361,7 @@ def queue_configure(
     service.configure_queue(
         conn, queue, max_weight=max_weight, stable_version=stable_version, backend=backend,
         sticky=sticky, salt=salt, enabled=enabled, canary_version=canary_version,
+        max_backlog=max_backlog,
     )
     info = service.queue_info(conn, queue)
     _emit(info, as_json, _queue_text(info))

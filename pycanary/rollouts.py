@@ -460,13 +460,36 @@ def _broken_deployment(conn: Connection, q: str, exc: deployments.CorruptDeploym
     return d, evs
 
 
+#: Seconds between status's two readings of a rolled-back queue's stable lane (growth rate).
+GROWTH_SAMPLE_S = 0.5
+#: How long after a rollback status still measures the stable lane's growth, in ms.
+GROWTH_AFTER_ROLLBACK_MS = defaults.KEEP_S * 1000
+
+
+def stable_growth(first: tuple[dict[str, int], dict[str, int]],
+                  second: tuple[dict[str, int], dict[str, int]], dt_s: float) -> dict[str, Any]:
+    """The stable lane's net growth between two readings of (depths, routed counts): jobs/s
+    routed in, jobs/s that left it (fetched by workers: inflow minus growth; jobs a retry or
+    a drain put back count as inflow too, so this is a floor), and the net rate. A positive
+    ``net_per_s`` is the design card's "queue depth growing faster than processing rate"."""
+    dt = max(dt_s, 1e-6)
+    grew = second[0]["stable"] - first[0]["stable"]
+    inflow = second[1]["stable"] - first[1]["stable"]
+    return {"window_s": round(dt_s, 3), "depth": second[0]["stable"],
+            "inflow_per_s": round(inflow / dt, 1),
+            "outflow_per_s": round(max(0, inflow - grew) / dt, 1),
+            "net_per_s": round(grew / dt, 1)}
+
+
 def status(conn: Connection, queue: str | None = None, *, window_s: int = 300,
-           events: int = 8) -> list[dict[str, Any]]:
+           events: int = 8, growth_sample_s: float = GROWTH_SAMPLE_S) -> list[dict[str, Any]]:
     """Per queue: the deployment, both lanes side by side, depths, workers, latest events,
     and ``controller_error``: why the controller last skipped the queue's deployment (also
     ``deployment.last_error``). A queue that cannot be shown in full (a name in the active
     set that is no queue name, a deployment hash that does not decode) gets a row saying so;
-    the other rows are unaffected."""
+    the other rows are unaffected. After a rollback (within the last hour) a row also has
+    ``stable_growth`` (see `stable_growth`), from a second reading ``growth_sample_s`` later
+    (0: not measured)."""
     if queue is not None:
         validation.queue_name(queue)
         queues = [queue]
@@ -477,6 +500,7 @@ def status(conn: Connection, queue: str | None = None, *, window_s: int = 300,
     leader = leadership.holder(conn)
     errors = controller_errors(conn)
     out = []
+    growth: list[tuple[dict[str, Any], float, tuple[dict[str, int], dict[str, int]]]] = []
     for q in queues:
         err = errors.get(q)
         if not validation.NAME_RE.match(q):
@@ -487,6 +511,7 @@ def status(conn: Connection, queue: str | None = None, *, window_s: int = 300,
                                  " or queues set)"})
             continue
         cfg = queue_config.read_config(conn, q)
+        t_read = time.monotonic()
         depth, _routed = service.lanes_of(conn, q)
         row: dict[str, Any] = {"queue": q, "config": cfg.to_dict(), "depth": depth,
                                "leader": leader, "deployment": None, "controller_error": err}
@@ -521,5 +546,13 @@ def status(conn: Connection, queue: str | None = None, *, window_s: int = 300,
             row["deployment"] = d
             row["lanes"] = {lane: s.to_dict() for lane, s in lanes.items()}
             row["events"] = deployments.events(conn, q, dep.id, count=events)
+            if dep.state in ("rolled_back", "rolling_back") and dep.rollback_at and \
+                    now - dep.rollback_at <= GROWTH_AFTER_ROLLBACK_MS and growth_sample_s > 0:
+                growth.append((row, t_read, (depth, _routed)))
         out.append(row)
+    if growth:
+        time.sleep(max(0.0, growth_sample_s - (time.monotonic() - growth[-1][1])))
+        for row, t_read, first in growth:
+            second = service.lanes_of(conn, row["queue"])
+            row["stable_growth"] = stable_growth(first, second, time.monotonic() - t_read)
     return out

@@ -257,3 +257,41 @@ def test_stall_clears_when_a_canary_worker_comes_back(real_conn: Connection) -> 
             ctl.tick()
             dep = deployments.get(conn, "payments")
         assert dep.state == "active" and "stalled_since" not in (dep.meta or {})
+
+
+# -- overflow after a rollback: the stable lane's net growth in status -------------------------
+def test_stable_growth_math() -> None:
+    first = ({"stable": 100, "canary": 0}, {"stable": 1000, "canary": 50})
+    second = ({"stable": 130, "canary": 0}, {"stable": 1050, "canary": 50})
+    assert rollouts.stable_growth(first, second, 2.0) == {
+        "window_s": 2.0, "depth": 130, "inflow_per_s": 25.0, "outflow_per_s": 10.0,
+        "net_per_s": 15.0}
+
+
+def test_status_shows_stable_growth_after_rollback(real_conn: Connection) -> None:
+    from pycanary.producer import Producer
+
+    conn = real_conn
+    service.configure_queue(conn, "payments", stable_version="v1")
+    rollouts.start_canary(conn, "payments", "v2", weight="10", actor="t", force=True)
+    assert "stable_growth" not in rollouts.status(conn, "payments")[0]  # not rolled back
+    rollouts.rollback(conn, "payments", actor="t")
+    producer = Producer(conn)
+    stop = threading.Event()
+
+    def produce() -> None:  # no worker runs: everything routed stays on the stable lane
+        while not stop.is_set():
+            producer.enqueue_many("payments", [{}] * 20)
+            stop.wait(0.02)
+
+    t = threading.Thread(target=produce, daemon=True)
+    t.start()
+    try:
+        row = rollouts.status(conn, "payments", growth_sample_s=0.5)[0]
+    finally:
+        stop.set()
+        t.join(10)
+    g = row["stable_growth"]
+    assert g["window_s"] >= 0.5 and g["inflow_per_s"] > 0
+    assert g["outflow_per_s"] == 0 and g["net_per_s"] == g["inflow_per_s"]
+    assert "stable_growth" not in rollouts.status(conn, "payments", growth_sample_s=0)[0]
