@@ -76,7 +76,8 @@ def report_error(exc: BaseException) -> int | None:
     if isinstance(exc, ConnectionFailedError):
         typer.echo(f"error: {_one_line(str(exc))}", err=True)
         return 1
-    if isinstance(exc, QueueFullError):
+    if isinstance(exc, QueueFullError) or isinstance(getattr(exc, "cause", None),
+                                                     QueueFullError):  # also part way
         typer.echo(f"error: {_one_line(str(exc))}", err=True)
         return EXIT_QUEUE_FULL
     if isinstance(exc, PycanaryError):

@@ -187,6 +187,13 @@ def test_cli_max_backlog_and_enqueue_exit_3(real_conn) -> None:
     assert res.stderr.strip() == (
         "error: route_enqueue: the queue is full (max_backlog): queue payments: the stable lane "
         "holds 2 jobs, max_backlog is 2; 1 more refused, nothing enqueued")
+    # part way: the first batch of 100 fits (2 + 100 <= 150), the second does not
+    res = run("queue", "configure", "payments", "--max-backlog", "150", prefix=prefix)
+    assert res.returncode == 0
+    res = run("enqueue", "payments", "--count", "250", prefix=prefix)
+    assert res.returncode == 3
+    assert res.stderr.startswith("error: enqueue_many stopped after 100 of 250 jobs: "
+                                 "route_enqueue_many: the queue is full (max_backlog)")
     res = run("queue", "configure", "payments", "--max-backlog", "lots", prefix=prefix)
     assert res.returncode == 2 and "max_backlog" in res.stderr
     res = run("queue", "configure", "payments", "--max-backlog", "none", prefix=prefix)
