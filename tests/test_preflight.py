@@ -295,3 +295,66 @@ def test_status_shows_stable_growth_after_rollback(real_conn: Connection) -> Non
     assert g["window_s"] >= 0.5 and g["inflow_per_s"] > 0
     assert g["outflow_per_s"] == 0 and g["net_per_s"] == g["inflow_per_s"]
     assert "stable_growth" not in rollouts.status(conn, "payments", growth_sample_s=0)[0]
+
+
+@pytest.mark.slow
+def test_canary_worker_killed_mid_ramp_is_rolled_back_nothing_lost(real_conn: Connection) -> None:
+    """Real processes: the only v2 worker is SIGKILLed while it holds jobs and more wait in
+    the canary lane. The controller rolls back as stalled once the worker is past its deadline
+    and the grace is over; the reaper returns what it held, the drain what waited, and the v1
+    worker runs every job."""
+    import json
+    import signal
+
+    from pycanary.producer import Producer
+    from tests.test_worker_processes import start_worker, stop_all, wait_for
+
+    conn = real_conn
+    qk = conn.keys.queue("payments")
+    done_key, started_key = (f"{conn.keys.prefix}:test:done", f"{conn.keys.prefix}:test:started")
+    service.configure_queue(conn, "payments", stable_version="v1")
+    v1 = start_worker(conn, "payments", "--version", "v1", "--handler", "tests.handlers:slow",
+                      "--concurrency", "4", env={"SLOW_S": "0.002"})
+    v2 = start_worker(conn, "payments", "--version", "v2", "--handler", "tests.handlers:slow",
+                      "--concurrency", "1", env={"SLOW_S": "5"})
+    procs = [v1, v2]
+    try:
+        wait_for(lambda: len(service.list_workers(conn)) == 2, 30, "2 workers registered")
+        with leading(conn) as lead:
+            ctl = Controller(conn, leadership=lead, stall_grace_s=2)
+            dep = rollouts.ramp(conn, "payments", "v2", STALL_PLAN, actor="t")  # no --force
+            wait_for(lambda: any(w["version"] == "v2" and w["queues"].get("payments") ==
+                                 "canary" and w["state"] == "active"
+                                 for w in service.list_workers(conn)), 10, "v2 on canary")
+            producer = Producer(conn)
+            ids = [r.job_id for r in producer.enqueue_many("payments", [{}] * 100)]
+            wait_for(lambda: conn.client.llen(started_key) > 0, 10, "v2 running a job")
+            v2.send_signal(signal.SIGKILL)
+            v2.wait(10)
+            ids += [r.job_id for r in producer.enqueue_many("payments", [{}] * 100)]
+            assert conn.client.llen(qk.lane_canary) > 0
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline:
+                ctl.tick()
+                dep = deployments.get(conn, "payments")
+                if not dep.active:
+                    break
+                time.sleep(0.2)
+        assert dep.state == "rolled_back", dep.state
+        assert dep.reason.startswith("stalled: ") and "canary jobs waiting, no live v2 worker " \
+            "for " in dep.reason, dep.reason
+        assert (dep.meta or {}).get("rollback_rule") == "stalled"
+
+        def finished() -> bool:
+            c = conn.client
+            if c.llen(qk.lane_stable) or c.llen(qk.lane_canary) or c.zcard(qk.delayed_stable):
+                return False
+            dead = {json.loads(x)["job"]["id"] for x in c.lrange(qk.dlq, 0, -1)}
+            return set(ids) <= set(c.lrange(done_key, 0, -1)) | dead
+
+        wait_for(finished, 60, "every job processed on stable")
+        done = conn.client.lrange(done_key, 0, -1)
+        assert set(ids) <= set(done) and conn.client.llen(qk.dlq) == 0  # nothing lost
+        assert len(done) - len(set(done)) <= 1  # only the job v2 ran when killed, at most
+    finally:
+        stop_all(procs)
