@@ -20,10 +20,19 @@ from typer.core import TyperGroup
 
 from . import defaults, registry, rollouts, service, validation
 from .connection import Connection, connect
-from .errors import ConnectionFailedError, PayloadTooLargeError, PycanaryError, ValidationError
+from .errors import (
+    ConnectionFailedError,
+    PayloadTooLargeError,
+    PycanaryError,
+    QueueFullError,
+    ValidationError,
+)
 from .plan import PlanError
 from .settings import Settings
 
+#: Exit code of a command refused because the queue is full (max_backlog or Redis OOM): nothing
+#: landed, retry later (docs/producer-errors.md).
+EXIT_QUEUE_FULL = 3
 #: Longest error line printed; a message quoting a 4 KB argument is cut, never a screenful.
 MAX_ERROR_LINE = 300
 
@@ -56,7 +65,8 @@ def _usage_error(exc: click.UsageError) -> tuple[str, str]:
 
 def report_error(exc: BaseException) -> int | None:
     """Print one ``error: field: message`` line for a failure and return the exit code: 2
-    for a user mistake, 1 for Redis trouble. ``None``: not ours, let it raise (a bug)."""
+    for a user mistake, 1 for Redis trouble, 3 for a full queue (nothing landed). ``None``:
+    not ours, let it raise (a bug)."""
     if isinstance(exc, PlanError):
         line = f"{exc.field}: {exc.message}"
         if len(exc.lines) > 1:
@@ -66,6 +76,10 @@ def report_error(exc: BaseException) -> int | None:
     if isinstance(exc, ConnectionFailedError):
         typer.echo(f"error: {_one_line(str(exc))}", err=True)
         return 1
+    if isinstance(exc, QueueFullError) or isinstance(getattr(exc, "cause", None),
+                                                     QueueFullError):  # also part way
+        typer.echo(f"error: {_one_line(str(exc))}", err=True)
+        return EXIT_QUEUE_FULL
     if isinstance(exc, PycanaryError):
         typer.echo(f"error: {_one_line(str(exc))}", err=True)
         return 2
@@ -305,6 +319,8 @@ def _queue_text(info: dict[str, Any]) -> str:
         f"versions        stable {info['stable_version'] or '-'}, "
         f"canary {info['canary_version'] or '-'}",
         f"backend         {info['backend']}",
+        f"max backlog     {info['max_backlog']:,} jobs per lane" if info.get("max_backlog")
+        else "max backlog     none",
         f"depth           stable {info['depth']['stable']:,}, canary {info['depth']['canary']:,}",
         f"routed          stable {info['routed']['stable']:,}, canary {info['routed']['canary']:,}",
     ])
@@ -334,6 +350,11 @@ def queue_configure(
     enabled: Annotated[
         bool | None, typer.Option("--enable/--disable", help="Turn canary routing on or off.")
     ] = None,
+    max_backlog: Annotated[
+        str | None, typer.Option("--max-backlog", help="Jobs a lane may hold before `enqueue` "
+                                 "is refused with QueueFull (exit 3); 0 or none = no limit. "
+                                 "E.g. --max-backlog 100000.")
+    ] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Configure a queue: its max_weight guard, stable version, routing mode and backend."""
@@ -341,6 +362,7 @@ def queue_configure(
     service.configure_queue(
         conn, queue, max_weight=max_weight, stable_version=stable_version, backend=backend,
         sticky=sticky, salt=salt, enabled=enabled, canary_version=canary_version,
+        max_backlog=max_backlog,
     )
     info = service.queue_info(conn, queue)
     _emit(info, as_json, _queue_text(info))
@@ -546,6 +568,10 @@ def canary_start(
                            help="Start even if canary workers do not accept every payload "
                                 "schema in the queue.")
     ] = False,
+    force: Annotated[
+        bool, typer.Option("--force", help="Start even if no live worker of VERSION would take "
+                           "the canary lane (recorded in the deployment's events).")
+    ] = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Start a manual canary: a share of new jobs goes to VERSION.
@@ -554,7 +580,7 @@ def canary_start(
     failure."""
     dep = rollouts.start_canary(_state(ctx).conn(), queue, version, weight=weight,
                                 tenants=_parse_tenants(tenant), sticky=sticky,
-                                allow_schema_change=allow_schema_change)
+                                allow_schema_change=allow_schema_change, force=force)
     _emit(dep.to_dict(), as_json, _dep_line(dep))
 
 
@@ -570,11 +596,20 @@ def ramp(
     allow_schema_change: Annotated[
         bool, typer.Option("--allow-schema-change", help="Skip the payload schema guard.")
     ] = False,
+    force: Annotated[
+        bool, typer.Option("--force", help="Start even if no live worker of VERSION would take "
+                           "the canary lane or no controller runs (recorded in the events).")
+    ] = False,
     as_json: JsonOpt = False,
 ) -> None:
-    """Start a staged rollout of VERSION following a plan (5% -> 15% -> 50% -> 100%, ...)."""
+    """Start a staged rollout of VERSION following a plan (5% -> 15% -> 50% -> 100%, ...).
+
+    Refused (exit 2) without a live worker of VERSION on the queue or a running controller:
+    start them first, e.g. `pycanary worker orders --version v2 --handler app:handle` and
+    `pycanary controller`, or pass --force."""
     conn = _state(ctx).conn()
-    dep = rollouts.ramp(conn, queue, version, plan, allow_schema_change=allow_schema_change)
+    dep = rollouts.ramp(conn, queue, version, plan, allow_schema_change=allow_schema_change,
+                        force=force)
     if not watch:
         _emit(dep.to_dict(), as_json, _dep_line(dep))
         return
@@ -714,6 +749,10 @@ def controller(
     poll: Annotated[float, typer.Option("--poll", help="Seconds between ticks.")] = defaults.POLL_S,
     log_format: Annotated[str, typer.Option("--log-format", help="json or text.")] = "json",
     log_level: Annotated[str, typer.Option("--log-level", help="debug, info, warning.")] = "info",
+    stall_grace: Annotated[
+        float, typer.Option("--stall-grace", help="Seconds canary jobs may wait with no live "
+                            "canary worker before the deployment is rolled back as stalled.")
+    ] = defaults.STALL_GRACE_S,
 ) -> None:
     """Run the leader-elected controller that drives every deployment's plan.
 
@@ -727,6 +766,7 @@ def controller(
 
     _finite(lease, "lease", 0.5, 3600)
     _finite(poll, "poll", 0.01, 3600)
+    _finite(stall_grace, "stall_grace", 1, 86400)
     log_format = _choice(log_format, "log_format", ("json", "text"))
     log_level = _choice(log_level, "log_level", ("debug", "info", "warning", "error"))
 
@@ -741,7 +781,8 @@ def controller(
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
-    ctl = Controller(conn, leadership=Leadership(conn, lease_s=lease))
+    ctl = Controller(conn, leadership=Leadership(conn, lease_s=lease),
+                     stall_grace_s=stall_grace)
     typer.echo(f"controller {ctl.id} started (lease {lease:g}s)", err=True)
     ctl.run(stop, poll_s=min(poll, lease / 5))
     typer.echo(f"controller {ctl.id} stopped", err=True)

@@ -113,8 +113,10 @@ class Controller:
         controller_id: str | None = None,
         drain_batch: int = defaults.DRAIN_BATCH,
         heartbeat_s: float = defaults.HEARTBEAT_S,
+        stall_grace_s: float = defaults.STALL_GRACE_S,
     ) -> None:
         self.conn = conn
+        self.stall_grace_ms = int(stall_grace_s * 1000)
         self.clock = clock
         self.leadership = leadership
         self.id = controller_id or (leadership.controller_id if leadership else "controller")
@@ -528,6 +530,8 @@ class Controller:
                 now=now, data=analysis_d))
         w = _Write(dep, values, events=events, analysis=record,
                    label=f"{analysis.verdict.value.lower()} ({decision.action.value})")
+        if self._stalled(dep, snaps["canary"], now, w):
+            return w
         action = decision.action
         if action is Action.HOLD and decision.cause == "deadline":
             w.label = "awaiting promotion (deadline passed, waiting for a person)"
@@ -554,6 +558,40 @@ class Controller:
             events.append(deployments.event("awaiting_promotion", why, actor=self.id, now=now))
             w.label = "awaiting promotion"
         return w
+
+    def _stalled(self, dep: Deployment, canary: LaneSnapshot, now: int, w: _Write) -> bool:
+        """A canary lane nobody reads: jobs wait in it and no live worker of the canary version
+        takes it. Noted in the deployment's meta when first seen (``stalled_since``); once it
+        has lasted ``stall_grace_ms`` the check becomes a rollback (weight 0, the lane drained
+        to stable), so such jobs never wait forever unseen. Returns True when ``w`` now rolls
+        back; it takes precedence over whatever the analysis decided. Measured on the wall
+        clock, not the policy clock: worker liveness (heartbeats, a restart) is real time,
+        and a test or the demo running a plan 1000x faster must not see a worker that is
+        still switching lanes as a stall."""
+        now = defaults.now_ms()
+        meta = dict(w.values.get("meta") or dep.meta or {})
+        since = meta.get("stalled_since")
+        if canary.backlog == 0 or canary.workers > 0:
+            if since is not None:
+                meta.pop("stalled_since")
+                w.values["meta"] = meta
+            return False
+        if since is None:
+            meta["stalled_since"] = now
+            w.values["meta"] = meta
+            return False
+        waited = now - int(since)
+        if waited < self.stall_grace_ms:
+            return False
+        secs = waited // 1000
+        span = f"{secs // 60}m{secs % 60:02d}s".replace("m00s", "m") if secs >= 60 else \
+            f"{secs}s"
+        w.then, w.rule = "rollback", "stalled"
+        w.reason = (f"stalled: {canary.backlog} canary jobs waiting, no live "
+                    f"{dep.canary_version} worker for {span}")
+        w.data = {"cause": "stalled", "backlog": canary.backlog, "stalled_ms": waited}
+        w.label = "stalled"
+        return True
 
     def _log_check(self, dep: Deployment, stable: LaneStats, canary: LaneStats, verdict: str,
                    action: str) -> None:

@@ -31,6 +31,7 @@ from .connection import Connection, connect
 from .controller import Controller
 from .job import Job
 from .keys import DEFAULT_PREFIX
+from .leader import Leadership
 from .plan import parse_plan
 from .producer import Producer
 from .validation import quote
@@ -278,17 +279,20 @@ def run_demo(
         threads.append(threading.Thread(target=produce, daemon=True, name="producer"))
         for t in threads:
             t.start()
-        # canary workers wait in standby until the deployment names their version
-        while not any(w.ready.is_set() for w in workers):
+        # canary workers wait in standby until the deployment names their version; the ramp's
+        # preflight wants them registered and the controller leading before it starts
+        while not all(w.ready.is_set() for w in workers):
             if time.monotonic() - t_start > timeout_s:
-                raise TimeoutError(f"no demo worker started in {timeout_s:.0f}s")
+                raise TimeoutError(f"the demo workers did not start in {timeout_s:.0f}s")
             time.sleep(0.01)
+        ctl = Controller(conn, clock=clock, controller_id="demo-controller",
+                         leadership=Leadership(conn, controller_id="demo-controller"))
+        ctl.tick()
         dep = rollouts.ramp(conn, QUEUE, "v2", plan, actor="demo",
                             now_ms=int(clock() * 1000))
         stages = " -> ".join(f"{s.percentage:g}%" + ("" if s.auto_promote else " -> gate")
                              for s in dep.plan.stages)
         say(f"started {dep.id}: v1 -> v2 on {QUEUE}, {stages} -> 100%")
-        ctl = Controller(conn, clock=clock, controller_id="demo-controller")
         regression_at: float | None = None
         gate_seen: float | None = None
         if live:

@@ -95,15 +95,52 @@ def check_max_weight(conn: Connection, queue: str, plan: Plan) -> None:
                     field=f"stages[{i}].{where}")
 
 
+def canary_consumers(conn: Connection, queue: str, version: str) -> list[registry.WorkerRecord]:
+    """Live workers of ``version`` that will take the queue's canary lane once a deployment
+    names it: on it already (pinned with --lane canary) or in standby waiting for it. A worker
+    pinned to stable, retiring, stopping or past its deadline does not count."""
+    out = []
+    for w in registry.list_workers(conn, ttl_ms=defaults.TTL_MS):
+        if w.version != version or queue not in w.queues or \
+                w.state not in ("active", "standby"):
+            continue
+        if w.to_dict()["lanes"].get(queue, "-") in ("canary", "-"):
+            out.append(w)
+    return out
+
+
+def preflight(conn: Connection, queue: str, version: str, *, need_controller: bool) -> list[str]:
+    """Why a deployment would start and then wait forever: no live worker of the canary
+    version consumes the queue's canary lane (its jobs would pile up unread), and, for a ramp,
+    no controller holds leadership (no stage would ever advance). Returns the problems, each
+    one line with its fix; empty when it may start."""
+    problems = []
+    if not canary_consumers(conn, queue, version):
+        problems.append(
+            f"no live worker of version {version} consumes queue {queue}: start one with "
+            f"`pycanary worker {queue} --version {version} --handler MODULE:FN` (it waits in "
+            f"standby for the canary lane), or pass --force")
+    if need_controller and leadership.holder(conn) is None:
+        problems.append("no controller is running: start `pycanary controller`, or pass --force")
+    return problems
+
+
 # -- starting ----------------------------------------------------------------------------------
 def _start(conn: Connection, queue: str, version: str, plan: Plan, *, kind: str,
            allow_schema_change: bool, actor: str | None, now_ms: int | None,
-           message: str) -> Deployment:
+           message: str, force: bool = False) -> Deployment:
     validation.queue_name(queue)
     validation.version(version)
     check_max_weight(conn, queue, plan)
     if not allow_schema_change:
         check_schemas(conn, queue, version)
+    problems = preflight(conn, queue, version, need_controller=kind == "plan")
+    if problems and not force:
+        raise StateError(problems[0], field="version" if "worker" in problems[0] else
+                         "controller")
+    if problems:  # the event log says it was started against the preflight
+        message += " (forced past the preflight: " + "; ".join(
+            p.split(":", 1)[0] for p in problems) + ")"
     return deployments.start(conn, queue, version, plan, kind=kind, actor=actor or operator(),
                              now=now_ms if now_ms is not None else defaults.now_ms(),
                              message=message)
@@ -119,11 +156,13 @@ def start_canary(
     sticky: bool = True,
     interval: str | int = "30s",
     allow_schema_change: bool = False,
+    force: bool = False,
     actor: str | None = None,
     now_ms: int | None = None,
 ) -> Deployment:
     """A manual canary: one stage at ``weight`` that waits for `promote` once it passes; the
-    analysis still runs and rolls back on failure."""
+    analysis still runs and rolls back on failure. Refused (StateError) when no live worker of
+    ``version`` would take the canary lane, unless ``force`` (see `preflight`)."""
     pct = validation.percent_to_bp(weight, "weight") / 100
     tenant_pct = {validation.queue_name(t, "tenant"): validation.percent_to_bp(w, f"tenant.{t}")
                   / 100 for t, w in (tenants or {}).items()}
@@ -136,7 +175,7 @@ def start_canary(
         raise ValidationError(first.split(": ", 1)[-1], field="weight") from None
     return _start(conn, queue, version, plan, kind="manual",
                   allow_schema_change=allow_schema_change, actor=actor, now_ms=now_ms,
-                  message=f"manual canary of {version} at {pct:g}%")
+                  message=f"manual canary of {version} at {pct:g}%", force=force)
 
 
 def ramp(
@@ -146,17 +185,21 @@ def ramp(
     plan: Plan | str | Path | dict,
     *,
     allow_schema_change: bool = False,
+    force: bool = False,
     actor: str | None = None,
     now_ms: int | None = None,
 ) -> Deployment:
-    """A staged rollout following a plan file (or a parsed plan)."""
+    """A staged rollout following a plan file (or a parsed plan). Refused (StateError) when no
+    live worker of ``version`` would take the canary lane or no controller leads, unless
+    ``force`` (see `preflight`)."""
     if isinstance(plan, str | Path):
         plan = load_plan(plan)
     elif isinstance(plan, dict):
         plan = parse_plan(plan)
     stages = " -> ".join(f"{s.percentage:g}%" for s in plan.stages)
     return _start(conn, queue, version, plan, kind="plan", allow_schema_change=allow_schema_change,
-                  actor=actor, now_ms=now_ms, message=f"ramp of {version}: {stages} -> 100%")
+                  actor=actor, now_ms=now_ms, message=f"ramp of {version}: {stages} -> 100%",
+                  force=force)
 
 
 # -- operator verbs -----------------------------------------------------------------------------
@@ -457,13 +500,36 @@ def _broken_deployment(conn: Connection, q: str, exc: deployments.CorruptDeploym
     return d, evs
 
 
+#: Seconds between status's two readings of a rolled-back queue's stable lane (growth rate).
+GROWTH_SAMPLE_S = 0.5
+#: How long after a rollback status still measures the stable lane's growth, in ms.
+GROWTH_AFTER_ROLLBACK_MS = defaults.KEEP_S * 1000
+
+
+def stable_growth(first: tuple[dict[str, int], dict[str, int]],
+                  second: tuple[dict[str, int], dict[str, int]], dt_s: float) -> dict[str, Any]:
+    """The stable lane's net growth between two readings of (depths, routed counts): jobs/s
+    routed in, jobs/s that left it (fetched by workers: inflow minus growth; jobs a retry or
+    a drain put back count as inflow too, so this is a floor), and the net rate. A positive
+    ``net_per_s`` is the design card's "queue depth growing faster than processing rate"."""
+    dt = max(dt_s, 1e-6)
+    grew = second[0]["stable"] - first[0]["stable"]
+    inflow = second[1]["stable"] - first[1]["stable"]
+    return {"window_s": round(dt_s, 3), "depth": second[0]["stable"],
+            "inflow_per_s": round(inflow / dt, 1),
+            "outflow_per_s": round(max(0, inflow - grew) / dt, 1),
+            "net_per_s": round(grew / dt, 1)}
+
+
 def status(conn: Connection, queue: str | None = None, *, window_s: int = 300,
-           events: int = 8) -> list[dict[str, Any]]:
+           events: int = 8, growth_sample_s: float = GROWTH_SAMPLE_S) -> list[dict[str, Any]]:
     """Per queue: the deployment, both lanes side by side, depths, workers, latest events,
     and ``controller_error``: why the controller last skipped the queue's deployment (also
     ``deployment.last_error``). A queue that cannot be shown in full (a name in the active
     set that is no queue name, a deployment hash that does not decode) gets a row saying so;
-    the other rows are unaffected."""
+    the other rows are unaffected. After a rollback (within the last hour) a row also has
+    ``stable_growth`` (see `stable_growth`), from a second reading ``growth_sample_s`` later
+    (0: not measured)."""
     if queue is not None:
         validation.queue_name(queue)
         queues = [queue]
@@ -474,6 +540,7 @@ def status(conn: Connection, queue: str | None = None, *, window_s: int = 300,
     leader = leadership.holder(conn)
     errors = controller_errors(conn)
     out = []
+    growth: list[tuple[dict[str, Any], float, tuple[dict[str, int], dict[str, int]]]] = []
     for q in queues:
         err = errors.get(q)
         if not validation.NAME_RE.match(q):
@@ -484,6 +551,7 @@ def status(conn: Connection, queue: str | None = None, *, window_s: int = 300,
                                  " or queues set)"})
             continue
         cfg = queue_config.read_config(conn, q)
+        t_read = time.monotonic()
         depth, _routed = service.lanes_of(conn, q)
         row: dict[str, Any] = {"queue": q, "config": cfg.to_dict(), "depth": depth,
                                "leader": leader, "deployment": None, "controller_error": err}
@@ -525,5 +593,13 @@ def status(conn: Connection, queue: str | None = None, *, window_s: int = 300,
             row["deployment"] = d
             row["lanes"] = {lane: s.to_dict() for lane, s in lanes.items()}
             row["events"] = deployments.events(conn, q, dep.id, count=events)
+            if dep.state in ("rolled_back", "rolling_back") and dep.rollback_at and \
+                    now - dep.rollback_at <= GROWTH_AFTER_ROLLBACK_MS and growth_sample_s > 0:
+                growth.append((row, t_read, (depth, _routed)))
         out.append(row)
+    if growth:
+        time.sleep(max(0.0, growth_sample_s - (time.monotonic() - growth[-1][1])))
+        for row, t_read, first in growth:
+            second = service.lanes_of(conn, row["queue"])
+            row["stable_growth"] = stable_growth(first, second, time.monotonic() - t_read)
     return out

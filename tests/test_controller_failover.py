@@ -181,7 +181,7 @@ def start_ramp_mid_stage(rig: Rig) -> tuple[deployments.Deployment, Holder]:
     rig.wait(lambda: all("started" in rig.logs[p].read_text() for p in pids), STARTUP,
              "both controllers to start")
     rig.start_producer()
-    dep = rollouts.ramp(conn, QUEUE, "v2", PLAN, actor="test")
+    dep = rollouts.ramp(conn, QUEUE, "v2", PLAN, actor="test", force=True)
     canary_workers_ready(conn)
     rig.wait(lambda: (d := deployments.get(conn, QUEUE)) and d.stage == 1 and d, 3 * STAGE_S + 8,
              "the ramp to reach stage 1")
@@ -362,7 +362,7 @@ def test_leader_killed_mid_check_step_applied_once_by_the_next(real_conn, tmp_pa
         procs.append(heir)
         wait_until(lambda: "started" in logs[1].read_text(), STARTUP, "the second controller",
                    diag)
-        dep = rollouts.ramp(conn, QUEUE, "v2", MID_CHECK_PLAN, actor="test")
+        dep = rollouts.ramp(conn, QUEUE, "v2", MID_CHECK_PLAN, actor="test", force=True)
         # what the leader holds: the deployment as its last committed check left it
         seen = dep
         deadline = time.monotonic() + 2 * MID_CHECK_STAGE_S + 20

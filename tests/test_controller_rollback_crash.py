@@ -65,7 +65,7 @@ def test_leader_sigkilled_mid_rollback_drain_is_finished_by_the_next(real_conn, 
         wait_until(lambda: "started" in logs[1].read_text(), STARTUP, "the second controller",
                    diag)
 
-        dep = rollouts.ramp(conn, QUEUE, "v2", PLAN, actor="test")
+        dep = rollouts.ramp(conn, QUEUE, "v2", PLAN, actor="test", force=True)
         ids = {r.job_id for r in Producer(conn).enqueue_many(QUEUE, [{"n": i}
                                                                     for i in range(JOBS)])}
         assert len(ids) == JOBS

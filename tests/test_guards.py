@@ -59,7 +59,7 @@ def test_deployment_start_script_refuses_a_weight_above_max(queue: Any) -> None:
 
 def test_deployment_update_script_refuses_a_weight_above_max(queue: Any) -> None:
     conn = queue
-    rollouts.ramp(conn, "payments", "v2", PLAN, actor="t")
+    rollouts.ramp(conn, "payments", "v2", PLAN, actor="t", force=True)
     dep = deployments.get(conn, "payments")
     before = snapshot(conn)
     with pytest.raises(WeightAboveMaxError):
@@ -92,7 +92,8 @@ def test_ack_after_the_reaper_requeued_the_job_counts_late(conn: Any) -> None:
     """A worker that was taken for dead finishes jobs the reaper already returned: the acks
     count as `late` (exactly those), in the metrics and in the worker's stats."""
     service.configure_queue(conn, "payments", stable_version="v1")
-    rollouts.start_canary(conn, "payments", "v2", weight="5", tenants={"t": "100"}, actor="t")
+    rollouts.start_canary(conn, "payments", "v2", weight="5", tenants={"t": "100"}, actor="t",
+                          force=True)
     p = Producer(conn)
     gate, started = threading.Event(), []
 
@@ -143,7 +144,7 @@ def _wait(cond: Any, what: str, timeout: float = 20.0) -> None:
 # -- fencing of promote and finish -----------------------------------------------------------
 def test_promote_and_finish_refuse_an_older_epoch(queue: Any) -> None:
     conn = queue
-    rollouts.ramp(conn, "payments", "v2", PLAN, actor="t")
+    rollouts.ramp(conn, "payments", "v2", PLAN, actor="t", force=True)
     dep = deployments.get(conn, "payments")
     deployments.update(conn, dep, {"reason": "leader 7"}, now=2, epoch=7)
     before = snapshot(conn)
@@ -173,7 +174,8 @@ class Driven:
     def __init__(self, conn: Any, plan: dict[str, Any]) -> None:
         self.conn = conn
         self.t = 1_000_000.0
-        rollouts.ramp(conn, "payments", "v2", plan, actor="t", now_ms=int(self.t * 1000))
+        rollouts.ramp(conn, "payments", "v2", plan, actor="t", now_ms=int(self.t * 1000),
+                      force=True)
         self.ctl = Controller(conn, clock=lambda: self.t)
         self.qk = conn.keys.queue("payments")
 
@@ -265,7 +267,8 @@ def test_fetch_refuses_a_rolled_back_version_and_moves_nothing(conn: Any) -> Non
     """A retiring worker never asks, but a stale one (or another client) may: the script
     itself refuses the rolled-back version (-5) and leaves the lane as it was."""
     service.configure_queue(conn, "payments", stable_version="v1")
-    rollouts.start_canary(conn, "payments", "v2", weight="5", tenants={"t": "100"}, actor="t")
+    rollouts.start_canary(conn, "payments", "v2", weight="5", tenants={"t": "100"}, actor="t",
+                          force=True)
     Producer(conn).enqueue_many("payments", [{}] * 3, tenant="t")
     qk = conn.keys.queue("payments")
     keys = [qk.lane_canary, qk.processing("w-1"), qk.rolled_back, qk.processing_index]
@@ -279,7 +282,7 @@ def test_fetch_refuses_a_rolled_back_version_and_moves_nothing(conn: Any) -> Non
 
 def test_due_retries_of_a_closed_canary_lane_go_to_stable(conn: Any) -> None:
     service.configure_queue(conn, "payments", stable_version="v1")
-    rollouts.start_canary(conn, "payments", "v2", weight="5", actor="t")
+    rollouts.start_canary(conn, "payments", "v2", weight="5", actor="t", force=True)
     qk = conn.keys.queue("payments")
     keys = [qk.delayed_stable, qk.delayed_canary, qk.lane_stable, qk.lane_canary, qk.config]
     conn.client.zadd(qk.delayed_canary, {"retry-a": 10})

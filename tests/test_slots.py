@@ -128,7 +128,7 @@ def _flows(conn: Any) -> None:
     clock = [time.time()]
     lead = Leadership(conn, lease_s=30, controller_id="c1")
     ctl = Controller(conn, clock=lambda: clock[0], leadership=lead)
-    rollouts.ramp(conn, "payments", "v2", PLAN, actor="test", allow_schema_change=True)
+    rollouts.ramp(conn, "payments", "v2", PLAN, actor="test", allow_schema_change=True, force=True)
     p.enqueue_many("payments", [{}] * 50)
     for _ in range(4):
         clock[0] += 31
@@ -140,7 +140,7 @@ def _flows(conn: Any) -> None:
         res = rollouts.promote(conn, "payments", actor="test")
     lead.release()
     # a deployment rolled back by the operator: deployment_rollback, drain, finish
-    rollouts.ramp(conn, "payments", "v3", PLAN, actor="test", allow_schema_change=True)
+    rollouts.ramp(conn, "payments", "v3", PLAN, actor="test", allow_schema_change=True, force=True)
     p.enqueue_many("payments", [{}] * 50)
     rollouts.rollback(conn, "payments", reason="test", actor="test")
     rollouts.drain(conn, "payments")
