@@ -353,7 +353,9 @@ def queue_show(
     as_json: JsonOpt = False,
 ) -> None:
     """Show a queue's routing config, lane depths and routed counts."""
-    info = service.queue_info(_state(ctx).conn(), queue)
+    conn = _state(ctx).conn()
+    service.require_queue(conn, queue)
+    info = service.queue_info(conn, queue)
     _emit(info, as_json, _queue_text(info))
 
 
@@ -584,6 +586,8 @@ def status(
     from .watch import render_status, watch_status
 
     conn = _state(ctx).conn()
+    if queue is not None:
+        service.require_queue(conn, queue)
     if watch:
         raise typer.Exit(watch_status(conn, queue))
     rows = rollouts.status(conn, queue)
@@ -768,6 +772,96 @@ def demo(
     else:
         typer.echo(result.summary())
     raise typer.Exit(0 if result.lost == 0 else 1)
+
+# -- history, events -----------------------------------------------------------------------------
+def _when(ms: int | None) -> str:
+    import time as _time
+
+    return "-" if not ms else _time.strftime("%Y-%m-%d %H:%M:%S", _time.localtime(ms / 1000))
+
+
+def _history_text(rows: list[dict[str, Any]], queue: str) -> str:
+    from .watch import _dur, term_width, wrap
+
+    if not rows:
+        return f"{queue}: no deployments yet"
+    width = term_width()
+    out: list[str] = []
+    for r in rows:
+        took = "" if not r["finished_at"] else \
+            f", took {_dur((r['finished_at'] - r['started_at']) / 1000)}"
+        stages = " -> ".join(f"{p:g}%" for p in r["stages"]) + " -> 100%"
+        out.append(f"{r['id']}  {r['version']}  {r['outcome'].upper()}")
+        out.append(f"   started {_when(r['started_at'])}{took}; from {r['stable_version']}, "
+                   f"{'manual canary' if r['kind'] == 'manual' else 'plan'} {stages}")
+        if r["reason"]:
+            out += wrap(f"reason: {r['reason']}", width, "   ")
+        for v in r["verdicts"]:
+            out += wrap(f"{_when(v['ts'])} stage {v['stage']}: {v['verdict']}: {v['reason']}",
+                        width, "   ")
+    return "\n".join(out)
+
+
+@app.command()
+def history(
+    ctx: typer.Context,
+    queue: Annotated[str, typer.Argument(help="Queue name.", callback=_queue_arg)],
+    limit: Annotated[int, typer.Option("--limit", help="Deployments shown, newest first.")] = 10,
+    as_json: JsonOpt = False,
+) -> None:
+    """Past deployments of QUEUE: version, plan, outcome, reason, last verdicts.
+
+    Outcomes: promoted, rolled back (by the analysis), aborted (by an operator's rollback).
+
+    Example: pycanary history payments --limit 5
+    """
+    rows = rollouts.history(_state(ctx).conn(), queue, limit=limit)
+    _emit(rows, as_json, _history_text(rows, queue))
+
+
+def _event_line(e: dict[str, Any], width: int) -> list[str]:
+    import time as _time
+
+    from .watch import wrap
+
+    ts = _time.strftime("%H:%M:%S", _time.localtime(e["ts"] / 1000))
+    return wrap(f"{ts} {e['type']:<16} {e['message']}", width, hang=26)
+
+
+@app.command()
+def events(
+    ctx: typer.Context,
+    queue: Annotated[str, typer.Argument(help="Queue name.", callback=_queue_arg)],
+    deployment: Annotated[
+        str | None, typer.Option("--deployment", help="A past deployment's id (see history; "
+                                 "default: the current or last one).")
+    ] = None,
+    follow: Annotated[
+        bool, typer.Option("--follow", "-f", help="Keep printing new events until the "
+                           "deployment ends.")
+    ] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """The event log of a deployment: starts, stages, verdicts, rollback, promotion.
+
+    With --json, one JSON object per line (with --follow as well).
+
+    Example: pycanary events payments --follow
+    """
+    from .watch import term_width
+
+    conn = _state(ctx).conn()
+    width = term_width()
+    try:
+        for e in rollouts.follow_events(conn, queue, deployment_id=deployment,
+                                        stop=lambda: not follow):
+            if as_json:
+                typer.echo(json.dumps(e, sort_keys=True, default=str))
+            else:
+                typer.echo("\n".join(_event_line(e, width)))
+            sys.stdout.flush()
+    except KeyboardInterrupt:
+        raise typer.Exit(130) from None
 
 
 def main() -> None:

@@ -14,7 +14,7 @@ from typing import Any
 
 from . import defaults, queue_config, registry, validation
 from .connection import Connection
-from .errors import ValidationError, WeightAboveMaxError
+from .errors import NoSuchQueueError, ValidationError, WeightAboveMaxError
 from .keys import LANES, QueueKeys
 from .producer import EnqueueResult, Producer
 from .routing import sticky_bucket
@@ -188,6 +188,24 @@ def decode_lanes(replies: Iterator[Any]) -> tuple[dict[str, int], dict[str, int]
     depth = {lane: int(next(replies)) for lane in LANES}
     routed = next(replies)
     return depth, {lane: int(routed.get(lane, 0)) for lane in LANES}
+
+
+def require_queue(conn: Connection, queue: str) -> str:
+    """Refuse a queue pycanary has never seen, naming the known ones: a read command on a typo
+    should say so, not show an empty queue. Known: in the queue index, or with a config or a
+    deployment hash (a queue configured by an older client)."""
+    validation.queue_name(queue)
+    qk = conn.keys.queue(queue)
+    pipe = conn.client.pipeline(transaction=False)
+    pipe.sismember(conn.keys.queues, queue)
+    pipe.exists(qk.config, qk.deployment, qk.history)
+    member, exists = pipe.execute()
+    if member or exists:
+        return queue
+    known = queue_config.list_queues(conn)
+    shown = ", ".join(known[:10]) + (f" and {len(known) - 10} more" if len(known) > 10 else "")
+    raise NoSuchQueueError(f"no such queue {queue!r} (known: {shown or 'none yet'})",
+                           field="queue")
 
 
 def list_queues(conn: Connection) -> list[dict[str, Any]]:

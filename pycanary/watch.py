@@ -14,6 +14,42 @@ from . import rollouts
 from .connection import Connection
 
 FINAL = {"completed": 0, "rolled_back": 1}
+#: Exit code of a watch that gave up (--timeout) while the deployment goes on.
+TIMEOUT_EXIT = 3
+#: Width of text views when the terminal's is unknown (a pipe, a log file).
+WIDTH = 100
+
+
+def shorten(text: str, width: int) -> str:
+    """One line of at most ``width`` characters, cut at a word boundary with an ellipsis: the
+    one way every view (status, watch, events, demo) shortens text, never mid-word. Newlines
+    become spaces; leading indentation is kept."""
+    text = str(text).replace("\n", " ").replace("\r", " ").rstrip()
+    if len(text) <= width:
+        return text
+    cut = text[: max(1, width - 3)]
+    space = cut.rfind(" ")
+    if space >= width // 2:
+        cut = cut[:space]
+    return cut.rstrip(" ,;:") + "..."
+
+
+def wrap(text: str, width: int, indent: str = "", hang: int = 2) -> list[str]:
+    """Lines of at most ``width`` characters, broken between words, continuation lines
+    indented by ``indent`` plus ``hang`` spaces (a word longer than a line is cut with
+    `shorten`)."""
+    import textwrap
+
+    lines = textwrap.wrap(str(text), width=max(20, width - len(indent)),
+                          subsequent_indent=" " * hang, break_long_words=False,
+                          break_on_hyphens=False) or [""]
+    return [indent + shorten(line, max(20, width - len(indent))) for line in lines]
+
+
+def term_width() -> int:
+    import shutil
+
+    return shutil.get_terminal_size((WIDTH, 24)).columns if sys.stdout.isatty() else WIDTH
 
 
 def _pct(x: float | None) -> str:

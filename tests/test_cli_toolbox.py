@@ -1,0 +1,91 @@
+"""The operator's toolbox on a real Redis: history, events, retry, unknown queues."""
+
+from __future__ import annotations
+
+import json
+
+from pycanary import defaults, deployments, rollouts, service
+from tests.test_cli import assert_user_error, run
+
+
+def _rolled_back_by_analysis(conn, queue: str = "payments") -> deployments.Deployment:
+    """A deployment the controller's analysis rolled back (its rule kept in meta)."""
+    service.configure_queue(conn, queue, stable_version="v1")
+    dep = rollouts.start_canary(conn, queue, "v2", weight="10", allow_schema_change=True,
+                                actor="test")
+    deployments.rollback(conn, dep, reason="canary error rate 12% above 0.5% (3 FAIL checks)",
+                         actor="controller:test", now=defaults.now_ms(),
+                         values={"meta": {"rollback_rule": "error_rate"}})
+    rollouts.finish_outcome(conn, dep, actor="test")
+    return dep
+
+
+def test_history_shows_outcomes_and_reasons(real_conn) -> None:
+    conn, prefix = real_conn, real_conn.keys.prefix
+    first = _rolled_back_by_analysis(conn)
+    second = rollouts.start_canary(conn, "payments", "v3", allow_schema_change=True,
+                                   actor="test")
+    rollouts.rollback(conn, "payments", reason="operator saw a bad log line", actor="test")
+    third = rollouts.start_canary(conn, "payments", "v4", allow_schema_change=True, actor="test")
+    res = run("history", "payments", "--json", prefix=prefix)
+    assert res.returncode == 0, res.stderr
+    rows = json.loads(res.stdout)
+    assert [(r["id"], r["version"], r["outcome"]) for r in rows] == [
+        (third.id, "v4", "active"), (second.id, "v3", "aborted"),
+        (first.id, "v2", "rolled back")]
+    assert rows[2]["reason"] == "canary error rate 12% above 0.5% (3 FAIL checks)"
+    assert rows[2]["rollback_rule"] == "error_rate" and rows[2]["finished_at"] >= \
+        rows[2]["started_at"]
+    assert rows[2]["stages"] == [10.0] and rows[2]["stable_version"] == "v1"
+    res = run("history", "payments", "--limit", "2", prefix=prefix)
+    assert res.returncode == 0, res.stderr
+    text = res.stdout
+    assert f"{second.id}  v3  ABORTED" in text and first.id not in text
+    assert "   reason: operator saw a bad log line" in text
+    assert_user_error(run("history", "payments", "--limit", "0", prefix=prefix), "limit")
+
+
+def test_events_of_current_and_past_deployments(real_conn) -> None:
+    conn, prefix = real_conn, real_conn.keys.prefix
+    first = _rolled_back_by_analysis(conn)
+    res = run("events", "payments", "--json", prefix=prefix)
+    assert res.returncode == 0, res.stderr
+    types = [json.loads(line)["type"] for line in res.stdout.splitlines()]
+    assert types == ["started", "rollback", "rolled_back"]
+    rollouts.start_canary(conn, "payments", "v3", allow_schema_change=True, actor="test")
+    res = run("events", "payments", prefix=prefix)
+    assert res.returncode == 0 and "manual canary of v3 at 10%" in res.stdout
+    assert "v2" not in res.stdout
+    res = run("events", "payments", "--deployment", first.id, prefix=prefix)
+    assert "rollback: canary error rate 12% above 0.5% (3 FAIL checks)" in res.stdout
+    # --follow on a finished deployment prints its log and ends
+    res = run("events", "payments", "--deployment", first.id, "--follow", prefix=prefix)
+    assert res.returncode == 0 and sum(line[:1].isdigit() for line in res.stdout.splitlines()) == 3
+    assert_user_error(run("events", "payments", "--deployment", "nope", prefix=prefix),
+                      "deployment")
+
+
+def test_follow_events_stops_when_the_deployment_ends(real_conn) -> None:
+    conn = real_conn
+    service.configure_queue(conn, "payments", stable_version="v1")
+    rollouts.start_canary(conn, "payments", "v2", allow_schema_change=True, actor="test")
+    ticks = []
+
+    def sleep(_s: float) -> None:
+        ticks.append(1)
+        if len(ticks) == 2:
+            rollouts.rollback(conn, "payments", reason="enough", actor="test")
+
+    seen = [e["type"] for e in rollouts.follow_events(conn, "payments", sleep=sleep)]
+    assert seen == ["started", "rollback", "rolled_back"] and len(ticks) == 2
+
+
+def test_read_commands_on_an_unknown_queue_exit_2_naming_the_known_ones(real_conn) -> None:
+    prefix = real_conn.keys.prefix
+    service.configure_queue(real_conn, "payments", stable_version="v1")
+    for args in (("history", "paymnts"), ("events", "paymnts"), ("status", "paymnts"),
+                 ("queue", "show", "paymnts")):
+        res = run(*args, prefix=prefix)
+        assert_user_error(res, "queue")
+        assert res.stderr.strip() == \
+            "error: queue: no such queue 'paymnts' (known: payments)", args
