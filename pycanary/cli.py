@@ -151,6 +151,19 @@ def _choice(value: str, field: str, choices: tuple[str, ...]) -> str:
     return value.lower()
 
 
+def _timeout_s(value: str | None) -> float | None:
+    """--timeout of the watches: a plan duration (90s, 30m, 1h30m) or seconds."""
+    if value is None:
+        return None
+    from .plan import parse_duration
+
+    try:
+        return float(parse_duration(value))
+    except (PlanError, ValueError) as exc:  # parse_duration raises pydantic's error
+        msg = getattr(exc, "message", None) or str(exc)
+        raise ValidationError(msg() if callable(msg) else msg, field="timeout") from None
+
+
 #: The largest --count of one `pycanary enqueue` (a script or a loop goes further).
 MAX_COUNT = 10_000_000
 
@@ -995,6 +1008,39 @@ def dlq_purge(
         _confirm(f"Delete {what} of {queue} for good?", yes)
     rep = dlq.purge(conn, queue, job_ids, all_=all_)
     _emit(rep.to_dict(), as_json, _dlq_text(rep, "purged"))
+
+
+# -- retry -------------------------------------------------------------------------------------
+@app.command()
+def retry(
+    ctx: typer.Context,
+    queue: Annotated[str, typer.Argument(help="Queue name.", callback=_queue_arg)],
+    watch: Annotated[
+        bool, typer.Option("--watch", help="Follow it to its end; exit 0 promoted, 1 rolled "
+                           "back, 3 timeout.")
+    ] = False,
+    timeout: Annotated[
+        str | None, typer.Option("--timeout", help="With --watch: stop watching after this "
+                                 "long, e.g. 30m (exit 3).")
+    ] = None,
+    allow_schema_change: Annotated[
+        bool, typer.Option("--allow-schema-change", help="Skip the payload schema guard.")
+    ] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Start the last rolled-back version again, with the plan it had (Argo's retry).
+
+    Example: pycanary retry payments --watch --timeout 30m
+    """
+    conn = _state(ctx).conn()
+    limit = _timeout_s(timeout)
+    dep = rollouts.retry(conn, queue, allow_schema_change=allow_schema_change)
+    if not watch:
+        _emit(dep.to_dict(), as_json, _dep_line(dep))
+        return
+    from .watch import watch_deployment
+
+    raise typer.Exit(watch_deployment(conn, queue, dep.id, as_json=as_json, timeout=limit))
 
 
 def main() -> None:

@@ -101,12 +101,23 @@ def _start(conn: Connection, queue: str, version: str, plan: Plan, *, kind: str,
            message: str) -> Deployment:
     validation.queue_name(queue)
     validation.version(version)
+    refuse_if_active(conn, queue)
     check_max_weight(conn, queue, plan)
     if not allow_schema_change:
         check_schemas(conn, queue, version)
     return deployments.start(conn, queue, version, plan, kind=kind, actor=actor or operator(),
                              now=now_ms if now_ms is not None else defaults.now_ms(),
                              message=message)
+
+
+def refuse_if_active(conn: Connection, queue: str) -> None:
+    """One deployment per queue: name the active one and the command to see it (the script
+    refuses too, -8, but cannot say which)."""
+    dep = deployments.get(conn, queue)
+    if dep is not None and dep.active:
+        raise StateError(f"deployment {dep.id} of {dep.canary_version} is already {dep.state} "
+                         f"on {queue}: see `pycanary status {queue}`; promote or roll it back "
+                         "first", field="queue")
 
 
 def start_canary(
@@ -225,6 +236,12 @@ def rollback(conn: Connection, queue: str, *, reason: str = "", actor: str | Non
                              f"; {out['warning']}"))
         return out
     cfg = queue_config.read_config(conn, queue)
+    if (dep is not None and dep.state == "rolled_back" and cfg.weight_bp == 0
+            and not cfg.tenant_weights_bp):
+        return {"queue": queue, "deployment_id": dep.id, "rollback": "already",
+                "state": "rolled_back", "reason": dep.reason, "drain_complete": True,
+                "drained_jobs": 0, "message": f"{queue}: already rolled back ({dep.id} of "
+                f"{dep.canary_version}: {dep.reason}); nothing to do"}
     if cfg.weight_bp == 0 and not cfg.tenant_weights_bp and not cfg.canary_version:
         raise StateError(f"nothing to roll back on {queue}: no deployment and weight 0",
                          field="queue")

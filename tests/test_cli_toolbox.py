@@ -89,3 +89,35 @@ def test_read_commands_on_an_unknown_queue_exit_2_naming_the_known_ones(real_con
         assert_user_error(res, "queue")
         assert res.stderr.strip() == \
             "error: queue: no such queue 'paymnts' (known: payments)", args
+
+
+def test_retry_starts_the_last_rolled_back_version_with_its_plan(real_conn, tmp_path) -> None:
+    conn, prefix = real_conn, real_conn.keys.prefix
+    service.configure_queue(conn, "payments", stable_version="v1")
+    assert_user_error(run("retry", "payments", prefix=prefix), "queue")  # nothing to retry
+    plan = tmp_path / "plan.yaml"
+    plan.write_text("canary_config:\n  interval: 10s\n  stages:\n"
+                    "    - percentage: 5\n      duration: 1m\n"
+                    "    - percentage: 25\n      duration: 1m\n      auto_promote: false\n")
+    first = rollouts.ramp(conn, "payments", "v2", plan, allow_schema_change=True, actor="t")
+    # ramping twice names the active deployment and the command to see it
+    res = run("ramp", "payments", "--version", "v3", "--plan", str(plan),
+              "--allow-schema-change", prefix=prefix)
+    assert_user_error(res, "queue")
+    assert f"deployment {first.id} of v2 is already active on payments: see `pycanary " \
+           "status payments`" in res.stderr
+    res = run("rollback", "payments", "--yes", "--reason", "bad", prefix=prefix)
+    assert res.returncode == 0, res.stderr
+    res = run("rollback", "payments", "--yes", "--json", prefix=prefix)
+    assert res.returncode == 0 and json.loads(res.stdout)["rollback"] == "already"
+    assert res.stdout.count("already rolled back") == 1
+    res = run("retry", "payments", "--json", "--allow-schema-change", prefix=prefix)
+    assert res.returncode == 0, res.stderr
+    dep = json.loads(res.stdout)
+    assert dep["id"] != first.id and dep["canary_version"] == "v2"
+    assert dep["stages"] == [5.0, 25.0] and dep["plan"] == first.plan_raw
+    assert dep["weight_percent"] == 5 and dep["state"] == "active"
+    assert rollouts.events(conn, "payments")[1][0]["message"].startswith(
+        f"retry of v2 (after {first.id})")
+    assert_user_error(run("retry", "payments", "--watch", "--timeout", "soon", prefix=prefix),
+                      "timeout")
