@@ -568,22 +568,31 @@ def ramp(
     version: Annotated[str, typer.Option("--version", help="Canary version to roll out.")],
     plan: Annotated[Path, typer.Option("--plan", help="Plan file (YAML).")],
     watch: Annotated[
-        bool, typer.Option("--watch", help="Follow it live; exit 0 promoted, 1 rolled back.")
+        bool, typer.Option("--watch", help="Follow it live; exit 0 promoted, 1 rolled back, "
+                           "3 timeout.")
     ] = False,
+    timeout: Annotated[
+        str | None, typer.Option("--timeout", help="With --watch: stop watching after this "
+                                 "long, e.g. 30m (exit 3; the rollout goes on).")
+    ] = None,
     allow_schema_change: Annotated[
         bool, typer.Option("--allow-schema-change", help="Skip the payload schema guard.")
     ] = False,
     as_json: JsonOpt = False,
 ) -> None:
-    """Start a staged rollout of VERSION following a plan (5% -> 15% -> 50% -> 100%, ...)."""
+    """Start a staged rollout of VERSION following a plan (5% -> 15% -> 50% -> 100%, ...).
+
+    Example: pycanary ramp payments --version v2 --plan plan.yaml --watch --timeout 1h
+    """
     conn = _state(ctx).conn()
+    limit = _timeout_s(timeout)
     dep = rollouts.ramp(conn, queue, version, plan, allow_schema_change=allow_schema_change)
     if not watch:
         _emit(dep.to_dict(), as_json, _dep_line(dep))
         return
     from .watch import watch_deployment
 
-    raise typer.Exit(watch_deployment(conn, queue, dep.id, as_json=as_json))
+    raise typer.Exit(watch_deployment(conn, queue, dep.id, as_json=as_json, timeout=limit))
 
 
 @app.command()
@@ -592,17 +601,29 @@ def status(
     queue: Annotated[
         str | None, typer.Argument(help="Queue (default: all).", callback=_queue_arg)
     ] = None,
-    watch: Annotated[bool, typer.Option("--watch", help="Refresh every second.")] = False,
+    watch: Annotated[
+        bool, typer.Option("--watch", help="Refresh every second. With QUEUE: follow its "
+                           "deployment to the end; exit 0 promoted, 1 rolled back, 3 timeout.")
+    ] = False,
+    timeout: Annotated[
+        str | None, typer.Option("--timeout", help="With --watch: stop after this long, "
+                                 "e.g. 30m (exit 3).")
+    ] = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Deployments side by side: stage, weight, both lanes' error rate and latency, events."""
-    from .watch import render_status, watch_status
+    """Deployments side by side: stage, weight, both lanes' error rate and latency, events.
+
+    Example: pycanary status payments --watch --timeout 30m
+    """
+    from .watch import reattach, render_status, watch_status
 
     conn = _state(ctx).conn()
+    limit = _timeout_s(timeout)
     if queue is not None:
         service.require_queue(conn, queue)
     if watch:
-        raise typer.Exit(watch_status(conn, queue))
+        raise typer.Exit(watch_status(conn, None, timeout=limit) if queue is None else
+                         reattach(conn, queue, as_json=as_json, timeout=limit))
     rows = rollouts.status(conn, queue)
     _emit(rows, as_json, render_status(rows))
 

@@ -490,6 +490,8 @@ def status(conn: Connection, queue: str | None = None, *, window_s: int = 300,
             ref = dep.paused_at or dep.last_check_at or dep.stage_started_at
             d["stage_elapsed_s"] = max(0.0, (ref - dep.stage_started_at) / 1000)
             d["stage_duration_s"] = stage_s
+            d["durations_s"] = [st.duration for st in plan.stages]
+            d["gates"] = [not st.auto_promote for st in plan.stages]
             d["last_error"] = err if err and err.get("deployment_id") in (None, dep.id) \
                 else None
             row["deployment"] = d

@@ -121,3 +121,87 @@ def test_retry_starts_the_last_rolled_back_version_with_its_plan(real_conn, tmp_
         f"retry of v2 (after {first.id})")
     assert_user_error(run("retry", "payments", "--watch", "--timeout", "soon", prefix=prefix),
                       "timeout")
+
+
+def _dep(**kw):
+    base = {"stages": [5.0, 15.0, 50.0], "gates": [False, False, True],
+            "durations_s": [600, 900, 1200], "stage": 1, "state": "active",
+            "stage_duration_s": 900, "stage_elapsed_s": 660}
+    return {**base, **kw}
+
+
+def test_stage_line_numbers_stages_from_1_and_shows_them_whole() -> None:
+    from pycanary.watch import gate_line, stage_line
+
+    assert stage_line(_dep()) == "stage 2/4: 15% (hold 15m, 4m00s left) -> 50% -> gate -> 100%"
+    assert stage_line(_dep(stage=0, stage_duration_s=600, stage_elapsed_s=0)) == \
+        "stage 1/4: 5% (hold 10m, 10m00s left) -> 15% -> 50% -> gate -> 100%"
+    assert stage_line(_dep(stage_elapsed_s=950)) == \
+        "stage 2/4: 15% (hold 15m passed, next passing check moves on) -> 50% -> gate -> 100%"
+    gate = _dep(stage=2, state="awaiting_promotion", stage_duration_s=1200,
+                stage_elapsed_s=1300)
+    assert stage_line(gate) == "stage 3/4: 50% (hold 20m passed) -> gate -> 100%"
+    assert gate_line("payments", gate) == ("waiting at a manual gate: run `pycanary promote "
+                                           "payments` to go on (or `pycanary rollback "
+                                           "payments`)")
+    assert gate_line("payments", _dep()) is None
+    # no time left once it ended
+    assert stage_line(_dep(state="completed")) == "stage 4/4: 100% (promoted)"
+    assert stage_line(_dep(state="rolled_back")) == "stage 2/4: rolled back at 15% (weight 0)"
+    assert stage_line(_dep(state="paused")).startswith("stage 2/4: 15% (hold 15m, 4m00s "
+                                                       "left, paused)")
+
+
+def test_shorten_and_wrap_never_cut_mid_word() -> None:
+    from pycanary.watch import shorten, wrap
+
+    text = "canary error rate 12.5% above the 0.5% limit for 3 checks in a row"
+    for width in range(12, len(text) + 2):
+        short = shorten(text, width)
+        assert len(short) <= width
+        assert short == text or (short.endswith("...") and
+                                 text.startswith(short[:-3]) and text[len(short) - 3] in " ,")
+        lines = wrap(text, max(width, 20), "   ")
+        assert all(len(line) <= max(width, 20) for line in lines)
+        assert " ".join(line.strip() for line in lines) == text
+
+
+def test_status_watch_reattaches_and_exits_with_the_outcome(real_conn, tmp_path) -> None:
+    import subprocess
+    import sys
+    import threading
+
+    from pycanary.controller import Controller
+
+    conn, prefix = real_conn, real_conn.keys.prefix
+    service.configure_queue(conn, "payments", stable_version="v1")
+    plan = tmp_path / "plan.yaml"
+    plan.write_text("canary_config:\n  interval: 1s\n  on_no_data: pass\n  stages:\n"
+                    "    - percentage: 10\n      duration: 2s\n")
+    rollouts.ramp(conn, "payments", "v2", plan, allow_schema_change=True, actor="t")
+    # no controller: the watch gives up after its timeout, exit 3, with progress lines
+    res = run("status", "payments", "--watch", "--timeout", "2s", prefix=prefix)
+    assert res.returncode == 3, res
+    assert "payments active; stage 1/2: 10% (hold 2s" in res.stdout
+    assert "no controller is running" in res.stdout
+    assert "`pycanary status payments --watch` re-attaches" in res.stderr
+    cmd = [sys.executable, "-m", "pycanary.cli", "--redis-url", conn.url, "--prefix", prefix,
+           "status", "payments", "--watch", "--timeout", "1m"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    stop = threading.Event()
+    t = threading.Thread(target=Controller(conn).run, args=(stop, 0.2), daemon=True)
+    t.start()
+    try:
+        out, err = proc.communicate(timeout=60)
+    finally:
+        stop.set()
+        t.join(10)
+    assert proc.returncode == 0, err
+    assert "payments: completed" in err and "stage 2/2: 100% (promoted)" in out
+    # a finished deployment: the watch exits at once with its outcome
+    res = run("status", "payments", "--watch", prefix=prefix)
+    assert res.returncode == 0 and "payments: completed" in res.stderr
+    rollouts.ramp(conn, "payments", "v3", plan, allow_schema_change=True, actor="t")
+    rollouts.rollback(conn, "payments", reason="bad", actor="t")
+    res = run("status", "payments", "--watch", "--timeout", "5s", prefix=prefix)
+    assert res.returncode == 1 and "payments: rolled_back (bad)" in res.stderr
