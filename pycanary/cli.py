@@ -736,7 +736,7 @@ def controller(
     import signal
     import threading
 
-    from .controller import Controller, JsonFormatter
+    from .controller import Controller, JsonFormatter, TextFormatter
     from .leader import Leadership
 
     _finite(lease, "lease", 0.5, 3600)
@@ -748,7 +748,7 @@ def controller(
     if log_format == "json":
         handler.setFormatter(JsonFormatter())
     else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+        handler.setFormatter(TextFormatter())
     logging.basicConfig(level=getattr(logging, log_level.upper(), logging.INFO),
                         handlers=[handler])
     conn = _state(ctx).conn()

@@ -205,3 +205,26 @@ def test_status_watch_reattaches_and_exits_with_the_outcome(real_conn, tmp_path)
     rollouts.rollback(conn, "payments", reason="bad", actor="t")
     res = run("status", "payments", "--watch", "--timeout", "5s", prefix=prefix)
     assert res.returncode == 1 and "payments: rolled_back (bad)" in res.stderr
+
+
+def test_text_controller_logs_carry_the_deployment_on_every_line() -> None:
+    import logging
+
+    from pycanary.controller import TextFormatter
+
+    rec = logging.LogRecord("pycanary.controller", logging.WARNING, __file__, 1, "rollback",
+                            None, None)
+    rec.fields = {"deployment_id": "payments-1", "queue": "payments", "canary_version": "v2",
+                  "stage": 1, "reason": "canary error rate 12% above 0.5%"}
+    line = TextFormatter().format(rec)
+    assert line.endswith(' WARNING rollback queue=payments version=v2 deployment=payments-1 '
+                         'stage=2 reason="canary error rate 12% above 0.5%"'), line
+    plain = logging.LogRecord("pycanary.controller", logging.INFO, __file__, 1,
+                              "leading as epoch %s", (3,), None)
+    assert TextFormatter().format(plain).endswith(" INFO leading as epoch 3")
+    assert rec.getMessage() == "rollback"  # the record is left as it was
+
+
+def test_controller_refuses_a_bad_log_format_or_level() -> None:
+    assert_user_error(run("controller", "--log-format", "xml"), "log_format")
+    assert_user_error(run("controller", "--log-level", "loud"), "log_level")
