@@ -85,6 +85,59 @@ def report_error(exc: BaseException) -> int | None:
     return None
 
 
+#: Root options also accepted after the command (`pycanary status q --prefix test`, as
+#: `rq worker --url` reads): hoisted in front of it before parsing.
+ROOT_OPTIONS = ("--redis-url", "--prefix")
+#: Commands with an option of the same name of their own (the demo's --redis-url).
+OWN_ROOT_OPTIONS = ("demo",)
+
+
+def hoist_root_options(args: list[str], groups: Sequence[str] = ()) -> list[str]:
+    """Move --redis-url/--prefix (and their values) given after the command in front of it.
+    ``groups``: names of command groups (queue, dlq, ...), whose subcommand follows them. An
+    argument after ``--`` is never moved."""
+    i = 0
+    while i < len(args) and args[i].startswith("-"):
+        i += 2 if args[i] in ROOT_OPTIONS else 1
+    if i >= len(args) or args[i] in OWN_ROOT_OPTIONS:
+        return args
+    head, rest, moved = args[:i + 1], args[i + 1:], []
+    if args[i] in groups and rest and not rest[0].startswith("-"):
+        head, rest = head + rest[:1], rest[1:]
+    kept: list[str] = []
+    j = 0
+    while j < len(rest):
+        a = rest[j]
+        if a == "--":
+            kept += rest[j:]
+            break
+        if a in ROOT_OPTIONS and j + 1 < len(rest):
+            moved += rest[j:j + 2]
+            j += 2
+            continue
+        if any(a.startswith(o + "=") for o in ROOT_OPTIONS):
+            moved.append(a)
+        else:
+            kept.append(a)
+        j += 1
+    return head[:i] + moved + head[i:] + kept if moved else args
+
+
+def plain_help(cmd: Any) -> None:
+    """Help in plain notation: arguments as QUEUE, options as --limit LIMIT, flags bare (no
+    ``<str>``/``<bool>`` type labels), for every command of the tree."""
+    for param in getattr(cmd, "params", []):
+        if param.metavar is None and not getattr(param, "is_flag", False):
+            name = (param.name or "value").upper()
+            param.metavar = name + ("..." if param.nargs == -1 else "")
+        if param.param_type_name == "argument":
+            usage = param.metavar if param.required else f"[{param.metavar}]"
+            param.display_type_rich = lambda ctx: None
+            param._usage_display_name = lambda usage=usage: usage
+    for sub in getattr(cmd, "commands", {}).values():
+        plain_help(sub)
+
+
 class _Group(TyperGroup):
     """The root command: every failure of every subcommand ends here as one line and an exit
     code (in a real process and under typer's CliRunner alike), never a traceback."""
@@ -97,6 +150,9 @@ class _Group(TyperGroup):
         standalone_mode: bool = True,
         **extra: Any,
     ) -> Any:
+        plain_help(self)
+        groups = [n for n, c in self.commands.items() if getattr(c, "commands", None)]
+        args = hoist_root_options(list(sys.argv[1:] if args is None else args), groups)
         try:
             rv = super().main(args=args, prog_name=prog_name, complete_var=complete_var,
                               standalone_mode=False, **extra)
@@ -119,14 +175,20 @@ class _Group(TyperGroup):
 
 app = typer.Typer(
     name="pycanary",
-    help="Canary rollouts for Redis job-queue workers.",
+    help="Canary rollouts for Redis job-queue workers.\n\n--redis-url and --prefix may come "
+         "before or after the command.\n\nExample: pycanary --prefix test status payments",
     no_args_is_help=True,
+    rich_markup_mode=None,
     add_completion=False,
     pretty_exceptions_enable=False,
     cls=_Group,
 )
-queue_app = typer.Typer(help="Inspect and configure queues.", no_args_is_help=True)
-route_app = typer.Typer(help="Inspect routing decisions.", no_args_is_help=True)
+queue_app = typer.Typer(help="Inspect and configure queues.\n\nExample: pycanary queue show "
+                        "payments", no_args_is_help=True,
+                        rich_markup_mode=None)
+route_app = typer.Typer(help="Inspect routing decisions.\n\nExample: pycanary route explain "
+                        "payments order-42", no_args_is_help=True,
+                        rich_markup_mode=None)
 app.add_typer(queue_app, name="queue")
 app.add_typer(route_app, name="route")
 
@@ -181,6 +243,14 @@ class State:
         return self._conn
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        from . import __version__
+
+        typer.echo(f"pycanary {__version__}")
+        raise typer.Exit(0)
+
+
 @app.callback()
 def _root(
     ctx: typer.Context,
@@ -194,6 +264,10 @@ def _root(
         str | None,
         typer.Option("--prefix", envvar="PYCANARY_PREFIX", help="Key prefix (default pycanary)"),
     ] = None,
+    version: Annotated[
+        bool, typer.Option("--version", is_eager=True, callback=_print_version,
+                           help="Print the version and exit.")
+    ] = False,
 ) -> None:
     settings = Settings()
     ctx.obj = State(redis_url or settings.redis_url, prefix or settings.prefix)
@@ -233,7 +307,10 @@ def enqueue(
     ] = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Enqueue a job; the routing script picks its lane (stable or canary)."""
+    """Enqueue a job; the routing script picks its lane (stable or canary).
+
+    Example: pycanary enqueue payments '{"amount": 10}' --count 1000 --rate 50
+    """
     if not 1 <= count <= MAX_COUNT:
         raise ValidationError(f"must be 1-{MAX_COUNT:,}, got {validation.quote(count)}",
                               field="count")
@@ -284,7 +361,10 @@ def set_weight(
     clear: Annotated[bool, typer.Option("--clear", help="Remove the tenant's override.")] = False,
     as_json: JsonOpt = False,
 ) -> None:
-    """Set the share of a queue's new jobs routed to the canary lane (no deployment needed)."""
+    """Set the share of a queue's new jobs routed to the canary lane (no deployment needed).
+
+    Example: pycanary set-weight payments 5 (or --tenant internal 100)
+    """
     if clear and percent is not None:
         raise PycanaryError("give either a percentage or --clear, not both", field="weight")
     if not clear and percent is None:
@@ -328,7 +408,7 @@ def queue_configure(
     ctx: typer.Context,
     queue: Annotated[str, typer.Argument(help="Queue name.", callback=_queue_arg)],
     backend: Annotated[
-        str | None, typer.Option("--backend", help="lists or streams.")
+        str | None, typer.Option("--backend", help="lists (streams: not implemented yet).")
     ] = None,
     max_weight: Annotated[
         str | None, typer.Option("--max-weight", help="Guard: highest canary percent allowed.")
@@ -349,7 +429,10 @@ def queue_configure(
     ] = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Configure a queue: its max_weight guard, stable version, routing mode and backend."""
+    """Configure a queue: its max_weight guard, stable version, routing mode and backend.
+
+    Example: pycanary queue configure payments --stable-version v1 --max-weight 50
+    """
     conn = _state(ctx).conn()
     service.configure_queue(
         conn, queue, max_weight=max_weight, stable_version=stable_version, backend=backend,
@@ -365,7 +448,10 @@ def queue_show(
     queue: Annotated[str, typer.Argument(help="Queue name.", callback=_queue_arg)],
     as_json: JsonOpt = False,
 ) -> None:
-    """Show a queue's routing config, lane depths and routed counts."""
+    """Show a queue's routing config, lane depths and routed counts.
+
+    Example: pycanary queue show payments --json
+    """
     conn = _state(ctx).conn()
     service.require_queue(conn, queue)
     info = service.queue_info(conn, queue)
@@ -374,7 +460,10 @@ def queue_show(
 
 @queue_app.command("list")
 def queue_list(ctx: typer.Context, as_json: JsonOpt = False) -> None:
-    """List known queues with their weights and depths."""
+    """List known queues with their weights and depths.
+
+    Example: pycanary queue list
+    """
     infos = service.list_queues(_state(ctx).conn())
     lines = [f"{'QUEUE':<24} {'WEIGHT':>8} {'MAX':>8} {'STABLE':>10} {'CANARY':>10}"]
     for i in infos:
@@ -393,7 +482,10 @@ def route_explain(
     tenant: Annotated[str | None, typer.Option("--tenant", help="Tenant label.")] = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Show the bucket of a sticky key and the lane it gets at the weight in force."""
+    """Show the bucket of a sticky key and the lane it gets at the weight in force.
+
+    Example: pycanary route explain payments order-42 --tenant acme
+    """
     info = service.explain_route(_state(ctx).conn(), queue, key, tenant=tenant)
     text = (f"{key!r} on {queue}: bucket {info['bucket']} (python {info['bucket_python']}), "
             f"weight {info['weight_bp']} bp, mode {info['mode']} -> "
@@ -436,6 +528,8 @@ def worker(
     """Run a worker: takes jobs of its version's lane, runs the handler, records outcomes.
 
     SIGTERM or Ctrl-C finishes in-flight jobs and exits 0; a second signal exits at once.
+
+    Example: pycanary worker payments --version v2 --handler app.jobs:handle
     """
     import logging
     import os
@@ -486,7 +580,10 @@ def workers(
     ] = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """List workers: version, lane, queues, state (active/outdated/retiring/dead), jobs done."""
+    """List workers: version, lane, queues, state (active/outdated/retiring/dead), jobs done.
+
+    Example: pycanary workers --queue payments
+    """
     rows = service.list_workers(_state(ctx).conn(), queue=queue)
     lines = [f"{'WORKER':<32} {'VERSION':<12} {'STATE':<9} {'LANES':<28} {'DONE':>8} "
              f"{'LAST SEEN':>10}"]
@@ -500,7 +597,8 @@ def workers(
 
 
 # -- deployments -------------------------------------------------------------------------------
-canary_app = typer.Typer(help="Manual canaries.", no_args_is_help=True)
+canary_app = typer.Typer(help="Manual canaries.\n\nExample: pycanary canary start payments "
+                         "--version v2 --weight 5", no_args_is_help=True, rich_markup_mode=None)
 app.add_typer(canary_app, name="canary")
 
 YesOpt = Annotated[bool, typer.Option("--yes", "-y", help="Do not ask to confirm.")]
@@ -554,7 +652,10 @@ def canary_start(
     """Start a manual canary: a share of new jobs goes to VERSION.
 
     It stays until promote or rollback; the analysis runs meanwhile and rolls back on
-    failure."""
+    failure.
+
+    Example: pycanary canary start payments --version v2 --weight 5
+    """
     dep = rollouts.start_canary(_state(ctx).conn(), queue, version, weight=weight,
                                 tenants=_parse_tenants(tenant), sticky=sticky,
                                 allow_schema_change=allow_schema_change)
@@ -572,7 +673,8 @@ def ramp(
                            "3 timeout.")
     ] = False,
     timeout: Annotated[
-        str | None, typer.Option("--timeout", help="With --watch: stop watching after this "
+        str | None, typer.Option("--timeout", metavar="DURATION",
+                                 help="With --watch: stop watching after this "
                                  "long, e.g. 30m (exit 3; the rollout goes on).")
     ] = None,
     allow_schema_change: Annotated[
@@ -606,7 +708,8 @@ def status(
                            "deployment to the end; exit 0 promoted, 1 rolled back, 3 timeout.")
     ] = False,
     timeout: Annotated[
-        str | None, typer.Option("--timeout", help="With --watch: stop after this long, "
+        str | None, typer.Option("--timeout", metavar="DURATION",
+                                 help="With --watch: stop after this long, "
                                  "e.g. 30m (exit 3).")
     ] = None,
     as_json: JsonOpt = False,
@@ -639,7 +742,10 @@ def promote(
     """Promote past a manual gate, or make the canary version stable.
 
     Advances one stage; from the last stage, with --full, or on a manual canary it makes the
-    canary version stable and drains its lane into stable."""
+    canary version stable and drains its lane into stable.
+
+    Example: pycanary promote payments (or --full --yes)
+    """
     conn = _state(ctx).conn()
     from . import deployments as deps
 
@@ -666,7 +772,10 @@ def rollback(
     """Roll back now: weight 0 for the very next job, then drain the canary lane.
 
     Canary workers retire within a heartbeat; the canary lane drains into the head of stable,
-    processed next, in order."""
+    processed next, in order.
+
+    Example: pycanary rollback payments --reason "errors spiked" --yes
+    """
     _confirm(f"Roll back the canary on {queue}?", yes)
     res = rollouts.rollback(_state(ctx).conn(), queue, reason=reason)
     _emit(res, as_json, res["message"])  # the service says whether the drain completed
@@ -678,7 +787,10 @@ def pause(
     queue: Annotated[str, typer.Argument(help="Queue name.", callback=_queue_arg)],
     as_json: JsonOpt = False,
 ) -> None:
-    """Freeze a deployment: stage timers and weight stay until resume."""
+    """Freeze a deployment: stage timers and weight stay until resume.
+
+    Example: pycanary pause payments
+    """
     dep = rollouts.pause(_state(ctx).conn(), queue)
     _emit(dep.to_dict(), as_json, _dep_line(dep))
 
@@ -689,7 +801,10 @@ def resume(
     queue: Annotated[str, typer.Argument(help="Queue name.", callback=_queue_arg)],
     as_json: JsonOpt = False,
 ) -> None:
-    """Continue a paused deployment (paused time does not count toward the stage)."""
+    """Continue a paused deployment (paused time does not count toward the stage).
+
+    Example: pycanary resume payments
+    """
     dep = rollouts.resume(_state(ctx).conn(), queue)
     _emit(dep.to_dict(), as_json, _dep_line(dep))
 
@@ -701,7 +816,10 @@ def drain(
     yes: YesOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
-    """Move every job of the canary lane to the head of the stable lane, in order."""
+    """Move every job of the canary lane to the head of the stable lane, in order.
+
+    Example: pycanary drain payments --yes
+    """
     _confirm(f"Drain the canary lane of {queue} into stable?", yes)
     show = sys.stderr.isatty()
 
@@ -731,7 +849,10 @@ def controller(
 ) -> None:
     """Run the leader-elected controller that drives every deployment's plan.
 
-    Run two for failover: one leads, the other takes over within two leases."""
+    Run two for failover: one leads, the other takes over within two leases.
+
+    Example: pycanary controller --log-format text
+    """
     import logging
     import signal
     import threading
@@ -766,7 +887,10 @@ def metrics_cmd(ctx: typer.Context) -> None:
     """Print the Prometheus exposition (what the API's /metrics will serve).
 
     Deployments, traffic split, promotions, rollbacks, jobs routed and processed per version,
-    job durations, queue depths, workers."""
+    job durations, queue depths, workers.
+
+    Example: pycanary metrics | grep pycanary_deployment
+    """
     from . import prom
 
     sys.stdout.buffer.write(prom.render(_state(ctx).conn()))
@@ -793,7 +917,10 @@ def demo(
     """The whole story in one process, on the embedded default: nothing to install.
 
     Producers, v1 and v2 workers and the controller running the design card's plan with
-    compressed time, in a live view; ends with a summary (lost jobs: 0)."""
+    compressed time, in a live view; ends with a summary (lost jobs: 0).
+
+    Example: pycanary demo --scenario regression
+    """
     from .demo import run_demo
 
     _finite(speed, "speed", 1, 10_000)
@@ -899,7 +1026,9 @@ def events(
 
 
 # -- dead letters --------------------------------------------------------------------------------
-dlq_app = typer.Typer(help="Dead letters: jobs that failed every attempt.", no_args_is_help=True)
+dlq_app = typer.Typer(help="Dead letters: jobs that failed every attempt.\n\nExample: "
+                      "pycanary dlq list payments", no_args_is_help=True,
+                      rich_markup_mode=None)
 app.add_typer(dlq_app, name="dlq")
 
 JobIdsArg = Annotated[
@@ -1041,7 +1170,8 @@ def retry(
                            "back, 3 timeout.")
     ] = False,
     timeout: Annotated[
-        str | None, typer.Option("--timeout", help="With --watch: stop watching after this "
+        str | None, typer.Option("--timeout", metavar="DURATION",
+                                 help="With --watch: stop watching after this "
                                  "long, e.g. 30m (exit 3).")
     ] = None,
     allow_schema_change: Annotated[
