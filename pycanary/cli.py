@@ -752,12 +752,12 @@ def promote(
     dep = deps.get(conn, queue)
     if dep is not None and dep.active:
         target = "100% (stable)" if full or dep.kind == "manual" or dep.last_stage else \
-            f"stage {dep.stage + 1} ({dep.plan.stages[dep.stage + 1].percentage:g}%)"
+            f"stage {dep.stage + 2} ({dep.plan.stages[dep.stage + 1].percentage:g}%)"
         _confirm(f"Promote {dep.canary_version} on {queue} to {target}?", yes)
     res = rollouts.promote(conn, queue, full=full)
     text = (f"{queue}: {res['stable_version']} is now stable ({res['state']})"
             if res["action"] == "promoted" else
-            f"{queue}: advanced to stage {res['stage']} ({res['percent']:g}%)")
+            f"{queue}: advanced to stage {res['stage'] + 1} ({res['percent']:g}%)")
     _emit(res, as_json, text)
 
 
@@ -951,7 +951,9 @@ def _history_text(rows: list[dict[str, Any]], queue: str) -> str:
     for r in rows:
         took = "" if not r["finished_at"] else \
             f", took {_dur((r['finished_at'] - r['started_at']) / 1000)}"
-        stages = " -> ".join(f"{p:g}%" for p in r["stages"]) + " -> 100%"
+        stages = " -> ".join(f"{p:g}%" + (" -> gate" if gate else "")
+                             for p, gate in zip(r["stages"], r["gates"], strict=True))
+        stages += " -> 100%"
         out.append(f"{r['id']}  {r['version']}  {r['outcome'].upper()}")
         out.append(f"   started {_when(r['started_at'])}{took}; from {r['stable_version']}, "
                    f"{'manual canary' if r['kind'] == 'manual' else 'plan'} {stages}")
@@ -1060,13 +1062,13 @@ def dlq_list(
         typer.echo(f"{queue}: no dead letters")
         return
     width = term_width()
-    lines = [f"{queue}: {total:,} dead letters" + (f", newest {len(letters)} shown"
-                                                   if len(letters) < total else ""),
-             f"{'JOB ID':<36} {'VERSION':<10} {'TRIES':>5} {'FAILED AT':<19}  ERROR"]
+    lines = [f"{queue}: {total:,} dead letters" + (f", newest {len(letters)} shown (--limit)"
+                                                   if len(letters) < total else "")]
     for d in letters:
-        head = (f"{shorten(d.job_id or '?', 36):<36} {shorten(d.version or '-', 10):<10} "
-                f"{d.attempts if d.attempts is not None else '-':>5} {_when(d.failed_at):<19}  ")
-        lines.append(head + shorten(d.error or d.problem, max(20, width - len(head))))
+        tries = "-" if d.attempts is None else _plural(d.attempts, "attempt")
+        lines.append(shorten(f"{d.job_id or '?'}  {d.version or '-'} ({d.lane or '-'})  "
+                             f"{tries}  failed {_when(d.failed_at)}", width))
+        lines.append(shorten("   " + (d.error or d.problem or "-"), width))
     _emit(None, False, "\n".join(lines))
 
 
@@ -1092,7 +1094,8 @@ def dlq_show(
     out: list[str] = []
     for d in letters:
         out += [f"job {d.job_id} on {queue}",
-                f"   failed at  {_when(d.failed_at)} after {d.attempts} attempts",
+                f"   failed at  {_when(d.failed_at)} after "
+                f"{_plural(d.attempts or 0, 'attempt')}",
                 f"   version    {d.version} ({d.lane} lane), worker {d.worker}",
                 f"   tenant     {d.tenant or '-'}"]
         out += wrap(f"payload    {json.dumps(d.payload, default=str)}", width, "   ", 11)
@@ -1102,8 +1105,12 @@ def dlq_show(
     _emit(None, False, "\n".join(out))
 
 
+def _plural(n: int, word: str) -> str:
+    return f"{n:,} {word}" + ("" if n == 1 else "s")
+
+
 def _dlq_text(rep: Any, verb: str) -> str:
-    text = f"{rep.queue}: {verb} {rep.done:,} dead letters"
+    text = f"{rep.queue}: {verb} {_plural(rep.done, 'dead letter')}"
     if verb == "requeued":
         text += " to the tail of the stable lane (attempts reset)"
     if rep.missing:

@@ -199,7 +199,8 @@ def promote(conn: Connection, queue: str, *, full: bool = False, actor: str | No
     nxt = dep.stage + 1
     st = AnalysisState.from_dict(dep.analysis_state) if dep.analysis_state else AnalysisState()
     st = st.enter_stage(nxt, now / 1000)
-    ev = deployments.event("stage", f"advanced to stage {nxt} ({plan.stages[nxt].percentage:g}%)"
+    ev = deployments.event("stage", f"advanced to stage {nxt + 1} "
+                           f"({plan.stages[nxt].percentage:g}%)"
                            f" by {actor}", actor=actor, now=now,
                            data={"stage": nxt, "weight_bp": plan.stages[nxt].weight_bp})
     deployments.update(conn, dep, {"stage": nxt, "state": "active", "stage_started_at": now,
@@ -240,8 +241,9 @@ def rollback(conn: Connection, queue: str, *, reason: str = "", actor: str | Non
             and not cfg.tenant_weights_bp):
         return {"queue": queue, "deployment_id": dep.id, "rollback": "already",
                 "state": "rolled_back", "reason": dep.reason, "drain_complete": True,
-                "drained_jobs": 0, "message": f"{queue}: already rolled back ({dep.id} of "
-                f"{dep.canary_version}: {dep.reason}); nothing to do"}
+                "drained_jobs": 0, "message": f"{queue}: already rolled back (deployment "
+                f"{dep.id} of {dep.canary_version}); nothing to do. Why: `pycanary history "
+                f"{queue}`"}
     if cfg.weight_bp == 0 and not cfg.tenant_weights_bp and not cfg.canary_version:
         raise StateError(f"nothing to roll back on {queue}: no deployment and weight 0",
                          field="queue")
@@ -516,10 +518,13 @@ def outcome_of(dep: Deployment) -> str:
 
 def _history_row(conn: Connection, dep: Deployment, verdicts: int) -> dict[str, Any]:
     stages = [s.percentage for s in dep.plan.stages]
-    last = deployments.analyses(conn, dep.queue, dep.id, count=verdicts) if verdicts else []
+    # oldest first, like the event log (the list keeps the newest first)
+    last = deployments.analyses(conn, dep.queue, dep.id, count=verdicts)[::-1] if verdicts \
+        else []
     return {
         "id": dep.id, "queue": dep.queue, "version": dep.canary_version,
         "stable_version": dep.stable_version, "kind": dep.kind, "stages": stages,
+        "gates": [not s.auto_promote for s in dep.plan.stages],
         "plan": dep.plan_raw, "state": dep.state, "outcome": outcome_of(dep),
         "reason": dep.reason, "rollback_rule": (dep.meta or {}).get("rollback_rule"),
         "actor": dep.actor, "started_at": dep.started_at, "finished_at": dep.finished_at,

@@ -62,7 +62,10 @@ def _ms(x: float | None) -> str:
 
 
 def _dur(s: float) -> str:
+    """45s, 4m05s, 1h02m."""
     s = int(max(0, s))
+    if s < 60:
+        return f"{s}s"
     return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
 
 

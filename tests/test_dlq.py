@@ -46,12 +46,16 @@ def test_list_and_show(real_conn) -> None:
         "job-0", "job-1", "job-2"]
     assert all("RuntimeError: boom" in d["error"] for d in data["dead_letters"])
     res = run("dlq", "list", "payments", prefix=prefix)
-    assert res.stdout.startswith("payments: 3 dead letters\nJOB ID")
+    lines = res.stdout.splitlines()
+    assert lines[0] == "payments: 3 dead letters" and len(lines) == 7
+    assert lines[1].startswith("job-2  v1 (stable)  1 attempt  failed ")
+    assert lines[2].startswith("   RuntimeError: boom 2 at ")
     res = run("dlq", "show", "payments", "job-0", "--json", prefix=prefix)
     shown = json.loads(res.stdout)
     assert len(shown) == 1 and shown[0]["payload"] == {"i": 0} and shown[0]["tenant"] == "acme"
     res = run("dlq", "show", "payments", "job-0", prefix=prefix)
     assert "   payload    {\"i\": 0}" in res.stdout and "RuntimeError: boom 0" in res.stdout
+    assert "after 1 attempt\n" in res.stdout
     assert_user_error(run("dlq", "show", "payments", "job-9", prefix=prefix), "job_id")
     assert_user_error(run("dlq", "list", "paymnts", prefix=prefix), "queue")
 
@@ -115,7 +119,7 @@ def test_purge_confirms_and_deletes(real_conn) -> None:
     assert_user_error(run("dlq", "purge", "payments", "--all", prefix=prefix), "yes")
     assert conn.client.llen(qk.dlq) == 4
     res = run("dlq", "purge", "payments", "job-1", "--yes", prefix=prefix)
-    assert res.stdout.strip() == "payments: purged 1 dead letters"
+    assert res.stdout.strip() == "payments: purged 1 dead letter"
     res = run("dlq", "purge", "payments", "--all", "--yes", "--json", prefix=prefix)
     assert json.loads(res.stdout)["done"] == 3 and conn.client.llen(qk.dlq) == 0
     assert conn.client.llen(qk.lane_stable) == 0
