@@ -34,7 +34,9 @@ def _one_line(text: str, limit: int = MAX_ERROR_LINE) -> str:
     text = text.encode("utf-8", "backslashreplace").decode("utf-8")
     text = " ".join(text.split())
     text = "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
-    return text if len(text) <= limit else text[: limit - 3] + "..."
+    from .watch import shorten  # at a word boundary, like every other view
+
+    return shorten(text, limit)
 
 
 def _usage_error(exc: click.UsageError) -> tuple[str, str]:
@@ -584,7 +586,10 @@ def workers(
 
     Example: pycanary workers --queue payments
     """
-    rows = service.list_workers(_state(ctx).conn(), queue=queue)
+    conn = _state(ctx).conn()
+    if queue is not None:
+        service.require_queue(conn, queue)
+    rows = service.list_workers(conn, queue=queue)
     lines = [f"{'WORKER':<32} {'VERSION':<12} {'STATE':<9} {'LANES':<28} {'DONE':>8} "
              f"{'LAST SEEN':>10}"]
     for w in rows:

@@ -84,7 +84,8 @@ def test_read_commands_on_an_unknown_queue_exit_2_naming_the_known_ones(real_con
     prefix = real_conn.keys.prefix
     service.configure_queue(real_conn, "payments", stable_version="v1")
     for args in (("history", "paymnts"), ("events", "paymnts"), ("status", "paymnts"),
-                 ("queue", "show", "paymnts")):
+                 ("queue", "show", "paymnts"), ("workers", "--queue", "paymnts"),
+                 ("dlq", "list", "paymnts"), ("status", "paymnts", "--watch")):
         res = run(*args, prefix=prefix)
         assert_user_error(res, "queue")
         assert res.stderr.strip() == \
