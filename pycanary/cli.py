@@ -46,7 +46,10 @@ def _usage_error(exc: click.UsageError) -> tuple[str, str]:
     if isinstance(exc, click.MissingParameter):
         opts = getattr(param, "opts", None) or []
         flag = next((o for o in opts if o.startswith("--")), None)
-        return name or "arguments", f"missing (give {flag})" if flag else "missing"
+        if flag:
+            return name or "arguments", f"missing (give {flag})"
+        return name or "arguments", (f"missing (give {param.metavar or name.upper()}; see "
+                                     "--help)" if param is not None and name else "missing")
     if isinstance(exc, click.BadParameter):
         return name or "arguments", exc.message.rstrip(".")
     if isinstance(exc, click.NoSuchOption):
@@ -215,10 +218,12 @@ def _choice(value: str, field: str, choices: tuple[str, ...]) -> str:
     return value.lower()
 
 
-def _timeout_s(value: str | None) -> float | None:
+def _timeout_s(value: str | None, watch: bool = True) -> float | None:
     """--timeout of the watches: a plan duration (90s, 30m, 1h30m) or seconds."""
     if value is None:
         return None
+    if not watch:
+        raise ValidationError("applies to --watch only: add --watch", field="timeout")
     from .plan import parse_duration
 
     try:
@@ -692,7 +697,7 @@ def ramp(
     Example: pycanary ramp payments --version v2 --plan plan.yaml --watch --timeout 1h
     """
     conn = _state(ctx).conn()
-    limit = _timeout_s(timeout)
+    limit = _timeout_s(timeout, watch)
     dep = rollouts.ramp(conn, queue, version, plan, allow_schema_change=allow_schema_change)
     if not watch:
         _emit(dep.to_dict(), as_json, _dep_line(dep))
@@ -726,7 +731,7 @@ def status(
     from .watch import reattach, render_status, watch_status
 
     conn = _state(ctx).conn()
-    limit = _timeout_s(timeout)
+    limit = _timeout_s(timeout, watch)
     if queue is not None:
         service.require_queue(conn, queue)
     if watch:
@@ -1196,7 +1201,7 @@ def retry(
     Example: pycanary retry payments --watch --timeout 30m
     """
     conn = _state(ctx).conn()
-    limit = _timeout_s(timeout)
+    limit = _timeout_s(timeout, watch)
     dep = rollouts.retry(conn, queue, allow_schema_change=allow_schema_change)
     if not watch:
         _emit(dep.to_dict(), as_json, _dep_line(dep))

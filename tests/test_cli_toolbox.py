@@ -229,3 +229,16 @@ def test_text_controller_logs_carry_the_deployment_on_every_line() -> None:
 def test_controller_refuses_a_bad_log_format_or_level() -> None:
     assert_user_error(run("controller", "--log-format", "xml"), "log_format")
     assert_user_error(run("controller", "--log-level", "loud"), "log_level")
+
+
+def test_newcomer_mistakes_get_the_fix_in_one_line(real_conn) -> None:
+    prefix = real_conn.keys.prefix
+    res = run("history", prefix=prefix)
+    assert_user_error(res, "queue")
+    assert res.stderr.strip() == "error: queue: missing (give QUEUE; see --help)"
+    res = run("status", "payments", "--timeout", "5m", prefix=prefix)
+    assert res.stderr.strip() == "error: timeout: applies to --watch only: add --watch"
+    service.configure_queue(real_conn, "payments", stable_version="v1")
+    assert_user_error(run("dlq", "requeue", "payments", prefix=prefix), "job_id")
+    res = run("events", "payments", prefix=prefix)
+    assert res.stderr.strip() == "error: queue: no deployment on payments yet"
