@@ -128,7 +128,9 @@ class DemoResult:
             lines.append(f"weight 0       {self.weight_zero_ms:.0f} ms after the rollback was "
                          f"decided; canary lane drained ({self.drained_jobs or 0} jobs)")
         if self.reason:
-            lines.append(f"reason         {self.reason[:160]}")
+            from .watch import wrap  # wrapped between words, never cut
+
+            lines += wrap(f"reason         {self.reason}", 100, hang=15)
         if self.kept:
             lines.append(f"keys kept      {self.url}, prefix {self.prefix} (pycanary --redis-url "
                          f"... --prefix {self.prefix} status payments)")
@@ -177,6 +179,8 @@ def _view(conn: Connection, dep: deployments.Deployment, clock: ScaledClock, sce
     from rich.panel import Panel
     from rich.table import Table
 
+    from .watch import shorten
+
     plan = dep.plan
     stage = plan.stages[min(dep.stage, len(plan.stages) - 1)]
     left = max(0.0, stage.duration - (clock() * 1000 - dep.stage_started_at) / 1000)
@@ -185,7 +189,8 @@ def _view(conn: Connection, dep: deployments.Deployment, clock: ScaledClock, sce
          f"{s.percentage:g}%") for i, s in enumerate(plan.stages)) + "  100%"
     head = (f"[b]{dep.queue}[/]: {dep.stable_version} -> {dep.canary_version}   state "
             f"[b]{dep.state}[/]   weight [b]{dep.weight_bp / 100:g}%[/]   stages {stages}   "
-            f"time left in stage {int(left) // 60}m{int(left) % 60:02d}s (plan time)")
+            + (f"time left in stage {int(left) // 60}m{int(left) % 60:02d}s (plan time)"
+               if dep.active else ""))
     t = Table(expand=True)
     for col in ("lane", "version", "done", "error rate", "p50", "p95", "backlog"):
         t.add_column(col, justify="left" if col in ("lane", "version") else "right")
@@ -199,7 +204,7 @@ def _view(conn: Connection, dep: deployments.Deployment, clock: ScaledClock, sce
     ev = Table.grid(padding=(0, 1))
     for e in events[-8:]:  # timestamps are plan time
         ev.add_row(time.strftime("%H:%M:%S", time.localtime(e["ts"] / 1000)), e["type"],
-                   e["message"][:110])
+                   shorten(e["message"], 110))
     verdict = (dep.last_analysis or {}).get("verdict", "-")
     return Panel(Group(head, t, f"last verdict: [b]{verdict}[/]", ev),
                  title=f"pycanary demo: {scenario}", border_style="cyan")
