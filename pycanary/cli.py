@@ -1268,15 +1268,21 @@ def retry(
     allow_schema_change: Annotated[
         bool, typer.Option("--allow-schema-change", help="Skip the payload schema guard.")
     ] = False,
+    force: Annotated[
+        bool, typer.Option("--force", help="Start even without a live worker of the version "
+                           "or a running controller (as for ramp).")
+    ] = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Start the last rolled-back version again, with the plan it had (Argo's retry).
+
+    Refused like ramp (exit 2) without a live worker of that version or a controller.
 
     Example: pycanary retry payments --watch --timeout 30m
     """
     conn = _state(ctx).conn()
     limit = _timeout_s(timeout, watch)
-    dep = rollouts.retry(conn, queue, allow_schema_change=allow_schema_change)
+    dep = rollouts.retry(conn, queue, allow_schema_change=allow_schema_change, force=force)
     if not watch:
         _emit(dep.to_dict(), as_json, _dep_line(dep))
         return

@@ -729,9 +729,9 @@ def follow_events(conn: Connection, queue: str, *, deployment_id: str | None = N
 
 
 def retry(conn: Connection, queue: str, *, allow_schema_change: bool = False,
-          actor: str | None = None, now_ms: int | None = None) -> Deployment:
+          actor: str | None = None, now_ms: int | None = None, force: bool = False) -> Deployment:
     """Argo's retry: a new deployment of the last rolled-back version, with its plan (a
-    manual canary comes back as a manual canary)."""
+    manual canary comes back as a manual canary); the same preflight as ramp (``force``)."""
     service.require_queue(conn, queue)
     last = next((r for r in history(conn, queue, limit=100, verdicts=0)
                  if r["state"] == "rolled_back"), None)
@@ -742,4 +742,5 @@ def retry(conn: Connection, queue: str, *, allow_schema_change: bool = False,
     stages = " -> ".join(f"{s.percentage:g}%" for s in plan.stages)
     return _start(conn, queue, last["version"], plan, kind=last["kind"],
                   allow_schema_change=allow_schema_change, actor=actor, now_ms=now_ms,
+                  force=force,
                   message=f"retry of {last['version']} (after {last['id']}): {stages} -> 100%")

@@ -108,7 +108,7 @@ def test_ramp_watch_outside_a_terminal_prints_progress_and_times_out(real_conn,
     plan.write_text("canary_config:\n  interval: 1s\n  stages:\n"
                     "    - percentage: 10\n      duration: 1m\n")
     res = run("ramp", "payments", "--version", "v2", "--plan", str(plan), "--watch",
-              "--timeout", "2s", "--allow-schema-change", prefix=prefix)
+              "--timeout", "2s", "--allow-schema-change", "--force", prefix=prefix)
     assert res.returncode == 3, res
     lines = res.stdout.splitlines()
     assert lines[0].startswith("started ") and "ramp of v2" in lines[0]

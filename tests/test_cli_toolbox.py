@@ -12,7 +12,7 @@ def _rolled_back_by_analysis(conn, queue: str = "payments") -> deployments.Deplo
     """A deployment the controller's analysis rolled back (its rule kept in meta)."""
     service.configure_queue(conn, queue, stable_version="v1")
     dep = rollouts.start_canary(conn, queue, "v2", weight="10", allow_schema_change=True,
-                                actor="test")
+                                force=True, actor="test")
     deployments.rollback(conn, dep, reason="canary error rate 12% above 0.5% (3 FAIL checks)",
                          actor="controller:test", now=defaults.now_ms(),
                          values={"meta": {"rollback_rule": "error_rate"}})
@@ -24,9 +24,10 @@ def test_history_shows_outcomes_and_reasons(real_conn) -> None:
     conn, prefix = real_conn, real_conn.keys.prefix
     first = _rolled_back_by_analysis(conn)
     second = rollouts.start_canary(conn, "payments", "v3", allow_schema_change=True,
-                                   actor="test")
+                                   force=True, actor="test")
     rollouts.rollback(conn, "payments", reason="operator saw a bad log line", actor="test")
-    third = rollouts.start_canary(conn, "payments", "v4", allow_schema_change=True, actor="test")
+    third = rollouts.start_canary(conn, "payments", "v4", allow_schema_change=True,
+                          force=True, actor="test")
     res = run("history", "payments", "--json", prefix=prefix)
     assert res.returncode == 0, res.stderr
     rows = json.loads(res.stdout)
@@ -52,7 +53,8 @@ def test_events_of_current_and_past_deployments(real_conn) -> None:
     assert res.returncode == 0, res.stderr
     types = [json.loads(line)["type"] for line in res.stdout.splitlines()]
     assert types == ["started", "rollback", "rolled_back"]
-    rollouts.start_canary(conn, "payments", "v3", allow_schema_change=True, actor="test")
+    rollouts.start_canary(conn, "payments", "v3", allow_schema_change=True,
+                          force=True, actor="test")
     res = run("events", "payments", prefix=prefix)
     assert res.returncode == 0 and "manual canary of v3 at 10%" in res.stdout
     assert "v2" not in res.stdout
@@ -68,7 +70,8 @@ def test_events_of_current_and_past_deployments(real_conn) -> None:
 def test_follow_events_stops_when_the_deployment_ends(real_conn) -> None:
     conn = real_conn
     service.configure_queue(conn, "payments", stable_version="v1")
-    rollouts.start_canary(conn, "payments", "v2", allow_schema_change=True, actor="test")
+    rollouts.start_canary(conn, "payments", "v2", allow_schema_change=True,
+                          force=True, actor="test")
     ticks = []
 
     def sleep(_s: float) -> None:
@@ -100,7 +103,8 @@ def test_retry_starts_the_last_rolled_back_version_with_its_plan(real_conn, tmp_
     plan.write_text("canary_config:\n  interval: 10s\n  stages:\n"
                     "    - percentage: 5\n      duration: 1m\n"
                     "    - percentage: 25\n      duration: 1m\n      auto_promote: false\n")
-    first = rollouts.ramp(conn, "payments", "v2", plan, allow_schema_change=True, actor="t")
+    first = rollouts.ramp(conn, "payments", "v2", plan, allow_schema_change=True,
+                          force=True, actor="t")
     # ramping twice names the active deployment and the command to see it
     res = run("ramp", "payments", "--version", "v3", "--plan", str(plan),
               "--allow-schema-change", prefix=prefix)
@@ -112,7 +116,9 @@ def test_retry_starts_the_last_rolled_back_version_with_its_plan(real_conn, tmp_
     res = run("rollback", "payments", "--yes", "--json", prefix=prefix)
     assert res.returncode == 0 and json.loads(res.stdout)["rollback"] == "already"
     assert res.stdout.count("already rolled back") == 1
-    res = run("retry", "payments", "--json", "--allow-schema-change", prefix=prefix)
+    # a retry has the ramp's preflight: no live v2 worker here
+    assert_user_error(run("retry", "payments", "--allow-schema-change", prefix=prefix), "version")
+    res = run("retry", "payments", "--json", "--allow-schema-change", "--force", prefix=prefix)
     assert res.returncode == 0, res.stderr
     dep = json.loads(res.stdout)
     assert dep["id"] != first.id and dep["canary_version"] == "v2"
@@ -179,7 +185,8 @@ def test_status_watch_reattaches_and_exits_with_the_outcome(real_conn, tmp_path)
     plan = tmp_path / "plan.yaml"
     plan.write_text("canary_config:\n  interval: 1s\n  on_no_data: pass\n  stages:\n"
                     "    - percentage: 10\n      duration: 2s\n")
-    rollouts.ramp(conn, "payments", "v2", plan, allow_schema_change=True, actor="t")
+    rollouts.ramp(conn, "payments", "v2", plan, allow_schema_change=True,
+                          force=True, actor="t")
     # no controller: the watch gives up after its timeout, exit 3, with progress lines
     res = run("status", "payments", "--watch", "--timeout", "2s", prefix=prefix)
     assert res.returncode == 3, res
@@ -202,7 +209,8 @@ def test_status_watch_reattaches_and_exits_with_the_outcome(real_conn, tmp_path)
     # a finished deployment: the watch exits at once with its outcome
     res = run("status", "payments", "--watch", prefix=prefix)
     assert res.returncode == 0 and "payments: completed" in res.stderr
-    rollouts.ramp(conn, "payments", "v3", plan, allow_schema_change=True, actor="t")
+    rollouts.ramp(conn, "payments", "v3", plan, allow_schema_change=True,
+                          force=True, actor="t")
     rollouts.rollback(conn, "payments", reason="bad", actor="t")
     res = run("status", "payments", "--watch", "--timeout", "5s", prefix=prefix)
     assert res.returncode == 1 and "payments: rolled_back (bad)" in res.stderr
