@@ -19,8 +19,11 @@ DESIGN_CARD = {"canary_config": {
     # hosts (the 3x latency regression below is far beyond it). alpha bounds the chance that
     # a healthy deployment is rolled back at all (about 0.8% at the default 0.01): these tests
     # run several healthy deployments per CI run, so they use a smaller one; the regressions
-    # they inject are caught by the threshold rules anyway.
-    "statistical": {"run_time_tolerance": 30, "alpha": 0.0005},
+    # they inject are caught by the threshold rules anyway. Promotion needs evidence of safety
+    # (issue 10): at 300 jobs per 30 s and 1% errors, a 5% stage sees ~3 failures per check,
+    # far too few to show "fewer than 2x stable's failures" (the default margin) within the
+    # stage, so the plan accepts a wider margin: "fewer than 5x" is shown within ~20 checks.
+    "statistical": {"run_time_tolerance": 30, "alpha": 0.0005, "error_margin": 5},
     "stages": [
         {"percentage": 5, "duration": "10m", "auto_promote": True,
          "conditions": {"max_error_rate": 5, "max_latency_increase": 50}},

@@ -150,8 +150,43 @@ def test_defaults() -> None:
     )
     assert plan.deadline is None and plan.max_weight is None and plan.tenants == {}
     st_ = plan.statistical
-    assert (st_.enabled, st_.alpha, st_.decisive, st_.threshold_alpha) == (True, 0.01, True, 0.01)
-    assert st_.run_time_tolerance == 10.0
+    # threshold_alpha None: the threshold rules share alpha (one budget per deployment)
+    assert (st_.enabled, st_.alpha, st_.decisive, st_.threshold_alpha) == (True, 0.01, True, None)
+    assert (st_.run_time_tolerance, st_.error_margin, st_.safety_alpha) == (10.0, 2.0, 0.05)
+    assert (s.on_inconclusive, s.inconclusive_checks, s.max_cpu_increase) == ("pause", 20, None)
+    assert s.deadline_s == 3 * plan.stages[0].duration
+
+
+def test_new_condition_fields_resolve_per_stage() -> None:
+    plan = parse_plan(body(on_inconclusive="rollback", inconclusive_checks=4, max_cpu_increase=20,
+                           stages=[{"percentage": 5, "duration": "10m", "deadline": "15m",
+                                    "conditions": {"on_inconclusive": "hold"}},
+                                   {"percentage": 10, "duration": "10m"}]))
+    s0, s1 = plan.settings(0), plan.settings(1)
+    assert (s0.on_inconclusive, s0.inconclusive_checks, s0.deadline_s) == ("hold", 4, 900)
+    assert (s1.on_inconclusive, s1.max_cpu_increase, s1.deadline_s) == ("rollback", 20.0, 1800)
+
+
+@pytest.mark.parametrize(("where", "over", "line"), [
+    ("cond", {"max_error_rate_increase": 0},
+     "max_error_rate_increase: must be above 0 (a zero tolerance fails on noise alone; use 0.1 "
+     "or more), got 0"),
+    ("stat", {"run_time_tolerance": 0},
+     "statistical.run_time_tolerance: must be above 0 (a zero tolerance fails on noise alone; "
+     "use 1 or more), got 0"),
+    ("stat", {"error_margin": 1},
+     "statistical.error_margin: must be above 1 and at most 100, got 1"),
+    ("cond", {"on_inconclusive": "promote"},
+     "on_inconclusive: must be one of hold, pause, rollback, got 'promote'"),
+])
+def test_zero_tolerances_and_new_fields_are_checked(where: str, over: dict, line: str) -> None:
+    b = body(**over) if where == "cond" else body(statistical=over)
+    assert errors_of(b) == [line]
+
+
+def test_stage_deadline_must_cover_its_duration() -> None:
+    b = body(stages=[{"percentage": 5, "duration": "10m", "deadline": "5m"}])
+    assert errors_of(b) == ["stages[0].deadline: shorter than the stage's duration 10m, got 5m"]
 
 
 def test_stage_tenants_merge_over_top_level() -> None:

@@ -66,23 +66,28 @@ from .check import evaluate
 from .decision import Action, Decision, decide, should_rollback
 from .evidence import (
     ERROR_ALPHA_SHARE,
-    ERROR_RATIOS,
-    ERROR_WEIGHTS,
+    ERROR_TAU,
     LATENCY_Q,
     RUN_TIME_TAU,
+    THRESHOLD_ALPHA_SHARE,
+    Budget,
+    alpha_budget,
+    error_evidence,
+    error_window,
 )
 from .state import AnalysisState, LaneTotals
 from .types import Analysis, LaneStats, RuleResult, Verdict
 
 __all__ = [
     "ERROR_ALPHA_SHARE",
-    "ERROR_RATIOS",
-    "ERROR_WEIGHTS",
+    "ERROR_TAU",
     "LATENCY_Q",
     "RUN_TIME_TAU",
+    "THRESHOLD_ALPHA_SHARE",
     "Action",
     "Analysis",
     "AnalysisState",
+    "Budget",
     "Decision",
     "LaneStats",
     "LaneTotals",
@@ -94,7 +99,10 @@ __all__ = [
     "_quantile",
     "_quantiles",
     "_shift_down",
+    "alpha_budget",
     "decide",
+    "error_evidence",
+    "error_window",
     "evaluate",
     "should_rollback",
 ]

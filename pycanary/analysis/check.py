@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import replace
 
 from pycanary import histogram
@@ -13,14 +14,16 @@ from pycanary.stats import quantile as _quantile
 from pycanary.stats import quantiles as _quantiles
 from pycanary.stats import shift_down as _shift_down
 
-from .evidence import RUN_TIME_TAU, _error_log_lambda, _error_update, _stat_rules
+from .evidence import RUN_TIME_TAU, alpha_budget, error_evidence, error_window, stat_rules
 from .rules import (
+    _rule_max_cpu_increase,
     _rule_max_error_rate,
     _rule_max_error_rate_increase,
     _rule_max_latency_increase,
     _rule_max_throughput_decrease,
+    _rule_sample_ratio,
 )
-from .state import AnalysisState, LaneTotals
+from .state import AnalysisState, LaneTotals, first_counts
 from .types import Analysis, LaneStats, RuleResult, Verdict, _clean
 
 
@@ -47,6 +50,11 @@ def _lane_summary(
         "workers": window.workers,
         "backlog": window.backlog,
         "deployment_attempts": attempts_total,
+        "first_attempts": t.jobs,
+        "first_failed": t.jobs_failed,
+        "crashed": t.crashed,
+        "cpu_p95_us": _clean(_quantile(t.cpu_hist, 0.95), 1),
+        "rss_bytes": window.rss_bytes,
     }
 
 
@@ -58,15 +66,21 @@ def evaluate(
     canary: LaneStats,
     state: AnalysisState | None,
     now_s: float,
+    *,
+    strata_weights: Mapping[str, int] | None = None,
 ) -> tuple[Analysis, AnalysisState]:
     """Run one check of stage ``stage`` on the window ending at ``now_s``.
 
     Returns the analysis and the state to pass to the next check. ``state`` None starts a
-    deployment. The windows given must not overlap earlier ones (see the module docstring).
+    deployment. The windows given must not overlap earlier ones (see the package docstring).
+    ``strata_weights`` maps each stratum of the lanes' ``units`` (a tenant label, ``""`` for
+    the rest) to its canary weight in basis points: the error test compares lanes within
+    strata of equal weight and leaves out strata at 0 or 10000.
     """
     if stable.lane != "stable" or canary.lane != "canary":
         raise ValueError(f"lanes swapped or unknown: got {stable.lane!r} and {canary.lane!r}")
     cfg = plan.settings(stage)
+    sp = plan.statistical
     st = state or AnalysisState()
     window_s = max(stable.window_s, canary.window_s, 0.0)
     if st.started_s is None:
@@ -75,13 +89,22 @@ def evaluate(
         st = st.enter_stage(stage, now_s - window_s)
 
     # Deployment-wide sequential evidence: every window, no matter what the rules say.
-    n_c = canary.ok + canary.failed
-    n_s = stable.ok + stable.failed
-    llr = _error_update(st.error_llr, st.error_ratios, stable, canary)
-    err_now = _error_log_lambda(llr, st.error_ratios)
+    n_c, x_c = first_counts(canary)
+    n_s, x_s = first_counts(stable)
+    ew = error_window(stable, canary, sp.error_margin, strata_weights)
+    clusters = dict(st.err_clusters)
+    v_plain, sv_plain = st.err_v_plain, st.safe_v_plain
+    if ew.clusters is None:
+        v_plain += ew.v
+        sv_plain += ew.safe_v
+    else:
+        for k, part in ew.clusters.items():
+            old = clusters.get(k, (0.0, 0.0, 0.0, 0.0))
+            clusters[k] = (old[0] + part[0], old[1] + part[1], old[2] + part[2],
+                           old[3] + part[3])
     # Compare canary run times shrunk by the tolerance: under H0 ("canary at most tol slower")
     # the shrunk canary is no slower than stable, so only a larger slowdown builds evidence.
-    shift = math.log1p(plan.statistical.run_time_tolerance / 100.0) / math.log(histogram.GROWTH)
+    shift = math.log1p(sp.run_time_tolerance / 100.0) / math.log(histogram.GROWTH)
     d_auc, var = _mann_whitney(_shift_down(canary.run_hist, shift), stable.run_hist)
     run_s, run_v = st.run_s, st.run_v
     if var > 0:
@@ -92,22 +115,30 @@ def evaluate(
         st,
         checks=st.checks + 1,
         canary_attempts=st.canary_attempts + n_c,
-        canary_failed=st.canary_failed + canary.failed,
+        canary_failed=st.canary_failed + x_c,
         stable_attempts=st.stable_attempts + n_s,
-        stable_failed=st.stable_failed + stable.failed,
-        error_llr=llr,
-        error_max_log_lr=max(st.error_max_log_lr, err_now),
+        stable_failed=st.stable_failed + x_s,
+        err_s=st.err_s + ew.s,
+        err_v=st.err_v + ew.v,
+        safe_s=st.safe_s + ew.safe_s,
+        safe_v=st.safe_v + ew.safe_v,
+        err_clusters=clusters,
+        err_v_plain=v_plain,
+        safe_v_plain=sv_plain,
         run_s=run_s,
         run_v=run_v,
         run_max_log_lr=max(st.run_max_log_lr, run_now),
         stage_canary=st.stage_canary.add(canary),
         stage_stable=st.stage_stable.add(stable),
     )
+    st = replace(st, error_max_log_lr=max(st.error_max_log_lr, error_evidence(st).log_harm))
     prev_backlog = st.last_backlog_canary
     st = replace(st, last_backlog_canary=canary.backlog, last_backlog_stable=stable.backlog)
 
+    budget = alpha_budget(plan)
     rules: list[RuleResult] = []
-    talpha = plan.statistical.threshold_alpha
+    talpha = budget.threshold
+    c, s = st.stage_canary, st.stage_stable
     if n_c == 0 or n_s == 0:
         lane = "canary" if n_c == 0 else "stable"
         verdict = {
@@ -115,6 +146,14 @@ def evaluate(
             "fail": Verdict.FAIL,
             "pass": Verdict.PASS,
         }[cfg.on_no_data]
+        reason = (f"no finished {lane} attempts in the last {format_duration(window_s)} "
+                  f"(on_no_data: {cfg.on_no_data})")
+        if verdict is Verdict.PASS and min(c.jobs, s.jobs) < cfg.min_samples:
+            # "pass" forgives a quiet window, never a canary that has not run: no data
+            # never promotes (issue 10).
+            verdict = Verdict.INCONCLUSIVE
+            reason += (f", and only {c.jobs} canary / {s.jobs} stable jobs this stage, "
+                       f"need min_samples {cfg.min_samples}")
         rules.append(
             RuleResult(
                 "data",
@@ -126,27 +165,30 @@ def evaluate(
                     "canary_workers": canary.workers,
                 },
                 None,
-                f"no finished {lane} attempts in the last {format_duration(window_s)} "
-                f"(on_no_data: {cfg.on_no_data})",
+                reason,
             )
         )
     else:
-        c, s = st.stage_canary, st.stage_stable
         if cfg.max_error_rate is not None:
-            rules.append(_rule_max_error_rate(cfg.max_error_rate, c, cfg, talpha))
+            rules.append(_rule_max_error_rate(cfg.max_error_rate, c, s, cfg, talpha))
         if cfg.max_error_rate_increase is not None:
             rules.append(
                 _rule_max_error_rate_increase(cfg.max_error_rate_increase, c, s, cfg, talpha)
             )
         if cfg.max_latency_increase is not None:
             rules.append(_rule_max_latency_increase(cfg.max_latency_increase, c, s, cfg, talpha))
+        if cfg.max_cpu_increase is not None:
+            rules.append(_rule_max_cpu_increase(cfg.max_cpu_increase, c, s, cfg, talpha))
         if cfg.max_throughput_decrease is not None:
             rules.append(
                 _rule_max_throughput_decrease(
                     cfg.max_throughput_decrease, stable, canary, prev_backlog
                 )
             )
-        rules.extend(_stat_rules(st, plan, cfg))
+        rules.extend(stat_rules(st, plan, cfg, budget))
+    srm = _rule_sample_ratio(c, s, stable, canary, strata_weights)
+    if srm is not None:
+        rules.append(srm)
 
     verdicts = {r.verdict for r in rules}
     if Verdict.FAIL in verdicts:
@@ -163,7 +205,13 @@ def evaluate(
         streak = 0
     else:
         streak = st.fail_streak
-    st = replace(st, fail_streak=streak, last_verdict=verdict)
+    started = st.stage_started_s if st.stage_started_s is not None else now_s
+    late = st.late_inconclusive
+    if verdict is Verdict.INCONCLUSIVE and now_s - started >= cfg.duration_s:
+        late += 1
+    elif verdict is not Verdict.INCONCLUSIVE:
+        late = 0
+    st = replace(st, fail_streak=streak, last_verdict=verdict, late_inconclusive=late)
 
     failed = [r for r in rules if r.verdict is Verdict.FAIL]
     if failed:
@@ -190,4 +238,3 @@ def evaluate(
         decisive=any(r.decisive for r in failed),
     )
     return analysis, st
-

@@ -20,6 +20,10 @@ class Action(StrEnum):
     PROMOTE = "promote"  # to next_stage, or to 100% when next_stage is None
     AWAIT_APPROVAL = "await_approval"  # stage passed, auto_promote is false
     ROLLBACK = "rollback"
+    #: no evidence either way after inconclusive_checks late checks or at the stage deadline,
+    #: and the plan says ``on_inconclusive: pause``: freeze the weight and the stage timer,
+    #: keep checking (a FAIL while paused still rolls back), wait for a person
+    PAUSE = "pause"
 
 
 @dataclass(frozen=True)
@@ -32,7 +36,9 @@ class Decision:
     next_stage: int | None = None
     rules: tuple[RuleResult, ...] = ()
     #: What led to the action, for code (the reason is for people): "analysis" (the checks),
-    #: "deadline" (the plan's deadline passed) or "stage_time" (the stage's time elapsed).
+    #: "deadline" (the plan's deadline passed), "stage_time" (the stage's time elapsed),
+    #: "inconclusive" (on_inconclusive after inconclusive_checks late checks) or
+    #: "stage_deadline" (on_inconclusive at the stage's own deadline).
     cause: str = "analysis"
 
     def to_dict(self) -> dict[str, Any]:
@@ -58,6 +64,10 @@ def should_rollback(analysis: Analysis, plan: Plan) -> bool:
 def decide(plan: Plan, analysis: Analysis, state: AnalysisState, now_s: float, *,
            at_manual_gate: bool = False) -> Decision:
     """Turn a check into an action. Promotion needs the stage's time *and* a PASS.
+
+    A stage that stays without evidence (INCONCLUSIVE) after its time holds; after
+    ``inconclusive_checks`` such checks, or at the stage's deadline, ``on_inconclusive``
+    decides: HOLD (keep waiting), PAUSE (wait for a person) or ROLLBACK. Never a promotion.
 
     ``state`` is the one evaluate() returned with ``analysis`` (it knows when the stage and
     the deployment started). ``at_manual_gate`` says the deployment already waits for a
@@ -114,6 +124,23 @@ def decide(plan: Plan, analysis: Analysis, state: AnalysisState, now_s: float, *
             i,
             cause="deadline",
         )
+    stage_deadline = cfg.deadline_s is not None and elapsed >= cfg.deadline_s
+    too_many = state.late_inconclusive >= cfg.inconclusive_checks
+    if (stage_deadline or too_many) and not at_manual_gate:
+        cause = "stage_deadline" if stage_deadline else "inconclusive"
+        why = (
+            f"stage {i} deadline {format_duration(cfg.deadline_s or 0)} passed"
+            if stage_deadline
+            else f"stage {i} still without evidence after {state.late_inconclusive} checks "
+            "past its time"
+        )
+        why += f" (latest verdict {analysis.verdict.value}: {analysis.reason})"
+        if cfg.on_inconclusive == "rollback":
+            return Decision(Action.ROLLBACK, f"{why}; on_inconclusive: rollback", i,
+                            cause=cause)
+        if cfg.on_inconclusive == "pause":
+            return Decision(Action.PAUSE, f"{why}; on_inconclusive: pause", i, cause=cause)
+        return Decision(Action.HOLD, f"{why}; on_inconclusive: hold", i, cause=cause)
     if elapsed >= cfg.duration_s:
         return Decision(
             Action.HOLD,

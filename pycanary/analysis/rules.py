@@ -1,16 +1,48 @@
-"""Threshold rules of the plan, judged on the current stage's totals."""
+"""Threshold rules of the plan, judged on the current stage's totals, and the sample-ratio check.
+
+Every rule that can FAIL on noise is a test with its own part of the deployment's one alpha
+budget (evidence.alpha_budget), always-valid over the stage's checks:
+
+* relative rules (``max_error_rate_increase``, ``max_latency_increase``, ``max_cpu_increase``)
+  are two-sample non-inferiority tests: the difference is estimated from both lanes and its
+  variance counts stable's noise too (the old rules took stable's figure as a known constant,
+  which at low traffic and heavy tails failed healthy canaries);
+* the absolute cap ``max_error_rate`` FAILs only when the canary is significantly over the cap
+  *and* significantly worse than stable: an outage that fails both lanes is reported as a
+  shared problem (INCONCLUSIVE, which holds the stage), not blamed on the canary.
+
+Error rules judge first-attempt outcomes when the data plane counts them (one per job), else
+attempts. A rule PASSes when its observed figure is within its threshold.
+"""
 
 from __future__ import annotations
 
+import math
+from collections.abc import Mapping
+
+from pycanary import histogram
 from pycanary.plan import StageSettings
 from pycanary.stats import count_above as _count_above
 from pycanary.stats import excess_log_lr as _excess_log_lr
+from pycanary.stats import half_normal_mixture_log_lr as _half_normal_mixture_log_lr
+from pycanary.stats import merge as _merge
 from pycanary.stats import p_from_log_lr as _p_from_log_lr
 from pycanary.stats import quantile as _quantile
+from pycanary.stats import shift_down as _shift_down
 
 from .evidence import LATENCY_Q
 from .state import LaneTotals
 from .types import LaneStats, RuleResult, Verdict, _ms, _pct
+
+#: Prior scales of the two-sample tests' effects: error-rate difference (proportion) and
+#: difference of the shares above the pooled p95.
+ERROR_DIFF_TAU = 0.1
+SHARE_DIFF_TAU = 0.1
+#: Sample-ratio check: |z| beyond this *and* a relative deviation beyond SRM_REL is a mismatch
+#: (sticky routing clusters jobs by key, so the binomial z alone would cry wolf).
+SRM_Z = 5.0
+SRM_REL = 0.25
+SRM_MIN_ROUTED = 200
 
 
 def _need(n_c: int, n_s: int | None, min_samples: int, what: str) -> str | None:
@@ -19,6 +51,19 @@ def _need(n_c: int, n_s: int | None, min_samples: int, what: str) -> str | None:
     if n_s is not None and n_s < min_samples:
         return f"only {n_s} stable {what} this stage, need min_samples {min_samples}"
     return None
+
+
+def two_sample_log_lr(d: float, var: float, tau: float) -> float:
+    """Always-valid (asymptotic) evidence that a difference estimate d with variance var is
+    above 0: the half-normal mixture of the Gaussian walk d/var in information 1/var."""
+    if var <= 0:
+        return math.inf if d > 0 else 0.0
+    return _half_normal_mixture_log_lr(d / var, 1.0 / var, tau)
+
+
+def _rate_var(x: int, n: int) -> float:
+    p = (x + 0.5) / (n + 1.0)  # never 0: a lane with no failures yet is not certain
+    return p * (1.0 - p) / n if n > 0 else math.inf
 
 
 def _excess_result(name: str, obs: dict[str, float | int | str | None], thr: float,
@@ -33,74 +78,134 @@ def _excess_result(name: str, obs: dict[str, float | int | str | None], thr: flo
                       f"{over} but not yet significant (p={p:.2g})")
 
 
-def _rule_max_error_rate(thr: float, c: LaneTotals, cfg: StageSettings, alpha: float) -> RuleResult:
-    n, x = c.attempts, c.failed
+def _rule_max_error_rate(thr: float, c: LaneTotals, s: LaneTotals, cfg: StageSettings,
+                         alpha: float) -> RuleResult:
+    name = "max_error_rate"
+    n, x = c.jobs, c.jobs_failed
     rate = 100.0 * x / n if n else None
-    obs: dict[str, float | int | str | None] = {"canary_error_rate_pct": rate, "canary_attempts": n}
-    short = _need(n, None, cfg.min_samples, "attempts")
+    rs = 100.0 * s.jobs_failed / s.jobs if s.jobs else None
+    obs: dict[str, float | int | str | None] = {
+        "canary_error_rate_pct": rate, "canary_attempts": n, "stable_error_rate_pct": rs}
+    short = _need(n, None, cfg.min_samples, "jobs")
     if short:
-        return RuleResult("max_error_rate", Verdict.INCONCLUSIVE, obs, thr, short)
+        return RuleResult(name, Verdict.INCONCLUSIVE, obs, thr, short)
     assert rate is not None
-    what = f"canary error rate {_pct(rate)} ({x} of {n} attempts this stage)"
+    what = f"canary error rate {_pct(rate)} ({x} of {n} jobs this stage)"
     if rate <= thr:
-        return RuleResult("max_error_rate", Verdict.PASS, obs, thr, f"{what} <= {_pct(thr)}")
-    return _excess_result("max_error_rate", obs, thr, alpha, f"{what} > {_pct(thr)}",
-                          _excess_log_lr(x, n, thr / 100.0))
+        return RuleResult(name, Verdict.PASS, obs, thr, f"{what} <= {_pct(thr)}")
+    over = _excess_log_lr(x, n, thr / 100.0)
+    p_over = _p_from_log_lr(over)
+    obs["p_value"] = p_over
+    if p_over > alpha:
+        return RuleResult(name, Verdict.INCONCLUSIVE, obs, thr,
+                          f"{what} > {_pct(thr)} but not yet significant (p={p_over:.2g})")
+    # Over the cap for sure; the canary's fault only if it is also worse than stable.
+    worse = 0.0
+    if s.jobs:
+        d = x / n - s.jobs_failed / s.jobs
+        worse = two_sample_log_lr(d, _rate_var(x, n) + _rate_var(s.jobs_failed, s.jobs),
+                                  ERROR_DIFF_TAU)
+    p_worse = _p_from_log_lr(worse)
+    obs["p_worse_than_stable"] = p_worse
+    if p_worse <= alpha:
+        return RuleResult(name, Verdict.FAIL, obs, thr,
+                          f"{what} > {_pct(thr)} and worse than stable {_pct(rs)}, "
+                          f"p={max(p_over, p_worse):.2g}")
+    if rs is not None and rs > thr:
+        # Both lanes are over the cap: an outage, a bad dependency, a bad hour. Reported as
+        # such; the canary is judged against stable (the error test), not blamed for it.
+        return RuleResult(name, Verdict.PASS, obs, thr,
+                          f"{what} > {_pct(thr)}, but stable is at {_pct(rs)} too: a problem "
+                          f"shared by both lanes, not the canary's (p worse than stable="
+                          f"{p_worse:.2g})")
+    return RuleResult(name, Verdict.INCONCLUSIVE, obs, thr,
+                      f"{what} > {_pct(thr)}, stable at {_pct(rs)}; canary not yet "
+                      f"significantly worse than stable (p={p_worse:.2g})")
 
 
 def _rule_max_error_rate_increase(
     thr: float, c: LaneTotals, s: LaneTotals, cfg: StageSettings, alpha: float
 ) -> RuleResult:
     name = "max_error_rate_increase"
-    rc = 100.0 * c.failed / c.attempts if c.attempts else None
-    rs = 100.0 * s.failed / s.attempts if s.attempts else None
+    rc = 100.0 * c.jobs_failed / c.jobs if c.jobs else None
+    rs = 100.0 * s.jobs_failed / s.jobs if s.jobs else None
     inc = None if rc is None or rs is None else rc - rs
     obs: dict[str, float | int | str | None] = {
         "canary_error_rate_pct": rc,
         "stable_error_rate_pct": rs,
         "increase_pp": inc,
     }
-    short = _need(c.attempts, s.attempts, cfg.min_samples, "attempts")
+    short = _need(c.jobs, s.jobs, cfg.min_samples, "jobs")
     if short:
         return RuleResult(name, Verdict.INCONCLUSIVE, obs, thr, short)
     assert inc is not None and rs is not None
     what = f"canary error rate {_pct(rc)} vs stable {_pct(rs)}: {inc:+.2f}pp"
     if inc <= thr:
         return RuleResult(name, Verdict.PASS, obs, thr, f"{what} <= +{thr:.2f}pp")
-    # Stable's rate is taken as the reference: it is the lane with the most data at every
-    # stage below 50%, and the rule only FAILs on an excess that is significant anyway.
+    # Two-sample: both rates are estimates, so both variances count.
+    var = _rate_var(c.jobs_failed, c.jobs) + _rate_var(s.jobs_failed, s.jobs)
     return _excess_result(name, obs, thr, alpha, f"{what} > +{thr:.2f}pp",
-                          _excess_log_lr(c.failed, c.attempts, (rs + thr) / 100.0))
+                          two_sample_log_lr((inc - thr) / 100.0, var, ERROR_DIFF_TAU))
 
 
-def _rule_max_latency_increase(
-    thr: float, c: LaneTotals, s: LaneTotals, cfg: StageSettings, alpha: float
+def _rule_quantile_increase(
+    name: str, what_txt: str, thr: float, hist_c: Mapping[int, int],
+    hist_s: Mapping[int, int], cfg: StageSettings, alpha: float
 ) -> RuleResult:
-    name = "max_latency_increase"
-    n_c = sum(c.run_hist.values())
-    n_s = sum(s.run_hist.values())
-    pc = _quantile(c.run_hist, LATENCY_Q)
-    ps = _quantile(s.run_hist, LATENCY_Q)
+    """Canary p95 at most thr% over stable's p95, as a two-sample test.
+
+    Shrink canary values by the tolerance; under H0 ("canary p95 at most thr% above
+    stable's") the shrunk canary has no more mass above any high quantile than stable.
+    Take T, the p95 of the pooled (shrunk canary + stable) values (symmetric in the lanes, so
+    it favours neither), and compare the shares above T: a two-proportion difference whose
+    variance counts both lanes' noise.
+    """
+    n_c = sum(hist_c.values())
+    n_s = sum(hist_s.values())
+    pc = _quantile(hist_c, LATENCY_Q)
+    ps = _quantile(hist_s, LATENCY_Q)
     inc = None if pc is None or ps is None or ps <= 0 else (pc / ps - 1.0) * 100.0
     obs: dict[str, float | int | str | None] = {
         "canary_p95_us": pc,
         "stable_p95_us": ps,
         "increase_pct": inc,
     }
-    short = _need(n_c, n_s, cfg.min_samples, "run times")
+    short = _need(n_c, n_s, cfg.min_samples, "run times" if name.endswith("latency_increase")
+                  else "samples")
     if short:
         return RuleResult(name, Verdict.INCONCLUSIVE, obs, thr, short)
     assert inc is not None and ps is not None
-    what = f"canary p95 run time {_ms(pc)} vs stable {_ms(ps)}: {inc:+.1f}%"
+    what = f"canary p95 {what_txt} {_ms(pc)} vs stable {_ms(ps)}: {inc:+.1f}%"
     if inc <= thr:
         return RuleResult(name, Verdict.PASS, obs, thr, f"{what} <= +{thr:g}%")
-    # "p95 above T" is "more than 5% of canary run times above T": a binomial question whose
-    # always-valid answer needs no distributional assumption about run times.
-    limit = ps * (1.0 + thr / 100.0)
-    above = _count_above(c.run_hist, limit)
-    obs["canary_share_above_limit"] = above / n_c
+    shift = math.log1p(thr / 100.0) / math.log(histogram.GROWTH)
+    shrunk = _shift_down(hist_c, shift)
+    pooled = _merge(shrunk, {float(k): float(v) for k, v in hist_s.items()})  # type: ignore[arg-type]
+    t = _quantile(pooled, LATENCY_Q)  # type: ignore[arg-type]
+    if t is None:
+        return RuleResult(name, Verdict.INCONCLUSIVE, obs, thr, what)
+    a_c = _count_above(shrunk, t)  # type: ignore[arg-type]
+    a_s = _count_above(hist_s, t)
+    p = (a_c + a_s) / (n_c + n_s)
+    var = max(p * (1.0 - p), 0.5 / (n_c + n_s)) * (1.0 / n_c + 1.0 / n_s)
+    obs["canary_share_above_limit"] = a_c / n_c
+    obs["stable_share_above_limit"] = a_s / n_s
     return _excess_result(name, obs, thr, alpha, f"{what} > +{thr:g}%",
-                          _excess_log_lr(above, n_c, 1.0 - LATENCY_Q))
+                          two_sample_log_lr(a_c / n_c - a_s / n_s, var, SHARE_DIFF_TAU))
+
+
+def _rule_max_latency_increase(
+    thr: float, c: LaneTotals, s: LaneTotals, cfg: StageSettings, alpha: float
+) -> RuleResult:
+    return _rule_quantile_increase("max_latency_increase", "run time", thr, c.run_hist,
+                                   s.run_hist, cfg, alpha)
+
+
+def _rule_max_cpu_increase(
+    thr: float, c: LaneTotals, s: LaneTotals, cfg: StageSettings, alpha: float
+) -> RuleResult:
+    return _rule_quantile_increase("max_cpu_increase", "CPU time", thr, c.cpu_hist,
+                                   s.cpu_hist, cfg, alpha)
 
 
 def _rule_max_throughput_decrease(
@@ -145,4 +250,50 @@ def _rule_max_throughput_decrease(
     if dec <= thr:
         return RuleResult(name, Verdict.PASS, obs, thr, f"{what}, within -{thr:g}%")
     return RuleResult(name, Verdict.FAIL, obs, thr, f"{what}, beyond -{thr:g}%")
+
+
+def _rule_sample_ratio(c: LaneTotals, s: LaneTotals, stable: LaneStats, canary: LaneStats,
+                       strata_weights: Mapping[str, int] | None) -> RuleResult | None:
+    """Routed share against the weight in force, and finished against routed jobs per lane.
+
+    None when the data plane does not report ``routed``. A mismatch is INCONCLUSIVE, never
+    FAIL: it says the comparison is not trustworthy (a canary lane nobody consumes, a lane
+    losing jobs, routing that does not follow the weight), not that the canary is worse.
+    """
+    if c.routed is None or s.routed is None:
+        return None
+    name = "sample_ratio"
+    weight = canary.weight_bp if canary.weight_bp is not None else stable.weight_bp
+    total = c.routed + s.routed
+    obs: dict[str, float | int | str | None] = {
+        "canary_routed": c.routed, "stable_routed": s.routed,
+        "canary_finished": c.routed_finished, "stable_finished": s.routed_finished,
+        "weight_bp": weight,
+    }
+    problems: list[str] = []
+    mixed = strata_weights is not None and any(
+        w != weight for k, w in strata_weights.items() if k != "")
+    if weight is not None and 0 < weight < 10_000 and not mixed and total >= SRM_MIN_ROUTED:
+        w = weight / 10_000
+        share = c.routed / total
+        z = (c.routed - w * total) / math.sqrt(total * w * (1.0 - w))
+        obs["routed_share_pct"] = 100.0 * share
+        obs["z"] = z
+        if abs(z) > SRM_Z and abs(share / w - 1.0) > SRM_REL:
+            problems.append(f"canary got {100 * share:.2f}% of routed jobs, the weight is "
+                            f"{weight / 100:g}%")
+    for lane_name, t, snap in (("canary", c, canary), ("stable", s, stable)):
+        routed = t.routed or 0
+        if routed < SRM_MIN_ROUTED // 2:
+            continue
+        if t.routed_finished < 0.5 * routed and snap.backlog > 0:
+            problems.append(f"{lane_name} lane finished {t.routed_finished} of {routed} jobs "
+                            f"routed to it this stage (backlog {snap.backlog}): not consumed")
+        elif routed - t.routed_finished - snap.backlog > max(50, 0.2 * routed):
+            problems.append(f"{lane_name} lane finished {t.routed_finished} of {routed} jobs "
+                            f"routed to it this stage with backlog {snap.backlog}: losing jobs")
+    if problems:
+        return RuleResult(name, Verdict.INCONCLUSIVE, obs, None,
+                          "sample ratio mismatch: " + "; ".join(problems))
+    return RuleResult(name, Verdict.PASS, obs, None, "routed and finished jobs match the weight")
 

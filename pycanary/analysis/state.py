@@ -1,4 +1,11 @@
-"""What one check carries to the next (JSON-able, so a restarted controller resumes)."""
+"""What one check carries to the next (JSON-able, so a restarted controller resumes).
+
+Version 2 of the stored dict (issue 10) replaces the per-ratio log-likelihood ratios of the
+old error test by the observed-minus-expected sums of the new one (docs/statistics.md).
+A version-1 dict still loads: its running maximum of the error evidence is kept (a crossed
+test stays crossed), its stage totals and run-time evidence carry on, and the new error
+evidence starts from zero at the check after the restart.
+"""
 
 from __future__ import annotations
 
@@ -8,8 +15,9 @@ from typing import Any
 
 from pycanary.stats import merge as _merge
 
-from .evidence import ERROR_RATIOS
 from .types import LaneStats, Verdict
+
+STATE_VERSION = 2
 
 
 def _hist_to_json(h: Mapping[int, int]) -> dict[str, int]:
@@ -18,6 +26,14 @@ def _hist_to_json(h: Mapping[int, int]) -> dict[str, int]:
 
 def _hist_from_json(d: Mapping[str, Any] | None) -> dict[int, int]:
     return {int(k): int(v) for k, v in (d or {}).items()}
+
+
+def first_counts(s: LaneStats) -> tuple[int, int]:
+    """(jobs, failed jobs) judged for errors: first attempts when the data plane counts them,
+    else attempts (older data: retries of one job then count as separate trials)."""
+    if s.first_attempts > 0 or s.units:
+        return s.first_attempts, s.first_failed
+    return s.ok + s.failed, s.failed
 
 
 @dataclass(frozen=True)
@@ -29,6 +45,15 @@ class LaneTotals:
     dead: int = 0
     run_hist: Mapping[int, int] = field(default_factory=dict)
     wait_hist: Mapping[int, int] = field(default_factory=dict)
+    #: first-attempt jobs and failures (attempts for windows without first-attempt counts)
+    jobs: int = 0
+    jobs_failed: int = 0
+    crashed: int = 0
+    cpu_hist: Mapping[int, int] = field(default_factory=dict)
+    #: jobs routed to the lane this stage; None until a window reported its routed count
+    routed: int | None = None
+    #: jobs finished (first attempts) in the windows that reported ``routed``
+    routed_finished: int = 0
 
     @property
     def attempts(self) -> int:
@@ -36,12 +61,24 @@ class LaneTotals:
 
     def add(self, s: LaneStats) -> LaneTotals:
         """Totals including one more window."""
+        n, x = first_counts(s)
+        routed = self.routed
+        routed_finished = self.routed_finished
+        if s.routed is not None:
+            routed = (routed or 0) + s.routed
+            routed_finished += n
         return LaneTotals(
             ok=self.ok + s.ok,
             failed=self.failed + s.failed,
             dead=self.dead + s.dead,
             run_hist=_merge(self.run_hist, s.run_hist),
             wait_hist=_merge(self.wait_hist, s.wait_hist),
+            jobs=self.jobs + n,
+            jobs_failed=self.jobs_failed + x,
+            crashed=self.crashed + s.crashed,
+            cpu_hist=_merge(self.cpu_hist, s.cpu_hist),
+            routed=routed,
+            routed_finished=routed_finished,
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -51,17 +88,32 @@ class LaneTotals:
             "dead": self.dead,
             "run_hist": _hist_to_json(self.run_hist),
             "wait_hist": _hist_to_json(self.wait_hist),
+            "jobs": self.jobs,
+            "jobs_failed": self.jobs_failed,
+            "crashed": self.crashed,
+            "cpu_hist": _hist_to_json(self.cpu_hist),
+            "routed": self.routed,
+            "routed_finished": self.routed_finished,
         }
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any] | None) -> LaneTotals:
         d = d or {}
+        ok, failed = int(d.get("ok", 0)), int(d.get("failed", 0))
+        routed = d.get("routed")
         return cls(
-            ok=int(d.get("ok", 0)),
-            failed=int(d.get("failed", 0)),
+            ok=ok,
+            failed=failed,
             dead=int(d.get("dead", 0)),
             run_hist=_hist_from_json(d.get("run_hist")),
             wait_hist=_hist_from_json(d.get("wait_hist")),
+            # v1 totals knew attempts only
+            jobs=int(d.get("jobs", ok + failed)),
+            jobs_failed=int(d.get("jobs_failed", failed)),
+            crashed=int(d.get("crashed", 0)),
+            cpu_hist=_hist_from_json(d.get("cpu_hist")),
+            routed=None if routed is None else int(routed),
+            routed_finished=int(d.get("routed_finished", 0)),
         )
 
 
@@ -69,7 +121,7 @@ class LaneTotals:
 class AnalysisState:
     """Everything a check carries to the next one; store ``to_dict()`` (JSON) between looks.
 
-    The sequential tests' evidence is a handful of floats, so a restarted controller resumes
+    The sequential tests' evidence is a few dozen floats, so a restarted controller resumes
     them exactly. A fresh ``AnalysisState()`` starts a deployment.
     """
 
@@ -84,9 +136,18 @@ class AnalysisState:
     canary_failed: int = 0
     stable_attempts: int = 0
     stable_failed: int = 0
-    # sequential error-rate test: cumulative log-LR per ratio of ERROR_RATIOS, running max
-    error_ratios: tuple[float, ...] = ERROR_RATIOS
-    error_llr: tuple[float, ...] = tuple(0.0 for _ in ERROR_RATIOS)
+    # error test (evidence.py): observed-minus-expected canary failures, summed over windows
+    # and strata; harm side (ratio 1) and safety side (ratio error_margin)
+    err_s: float = 0.0
+    err_v: float = 0.0  # model (hypergeometric) variance of err_s under ratio 1
+    safe_s: float = 0.0
+    safe_v: float = 0.0  # model variance of safe_s under ratio error_margin
+    #: per cluster: (err_s part, safe_s part, err_v part, safe_v part); the cluster-robust
+    #: variance is built from them
+    err_clusters: Mapping[str, tuple[float, float, float, float]] = field(default_factory=dict)
+    #: model variance of the windows without units (they cannot enter the cluster sums)
+    err_v_plain: float = 0.0
+    safe_v_plain: float = 0.0
     error_max_log_lr: float = 0.0
     # sequential run-time test: weighted sum, its null variance, running max of log Lambda
     run_s: float = 0.0
@@ -97,6 +158,8 @@ class AnalysisState:
     stage_stable: LaneTotals = field(default_factory=LaneTotals)
     last_backlog_canary: int | None = None
     last_backlog_stable: int | None = None
+    #: consecutive INCONCLUSIVE checks after the stage's duration was up (on_inconclusive)
+    late_inconclusive: int = 0
 
     def enter_stage(self, stage: int, now_s: float) -> AnalysisState:
         """State for a stage that starts now: fresh stage totals, same deployment evidence.
@@ -111,12 +174,13 @@ class AnalysisState:
             fail_streak=0,
             stage_canary=LaneTotals(),
             stage_stable=LaneTotals(),
+            late_inconclusive=0,
             started_s=now_s if self.started_s is None else self.started_s,
         )
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "v": 1,
+            "v": STATE_VERSION,
             "started_s": self.started_s,
             "stage": self.stage,
             "stage_started_s": self.stage_started_s,
@@ -127,8 +191,13 @@ class AnalysisState:
             "canary_failed": self.canary_failed,
             "stable_attempts": self.stable_attempts,
             "stable_failed": self.stable_failed,
-            "error_ratios": list(self.error_ratios),
-            "error_llr": list(self.error_llr),
+            "err_s": self.err_s,
+            "err_v": self.err_v,
+            "safe_s": self.safe_s,
+            "safe_v": self.safe_v,
+            "err_clusters": {k: list(v) for k, v in sorted(self.err_clusters.items())},
+            "err_v_plain": self.err_v_plain,
+            "safe_v_plain": self.safe_v_plain,
             "error_max_log_lr": self.error_max_log_lr,
             "run_s": self.run_s,
             "run_v": self.run_v,
@@ -137,15 +206,20 @@ class AnalysisState:
             "stage_stable": self.stage_stable.to_dict(),
             "last_backlog_canary": self.last_backlog_canary,
             "last_backlog_stable": self.last_backlog_stable,
+            "late_inconclusive": self.late_inconclusive,
         }
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> AnalysisState:
-        ratios = tuple(float(x) for x in d.get("error_ratios", ERROR_RATIOS))
-        llr = tuple(float(x) for x in d.get("error_llr", [0.0] * len(ratios)))
-        if len(llr) != len(ratios):
-            raise ValueError("error_llr and error_ratios differ in length")
+        """Read a stored state, version 1 (before issue 10) or 2."""
         lv = d.get("last_verdict")
+        version = int(d.get("v", 1))
+        if version > STATE_VERSION:
+            raise ValueError(f"analysis state version {version} is newer than this code")
+        clusters = {
+            str(k): (float(v[0]), float(v[1]), float(v[2]), float(v[3]))
+            for k, v in (d.get("err_clusters") or {}).items()
+        }
         return cls(
             started_s=d.get("started_s"),
             stage=d.get("stage"),
@@ -157,8 +231,13 @@ class AnalysisState:
             canary_failed=int(d.get("canary_failed", 0)),
             stable_attempts=int(d.get("stable_attempts", 0)),
             stable_failed=int(d.get("stable_failed", 0)),
-            error_ratios=ratios,
-            error_llr=llr,
+            err_s=float(d.get("err_s", 0.0)),
+            err_v=float(d.get("err_v", 0.0)),
+            safe_s=float(d.get("safe_s", 0.0)),
+            safe_v=float(d.get("safe_v", 0.0)),
+            err_clusters=clusters,
+            err_v_plain=float(d.get("err_v_plain", 0.0)),
+            safe_v_plain=float(d.get("safe_v_plain", 0.0)),
             error_max_log_lr=float(d.get("error_max_log_lr", 0.0)),
             run_s=float(d.get("run_s", 0.0)),
             run_v=float(d.get("run_v", 0.0)),
@@ -167,5 +246,5 @@ class AnalysisState:
             stage_stable=LaneTotals.from_dict(d.get("stage_stable")),
             last_backlog_canary=d.get("last_backlog_canary"),
             last_backlog_stable=d.get("last_backlog_stable"),
+            late_inconclusive=int(d.get("late_inconclusive", 0)),
         )
-

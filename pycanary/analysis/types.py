@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
@@ -31,6 +31,20 @@ class LaneStats:
     workers: int = 0  # live workers of that lane
     window_s: float = 0.0  # seconds covered
     backlog: int = 0  # lane length now
+    # --- issue 10/11 (docs/statistics.md); all default to "unknown", so old callers work ---
+    #: jobs whose FIRST attempt finished in the window (ok, failed or crashed): one per job,
+    #: so a poison job retried in its lane counts once
+    first_attempts: int = 0
+    first_failed: int = 0  # of those, first attempts that failed or crashed
+    crashed: int = 0  # attempts lost with their worker (reaped); also counted in ``failed``
+    #: analysis units "<stratum>|<cluster>" -> (first_attempts, first_failed); their sums are
+    #: first_attempts and first_failed. A cluster groups sticky keys, a stratum is a tenant
+    #: with its own weight ("" for the rest)
+    units: Mapping[str, tuple[int, int]] = field(default_factory=dict)
+    routed: int | None = None  # jobs routed to this lane in the window; None = unknown
+    weight_bp: int | None = None  # canary weight in force during the window
+    cpu_hist: Mapping[int, int] = field(default_factory=dict)  # handler CPU time per job
+    rss_bytes: int | None = None  # sum of the lane's live workers' RSS, None = unknown
 
 
 # --------------------------------------------------------------------------------------------
