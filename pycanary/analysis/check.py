@@ -14,7 +14,14 @@ from pycanary.stats import quantile as _quantile
 from pycanary.stats import quantiles as _quantiles
 from pycanary.stats import shift_down as _shift_down
 
-from .evidence import RUN_TIME_TAU, alpha_budget, error_evidence, error_window, stat_rules
+from .evidence import (
+    RUN_TIME_TAU,
+    alpha_budget,
+    error_evidence,
+    error_window,
+    stat_rules,
+    window_groups,
+)
 from .rules import (
     _rule_max_cpu_increase,
     _rule_max_error_rate,
@@ -132,6 +139,11 @@ def evaluate(
         stage_stable=st.stage_stable.add(stable),
     )
     st = replace(st, error_max_log_lr=max(st.error_max_log_lr, error_evidence(st).log_harm))
+    groups = dict(st.stage_groups)
+    for g, cell in window_groups(stable, canary, strata_weights).items():
+        old = groups.get(g, (0, 0, 0, 0))
+        groups[g] = (old[0] + cell[0], old[1] + cell[1], old[2] + cell[2], old[3] + cell[3])
+    st = replace(st, stage_groups=groups)
     prev_backlog = st.last_backlog_canary
     st = replace(st, last_backlog_canary=canary.backlog, last_backlog_stable=stable.backlog)
 
@@ -170,10 +182,11 @@ def evaluate(
         )
     else:
         if cfg.max_error_rate is not None:
-            rules.append(_rule_max_error_rate(cfg.max_error_rate, c, s, cfg, talpha))
+            rules.append(_rule_max_error_rate(cfg.max_error_rate, c, s, cfg, talpha, groups))
         if cfg.max_error_rate_increase is not None:
             rules.append(
-                _rule_max_error_rate_increase(cfg.max_error_rate_increase, c, s, cfg, talpha)
+                _rule_max_error_rate_increase(cfg.max_error_rate_increase, c, s, cfg, talpha,
+                                              groups)
             )
         if cfg.max_latency_increase is not None:
             rules.append(_rule_max_latency_increase(cfg.max_latency_increase, c, s, cfg, talpha))

@@ -206,6 +206,22 @@ def error_window(stable: LaneStats, canary: LaneStats, margin: float,
     return ErrorWindow(s, v, safe_s, safe_v, clusters)
 
 
+def window_groups(stable: LaneStats, canary: LaneStats,
+                  strata_weights: Mapping[str, int] | None) -> dict[str, tuple[int, int, int, int]]:
+    """First-attempt counts of one window per comparable stratum group (for the threshold
+    rules' stratified comparison); empty when the lanes carry no units."""
+    out: dict[str, list[int]] = {}
+    for col, lane_stats in ((0, canary), (2, stable)):
+        for unit, (n, x) in lane_stats.units.items():
+            g = _group_key(str(unit).rpartition("|")[0], strata_weights)
+            if g is None:
+                continue
+            cell = out.setdefault(g, [0, 0, 0, 0])
+            cell[col] += int(n)
+            cell[col + 1] += int(x)
+    return {k: (v[0], v[1], v[2], v[3]) for k, v in out.items()}
+
+
 def robust_variance(parts: list[float]) -> float:
     """Cluster-robust variance of a sum of per-cluster parts (centred when clusters allow)."""
     k = len(parts)

@@ -78,8 +78,33 @@ def _excess_result(name: str, obs: dict[str, float | int | str | None], thr: flo
                       f"{over} but not yet significant (p={p:.2g})")
 
 
+Groups = Mapping[str, tuple[int, int, int, int]]
+
+
+def compared_rates(c: LaneTotals, s: LaneTotals, groups: Groups | None
+                   ) -> tuple[float, float, float, float]:
+    """(canary rate, stable rate, their variances), stable's standardised to the canary's mix.
+
+    With strata (tenants at their own weights) the lanes are different populations: stable's
+    rate is re-weighted to the canary's share of each comparable group, so a tenant that is
+    worse on both versions does not make the canary look worse. Without units: plain rates.
+    """
+    cells = [g for g in (groups or {}).values() if g[0] > 0 and g[2] > 0]
+    if not cells:
+        return (c.jobs_failed / c.jobs, s.jobs_failed / s.jobs,
+                _rate_var(c.jobs_failed, c.jobs), _rate_var(s.jobs_failed, s.jobs))
+    n_c = sum(g[0] for g in cells)
+    x_c = sum(g[1] for g in cells)
+    rs = vs = 0.0
+    for g in cells:
+        w = g[0] / n_c
+        rs += w * g[3] / g[2]
+        vs += w * w * _rate_var(g[3], g[2])
+    return x_c / n_c, rs, _rate_var(x_c, n_c), vs
+
+
 def _rule_max_error_rate(thr: float, c: LaneTotals, s: LaneTotals, cfg: StageSettings,
-                         alpha: float) -> RuleResult:
+                         alpha: float, groups: Groups | None = None) -> RuleResult:
     name = "max_error_rate"
     n, x = c.jobs, c.jobs_failed
     rate = 100.0 * x / n if n else None
@@ -102,9 +127,8 @@ def _rule_max_error_rate(thr: float, c: LaneTotals, s: LaneTotals, cfg: StageSet
     # Over the cap for sure; the canary's fault only if it is also worse than stable.
     worse = 0.0
     if s.jobs:
-        d = x / n - s.jobs_failed / s.jobs
-        worse = two_sample_log_lr(d, _rate_var(x, n) + _rate_var(s.jobs_failed, s.jobs),
-                                  ERROR_DIFF_TAU)
+        r_c, r_s, v_c, v_s = compared_rates(c, s, groups)
+        worse = two_sample_log_lr(r_c - r_s, v_c + v_s, ERROR_DIFF_TAU)
     p_worse = _p_from_log_lr(worse)
     obs["p_worse_than_stable"] = p_worse
     if p_worse <= alpha:
@@ -124,11 +148,15 @@ def _rule_max_error_rate(thr: float, c: LaneTotals, s: LaneTotals, cfg: StageSet
 
 
 def _rule_max_error_rate_increase(
-    thr: float, c: LaneTotals, s: LaneTotals, cfg: StageSettings, alpha: float
+    thr: float, c: LaneTotals, s: LaneTotals, cfg: StageSettings, alpha: float,
+    groups: Groups | None = None
 ) -> RuleResult:
     name = "max_error_rate_increase"
-    rc = 100.0 * c.jobs_failed / c.jobs if c.jobs else None
-    rs = 100.0 * s.jobs_failed / s.jobs if s.jobs else None
+    rc = rs = None
+    var = 0.0
+    if c.jobs and s.jobs:
+        r_c, r_s, v_c, v_s = compared_rates(c, s, groups)
+        rc, rs, var = 100.0 * r_c, 100.0 * r_s, v_c + v_s
     inc = None if rc is None or rs is None else rc - rs
     obs: dict[str, float | int | str | None] = {
         "canary_error_rate_pct": rc,
@@ -143,7 +171,6 @@ def _rule_max_error_rate_increase(
     if inc <= thr:
         return RuleResult(name, Verdict.PASS, obs, thr, f"{what} <= +{thr:.2f}pp")
     # Two-sample: both rates are estimates, so both variances count.
-    var = _rate_var(c.jobs_failed, c.jobs) + _rate_var(s.jobs_failed, s.jobs)
     return _excess_result(name, obs, thr, alpha, f"{what} > +{thr:.2f}pp",
                           two_sample_log_lr((inc - thr) / 100.0, var, ERROR_DIFF_TAU))
 

@@ -160,6 +160,9 @@ class AnalysisState:
     last_backlog_stable: int | None = None
     #: consecutive INCONCLUSIVE checks after the stage's duration was up (on_inconclusive)
     late_inconclusive: int = 0
+    #: this stage's first-attempt counts per comparable stratum group (strata of one weight):
+    #: group -> (canary jobs, canary failed, stable jobs, stable failed); empty without units
+    stage_groups: Mapping[str, tuple[int, int, int, int]] = field(default_factory=dict)
 
     def enter_stage(self, stage: int, now_s: float) -> AnalysisState:
         """State for a stage that starts now: fresh stage totals, same deployment evidence.
@@ -175,6 +178,7 @@ class AnalysisState:
             stage_canary=LaneTotals(),
             stage_stable=LaneTotals(),
             late_inconclusive=0,
+            stage_groups={},
             started_s=now_s if self.started_s is None else self.started_s,
         )
 
@@ -207,6 +211,7 @@ class AnalysisState:
             "last_backlog_canary": self.last_backlog_canary,
             "last_backlog_stable": self.last_backlog_stable,
             "late_inconclusive": self.late_inconclusive,
+            "stage_groups": {k: list(v) for k, v in sorted(self.stage_groups.items())},
         }
 
     @classmethod
@@ -247,4 +252,8 @@ class AnalysisState:
             last_backlog_canary=d.get("last_backlog_canary"),
             last_backlog_stable=d.get("last_backlog_stable"),
             late_inconclusive=int(d.get("late_inconclusive", 0)),
+            stage_groups={
+                str(k): (int(v[0]), int(v[1]), int(v[2]), int(v[3]))
+                for k, v in (d.get("stage_groups") or {}).items()
+            },
         )
