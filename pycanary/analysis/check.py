@@ -138,7 +138,8 @@ def evaluate(
         stage_canary=st.stage_canary.add(canary),
         stage_stable=st.stage_stable.add(stable),
     )
-    st = replace(st, error_max_log_lr=max(st.error_max_log_lr, error_evidence(st).log_harm))
+    ev = error_evidence(st)
+    st = replace(st, error_max_log_lr=max(st.error_max_log_lr, ev.log_harm))
     groups = dict(st.stage_groups)
     for g, cell in window_groups(stable, canary, strata_weights).items():
         old = groups.get(g, (0, 0, 0, 0))
@@ -198,7 +199,7 @@ def evaluate(
                     cfg.max_throughput_decrease, stable, canary, prev_backlog
                 )
             )
-        rules.extend(stat_rules(st, plan, cfg, budget))
+        rules.extend(stat_rules(st, plan, cfg, budget, ev))
     srm = _rule_sample_ratio(c, s, stable, canary, strata_weights)
     if srm is not None:
         rules.append(srm)

@@ -176,10 +176,12 @@ def error_window(stable: LaneStats, canary: LaneStats, margin: float,
         return ErrorWindow(x_c - pi * e, v, x_c - q0 * e, sv, None)
     # group -> cluster -> [n_c, x_c, n_s, x_s]
     groups: dict[str, dict[str, list[int]]] = {}
+    keys: dict[str, str | None] = {}
     for col, lane_stats in ((0, canary), (2, stable)):
         for unit, (n, x) in lane_stats.units.items():
             stratum, _, cluster = str(unit).rpartition("|")
-            g = _group_key(stratum, strata_weights)
+            g = keys[stratum] if stratum in keys else keys.setdefault(
+                stratum, _group_key(stratum, strata_weights))
             if g is None or n <= 0:
                 continue
             cell = groups.setdefault(g, {}).setdefault(cluster, [0, 0, 0, 0])
@@ -211,9 +213,12 @@ def window_groups(stable: LaneStats, canary: LaneStats,
     """First-attempt counts of one window per comparable stratum group (for the threshold
     rules' stratified comparison); empty when the lanes carry no units."""
     out: dict[str, list[int]] = {}
+    keys: dict[str, str | None] = {}
     for col, lane_stats in ((0, canary), (2, stable)):
         for unit, (n, x) in lane_stats.units.items():
-            g = _group_key(str(unit).rpartition("|")[0], strata_weights)
+            stratum = str(unit).rpartition("|")[0]
+            g = keys[stratum] if stratum in keys else keys.setdefault(
+                stratum, _group_key(stratum, strata_weights))
             if g is None:
                 continue
             cell = out.setdefault(g, [0, 0, 0, 0])
@@ -291,8 +296,8 @@ def _stat_rule(name: str, enough: bool, crossed: bool, safe: bool, obs: dict[str
     return RuleResult(name, Verdict.INCONCLUSIVE, obs, alpha, unsure)
 
 
-def stat_rules(st: AnalysisState, plan: Plan, cfg: StageSettings, budget: Budget
-               ) -> list[RuleResult]:
+def stat_rules(st: AnalysisState, plan: Plan, cfg: StageSettings, budget: Budget,
+               ev: ErrorEvidence | None = None) -> list[RuleResult]:
     sp = plan.statistical
     if not sp.enabled or not (sp.error_rate or sp.run_time):
         return []
@@ -305,7 +310,7 @@ def stat_rules(st: AnalysisState, plan: Plan, cfg: StageSettings, budget: Budget
     out: list[RuleResult] = []
     if sp.error_rate:
         alpha = budget.error
-        ev = error_evidence(st)
+        ev = ev or error_evidence(st)
         p = _p_from_log_lr(st.error_max_log_lr)
         rc = st.canary_failed / st.canary_attempts if st.canary_attempts else None
         rs = st.stable_failed / st.stable_attempts if st.stable_attempts else None

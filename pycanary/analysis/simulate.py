@@ -112,7 +112,7 @@ def bucket_probs(median_us: float, sigma: float) -> list[tuple[int, float]]:
         for i in range(histogram.N_BUCKETS):
             lo, hi = histogram.bucket_bounds(i)
             pr = cdf(hi) - cdf(lo)
-            if pr > 1e-12:
+            if pr > 1e-9:
                 out.append((i, pr))
         total = sum(pr for _, pr in out)
         if len(_PROBS) > 4096:
