@@ -554,3 +554,73 @@ def test_generated_plans_round_trip(
     assert again == plan
     assert isinstance(plan, Plan)
     assert all(0 < s.weight_bp < 10_000 for s in plan.stages)
+
+
+# ---------------------------------------------------------------------------------------------
+# pycanary plan check (issue 10 item 6)
+
+
+@pytest.mark.parametrize(("text", "per_min"), [
+    ("2000/min", 2000.0), ("30/s", 1800.0), ("120000/h", 2000.0), ("500", 500.0),
+    (" 12.5 / sec ", 750.0)])
+def test_plan_check_rates(text: str, per_min: float) -> None:
+    from pycanary.plan_check import parse_rate
+
+    assert parse_rate(text) == pytest.approx(per_min)
+
+
+@pytest.mark.parametrize("text", ["fast", "-5/min", "0/min", "1e9/s", ""])
+def test_plan_check_bad_rates_name_the_field(text: str) -> None:
+    from pycanary.errors import ValidationError
+    from pycanary.plan_check import parse_rate
+
+    with pytest.raises(ValidationError) as exc:
+        parse_rate(text)
+    assert exc.value.field == "rate"
+
+
+def test_plan_check_error_rates() -> None:
+    from pycanary.errors import ValidationError
+    from pycanary.plan_check import parse_error_rate
+
+    assert parse_error_rate("1%") == pytest.approx(0.01)
+    assert parse_error_rate("0.002") == pytest.approx(0.002)
+    for bad in ("x", "60%", "-1%"):
+        with pytest.raises(ValidationError):
+            parse_error_rate(bad)
+
+
+def test_plan_check_warns_about_stages_too_short_for_their_traffic() -> None:
+    from pycanary.plan_check import stage_warnings
+
+    plan = load_plan(EXAMPLES / "design-card.yaml")
+    assert stage_warnings(plan, 10_000) == []
+    assert stage_warnings(plan, 100) == [
+        "stages[0]: 10m at 5% of 100 jobs/min gives ~50 jobs to the smaller lane, below "
+        "min_samples 100: the stage is too short for its traffic"]
+
+
+def test_plan_check_simulates_through_the_real_analysis(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from pycanary.cli import app
+    from pycanary.plan_check import check_plan
+
+    lines = []
+    report = check_plan(EXAMPLES / "quick.yaml", 600, 0.01, runs=2,
+                        progress=lambda d, t: lines.append((d, t)))
+    assert lines[-1] == (6, 6)
+    assert [r["key"] for r in report.results] == ["aa", "errors_x2", "errors_x3", "p95_20",
+                                                  "p95_50"]
+    # 600 jobs/min cannot fill quick.yaml's 45 s stages: the checker says so
+    assert any("too short for its traffic" in w for w in report.warnings)
+    res = CliRunner().invoke(app, ["plan", "check", str(EXAMPLES / "quick.yaml"), "--rate",
+                                   "600/min", "--runs", "1", "--json"])
+    assert res.exit_code == 1, res.output
+    body = json.loads(res.stdout)
+    assert body["ok"] is False and body["warnings"]
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("canary_config:\n  max_error_rate_increase: 0\n  stages: []\n")
+    res = CliRunner().invoke(app, ["plan", "check", str(bad), "--rate", "1000/min"])
+    assert res.exit_code == 2
+    assert "max_error_rate_increase: must be above 0" in res.stderr
