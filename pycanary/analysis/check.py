@@ -30,7 +30,7 @@ from .rules import (
     _rule_max_throughput_decrease,
     _rule_sample_ratio,
 )
-from .state import AnalysisState, LaneTotals, first_counts
+from .state import AnalysisState, LaneTotals, first_counts, has_first_attempts
 from .types import Analysis, LaneStats, RuleResult, Verdict, _clean
 
 
@@ -96,8 +96,9 @@ def evaluate(
         st = st.enter_stage(stage, now_s - window_s)
 
     # Deployment-wide sequential evidence: every window, no matter what the rules say.
-    n_c, x_c = first_counts(canary)
-    n_s, x_s = first_counts(stable)
+    first = has_first_attempts(stable, canary)
+    n_c, x_c = first_counts(canary, first)
+    n_s, x_s = first_counts(stable, first)
     ew = error_window(stable, canary, sp.error_margin, strata_weights)
     clusters = dict(st.err_clusters)
     v_plain, sv_plain = st.err_v_plain, st.safe_v_plain
@@ -152,8 +153,9 @@ def evaluate(
     rules: list[RuleResult] = []
     talpha = budget.threshold
     c, s = st.stage_canary, st.stage_stable
-    if n_c == 0 or n_s == 0:
-        lane = "canary" if n_c == 0 else "stable"
+    att_c, att_s = canary.ok + canary.failed, stable.ok + stable.failed
+    if att_c == 0 or att_s == 0:
+        lane = "canary" if att_c == 0 else "stable"
         verdict = {
             "hold": Verdict.INCONCLUSIVE,
             "fail": Verdict.FAIL,
@@ -172,8 +174,8 @@ def evaluate(
                 "data",
                 verdict,
                 {
-                    "canary_attempts": n_c,
-                    "stable_attempts": n_s,
+                    "canary_attempts": att_c,
+                    "stable_attempts": att_s,
                     "canary_backlog": canary.backlog,
                     "canary_workers": canary.workers,
                 },

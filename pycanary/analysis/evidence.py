@@ -40,7 +40,7 @@ from typing import TYPE_CHECKING, Any
 from pycanary.stats import half_normal_mixture_log_lr as _half_normal_mixture_log_lr
 from pycanary.stats import p_from_log_lr as _p_from_log_lr
 
-from .state import first_counts
+from .state import first_counts, has_first_attempts
 from .types import LaneStats, RuleResult, Verdict
 
 if TYPE_CHECKING:
@@ -166,8 +166,9 @@ def error_window(stable: LaneStats, canary: LaneStats, margin: float,
                  strata_weights: Mapping[str, int] | None = None) -> ErrorWindow:
     """The error test's statistics of one window (see the module docstring)."""
     if not (canary.units or stable.units):
-        n_c, x_c = first_counts(canary)
-        n_s, x_s = first_counts(stable)
+        first = has_first_attempts(stable, canary)
+        n_c, x_c = first_counts(canary, first)
+        n_s, x_s = first_counts(stable, first)
         t = _group_terms(n_c, x_c, n_s, x_s, margin)
         if t is None:
             return ErrorWindow()

@@ -28,10 +28,16 @@ def _hist_from_json(d: Mapping[str, Any] | None) -> dict[int, int]:
     return {int(k): int(v) for k, v in (d or {}).items()}
 
 
-def first_counts(s: LaneStats) -> tuple[int, int]:
+def has_first_attempts(*lanes: LaneStats) -> bool:
+    """Does the data plane count first attempts in this window? (Either lane says so: a lane
+    that finished only retries in the window reports 0 first attempts, not "unknown".)"""
+    return any(s.first_attempts > 0 or s.units for s in lanes)
+
+
+def first_counts(s: LaneStats, first: bool | None = None) -> tuple[int, int]:
     """(jobs, failed jobs) judged for errors: first attempts when the data plane counts them,
     else attempts (older data: retries of one job then count as separate trials)."""
-    if s.first_attempts > 0 or s.units:
+    if has_first_attempts(s) if first is None else first:
         return s.first_attempts, s.first_failed
     return s.ok + s.failed, s.failed
 
