@@ -98,8 +98,9 @@ def test_examples_parse(name: str) -> None:
 def test_tenant_first_example() -> None:
     plan = load_plan(EXAMPLES / "tenant-first.yaml")
     assert plan.stages[0].weight_bp == 0
-    assert plan.tenant_weights_bp(0) == {"internal": 10_000, "bigbank": 0}
-    assert plan.tenant_weights_bp(3) == {"internal": 10_000, "bigbank": 5_000}
+    # internal at 50%, not 100%: a tenant at 100% cannot be compared within its stratum
+    assert plan.tenant_weights_bp(0) == {"internal": 5_000, "bigbank": 0}
+    assert plan.tenant_weights_bp(3) == {"internal": 5_000, "bigbank": 5_000}
     assert [s.weight_bp for s in plan.stages] == [0, 500, 2500, 5000]
 
 

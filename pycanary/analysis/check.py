@@ -66,6 +66,36 @@ def _lane_summary(
 
 
 
+#: Relative threshold rules whose always-valid test, once crossed this stage, stays crossed.
+STICKY_RULES = ("max_error_rate_increase", "max_latency_increase", "max_cpu_increase")
+
+
+def _sticky(rules: list[RuleResult], st: AnalysisState, alpha: float
+            ) -> tuple[list[RuleResult], AnalysisState]:
+    """Keep each relative rule's running maximum of evidence over the stage.
+
+    Its statistic is recomputed from the stage's totals at every check, so its p-value goes
+    up and down; Ville's inequality bounds the chance it *ever* crosses, so a crossing may
+    stand (a FAIL that flickers back to INCONCLUSIVE would never make failure_threshold
+    consecutive FAILs). Only while the rule's figure is still over its threshold.
+    """
+    best = dict(st.stage_rule_max)
+    out = []
+    bound = math.log(1.0 / alpha) if alpha > 0 else math.inf
+    for r in rules:
+        p = r.observed.get("p_value")
+        if r.rule in STICKY_RULES and isinstance(p, float) and p > 0:
+            m = max(best.get(r.rule, 0.0), -math.log(p))
+            best[r.rule] = m
+            if r.verdict is Verdict.INCONCLUSIVE and m >= bound:
+                obs = {**r.observed, "p_value": math.exp(-m)}
+                what = r.reason.split(" but not yet significant")[0]
+                r = RuleResult(r.rule, Verdict.FAIL, obs, r.threshold,
+                               f"{what}, p={math.exp(-m):.2g} (crossed earlier this stage)")
+        out.append(r)
+    return out, replace(st, stage_rule_max=best)
+
+
 def evaluate(
     stage: int,
     plan: Plan,
@@ -201,6 +231,7 @@ def evaluate(
                     cfg.max_throughput_decrease, stable, canary, prev_backlog
                 )
             )
+        rules, st = _sticky(rules, st, talpha)
         rules.extend(stat_rules(st, plan, cfg, budget, ev))
     srm = _rule_sample_ratio(c, s, stable, canary, strata_weights)
     if srm is not None:

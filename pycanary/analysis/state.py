@@ -169,6 +169,9 @@ class AnalysisState:
     #: this stage's first-attempt counts per comparable stratum group (strata of one weight):
     #: group -> (canary jobs, canary failed, stable jobs, stable failed); empty without units
     stage_groups: Mapping[str, tuple[int, int, int, int]] = field(default_factory=dict)
+    #: running maximum this stage of each relative threshold rule's log-evidence: a crossed
+    #: always-valid test stays crossed (while the rule's figure stays over its threshold)
+    stage_rule_max: Mapping[str, float] = field(default_factory=dict)
 
     def enter_stage(self, stage: int, now_s: float) -> AnalysisState:
         """State for a stage that starts now: fresh stage totals, same deployment evidence.
@@ -185,6 +188,7 @@ class AnalysisState:
             stage_stable=LaneTotals(),
             late_inconclusive=0,
             stage_groups={},
+            stage_rule_max={},
             started_s=now_s if self.started_s is None else self.started_s,
         )
 
@@ -218,6 +222,7 @@ class AnalysisState:
             "last_backlog_stable": self.last_backlog_stable,
             "late_inconclusive": self.late_inconclusive,
             "stage_groups": {k: list(v) for k, v in sorted(self.stage_groups.items())},
+            "stage_rule_max": dict(sorted(self.stage_rule_max.items())),
         }
 
     @classmethod
@@ -261,5 +266,8 @@ class AnalysisState:
             stage_groups={
                 str(k): (int(v[0]), int(v[1]), int(v[2]), int(v[3]))
                 for k, v in (d.get("stage_groups") or {}).items()
+            },
+            stage_rule_max={
+                str(k): float(v) for k, v in (d.get("stage_rule_max") or {}).items()
             },
         )
