@@ -38,8 +38,12 @@ PLAN_PATH = Path(__file__).resolve().parent.parent / "examples" / "plans" / "des
 DEMO_PLAN: dict[str, Any] = {
     "canary_config": {
         "min_samples": 30,
-        # a healthy demo should end promoted: one false rollback in 10,000 runs, not 1 in 125
-        "statistical": {"alpha": 0.0001},
+        # a healthy demo should end promoted: one false rollback in 10,000 runs, not 1 in 125.
+        # A few hundred jobs at 0.2% errors cannot show a canary's error rate safe (promotion
+        # needs that evidence since issue 10), so the error-rate test is off, and run times of
+        # 2 ms jobs on a busy host vary by more than 10%, so the run-time test accepts 30%; the
+        # 5% caps and the run-time test still catch the injected regression (20%, 3x slower).
+        "statistical": {"alpha": 0.0001, "error_rate": False, "run_time_tolerance": 30},
         "stages": [
             {"percentage": 5, "duration": "10m", "auto_promote": True,
              "conditions": {"max_error_rate": 5, "max_latency_increase": 50}},
