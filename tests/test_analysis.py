@@ -275,6 +275,12 @@ def test_no_data_is_decided_by_on_no_data(mode: str, verdict: Verdict) -> None:
     assert a.reason.startswith("data: no finished canary attempts in the last 30s")
 
 
+def test_on_no_data_pass_still_means_on_time_in_a_timed_ramp() -> None:
+    # every check off: nothing is claimed, so "pass" promotes on time as it always did
+    a = check(plan_of(on_no_data="pass"), lane("stable", 0), lane("canary", 0))
+    assert a.verdict is Verdict.PASS and [r.rule for r in a.rules] == ["data"]
+
+
 def test_on_no_data_pass_forgives_a_quiet_window_after_the_canary_ran() -> None:
     plan = plan_of(on_no_data="pass", max_error_rate=1)
     _, state = evaluate(0, plan, lane("stable", 1000), lane("canary", 200), None, 30.0)

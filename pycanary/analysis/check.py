@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from dataclasses import replace
 
 from pycanary import histogram
-from pycanary.plan import Plan, format_duration
+from pycanary.plan import Plan, StageSettings, format_duration
 from pycanary.stats import half_normal_mixture_log_lr as _half_normal_mixture_log_lr
 from pycanary.stats import mann_whitney as _mann_whitney
 from pycanary.stats import quantile as _quantile
@@ -64,6 +64,17 @@ def _lane_summary(
         "rss_bytes": window.rss_bytes,
     }
 
+
+
+def _has_rules(plan: Plan, cfg: StageSettings) -> bool:
+    """Does the stage judge anything? A plan with every check off is a timed ramp: there
+    ``on_no_data: pass`` keeps meaning "promote on time", since no evidence is claimed."""
+    sp = plan.statistical
+    if sp.enabled and (sp.error_rate or sp.run_time):
+        return True
+    return any(getattr(cfg, name) is not None for name in (
+        "max_error_rate", "max_error_rate_increase", "max_latency_increase",
+        "max_throughput_decrease", "max_cpu_increase"))
 
 
 #: Relative threshold rules whose always-valid test, once crossed this stage, stays crossed.
@@ -193,7 +204,8 @@ def evaluate(
         }[cfg.on_no_data]
         reason = (f"no finished {lane} attempts in the last {format_duration(window_s)} "
                   f"(on_no_data: {cfg.on_no_data})")
-        if verdict is Verdict.PASS and min(c.jobs, s.jobs) < cfg.min_samples:
+        timed_ramp = not _has_rules(plan, cfg)
+        if verdict is Verdict.PASS and min(c.jobs, s.jobs) < cfg.min_samples and not timed_ramp:
             # "pass" forgives a quiet window, never a canary that has not run: no data
             # never promotes (issue 10).
             verdict = Verdict.INCONCLUSIVE
