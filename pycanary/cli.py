@@ -788,13 +788,14 @@ def plan_check_cmd(
 ) -> None:
     """Lint a plan, then simulate it through the real analysis for your traffic.
 
-    Prints false rollbacks, power and median time to rollback for errors x2, x3 and p95 +20%,
-    +50%, and how often a healthy or a bad canary is promoted, with 95% intervals.
+    Prints false rollbacks, power and median time to rollback (errors x2, x3; p95 +20%, +50%)
+    and how often a healthy or a bad canary is promoted, with 95% intervals.
 
-    Example: pycanary plan check examples/plans/design-card.yaml --rate 10000/min --error-rate 0.2%
+    Example: pycanary plan check examples/plans/design-card.yaml --rate 50000/min --error-rate 0.2%
 
-    Exit codes: 0 no warnings, 1 warnings (power below 80%, stages too short for the traffic,
-    false rollbacks above 1%), 2 invalid plan or arguments. Progress goes to stderr.
+    Exit codes: 0 no warnings; 1 warnings (power below 80%, healthy canaries not promoted,
+    false rollbacks above 1%, stages too short); 2 invalid plan or arguments.
+    Progress goes to stderr.
     """
     from .plan_check import check_plan, parse_error_rate, parse_rate
 
