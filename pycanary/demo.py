@@ -45,11 +45,16 @@ CARD_FILE = "design-card.yaml"
 #: samples; generous thresholds, since the regression it injects (20% errors, 3x slower) is far
 #: beyond them and the card's 0.5% / 5% would make a healthy run's few samples look noisy; and
 #: a small alpha: a healthy demo should end promoted (one false rollback in 10,000 runs, not 1
-#: in 125). Stages, percentages, durations and the manual gate are the card's own; the clock,
-#: not the durations, is compressed (ScaledClock), so the view shows the card's plan time.
+#: in 125). A few hundred jobs at 0.2% errors cannot show a canary's error rate safe (a stage
+#: promotes only on that evidence), so the error-rate test is off, and run times of 2 ms jobs
+#: on a busy host vary by more than 10%, so the run-time test accepts 30%; the 5% caps and the
+#: run-time test still catch the injected regression (20% errors, 3x slower). Stages,
+#: percentages, durations and the manual gate are the card's own; the clock, not the
+#: durations, is compressed (ScaledClock), so the view shows the card's plan time.
 DEMO_MIN_SAMPLES = 30
 DEMO_CONDITIONS: dict[str, Any] = {"max_error_rate": 5, "max_latency_increase": 50}
-DEMO_STATISTICAL: dict[str, Any] = {"alpha": 0.0001}
+DEMO_STATISTICAL: dict[str, Any] = {"alpha": 0.0001, "error_rate": False,
+                                    "run_time_tolerance": 30}
 
 
 def card_source() -> tuple[str, str]:

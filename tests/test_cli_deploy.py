@@ -68,7 +68,9 @@ def test_ramp_watch_exits_0_when_promoted(real_conn, tmp_path: Path) -> None:
     prefix = conn.keys.prefix
     service.configure_queue(conn, "payments", stable_version="v1")
     plan = tmp_path / "plan.yaml"
-    plan.write_text("canary_config:\n  interval: 1s\n  on_no_data: pass\n  stages:\n"
+    # a timed ramp (every check off): the only plan in which no data may pass (issue 10)
+    plan.write_text("canary_config:\n  interval: 1s\n  on_no_data: pass\n"
+                    "  statistical: {enabled: false}\n  stages:\n"
                     "    - percentage: 10\n      duration: 1s\n")
     cmd = [sys.executable, "-m", "pycanary.cli", "--redis-url", conn.url, "--prefix", prefix,
            "ramp", "payments", "--version", "v2", "--plan", str(plan), "--watch", "--force"]
