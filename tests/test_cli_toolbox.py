@@ -183,7 +183,8 @@ def test_status_watch_reattaches_and_exits_with_the_outcome(real_conn, tmp_path)
     conn, prefix = real_conn, real_conn.keys.prefix
     service.configure_queue(conn, "payments", stable_version="v1")
     plan = tmp_path / "plan.yaml"
-    plan.write_text("canary_config:\n  interval: 1s\n  on_no_data: pass\n  stages:\n"
+    plan.write_text("canary_config:\n  interval: 1s\n  on_no_data: pass\n"
+                    "  statistical: {enabled: false}\n  stages:\n"
                     "    - percentage: 10\n      duration: 2s\n")
     rollouts.ramp(conn, "payments", "v2", plan, allow_schema_change=True,
                           force=True, actor="t")

@@ -321,10 +321,11 @@ def test_sigstopped_controller_does_not_write_after_takeover(rig: Rig) -> None:
           f"{len(evs)} events, {rig.enqueued} jobs enqueued")
 
 
-#: The mid-check test: no workers, silence passes (on_no_data), so each stage advances on time.
+#: The mid-check test: no workers, a timed ramp (every check off, silence passes), so each
+#: stage advances on time.
 MID_CHECK_STAGE_S = 2
 MID_CHECK_PLAN = {"canary_config": {
-    "interval": "1s", "on_no_data": "pass",
+    "interval": "1s", "on_no_data": "pass", "statistical": {"enabled": False},
     "stages": [{"percentage": 10, "duration": f"{MID_CHECK_STAGE_S}s", "auto_promote": True},
                {"percentage": 50, "duration": f"{MID_CHECK_STAGE_S}s", "auto_promote": True}],
 }}
