@@ -100,6 +100,34 @@ def test_one_always_failing_key_does_not_roll_back_identical_versions() -> None:
     assert a.rule("stat_error_rate").verdict is Verdict.FAIL  # type: ignore[union-attr]
 
 
+def test_two_bad_keys_in_two_clusters_do_not_roll_back_identical_versions() -> None:
+    """Leaving out the most extreme cluster handles one bad key; a second one, in another
+    cluster, is left to the cluster-robust variance (either defence alone must not be all)."""
+    plan = plan_of()
+    rng = random.Random(11)
+    state = AnalysisState()
+    for k in range(60):
+        cells = spread_units(rng, 250, 0.01, bad=3)
+        n, _ = cells.get("|9", (0, 0))
+        cells["|9"] = (n + 8, n + 8)  # a second always-failing key, in cluster 9
+        c = lane("canary", cells)
+        s = lane("stable", spread_units(rng, 4750, 0.01))
+        a, state = evaluate(0, plan, s, c, state, 30.0 * (k + 1))
+        assert a.rule("stat_error_rate").verdict is not Verdict.FAIL  # type: ignore[union-attr]
+
+
+def test_the_most_extreme_cluster_is_left_out_of_the_sum() -> None:
+    """One customer key costs 1/K of the data, not the test: with enough clusters the one
+    with the largest |part| leaves the sum and the model variance."""
+    from pycanary.analysis.evidence import _robust_sum
+
+    parts = [(0.5 if i % 2 else -0.5, 1.0) for i in range(31)] + [(40.0, 3.0)]
+    total = sum(a for a, _ in parts)
+    s, v = _robust_sum(total, 34.0, 0.0, parts)
+    assert s == pytest.approx(total - 40.0)
+    assert v >= 31.0  # the model variance without the dropped cluster's 3.0
+
+
 def test_a_shared_outage_cannot_blind_the_error_test() -> None:
     """One window where both lanes fail half their jobs, then a real 1% -> 2% regression:
     old code piled up hundreds of nats "for no difference" and never caught it."""

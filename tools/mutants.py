@@ -44,12 +44,13 @@ class Mutant:
 
 G, D, W = "tests/test_guards.py", "tests/test_deployments.py", "tests/test_worker.py"
 R, A = "tests/test_routing_contract.py", "tests/test_analysis.py"
+E, Q = "tests/test_analysis_evidence.py", "tests/test_analysis_quality.py"
 
 MUTANTS: list[Mutant] = [
     # the five found by the review
     Mutant("ack_late", "lua/ack_jobs.lua", "    late = late + 1", "    late = late",
            "late acks no longer counted", (G,)),
-    Mutant("deadline_gate", "pycanary/analysis.py", "        if at_manual_gate:\n",
+    Mutant("deadline_gate", "pycanary/analysis/decision.py", "        if at_manual_gate:\n",
            "        if False:\n", "the deadline rolls back a deployment at its manual gate", (G,)),
     Mutant("manual_only_promotes", "pycanary/controller.py",
            "            action = Action.AWAIT_APPROVAL\n", "            pass\n",
@@ -132,11 +133,25 @@ MUTANTS: list[Mutant] = [
            "rcall('LPOP', from_lane, max + 1)", "a drain call moves one job more than its batch",
            ("tests/test_drain.py",)),
     # analysis and controller rules
-    Mutant("promote_without_pass", "pycanary/analysis.py",
+    Mutant("promote_without_pass", "pycanary/analysis/decision.py",
            "if elapsed >= cfg.duration_s and analysis.verdict is Verdict.PASS:",
            "if elapsed >= cfg.duration_s:", "a stage is promoted on time without a PASS", (A,)),
-    Mutant("gate_skipped", "pycanary/analysis.py", "        if not cfg.auto_promote:\n",
+    Mutant("gate_skipped", "pycanary/analysis/decision.py", "        if not cfg.auto_promote:\n",
            "        if False:\n", "auto_promote: false is ignored", (A,)),
+    # issue 10's evidence: robust to one bad key, to shared outages, promotion on safety
+    Mutant("robust_variance_off", "pycanary/analysis/evidence.py",
+           "    v = max(v_model, robust_variance([a for a, _ in parts]) + v_plain)",
+           "    v = v_model", "the error test ignores clustering (model variance only)", (E,)),
+    Mutant("cluster_trim_off", "pycanary/analysis/evidence.py",
+           "    if len(parts) >= MIN_TRIMMED_CLUSTERS:", "    if False:",
+           "the most extreme cluster is kept in the error test", (E,)),
+    Mutant("shared_outage_blamed", "pycanary/analysis/rules.py",
+           "    if p_worse <= alpha:", "    if True:",
+           "an absolute cap fails the canary for an outage both lanes share", (E,)),
+    Mutant("promote_without_safety", "pycanary/analysis/evidence.py",
+           "            ev.log_safe >= safe_bound, obs, alpha, short,",
+           "            True, obs, alpha, short,",
+           "the error test passes without evidence of safety", (E, A, Q)),
     Mutant("manual_only_without_backlog", "pycanary/controller.py",
            "and snaps[lane].backlog > 0:", "and snaps[lane].backlog >= 0:",
            "a quiet lane with nothing waiting triggers the manual-only fallback", (G,)),
