@@ -14,7 +14,6 @@ that prefix, and nothing else (``keep=True`` leaves them for a look, and says wh
 
 from __future__ import annotations
 
-import json
 import logging
 import random
 import threading
@@ -26,7 +25,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from . import deployments, histogram, metrics, rollouts, service
+from . import deployments, dlq, histogram, metrics, rollouts, service
 from .connection import Connection, connect
 from .controller import Controller
 from .job import Job
@@ -336,20 +335,16 @@ def run_demo(
             time.sleep(0.1)
         stop.set()
         # let every job finish: nothing may be lost (bounded by the run's own timeout only)
-        qk = conn.keys.queue(QUEUE)
         deadline = max(time.monotonic() + 30, t_start + timeout_s)
         while time.monotonic() < deadline:
-            c = conn.client
-            held = sum(c.llen(qk.processing(w.id)) for w in workers)
-            if not (c.llen(qk.lane_stable) or c.llen(qk.lane_canary) or held
-                    or c.zcard(qk.delayed_stable) or c.zcard(qk.delayed_canary)):
+            if not any(service.outstanding(conn, QUEUE).values()):
                 break
             time.sleep(0.05)
         _stop_all(workers, threads)
         if live_ctx is not None:
             live_ctx.__exit__(None, None, None)
             live_ctx = None
-        dead = {json.loads(x)["job"]["id"] for x in conn.client.lrange(qk.dlq, 0, -1)}
+        dead = dlq.dead_job_ids(conn, QUEUE)
         done_all = fleet.done["v1"] + fleet.done["v2"]
         lost = len(set(enqueued) - set(done_all) - dead)
         evs = deployments.events(conn, QUEUE, dep.id, count=200)

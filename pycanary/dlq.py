@@ -116,6 +116,20 @@ def list_dead(conn: Connection, queue: str, *, limit: int = 20,
     return int(total), [decode(r, queue) for r in raws]
 
 
+def dead_job_ids(conn: Connection, queue: str, *, batch: int = 1000) -> set[str]:
+    """The job ids of every record in the queue's DLQ, read by pages (an admin and demo path:
+    an accounting of which jobs ended dead-lettered)."""
+    key = conn.keys.queue(queue).dlq
+    out: set[str] = set()
+    start = 0
+    while True:
+        raws = conn.client.lrange(key, start, start + batch - 1)
+        out.update(d.job_id for d in (decode(r, queue) for r in raws) if d.job_id)
+        if len(raws) < batch:
+            return out
+        start += batch
+
+
 def find(conn: Connection, queue: str, job_ids: list[str]) -> list[DeadLetter]:
     """Every record of these job ids, oldest first (an admin path: it reads the DLQ by
     pages). Refuses the whole request, naming the first, if an id has no record."""

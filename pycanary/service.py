@@ -197,6 +197,29 @@ def decode_lanes(replies: Iterator[Any]) -> tuple[dict[str, int], dict[str, int]
     return depth, {lane: int(routed.get(lane, 0)) for lane in LANES}
 
 
+def outstanding(conn: Connection, queue: str) -> dict[str, int]:
+    """Jobs of one queue not finished yet: waiting in a lane, delayed (retry backoff), and in
+    flight (fetched into a worker's processing list, found through the queue's
+    processing_index). Zero everywhere means every job enqueued so far has an outcome: what
+    `demo` waits for before it counts, in one place that knows where those jobs live."""
+    validation.queue_name(queue)
+    qk = conn.keys.queue(queue)
+    pipe = conn.client.pipeline(transaction=False)
+    for lane in LANES:
+        pipe.llen(qk.lane(lane))
+    for lane in LANES:
+        pipe.zcard(qk.delayed(lane))
+    pipe.hkeys(qk.processing_index)
+    *counts, workers = pipe.execute()
+    pipe = conn.client.pipeline(transaction=False)
+    for wid in workers:
+        pipe.llen(qk.processing(wid))
+    held = sum(int(n) for n in pipe.execute()) if workers else 0
+    n = len(LANES)
+    return {"waiting": sum(int(x) for x in counts[:n]),
+            "delayed": sum(int(x) for x in counts[n:]), "in_flight": held}
+
+
 def require_queue(conn: Connection, queue: str) -> str:
     """Refuse a queue pycanary has never seen, naming the known ones: a read command on a typo
     should say so, not show an empty queue. Known: in the queue index, or with a config or a
