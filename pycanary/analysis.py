@@ -144,6 +144,15 @@ class LaneStats:
     workers: int = 0  # live workers of that lane
     window_s: float = 0.0  # seconds covered
     backlog: int = 0  # lane length now
+    # --- new (issue 10/11, docs: the h10a/h10b interface) ---
+    first_attempts: int = 0  # jobs whose FIRST attempt finished in the window (ok/failed/crashed)
+    first_failed: int = 0  # of those, first attempts that failed or crashed
+    crashed: int = 0  # attempts lost with their worker (reaped); also counted in `failed`
+    units: Mapping[str, tuple[int, int]] = field(default_factory=dict)  # unit -> (n, failed)
+    routed: int | None = None  # jobs routed to this lane in the window; None = unknown
+    weight_bp: int | None = None  # canary weight in force during the window
+    cpu_hist: Mapping[int, int] = field(default_factory=dict)  # handler CPU us, histogram.py
+    rss_bytes: int | None = None  # sum of the lane's live workers' RSS, None = unknown
 
 
 # --------------------------------------------------------------------------------------------

@@ -98,7 +98,7 @@ def check_max_weight(conn: Connection, queue: str, plan: Plan) -> None:
 # -- starting ----------------------------------------------------------------------------------
 def _start(conn: Connection, queue: str, version: str, plan: Plan, *, kind: str,
            allow_schema_change: bool, actor: str | None, now_ms: int | None,
-           message: str) -> Deployment:
+           message: str, salt: str | None = None) -> Deployment:
     validation.queue_name(queue)
     validation.version(version)
     check_max_weight(conn, queue, plan)
@@ -106,7 +106,7 @@ def _start(conn: Connection, queue: str, version: str, plan: Plan, *, kind: str,
         check_schemas(conn, queue, version)
     return deployments.start(conn, queue, version, plan, kind=kind, actor=actor or operator(),
                              now=now_ms if now_ms is not None else defaults.now_ms(),
-                             message=message)
+                             message=message, salt=salt)
 
 
 def start_canary(
@@ -121,9 +121,11 @@ def start_canary(
     allow_schema_change: bool = False,
     actor: str | None = None,
     now_ms: int | None = None,
+    salt: str | None = None,
 ) -> Deployment:
     """A manual canary: one stage at ``weight`` that waits for `promote` once it passes; the
-    analysis still runs and rolls back on failure."""
+    analysis still runs and rolls back on failure. ``salt`` pins the sticky salt (default: a
+    fresh one per deployment)."""
     pct = validation.percent_to_bp(weight, "weight") / 100
     tenant_pct = {validation.queue_name(t, "tenant"): validation.percent_to_bp(w, f"tenant.{t}")
                   / 100 for t, w in (tenants or {}).items()}
@@ -136,7 +138,7 @@ def start_canary(
         raise ValidationError(first.split(": ", 1)[-1], field="weight") from None
     return _start(conn, queue, version, plan, kind="manual",
                   allow_schema_change=allow_schema_change, actor=actor, now_ms=now_ms,
-                  message=f"manual canary of {version} at {pct:g}%")
+                  message=f"manual canary of {version} at {pct:g}%", salt=salt)
 
 
 def ramp(
@@ -148,15 +150,18 @@ def ramp(
     allow_schema_change: bool = False,
     actor: str | None = None,
     now_ms: int | None = None,
+    salt: str | None = None,
 ) -> Deployment:
-    """A staged rollout following a plan file (or a parsed plan)."""
+    """A staged rollout following a plan file (or a parsed plan). The sticky salt is the
+    plan's `salt`, else ``salt``, else a fresh one per deployment."""
     if isinstance(plan, str | Path):
         plan = load_plan(plan)
     elif isinstance(plan, dict):
         plan = parse_plan(plan)
     stages = " -> ".join(f"{s.percentage:g}%" for s in plan.stages)
     return _start(conn, queue, version, plan, kind="plan", allow_schema_change=allow_schema_change,
-                  actor=actor, now_ms=now_ms, message=f"ramp of {version}: {stages} -> 100%")
+                  actor=actor, now_ms=now_ms, message=f"ramp of {version}: {stages} -> 100%",
+                  salt=plan.salt or salt)
 
 
 # -- operator verbs -----------------------------------------------------------------------------
@@ -294,11 +299,10 @@ def pause(conn: Connection, queue: str, *, actor: str | None = None, reason: str
         return dep
     if dep.state not in ("active", "awaiting_promotion"):
         raise StateError(f"cannot pause a deployment that is {dep.state}", field="queue")
-    meta = {**(dep.meta or {}), "paused_from": dep.state}
+    values = deployments.pause_values(dep, now)
     ev = deployments.event("paused", reason or f"paused by {actor}", actor=actor, now=now)
-    deployments.update(conn, dep, {"state": "paused", "paused_at": now, "meta": meta},
-                       now=now, ev=ev)
-    dep.state, dep.paused_at, dep.meta = "paused", now, meta
+    deployments.update(conn, dep, values, now=now, ev=ev)
+    dep.state, dep.paused_at, dep.meta = "paused", now, values["meta"]
     return dep
 
 
@@ -321,7 +325,8 @@ def resume(conn: Connection, queue: str, *, actor: str | None = None,
             if st.get(k) is not None:
                 st[k] = st[k] + paused / 1000
         values["analysis_state"] = st
-    if dep.last_check_at is not None:
+    if dep.last_check_at is not None and dep.last_check_at <= (dep.paused_at or now):
+        # not checked while paused (an older controller): the paused time is not a window
         values["last_check_at"] = dep.last_check_at + paused
     ev = deployments.event("resumed", f"resumed by {actor} after {paused / 1000:.0f}s paused",
                            actor=actor, now=now)

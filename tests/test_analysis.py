@@ -123,6 +123,15 @@ def test_lane_stats_fields_are_the_contract() -> None:
         ("workers", 0),
         ("window_s", 0.0),
         ("backlog", 0),
+        # issue 10/11 (the h10a/h10b interface); units and cpu_hist default to {} (factory)
+        ("first_attempts", 0),
+        ("first_failed", 0),
+        ("crashed", 0),
+        ("units", missing),
+        ("routed", None),
+        ("weight_bp", None),
+        ("cpu_hist", missing),
+        ("rss_bytes", None),
     ]
     assert LaneStats.__dataclass_params__.frozen  # type: ignore[attr-defined]
 
