@@ -481,6 +481,11 @@ def status(conn: Connection, queue: str | None = None, *, window_s: int = 300,
             d["last_error"] = err if err and err.get("deployment_id") in (None, dep.id) \
                 else None
             row["deployment"] = d
+            for lane, s in lanes.items():  # memory of the lane's live workers, side by side
+                rss = [w.to_dict()["rss_bytes"] for w in workers if w.state != "dead"
+                       and w.version == s.version and w.queues.get(q) == lane]
+                s.rss_bytes = sum(r for r in rss if r is not None) if any(
+                    r is not None for r in rss) else None
             row["lanes"] = {lane: s.to_dict() for lane, s in lanes.items()}
             row["events"] = deployments.events(conn, q, dep.id, count=events)
         out.append(row)

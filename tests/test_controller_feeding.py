@@ -202,3 +202,29 @@ def test_a_pause_decision_pauses_the_deployment_with_its_reason(real_conn, monke
     # resume returns it to where it was, as after an operator's pause
     rollouts.resume(conn, Q, actor="t", now_ms=int(clock.t * 1000) + 5_000)
     assert deployments.get(conn, Q).state == "active"
+
+
+def test_status_shows_cpu_per_job_and_rss_of_both_lanes(real_conn) -> None:
+    """Issue 11 item 3: status puts both versions' CPU per job (p50/p95) and live memory
+    side by side."""
+    from pycanary import histogram
+
+    conn = real_conn
+    clock = Clock(1_800_000_000.0)
+    _start(conn, clock)
+    record(conn, "v1", "stable", ok=[_env(f"s{i}") for i in range(20)], cpu_bucket=40)
+    record(conn, "v2", "canary", ok=[_env(f"c{i}") for i in range(20)], cpu_bucket=60)
+    for wid, version, lane, rss in (("a", "v1", "stable", 100), ("b", "v1", "stable", 50),
+                                    ("c", "v2", "canary", 70)):
+        registry.heartbeat(conn, wid, version=version, queues={Q: lane},
+                           info={"state": "active", "rss": rss}, ttl_ms=60_000)
+    registry.heartbeat(conn, "gone", version="v2", queues={Q: "canary"},
+                       info={"state": "active", "rss": 999}, ttl_ms=300, now=1)  # dead
+    (row,) = rollouts.status(conn, Q)
+    lanes = row["lanes"]
+    for lane, b in (("stable", 40), ("canary", 60)):
+        want = {p: round(histogram.quantile({b: 20}, q) / 1000, 3)
+                for p, q in (("p50", 0.5), ("p95", 0.95))}
+        assert lanes[lane]["cpu_ms"] == want
+    assert lanes["canary"]["cpu_ms"]["p50"] > lanes["stable"]["cpu_ms"]["p50"]
+    assert (lanes["stable"]["rss_bytes"], lanes["canary"]["rss_bytes"]) == (150, 70)
