@@ -338,16 +338,26 @@ class Worker:
         todo = [r for r in list(pending)[:n] if not r.first]
         if not todo:
             return
-        pipe = self.conn.client.pipeline(transaction=False)
+        by_queue: dict[str, list[str]] = {}
         for r in todo:
             e = r.envelope
             first = "1" if e.attempts == 0 else "0"
             unit = metrics.unit_of(e.id, e.sticky_key, e.tenant,
                                    self._strata.get(r.queue, frozenset()))
-            pipe.hset(self.conn.keys.queue(r.queue).running(self.id), r.raw, f"{first} {unit}")
+            by_queue.setdefault(r.queue, []).extend((r.raw, f"{first} {unit}"))
             r.first, r.unit = first, unit
         try:
-            pipe.execute()
+            # one HSET per queue (usually one command: a round trip without pipeline upkeep)
+            client = self.conn.client
+            if len(by_queue) == 1:
+                ((q, pairs),) = by_queue.items()
+                client.execute_command("HSET", self.conn.keys.queue(q).running(self.id), *pairs)
+            else:
+                pipe = client.pipeline(transaction=False)
+                for q, pairs in by_queue.items():
+                    pipe.execute_command("HSET", self.conn.keys.queue(q).running(self.id),
+                                         *pairs)
+                pipe.execute()
         except BaseException:
             for r in todo:
                 r.first = r.unit = ""
