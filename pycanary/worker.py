@@ -325,7 +325,7 @@ class Worker:
         within their own stratum (they route at another share than the queue's weight)."""
         pipe = self.conn.client.pipeline(transaction=False)
         for q in self.queues:
-            pipe.hkeys(self.conn.keys.queue(q).tenant_weights)
+            pipe.hgetall(self.conn.keys.queue(q).tenant_weights)  # small; HGETALL: ACL reads
         self._strata = {q: frozenset(t) for q, t in zip(self.queues, pipe.execute(),
                                                          strict=True)}
 
