@@ -29,6 +29,7 @@ import asyncio
 import concurrent.futures
 import contextlib
 import inspect
+import itertools
 import logging
 import os
 import queue as queue_mod
@@ -335,7 +336,7 @@ class Worker:
         counts exactly those as crashed attempts of this version. Only the jobs the next
         dispatch step starts are marked, so a job fetched but not started is never counted."""
         n = self.concurrency - self._inflight
-        todo = [r for r in list(pending)[:n] if not r.first]
+        todo = [r for r in itertools.islice(pending, max(0, n)) if not r.first]
         if not todo:
             return
         by_queue: dict[str, list[str]] = {}
