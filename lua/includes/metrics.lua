@@ -18,7 +18,7 @@ local function flush_metrics(metrics_key, total_key, t, ttl, totals_only)
     any = true
   end
   for field, n in pairs(totals_only or {}) do
-    rcall('HINCRBY', total_key, field, n)
+    rcall('HINCRBY', total_key, field, n) -- the unit counts
     any = true
   end
   if any then
