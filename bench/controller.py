@@ -599,7 +599,7 @@ def main() -> int:
         for q in queues:
             service.configure_queue(conn, q, stable_version="v1")
             rollouts.ramp(conn, q, "v2", plan, allow_schema_change=True, actor="bench",
-                          now_ms=int(clock() * 1000))
+                          now_ms=int(clock() * 1000), force=True)
             fill_history(conn, q, traffic, defaults.now_ms())
         heartbeat_workers(conn, queues)
         results["setup_s"] = time.perf_counter() - t0

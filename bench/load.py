@@ -83,7 +83,7 @@ def main() -> None:
         procs.append(_spawn(["controller", "--poll", "0.5", "--log-format", "text",
                              "--log-level", "warning"], env, out_dir / "controller.log"))
         time.sleep(2)  # workers registered
-        rollouts.ramp(conn, QUEUE, "v2", PLAN)
+        rollouts.ramp(conn, QUEUE, "v2", PLAN, force=True)
         results = run_load(conn, args, out_dir)
     finally:
         for p in procs:

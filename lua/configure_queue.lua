@@ -7,7 +7,8 @@
 
   ARGV[1] now_ms         client clock, stored as updated_at
   ARGV[2..] field, value pairs; fields: max_weight_bp, stable_version, canary_version, backend,
-                         sticky, salt, enabled
+                         sticky, salt, enabled, max_backlog (jobs per lane, 0..1000000000,
+                         0 = no limit; read by route_enqueue*)
 
   Returns rev (the config's revision after the change)
   Errors  -1 invalid weight (max_weight_bp), -3 max_weight below a weight in force,
@@ -30,7 +31,7 @@ end
 
 local allowed = {
   max_weight_bp = true, stable_version = true, canary_version = true, backend = true,
-  sticky = true, salt = true, enabled = true,
+  sticky = true, salt = true, enabled = true, max_backlog = true,
 }
 local writes = {}
 for i = 2, #ARGV, 2 do
@@ -50,6 +51,8 @@ for i = 2, #ARGV, 2 do
     if value ~= '0' and value ~= '1' then return -4 end
   elseif field == 'backend' then
     if value ~= 'lists' and value ~= 'streams' then return -4 end
+  elseif field == 'max_backlog' then
+    if int_arg(value, 0, 1000000000) == nil then return -4 end
   end
   writes[#writes + 1] = field
   writes[#writes + 1] = value

@@ -20,25 +20,14 @@
   Returns {lane, weight_bp in force, salt in force, bucket or draw compared (-1 at weight 0),
            1 if KEYS[6] showed the job already landed (nothing pushed again) else 0}
   Errors  (error reply "PYCANARY <code> why", before any write) -13 a key has the wrong type,
-          -4 a malformed argument
+          -4 a malformed argument, -14 the job's lane holds max_backlog jobs (config field;
+          0 or unset = no limit). A job already landed (KEYS[6]) is answered, never refused.
 ]]
 local rcall = redis.call
-local config_key, tenant_key = KEYS[1], KEYS[2]
-local stable_key, canary_key, routed_key = KEYS[3], KEYS[4], KEYS[5]
+-- @include route_prologue
 
--- @include fnv1a
--- @include routing
--- @include guard
-
-local idem_key = KEYS[6]
-local bad = bad_key_type({{1, 'hash'}, {2, 'hash'}, {3, 'list'}, {4, 'list'}, {5, 'hash'}})
-if bad == nil and idem_key then bad = bad_key_type({{6, 'string'}}) end
-if bad then return guard_fail(-13, bad) end
-local ttl = nil
-if idem_key then
-  ttl = int_arg(ARGV[7], 1, 86400000)
-  if ttl == nil then return guard_fail(-4, 'ARGV[7] idem_ttl_ms must be 1..86400000') end
-end
+local ttl, refused = route_prologue(7)
+if refused then return refused end
 if #ARGV ~= (idem_key and 7 or 6) then return guard_fail(-4, 'expected 6 ARGV (7 with KEYS[6])') end
 if ARGV[1] == '' then return guard_fail(-4, 'ARGV[1] envelope is empty') end
 if int_arg(ARGV[4], 0, 9999) == nil then return guard_fail(-4, 'ARGV[4] draw must be 0..9999') end
@@ -46,8 +35,8 @@ if ARGV[5] ~= '' and int_arg(ARGV[5], 0, 9999) == nil then
   return guard_fail(-4, 'ARGV[5] client_bucket must be 0..9999 or empty')
 end
 
-local cfg = rcall('HMGET', config_key, 'enabled', 'weight_bp', 'sticky', 'salt')
-if not stored_int_ok(cfg[2]) then return guard_fail(-4, 'config weight_bp is not an integer') end
+local cfg, garbled = route_config()
+if garbled then return garbled end
 local weight = effective_weight(cfg, tenant_key, ARGV[3])
 if weight == nil then return guard_fail(-4, 'tenant weight is not an integer') end
 if idem_key then
@@ -55,12 +44,11 @@ if idem_key then
   if first then return {first, weight, cfg[4] or '', -1, 1} end
 end
 local lane, n = decide_lane(cfg, weight, ARGV[2], ARGV[4], ARGV[5], ARGV[6])
+local lane_key = lane == 'canary' and canary_key or stable_key
+local full = backlog_refusal(cfg, lane, lane_key, 1)
+if full then return full end
 
-if lane == 'canary' then
-  rcall('LPUSH', canary_key, ARGV[1])
-else
-  rcall('LPUSH', stable_key, ARGV[1])
-end
+rcall('LPUSH', lane_key, ARGV[1])
 rcall('HINCRBY', routed_key, lane, 1)
 if idem_key then rcall('SET', idem_key, lane, 'PX', ttl) end
 return {lane, weight, cfg[4] or '', n, 0}

@@ -17,25 +17,16 @@
   batch already landed (nothing pushed again) else 0}: lanes is a string with one character per
   job, 's' (stable) or 'c' (canary), in input order.
   Errors  (error reply "PYCANARY <code> why", before any write) -13 a key has the wrong type,
-          -4 a malformed argument (naming the job's index in the batch)
+          -4 a malformed argument (naming the job's index in the batch), -14 a lane would hold
+          more than max_backlog jobs with this batch's share (the whole batch is refused; a
+          batch already landed (KEYS[6]) is answered, never refused)
 ]]
 local rcall = redis.call
-local config_key, tenant_key = KEYS[1], KEYS[2]
-local stable_key, canary_key, routed_key = KEYS[3], KEYS[4], KEYS[5]
+-- @include route_prologue
 
--- @include fnv1a
--- @include routing
--- @include guard
-
-local idem_key = KEYS[6]
-local bad = bad_key_type({{1, 'hash'}, {2, 'hash'}, {3, 'list'}, {4, 'list'}, {5, 'hash'}})
-if bad == nil and idem_key then bad = bad_key_type({{6, 'string'}}) end
-if bad then return guard_fail(-13, bad) end
-local ttl = nil
-if idem_key then
-  ttl = int_arg(ARGV[2], 1, 86400000)
-  if ttl == nil then return guard_fail(-4, 'ARGV[2] idem_ttl_ms must be 1..86400000') end
-elseif ARGV[2] ~= '' then
+local ttl, refused = route_prologue(2)
+if refused then return refused end
+if not idem_key and ARGV[2] ~= '' then
   return guard_fail(-4, 'ARGV[2] idem_ttl_ms must be empty without KEYS[6]')
 end
 if #ARGV < 7 or (#ARGV - 2) % 5 ~= 0 then
@@ -49,10 +40,10 @@ if idem_key then
   end
 end
 
-local cfg = rcall('HMGET', config_key, 'enabled', 'weight_bp', 'sticky', 'salt')
+local cfg, garbled = route_config()
+if garbled then return garbled end
 local client_salt = ARGV[1]
 local stable, canary, lanes = {}, {}, {}
-if not stored_int_ok(cfg[2]) then return guard_fail(-4, 'config weight_bp is not an integer') end
 local queue_weight = effective_weight(cfg, tenant_key, '')
 local tenant_cache = {}
 local first_weight
@@ -86,6 +77,11 @@ for i = 3, #ARGV, 5 do
     lanes[#lanes + 1] = 's'
   end
 end
+
+-- the whole batch or none of it: each lane must have room for all the jobs it would take
+local full = backlog_refusal(cfg, 'stable', stable_key, #stable) or
+  backlog_refusal(cfg, 'canary', canary_key, #canary)
+if full then return full end
 
 if #stable > 0 then
   rcall('LPUSH', stable_key, unpack(stable))

@@ -20,10 +20,19 @@ from typer.core import TyperGroup
 
 from . import defaults, registry, rollouts, service, validation
 from .connection import Connection, connect
-from .errors import ConnectionFailedError, PayloadTooLargeError, PycanaryError, ValidationError
+from .errors import (
+    ConnectionFailedError,
+    PayloadTooLargeError,
+    PycanaryError,
+    QueueFullError,
+    ValidationError,
+)
 from .plan import PlanError
 from .settings import Settings
 
+#: Exit code of a command refused because the queue is full (max_backlog or Redis OOM): nothing
+#: landed, retry later (docs/producer-errors.md).
+EXIT_QUEUE_FULL = 3
 #: Longest error line printed; a message quoting a 4 KB argument is cut, never a screenful.
 MAX_ERROR_LINE = 300
 
@@ -56,7 +65,8 @@ def _usage_error(exc: click.UsageError) -> tuple[str, str]:
 
 def report_error(exc: BaseException) -> int | None:
     """Print one ``error: field: message`` line for a failure and return the exit code: 2
-    for a user mistake, 1 for Redis trouble. ``None``: not ours, let it raise (a bug)."""
+    for a user mistake, 1 for Redis trouble, 3 for a full queue (nothing landed). ``None``:
+    not ours, let it raise (a bug)."""
     if isinstance(exc, PlanError):
         line = f"{exc.field}: {exc.message}"
         if len(exc.lines) > 1:
@@ -66,6 +76,10 @@ def report_error(exc: BaseException) -> int | None:
     if isinstance(exc, ConnectionFailedError):
         typer.echo(f"error: {_one_line(str(exc))}", err=True)
         return 1
+    if isinstance(exc, QueueFullError) or isinstance(getattr(exc, "cause", None),
+                                                     QueueFullError):  # also part way
+        typer.echo(f"error: {_one_line(str(exc))}", err=True)
+        return EXIT_QUEUE_FULL
     if isinstance(exc, PycanaryError):
         typer.echo(f"error: {_one_line(str(exc))}", err=True)
         return 2
@@ -305,6 +319,8 @@ def _queue_text(info: dict[str, Any]) -> str:
         f"versions        stable {info['stable_version'] or '-'}, "
         f"canary {info['canary_version'] or '-'}",
         f"backend         {info['backend']}",
+        f"max backlog     {info['max_backlog']:,} jobs per lane" if info.get("max_backlog")
+        else "max backlog     none",
         f"depth           stable {info['depth']['stable']:,}, canary {info['depth']['canary']:,}",
         f"routed          stable {info['routed']['stable']:,}, canary {info['routed']['canary']:,}",
     ])
@@ -334,6 +350,11 @@ def queue_configure(
     enabled: Annotated[
         bool | None, typer.Option("--enable/--disable", help="Turn canary routing on or off.")
     ] = None,
+    max_backlog: Annotated[
+        str | None, typer.Option("--max-backlog", help="Jobs a lane may hold before `enqueue` "
+                                 "is refused with QueueFull (exit 3); 0 or none = no limit. "
+                                 "E.g. --max-backlog 100000.")
+    ] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Configure a queue: its max_weight guard, stable version, routing mode and backend."""
@@ -341,6 +362,7 @@ def queue_configure(
     service.configure_queue(
         conn, queue, max_weight=max_weight, stable_version=stable_version, backend=backend,
         sticky=sticky, salt=salt, enabled=enabled, canary_version=canary_version,
+        max_backlog=max_backlog,
     )
     info = service.queue_info(conn, queue)
     _emit(info, as_json, _queue_text(info))
@@ -416,6 +438,15 @@ def worker(
     timeout: Annotated[
         float | None, typer.Option("--timeout", help="Seconds a job may run (default: none).")
     ] = None,
+    prefetch: Annotated[
+        int | None, typer.Option("--prefetch", help="Jobs held at once, running ones included "
+                                 "(concurrency-1000; default: the concurrency).")
+    ] = None,
+    exit_when_retired: Annotated[
+        bool, typer.Option("--exit-when-retired", help="Exit (code 0) once this version is "
+                           "rolled back or replaced on every queue it served, after giving "
+                           "back unstarted jobs, so a process supervisor can stop it.")
+    ] = False,
     log_level: Annotated[str, typer.Option("--log-level", help="debug, info, warning.")] = "info",
 ) -> None:
     """Run a worker: takes jobs of its version's lane, runs the handler, records outcomes.
@@ -425,7 +456,7 @@ def worker(
     import logging
     import os
 
-    from .worker import Worker, load_handler
+    from .worker import Worker, check_prefetch, load_handler
 
     for q in queues:
         validation.queue_name(q)
@@ -440,6 +471,7 @@ def worker(
                               field="max_attempts")
     _finite(heartbeat, "heartbeat", registry.MIN_HEARTBEAT_S, registry.MAX_HEARTBEAT_S)
     _finite(timeout, "timeout", 0.001, 86_400)
+    check_prefetch(prefetch, concurrency)
     log_level = _choice(log_level, "log_level", ("debug", "info", "warning", "error"))
 
     logging.basicConfig(level=getattr(logging, log_level.upper(), logging.INFO),
@@ -449,11 +481,13 @@ def worker(
     fn = load_handler(handler)
     w = Worker(_state(ctx).conn(), queues, version, fn, concurrency=concurrency, lane=lane,
                schemas=service.parse_schemas(schemas), heartbeat_s=heartbeat,
-               max_attempts=max_attempts, job_timeout_s=timeout)
+               max_attempts=max_attempts, job_timeout_s=timeout, prefetch=prefetch,
+               exit_when_retired=exit_when_retired)
     typer.echo(f"worker {w.id} version {version} on {', '.join(w.queues)}", err=True)
     stats = w.run()
     typer.echo(f"worker {w.id} stopped: {stats.done} done, {stats.failed} failed attempts, "
-               f"{stats.dead} dead-lettered", err=True)
+               f"{stats.dead} dead-lettered"
+               + (f"; retired ({w.exit_reason})" if w.exit_reason else ""), err=True)
 
 
 def _ago(ms: int) -> str:
@@ -534,6 +568,10 @@ def canary_start(
                            help="Start even if canary workers do not accept every payload "
                                 "schema in the queue.")
     ] = False,
+    force: Annotated[
+        bool, typer.Option("--force", help="Start even if no live worker of VERSION would take "
+                           "the canary lane (recorded in the deployment's events).")
+    ] = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Start a manual canary: a share of new jobs goes to VERSION.
@@ -542,7 +580,7 @@ def canary_start(
     failure."""
     dep = rollouts.start_canary(_state(ctx).conn(), queue, version, weight=weight,
                                 tenants=_parse_tenants(tenant), sticky=sticky,
-                                allow_schema_change=allow_schema_change)
+                                allow_schema_change=allow_schema_change, force=force)
     _emit(dep.to_dict(), as_json, _dep_line(dep))
 
 
@@ -558,11 +596,20 @@ def ramp(
     allow_schema_change: Annotated[
         bool, typer.Option("--allow-schema-change", help="Skip the payload schema guard.")
     ] = False,
+    force: Annotated[
+        bool, typer.Option("--force", help="Start even if no live worker of VERSION would take "
+                           "the canary lane or no controller runs (recorded in the events).")
+    ] = False,
     as_json: JsonOpt = False,
 ) -> None:
-    """Start a staged rollout of VERSION following a plan (5% -> 15% -> 50% -> 100%, ...)."""
+    """Start a staged rollout of VERSION following a plan (5% -> 15% -> 50% -> 100%, ...).
+
+    Refused (exit 2) without a live worker of VERSION on the queue or a running controller:
+    start them first, e.g. `pycanary worker orders --version v2 --handler app:handle` and
+    `pycanary controller`, or pass --force."""
     conn = _state(ctx).conn()
-    dep = rollouts.ramp(conn, queue, version, plan, allow_schema_change=allow_schema_change)
+    dep = rollouts.ramp(conn, queue, version, plan, allow_schema_change=allow_schema_change,
+                        force=force)
     if not watch:
         _emit(dep.to_dict(), as_json, _dep_line(dep))
         return
@@ -587,7 +634,9 @@ def status(
     if watch:
         raise typer.Exit(watch_status(conn, queue))
     rows = rollouts.status(conn, queue)
-    _emit(rows, as_json, render_status(rows))
+    extra = [f"{row['queue']}: {_running_text(r)}" for row in rows
+             for r in row.get("rolled_back_running", [])]
+    _emit(rows, as_json, "\n".join([render_status(rows), *extra]))
 
 
 @app.command()
@@ -602,15 +651,10 @@ def promote(
 
     Advances one stage; from the last stage, with --full, or on a manual canary it makes the
     canary version stable and drains its lane into stable."""
-    conn = _state(ctx).conn()
-    from . import deployments as deps
-
-    dep = deps.get(conn, queue)
-    if dep is not None and dep.active:
-        target = "100% (stable)" if full or dep.kind == "manual" or dep.last_stage else \
-            f"stage {dep.stage + 1} ({dep.plan.stages[dep.stage + 1].percentage:g}%)"
-        _confirm(f"Promote {dep.canary_version} on {queue} to {target}?", yes)
-    res = rollouts.promote(conn, queue, full=full)
+    res = rollouts.promote(
+        _state(ctx).conn(), queue, full=full,
+        confirm=lambda dep, target: _confirm(
+            f"Promote {dep.canary_version} on {queue} to {target}?", yes))
     text = (f"{queue}: {res['stable_version']} is now stable ({res['state']})"
             if res["action"] == "promoted" else
             f"{queue}: advanced to stage {res['stage']} ({res['percent']:g}%)")
@@ -631,7 +675,22 @@ def rollback(
     processed next, in order."""
     _confirm(f"Roll back the canary on {queue}?", yes)
     res = rollouts.rollback(_state(ctx).conn(), queue, reason=reason)
-    _emit(res, as_json, res["message"])  # the service says whether the drain completed
+    running = res.get("still_running")
+    _emit(res, as_json, res["message"]  # the service says whether the drain completed
+          + (f"\n{queue}: {_running_text(running)}" if running else ""))
+
+
+def _running_text(r: dict[str, Any]) -> str:
+    """One line on the jobs still running on a rolled-back version (rollback, status)."""
+    if r["running_jobs"]:
+        return (f"{r['running_jobs']} job(s) still running on rolled-back {r['version']} "
+                f"({r['workers']} worker(s)); they finish and are recorded, nothing new "
+                f"starts on it")
+    when = (f"the last one finished {_ago(r['last_finished_at'])}"
+            if r["last_finished_at"] else "none finished since its workers started")
+    if not r["workers"]:
+        return f"no job running on rolled-back {r['version']} (no live worker of it)"
+    return f"no job running on rolled-back {r['version']}; {when}"
 
 
 @app.command()
@@ -690,6 +749,10 @@ def controller(
     poll: Annotated[float, typer.Option("--poll", help="Seconds between ticks.")] = defaults.POLL_S,
     log_format: Annotated[str, typer.Option("--log-format", help="json or text.")] = "json",
     log_level: Annotated[str, typer.Option("--log-level", help="debug, info, warning.")] = "info",
+    stall_grace: Annotated[
+        float, typer.Option("--stall-grace", help="Seconds canary jobs may wait with no live "
+                            "canary worker before the deployment is rolled back as stalled.")
+    ] = defaults.STALL_GRACE_S,
 ) -> None:
     """Run the leader-elected controller that drives every deployment's plan.
 
@@ -703,6 +766,7 @@ def controller(
 
     _finite(lease, "lease", 0.5, 3600)
     _finite(poll, "poll", 0.01, 3600)
+    _finite(stall_grace, "stall_grace", 1, 86400)
     log_format = _choice(log_format, "log_format", ("json", "text"))
     log_level = _choice(log_level, "log_level", ("debug", "info", "warning", "error"))
 
@@ -717,7 +781,8 @@ def controller(
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
-    ctl = Controller(conn, leadership=Leadership(conn, lease_s=lease))
+    ctl = Controller(conn, leadership=Leadership(conn, lease_s=lease),
+                     stall_grace_s=stall_grace)
     typer.echo(f"controller {ctl.id} started (lease {lease:g}s)", err=True)
     ctl.run(stop, poll_s=min(poll, lease / 5))
     typer.echo(f"controller {ctl.id} stopped", err=True)
@@ -737,6 +802,7 @@ def metrics_cmd(ctx: typer.Context) -> None:
 # -- demo --------------------------------------------------------------------------------------
 @app.command()
 def demo(
+    ctx: typer.Context,
     scenario: Annotated[
         str, typer.Option("--scenario", help="healthy (ends promoted) or regression (ends "
                           "rolled back).")
@@ -746,22 +812,34 @@ def demo(
                                    "45-minute plan in about 30 s).")
     ] = None,
     redis_url: Annotated[
-        str, typer.Option("--redis-url", help="Run it on a real Redis instead of the embedded "
-                          "memory:// server.")
-    ] = "memory://",
+        str | None, typer.Option("--redis-url", help="Run it on this Redis (also `pycanary "
+                                 "--redis-url URL demo` or PYCANARY_REDIS_URL); default: the "
+                                 "embedded memory:// server.")
+    ] = None,
     rate: Annotated[float, typer.Option("--rate", help="Jobs enqueued per second.")] = 150.0,
+    keep: Annotated[
+        bool, typer.Option("--keep", help="Leave the demo's keys on the server afterwards "
+                           "(the summary says under which prefix).")
+    ] = False,
     as_json: JsonOpt = False,
 ) -> None:
     """The whole story in one process, on the embedded default: nothing to install.
 
     Producers, v1 and v2 workers and the controller running the design card's plan with
-    compressed time, in a live view; ends with a summary (lost jobs: 0)."""
+    compressed time, in a live view; ends with a summary (lost jobs: 0). On a real Redis it
+    writes only under a prefix of its own, <prefix>:demo-<random>, and deletes exactly those
+    keys at the end (unless --keep); nothing else on the server is read or changed.
+
+    Example: pycanary --redis-url redis://127.0.0.1:6379/0 demo --scenario regression"""
     from .demo import run_demo
 
     _finite(speed, "speed", 1, 10_000)
     _finite(rate, "rate", 1, 5_000)
+    root = ctx.find_root().params  # the root's --redis-url / PYCANARY_REDIS_URL, if given
+    url = redis_url or root.get("redis_url") or "memory://"
     live = sys.stdout.isatty() and not as_json
-    result = run_demo(redis_url, scenario=scenario, speed=speed, rate=rate, live=live,
+    result = run_demo(url, prefix=_state(ctx).prefix, keep=keep, scenario=scenario,
+                      speed=speed, rate=rate, live=live,
                       log=None if live or as_json else typer.echo)
     if as_json:
         typer.echo(json.dumps(result.to_dict(), indent=2, default=str))

@@ -119,8 +119,10 @@ class Controller:
         controller_id: str | None = None,
         drain_batch: int = defaults.DRAIN_BATCH,
         heartbeat_s: float = defaults.HEARTBEAT_S,
+        stall_grace_s: float = defaults.STALL_GRACE_S,
     ) -> None:
         self.conn = conn
+        self.stall_grace_ms = int(stall_grace_s * 1000)
         self.clock = clock
         self.leadership = leadership
         self.id = controller_id or (leadership.controller_id if leadership else "controller")
@@ -279,6 +281,8 @@ class Controller:
             except Exception as exc:  # one deployment's bug is its own
                 self._error(dep.queue, "evaluation", f"{type(exc).__name__}: {exc}",
                             dep=dep, exc=exc)
+        if any(w.then or "stage" in w.values for w in writes):
+            _crash_point("mid_check")
         calls = []
         for w in writes:
             keys, args = deployments.update_call(
@@ -570,6 +574,8 @@ class Controller:
                 now=now, data=analysis_d))
         w = _Write(dep, values, events=events, analysis=record,
                    label=f"{analysis.verdict.value.lower()} ({decision.action.value})")
+        if self._stalled(dep, snaps["canary"], now, w):
+            return w
         action = decision.action
         if dep.state == "paused":
             # pause freezes the stage timer and the weight, not the safety checks: a failing
@@ -615,6 +621,40 @@ class Controller:
             events.append(deployments.event("awaiting_promotion", why, actor=self.id, now=now))
             w.label = "awaiting promotion"
         return w
+
+    def _stalled(self, dep: Deployment, canary: LaneSnapshot, now: int, w: _Write) -> bool:
+        """A canary lane nobody reads: jobs wait in it and no live worker of the canary version
+        takes it. Noted in the deployment's meta when first seen (``stalled_since``); once it
+        has lasted ``stall_grace_ms`` the check becomes a rollback (weight 0, the lane drained
+        to stable), so such jobs never wait forever unseen. Returns True when ``w`` now rolls
+        back; it takes precedence over whatever the analysis decided. Measured on the wall
+        clock, not the policy clock: worker liveness (heartbeats, a restart) is real time,
+        and a test or the demo running a plan 1000x faster must not see a worker that is
+        still switching lanes as a stall."""
+        now = defaults.now_ms()
+        meta = dict(w.values.get("meta") or dep.meta or {})
+        since = meta.get("stalled_since")
+        if canary.backlog == 0 or canary.workers > 0:
+            if since is not None:
+                meta.pop("stalled_since")
+                w.values["meta"] = meta
+            return False
+        if since is None:
+            meta["stalled_since"] = now
+            w.values["meta"] = meta
+            return False
+        waited = now - int(since)
+        if waited < self.stall_grace_ms:
+            return False
+        secs = waited // 1000
+        span = f"{secs // 60}m{secs % 60:02d}s".replace("m00s", "m") if secs >= 60 else \
+            f"{secs}s"
+        w.then, w.rule = "rollback", "stalled"
+        w.reason = (f"stalled: {canary.backlog} canary jobs waiting, no live "
+                    f"{dep.canary_version} worker for {span}")
+        w.data = {"cause": "stalled", "backlog": canary.backlog, "stalled_ms": waited}
+        w.label = "stalled"
+        return True
 
     def _log_check(self, dep: Deployment, stable: LaneStats, canary: LaneStats, verdict: str,
                    action: str) -> None:
@@ -722,10 +762,12 @@ def _stub(queue: str, deployment_id: str) -> Deployment:
                       state="", plan_raw={})
 
 
-#: Test hook (tests/test_controller_rollback_crash.py): ``PYCANARY_TEST_CRASH_AT=<point>`` makes
-#: the controller SIGKILL itself at that point of a rollback, the way a machine dies: no
-#: cleanup, no lease release. Points: ``after_rollback`` (weight 0 written, nothing drained),
-#: ``mid_drain`` (the first drain slice moved, the rest waiting).
+#: Test hook (tests/test_controller_rollback_crash.py, test_controller_failover.py):
+#: ``PYCANARY_TEST_CRASH_AT=<point>`` makes the controller SIGKILL itself at that point, the way a
+#: machine dies: no cleanup, no lease release. Points: ``mid_check`` (a check that decided a step
+#: (stage, promotion, rollback) has read its data and decided, its fenced write not yet sent),
+#: ``after_rollback`` (weight 0 written, nothing drained), ``mid_drain`` (the first drain slice
+#: moved, the rest waiting).
 CRASH_ENV = "PYCANARY_TEST_CRASH_AT"
 
 

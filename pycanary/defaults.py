@@ -25,6 +25,9 @@ LEASE_S = 5.0
 DRAIN_BATCH = 500
 #: Seconds between controller ticks.
 POLL_S = 1.0
+#: Seconds the controller lets canary jobs wait with no live canary worker before it rolls the
+#: deployment back as stalled (its jobs drain to stable). Longer than a worker's restart.
+STALL_GRACE_S = 120.0
 #: Length of one metrics slot and how long slots and running totals are kept, in seconds.
 SLOT_S = 10
 KEEP_S = 3600

@@ -1,10 +1,15 @@
-"""`pycanary demo`: the whole story in one process, on the embedded default (memory://).
+"""`pycanary demo`: the whole story in one process, on the embedded default (memory://) or
+on the Redis server it is given.
 
 Producers at a steady rate, stable workers of v1, canary workers of v2 and the controller run
 the design card's plan (5% -> 15% -> 50% -> manual gate -> 100%) with compressed time. In the
 `healthy` scenario v2 is as good as v1 and ends promoted; in `regression` v2 starts failing and
 slowing down midway and is rolled back automatically. Nothing is faked but the clock of the
 plan: the real Lua scripts route, fetch, ack and drain; the real analysis decides.
+
+On a real server the demo keeps to a key prefix of its own (``<prefix>:demo-<random>``), so it
+never meets a real deployment, worker or controller there; at the end it deletes the keys under
+that prefix, and nothing else (``keep=True`` leaves them for a look, and says where).
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -24,32 +30,50 @@ from . import deployments, histogram, metrics, rollouts, service
 from .connection import Connection, connect
 from .controller import Controller
 from .job import Job
+from .keys import DEFAULT_PREFIX
+from .leader import Leadership
+from .plan import parse_plan
 from .producer import Producer
 from .validation import quote
 from .worker import Worker
 
 QUEUE = "payments"
-PLAN_TOTAL_S = (10 + 15 + 20) * 60
 DEMO_SECONDS = 30
-PLAN_PATH = Path(__file__).resolve().parent.parent / "examples" / "plans" / "design-card.yaml"
+CARD_FILE = "design-card.yaml"
 
-# The design card's stages, with min_samples lowered to fit the demo's few hundred jobs a
-# stage and generous thresholds (the regression it injects is 20% errors, 3x slower).
-DEMO_PLAN: dict[str, Any] = {
-    "canary_config": {
-        "min_samples": 30,
-        # a healthy demo should end promoted: one false rollback in 10,000 runs, not 1 in 125
-        "statistical": {"alpha": 0.0001},
-        "stages": [
-            {"percentage": 5, "duration": "10m", "auto_promote": True,
-             "conditions": {"max_error_rate": 5, "max_latency_increase": 50}},
-            {"percentage": 15, "duration": "15m", "auto_promote": True,
-             "conditions": {"max_error_rate": 5, "max_latency_increase": 50}},
-            {"percentage": 50, "duration": "20m", "auto_promote": False,
-             "conditions": {"max_error_rate": 5, "max_latency_increase": 50}},
-        ],
-    }
-}
+#: What the demo changes in the card: a few hundred jobs a stage instead of thousands, so fewer
+#: samples; generous thresholds, since the regression it injects (20% errors, 3x slower) is far
+#: beyond them and the card's 0.5% / 5% would make a healthy run's few samples look noisy; and
+#: a small alpha: a healthy demo should end promoted (one false rollback in 10,000 runs, not 1
+#: in 125). Stages, percentages, durations and the manual gate are the card's own; the clock,
+#: not the durations, is compressed (ScaledClock), so the view shows the card's plan time.
+DEMO_MIN_SAMPLES = 30
+DEMO_CONDITIONS: dict[str, Any] = {"max_error_rate": 5, "max_latency_increase": 50}
+DEMO_STATISTICAL: dict[str, Any] = {"alpha": 0.0001}
+
+
+def card_source() -> tuple[str, str]:
+    """(YAML text, where it came from) of the design card's plan. One file:
+    examples/plans/design-card.yaml; a wheel carries it as pycanary/plans/design-card.yaml
+    (pyproject force-include, like the Lua scripts), found through importlib.resources, so
+    the demo runs from a plain install; a source checkout reads the examples file itself."""
+    packaged = resources.files("pycanary").joinpath("plans", CARD_FILE)
+    if packaged.is_file():
+        return packaged.read_text(encoding="utf-8"), str(packaged)
+    path = Path(__file__).resolve().parent.parent / "examples" / "plans" / CARD_FILE
+    return path.read_text(encoding="utf-8"), str(path)
+
+
+def demo_plan() -> dict[str, Any]:
+    """The design card's plan as the demo runs it: the card's stages, with the demo's samples,
+    thresholds and alpha (see DEMO_CONDITIONS)."""
+    text, where = card_source()
+    body = parse_plan(text, name=where).to_dict()["canary_config"]
+    body["min_samples"] = DEMO_MIN_SAMPLES
+    body["statistical"] = {**body.get("statistical", {}), **DEMO_STATISTICAL}
+    for stage in body["stages"]:
+        stage["conditions"] = {**stage.get("conditions", {}), **DEMO_CONDITIONS}
+    return {"canary_config": body}
 
 
 class ScaledClock:
@@ -76,6 +100,8 @@ class DemoResult:
     seconds: float
     speed: float
     reason: str = ""
+    prefix: str = ""
+    kept: bool = False
     regression_to_rollback_s: float | None = None
     weight_zero_ms: float | None = None
     drained_jobs: int | None = None
@@ -97,10 +123,15 @@ class DemoResult:
         ]
         if self.regression_to_rollback_s is not None:
             lines.append(f"rollback       {self.regression_to_rollback_s:.0f}s of plan time after "
-                         "the regression began; weight 0 at once, canary lane drained "
-                         f"({self.drained_jobs or 0} jobs)")
+                         "the regression began")
+        if self.weight_zero_ms is not None:
+            lines.append(f"weight 0       {self.weight_zero_ms:.0f} ms after the rollback was "
+                         f"decided; canary lane drained ({self.drained_jobs or 0} jobs)")
         if self.reason:
             lines.append(f"reason         {self.reason[:160]}")
+        if self.kept:
+            lines.append(f"keys kept      {self.url}, prefix {self.prefix} (pycanary --redis-url "
+                         f"... --prefix {self.prefix} status payments)")
         return "\n".join(lines)
 
 
@@ -174,9 +205,18 @@ def _view(conn: Connection, dep: deployments.Deployment, clock: ScaledClock, sce
                  title=f"pycanary demo: {scenario}", border_style="cyan")
 
 
+def _stop_all(workers: list[Worker], threads: list[threading.Thread]) -> None:
+    for w in workers:
+        w.stop()
+    for t in threads:
+        t.join(10)
+
+
 def run_demo(
     url: str = "memory://",
     *,
+    prefix: str = DEFAULT_PREFIX,
+    keep: bool = False,
     scenario: str = "healthy",
     speed: float | None = None,
     rate: float = 150.0,
@@ -188,23 +228,33 @@ def run_demo(
     if scenario not in ("healthy", "regression"):
         raise service.ValidationError(f"must be healthy or regression, got {quote(scenario)}",
                                       field="scenario")
-    speed = speed or PLAN_TOTAL_S / (DEMO_SECONDS * 0.8)
+    plan = demo_plan()
+    plan_s = parse_plan(plan).total_duration
+    speed = speed or plan_s / (DEMO_SECONDS * 0.8)
     if not 1 <= speed <= 10_000:
         raise service.ValidationError(f"must be 1-10000, got {speed}", field="speed")
     if isinstance(rate, bool) or not isinstance(rate, int | float) or not 1 <= rate <= 5_000:
         raise service.ValidationError(f"must be 1-5000 jobs per second, got {quote(rate)}",
                                       field="rate")
-    if url == "memory://":
-        url = f"memory://demo-{uuid.uuid4().hex[:8]}"
-    conn = connect(url, prefix=f"pycanary-demo-{uuid.uuid4().hex[:8]}")
+    run_id = uuid.uuid4().hex[:8]
+    own_server = url == "memory://"  # an in-process server of its own, made for this run
+    if own_server:
+        url = f"memory://demo-{run_id}"
+    conn = connect(url, prefix=f"{prefix}:demo-{run_id}")
     # the story is told by the view and the summary; keep the controller's JSON logs out of it
     logging.getLogger("pycanary").setLevel(logging.ERROR)
-    conn.ping()
+    try:
+        conn.ping()
+    except BaseException:
+        conn.close()
+        raise
     say = log or (lambda _m: None)
     clock = ScaledClock(speed)
     fleet = _Fleet(random.Random(seed))
     stop = threading.Event()
     threads: list[threading.Thread] = []
+    workers: list[Worker] = []
+    live_ctx: Any = None
     enqueued: list[str] = []
     t_start = time.monotonic()
     try:
@@ -229,16 +279,22 @@ def run_demo(
         threads.append(threading.Thread(target=produce, daemon=True, name="producer"))
         for t in threads:
             t.start()
-        # canary workers wait in standby until the deployment names their version
-        while not any(w.ready.is_set() for w in workers):
+        # canary workers wait in standby until the deployment names their version; the ramp's
+        # preflight wants them registered and the controller leading before it starts
+        while not all(w.ready.is_set() for w in workers):
+            if time.monotonic() - t_start > timeout_s:
+                raise TimeoutError(f"the demo workers did not start in {timeout_s:.0f}s")
             time.sleep(0.01)
-        dep = rollouts.ramp(conn, QUEUE, "v2", DEMO_PLAN, actor="demo",
+        ctl = Controller(conn, clock=clock, controller_id="demo-controller",
+                         leadership=Leadership(conn, controller_id="demo-controller"))
+        ctl.tick()
+        dep = rollouts.ramp(conn, QUEUE, "v2", plan, actor="demo",
                             now_ms=int(clock() * 1000))
-        say(f"started {dep.id}: v1 -> v2 on {QUEUE}, 5% -> 15% -> 50% -> gate -> 100%")
-        ctl = Controller(conn, clock=clock, controller_id="demo-controller")
+        stages = " -> ".join(f"{s.percentage:g}%" + ("" if s.auto_promote else " -> gate")
+                             for s in dep.plan.stages)
+        say(f"started {dep.id}: v1 -> v2 on {QUEUE}, {stages} -> 100%")
         regression_at: float | None = None
         gate_seen: float | None = None
-        live_ctx = None
         if live:
             from rich.live import Live
 
@@ -257,8 +313,10 @@ def run_demo(
                 regression_at = clock()
                 say("v2 starts failing 20% of jobs and runs 3x slower")
             if dep.state == "awaiting_promotion":
+                # the operator's part: promote at once (state, not time), after a second for a
+                # viewer to see the gate in the live view
                 gate_seen = gate_seen or time.monotonic()
-                if time.monotonic() - gate_seen > 1.0:
+                if not live or time.monotonic() - gate_seen > 1.0:
                     rollouts.promote(conn, QUEUE, actor="demo (as `pycanary promote payments`)",
                                      now_ms=int(clock() * 1000), clock=clock)
             if not dep.active:
@@ -267,9 +325,9 @@ def run_demo(
                 raise TimeoutError(f"the demo did not finish in {timeout_s:.0f}s: {dep.state}")
             time.sleep(0.1)
         stop.set()
-        # let every job finish: nothing may be lost
+        # let every job finish: nothing may be lost (bounded by the run's own timeout only)
         qk = conn.keys.queue(QUEUE)
-        deadline = time.monotonic() + 60
+        deadline = max(time.monotonic() + 30, t_start + timeout_s)
         while time.monotonic() < deadline:
             c = conn.client
             held = sum(c.llen(qk.processing(w.id)) for w in workers)
@@ -277,12 +335,10 @@ def run_demo(
                     or c.zcard(qk.delayed_stable) or c.zcard(qk.delayed_canary)):
                 break
             time.sleep(0.05)
-        for w in workers:
-            w.stop()
-        for t in threads:
-            t.join(10)
+        _stop_all(workers, threads)
         if live_ctx is not None:
             live_ctx.__exit__(None, None, None)
+            live_ctx = None
         dead = {json.loads(x)["job"]["id"] for x in conn.client.lrange(qk.dlq, 0, -1)}
         done_all = fleet.done["v1"] + fleet.done["v2"]
         lost = len(set(enqueued) - set(done_all) - dead)
@@ -293,6 +349,7 @@ def run_demo(
             processed={v: len(ids) for v, ids in fleet.done.items()},
             dead_lettered=len(dead), lost=lost, duplicates=len(done_all) - len(set(done_all)),
             seconds=time.monotonic() - t_start, speed=speed, reason=dep.reason, events=evs,
+            prefix=conn.keys.prefix, kept=keep and not own_server,
         )
         if dep.state == "rolled_back" and dep.rollback_at:
             if regression_at is not None:
@@ -304,9 +361,13 @@ def run_demo(
         return result
     finally:
         stop.set()
-        if conn.is_memory:
-            conn.client.flushall()  # our own in-process server, made for this run
-        else:
-            for key in conn.client.scan_iter(match=f"{conn.keys.prefix}:*", count=1000):
+        _stop_all(workers, threads)  # also on an error: nothing may write after the clean-up
+        if live_ctx is not None:
+            live_ctx.__exit__(None, None, None)
+        if own_server:
+            conn.client.flushall()  # the in-process server made for this run, nobody else's
+        elif not keep:
+            # the prefix is this run's own: every key under it was written by the demo
+            for key in list(conn.client.scan_iter(match=f"{conn.keys.prefix}:*", count=1000)):
                 conn.client.delete(key)
         conn.close()

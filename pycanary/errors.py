@@ -73,7 +73,10 @@ class EnqueueTimeoutError(PycanaryError):
 
 
 class QueueFullError(PycanaryError):
-    """Redis refused the write because it is at maxmemory (OOM): nothing landed."""
+    """Nothing landed because the queue is full: the lane the job (or a batch's share) would go
+    to holds the queue's ``max_backlog`` (script code -14, the message names the queue, the
+    lane's backlog and the limit), or Redis is at maxmemory (OOM). Retry later, add workers, or
+    raise the limit."""
 
     code = "queue_full"
 
@@ -141,6 +144,7 @@ SAME_VERSION = -10
 NO_STABLE_VERSION = -11
 NOT_ACTIVE = -12
 WRONG_TYPE = -13
+QUEUE_FULL = -14
 
 _SCRIPT_ERRORS: dict[int, tuple[type[PycanaryError], str]] = {
     INVALID_WEIGHT: (ValidationError, "must be an integer number of basis points 0..10000"),
@@ -158,6 +162,7 @@ _SCRIPT_ERRORS: dict[int, tuple[type[PycanaryError], str]] = {
                         "--stable-version V`"),
     NOT_ACTIVE: (StateError, "no active deployment on this queue in a state that allows it"),
     WRONG_TYPE: (WrongTypeError, "a key holds the wrong Redis type"),
+    QUEUE_FULL: (QueueFullError, "the queue is full (max_backlog)"),
 }
 
 #: Prefix of the error replies (redis.error_reply) of the scripts' guards: "PYCANARY <code> <why>"

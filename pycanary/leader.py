@@ -227,6 +227,7 @@ def run_scripts(conn: Connection, calls: Sequence[tuple[str, Sequence[str], Sequ
 
 def holder(conn: Connection) -> str | None:
     """The leader's "epoch:token" as stored in Redis (token = controller id/nonce), or None if
-    nobody leads. The one reader of the leader key, for status displays; do not base
-    decisions on it."""
+    nobody leads. The one reader of the leader key, for status displays and advice such as
+    the ramp preflight ("no controller is running"); never base a controller write on it (the
+    lease may lapse right after the read: fencing, not this, keeps writes safe)."""
     return conn.client.get(conn.keys.leader)

@@ -21,6 +21,8 @@ from .errors import (
 from .routing import MAX_WEIGHT_BP
 
 BACKENDS = ("lists", "streams")
+#: Highest max_backlog configure_queue.lua accepts.
+MAX_BACKLOG = 1_000_000_000
 
 
 @dataclass(frozen=True)
@@ -34,6 +36,8 @@ class QueueConfig:
     stable_version: str | None = None
     canary_version: str | None = None
     backend: str = "lists"
+    #: Jobs a lane may hold before producers get QueueFullError; 0 = no limit.
+    max_backlog: int = 0
     tenant_weights_bp: dict[str, int] = field(default_factory=dict)
     rev: int = 0
     updated_at: int | None = None
@@ -63,6 +67,7 @@ def read_config(conn: Connection, queue: str) -> QueueConfig:
         stable_version=raw.get("stable_version") or None,
         canary_version=raw.get("canary_version") or None,
         backend=raw.get("backend", "lists"),
+        max_backlog=int(raw.get("max_backlog") or 0),
         tenant_weights_bp={t: int(w) for t, w in sorted(tenants.items())},
         rev=int(raw.get("rev", 0)),
         updated_at=int(raw["updated_at"]) if "updated_at" in raw else None,
@@ -132,9 +137,13 @@ def configure(
     sticky: bool | None = None,
     salt: str | None = None,
     enabled: bool | None = None,
+    max_backlog: int | None = None,
     now_ms: int | None = None,
 ) -> QueueConfig:
-    """Change a queue's config fields atomically; fields left as None are unchanged."""
+    """Change a queue's config fields atomically; fields left as None are unchanged.
+    ``max_backlog`` (0 = no limit) caps the jobs each lane may hold: producers get
+    QueueFullError beyond it, so a rolled-back queue whose stable lane cannot keep up pushes
+    back on its producers instead of growing without bound. The drain ignores it."""
     validation.queue_name(queue)
     pairs: list[str] = []
     if max_weight_bp is not None:
@@ -160,6 +169,12 @@ def configure(
         pairs += ["salt", salt]
     if enabled is not None:
         pairs += ["enabled", "1" if enabled else "0"]
+    if max_backlog is not None:
+        if isinstance(max_backlog, bool) or not isinstance(max_backlog, int) or \
+                not 0 <= max_backlog <= MAX_BACKLOG:
+            raise ValidationError(f"must be an integer 0-{MAX_BACKLOG:,} jobs (0 = no limit), "
+                                  f"got {validation.quote(max_backlog)}", field="max_backlog")
+        pairs += ["max_backlog", str(max_backlog)]
     if not pairs:
         raise ValidationError("nothing to change: give at least one option", field="options")
     res = conn.scripts.call(
@@ -176,6 +191,20 @@ def configure(
         raise_for_code(res, script="configure_queue", field="max_weight", detail=detail)
     conn.client.sadd(conn.keys.queues, queue)
     return read_config(conn, queue)
+
+
+def parse_max_backlog(value: int | str | None) -> int | None:
+    """A max_backlog as typed by a user: a whole number of jobs, or "none" (also 0) for no
+    limit; None stays None (unchanged)."""
+    if value is None or isinstance(value, int):
+        return value
+    text = str(value).strip().lower().replace("_", "")
+    if text in ("none", "off", "unlimited"):
+        return 0
+    if not text.isdigit():
+        raise ValidationError(f"must be a whole number of jobs or none, got "
+                              f"{validation.quote(value)}", field="max_backlog")
+    return int(text)
 
 
 def check_max_weight_against_plan(conn: Connection, queue: str, max_weight_bp: int) -> None:

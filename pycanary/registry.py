@@ -85,6 +85,9 @@ class WorkerRecord:
             "done": _int(self.info.get("done")), "failed": _int(self.info.get("failed")),
             "rss_bytes": _int(self.info.get("rss")),
             "schemas": self.info.get("schemas", "any"),
+            # jobs running now, {queue: {lane: n}}, and when its last job finished (ms)
+            "running": _running(self.info.get("running", "")),
+            "last_finished_at": _int(self.info.get("last_finished_at")) or None,
             # what it takes now ("-" = nothing: standby or retiring); queues holds the lane the
             # reaper returns its jobs to
             "lanes": dict(part.split("=", 1) for part in self.info.get("lanes", "").split(",")
@@ -99,6 +102,17 @@ def _int(v: str | None) -> int | None:
         return int(v)  # type: ignore[arg-type]
     except ValueError:  # a foreign or garbled write: unknown, not a failed listing
         return None
+
+
+def _running(text: str) -> dict[str, dict[str, int]]:
+    """The heartbeat's ``running`` field, "queue/lane=n,...", as {queue: {lane: n}}."""
+    out: dict[str, dict[str, int]] = {}
+    for part in text.split(","):
+        where, sep, n = part.rpartition("=")
+        q, slash, lane = where.partition("/")
+        if sep and slash and n.isdigit():
+            out.setdefault(q, {})[lane] = int(n)
+    return out
 
 
 def heartbeat(

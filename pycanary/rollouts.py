@@ -95,15 +95,52 @@ def check_max_weight(conn: Connection, queue: str, plan: Plan) -> None:
                     field=f"stages[{i}].{where}")
 
 
+def canary_consumers(conn: Connection, queue: str, version: str) -> list[registry.WorkerRecord]:
+    """Live workers of ``version`` that will take the queue's canary lane once a deployment
+    names it: on it already (pinned with --lane canary) or in standby waiting for it. A worker
+    pinned to stable, retiring, stopping or past its deadline does not count."""
+    out = []
+    for w in registry.list_workers(conn, ttl_ms=defaults.TTL_MS):
+        if w.version != version or queue not in w.queues or \
+                w.state not in ("active", "standby"):
+            continue
+        if w.to_dict()["lanes"].get(queue, "-") in ("canary", "-"):
+            out.append(w)
+    return out
+
+
+def preflight(conn: Connection, queue: str, version: str, *, need_controller: bool) -> list[str]:
+    """Why a deployment would start and then wait forever: no live worker of the canary
+    version consumes the queue's canary lane (its jobs would pile up unread), and, for a ramp,
+    no controller holds leadership (no stage would ever advance). Returns the problems, each
+    one line with its fix; empty when it may start."""
+    problems = []
+    if not canary_consumers(conn, queue, version):
+        problems.append(
+            f"no live worker of version {version} consumes queue {queue}: start one with "
+            f"`pycanary worker {queue} --version {version} --handler MODULE:FN` (it waits in "
+            f"standby for the canary lane), or pass --force")
+    if need_controller and leadership.holder(conn) is None:
+        problems.append("no controller is running: start `pycanary controller`, or pass --force")
+    return problems
+
+
 # -- starting ----------------------------------------------------------------------------------
 def _start(conn: Connection, queue: str, version: str, plan: Plan, *, kind: str,
            allow_schema_change: bool, actor: str | None, now_ms: int | None,
-           message: str, salt: str | None = None) -> Deployment:
+           message: str, force: bool = False, salt: str | None = None) -> Deployment:
     validation.queue_name(queue)
     validation.version(version)
     check_max_weight(conn, queue, plan)
     if not allow_schema_change:
         check_schemas(conn, queue, version)
+    problems = preflight(conn, queue, version, need_controller=kind == "plan")
+    if problems and not force:
+        raise StateError(problems[0], field="version" if "worker" in problems[0] else
+                         "controller")
+    if problems:  # the event log says it was started against the preflight
+        message += " (forced past the preflight: " + "; ".join(
+            p.split(":", 1)[0] for p in problems) + ")"
     return deployments.start(conn, queue, version, plan, kind=kind, actor=actor or operator(),
                              now=now_ms if now_ms is not None else defaults.now_ms(),
                              message=message, salt=salt)
@@ -119,13 +156,15 @@ def start_canary(
     sticky: bool = True,
     interval: str | int = "30s",
     allow_schema_change: bool = False,
+    force: bool = False,
     actor: str | None = None,
     now_ms: int | None = None,
     salt: str | None = None,
 ) -> Deployment:
     """A manual canary: one stage at ``weight`` that waits for `promote` once it passes; the
-    analysis still runs and rolls back on failure. ``salt`` pins the sticky salt (default: a
-    fresh one per deployment)."""
+    analysis still runs and rolls back on failure. Refused (StateError) when no live worker of
+    ``version`` would take the canary lane, unless ``force`` (see `preflight`). ``salt`` pins
+    the sticky salt (default: a fresh one per deployment)."""
     pct = validation.percent_to_bp(weight, "weight") / 100
     tenant_pct = {validation.queue_name(t, "tenant"): validation.percent_to_bp(w, f"tenant.{t}")
                   / 100 for t, w in (tenants or {}).items()}
@@ -138,7 +177,7 @@ def start_canary(
         raise ValidationError(first.split(": ", 1)[-1], field="weight") from None
     return _start(conn, queue, version, plan, kind="manual",
                   allow_schema_change=allow_schema_change, actor=actor, now_ms=now_ms,
-                  message=f"manual canary of {version} at {pct:g}%", salt=salt)
+                  message=f"manual canary of {version} at {pct:g}%", force=force, salt=salt)
 
 
 def ramp(
@@ -148,12 +187,15 @@ def ramp(
     plan: Plan | str | Path | dict,
     *,
     allow_schema_change: bool = False,
+    force: bool = False,
     actor: str | None = None,
     now_ms: int | None = None,
     salt: str | None = None,
 ) -> Deployment:
-    """A staged rollout following a plan file (or a parsed plan). The sticky salt is the
-    plan's `salt`, else ``salt``, else a fresh one per deployment."""
+    """A staged rollout following a plan file (or a parsed plan). Refused (StateError) when no
+    live worker of ``version`` would take the canary lane or no controller leads, unless
+    ``force`` (see `preflight`). The sticky salt is the plan's `salt`, else ``salt``, else a
+    fresh one per deployment."""
     if isinstance(plan, str | Path):
         plan = load_plan(plan)
     elif isinstance(plan, dict):
@@ -161,7 +203,7 @@ def ramp(
     stages = " -> ".join(f"{s.percentage:g}%" for s in plan.stages)
     return _start(conn, queue, version, plan, kind="plan", allow_schema_change=allow_schema_change,
                   actor=actor, now_ms=now_ms, message=f"ramp of {version}: {stages} -> 100%",
-                  salt=plan.salt or salt)
+                  force=force, salt=plan.salt or salt)
 
 
 # -- operator verbs -----------------------------------------------------------------------------
@@ -174,16 +216,26 @@ def _active(conn: Connection, queue: str) -> Deployment:
 
 
 def promote(conn: Connection, queue: str, *, full: bool = False, actor: str | None = None,
-            now_ms: int | None = None, clock: Callable[[], float] = time.time) -> dict[str, Any]:
-    """Advance one stage (past a manual gate), or with ``full`` (and after the last stage)
-    make the canary the stable version now; then drain its lane into stable."""
+            now_ms: int | None = None, clock: Callable[[], float] = time.time,
+            confirm: Callable[[Deployment, str], None] | None = None) -> dict[str, Any]:
+    """Advance one stage (past a manual gate), or with ``full`` (and after the last stage, or
+    on a manual canary) make the canary the stable version now; then drain its lane into
+    stable.
+
+    ``confirm(dep, target)`` is called before anything is written, with where the promotion
+    goes ("100% (stable)" or "stage 2 (50%)"), so a face can ask a person; it raises to stop.
+    The rule of what "promote" means lives here only."""
     actor = actor or operator()
     now = now_ms if now_ms is not None else defaults.now_ms()
     dep = _active(conn, queue)
     if dep.state in ("promoting", "rolling_back"):
         raise StateError(f"deployment {dep.id} is {dep.state}", field="queue")
     plan = dep.plan
-    if full or dep.kind == "manual" or dep.last_stage:
+    final = full or dep.kind == "manual" or dep.last_stage
+    if confirm is not None:
+        confirm(dep, "100% (stable)" if final else
+                f"stage {dep.stage + 1} ({plan.stages[dep.stage + 1].percentage:g}%)")
+    if final:
         deployments.promote_final(conn, dep, actor=actor, now=now,
                                   reason="promoted by " + actor + (" (--full)" if full else ""))
         # the canary is stable from here: a drain problem is reported, not a failed promote
@@ -224,6 +276,7 @@ def rollback(conn: Connection, queue: str, *, reason: str = "", actor: str | Non
                "weight_zero_ms": round((t_weight0 - t0) * 1000, 3)}
         out.update(finish_outcome(conn, dep, actor=actor, clock=clock))
         out["drained_ms"] = round((clock() - t0) * 1000, 3)
+        out["still_running"] = _still_running(conn, queue, dep.canary_version)
         out["message"] = (f"{queue}: rolled back; weight 0 after {out['weight_zero_ms']:.1f} ms"
                           + (f", canary lane drained ({out['drained_jobs'] or 0} jobs) after "
                              f"{out['drained_ms']:.1f} ms" if out["drain_complete"] else
@@ -234,8 +287,9 @@ def rollback(conn: Connection, queue: str, *, reason: str = "", actor: str | Non
         raise StateError(f"nothing to roll back on {queue}: no deployment and weight 0",
                          field="queue")
     qk = conn.keys.queue(queue)
-    conn.scripts.call("rollback_canary", [qk.config, qk.tenant_weights, qk.rolled_back],
-                      ["", int(t0 * 1000)])
+    _prev, marked = conn.scripts.call("rollback_canary",
+                                      [qk.config, qk.tenant_weights, qk.rolled_back],
+                                      ["", int(t0 * 1000)])
     t_weight0 = clock()
     out = {"queue": queue, "deployment_id": None, "rollback": "done", "state": "rolled_back",
            "reason": reason, "weight_zero_ms": round((t_weight0 - t0) * 1000, 3)}
@@ -251,10 +305,38 @@ def rollback(conn: Connection, queue: str, *, reason: str = "", actor: str | Non
                    f"drain incomplete, {report.remaining} jobs left; run `pycanary drain "
                    f"{queue}`")
     out["drained_ms"] = round((clock() - t0) * 1000, 3)
+    out["still_running"] = _still_running(conn, queue, marked)
     out["message"] = (f"{queue}: rolled back; weight 0 after {out['weight_zero_ms']:.1f} ms"
                       + (f", canary lane drained ({out['drained_jobs'] or 0} jobs)"
                          if out["drain_complete"] else f"; {out['warning']}"))
     return out
+
+
+def rolled_back_running(workers: list[dict[str, Any]], queue: str,
+                        version: str) -> dict[str, Any]:
+    """Jobs still running on a rolled-back version of a queue, as its live workers last told
+    in their heartbeats. A rollback stops new starts on the version within a heartbeat, but
+    jobs already running finish (or time out) and are recorded: this says how many are left,
+    and once none is, when the last one finished (``last_finished_at``, ms; None while some
+    run or when no live worker of the version is left to tell)."""
+    mine = [w for w in workers if w.get("version") == version and w.get("state") != "dead"
+            and queue in (w.get("queues") or {})]
+    jobs = sum(sum((w.get("running") or {}).get(queue, {}).values()) for w in mine)
+    finished = [w["last_finished_at"] for w in mine if w.get("last_finished_at")]
+    return {"version": version, "running_jobs": jobs, "workers": len(mine),
+            "last_finished_at": max(finished) if finished and not jobs else None}
+
+
+def _still_running(conn: Connection, queue: str, version: str) -> dict[str, Any] | None:
+    """rolled_back_running for a rollback just made; None if the registry cannot be read
+    (the rollback has taken effect regardless)."""
+    if not version:
+        return None
+    try:
+        workers = [w.to_dict() for w in registry.list_workers(conn, ttl_ms=defaults.TTL_MS)]
+    except (redis.exceptions.RedisError, ValueError):
+        return None
+    return rolled_back_running(workers, queue, version)
 
 
 def finish_outcome(conn: Connection, dep: Deployment, *, actor: str,
@@ -422,13 +504,36 @@ def _broken_deployment(conn: Connection, q: str, exc: deployments.CorruptDeploym
     return d, evs
 
 
+#: Seconds between status's two readings of a rolled-back queue's stable lane (growth rate).
+GROWTH_SAMPLE_S = 0.5
+#: How long after a rollback status still measures the stable lane's growth, in ms.
+GROWTH_AFTER_ROLLBACK_MS = defaults.KEEP_S * 1000
+
+
+def stable_growth(first: tuple[dict[str, int], dict[str, int]],
+                  second: tuple[dict[str, int], dict[str, int]], dt_s: float) -> dict[str, Any]:
+    """The stable lane's net growth between two readings of (depths, routed counts): jobs/s
+    routed in, jobs/s that left it (fetched by workers: inflow minus growth; jobs a retry or
+    a drain put back count as inflow too, so this is a floor), and the net rate. A positive
+    ``net_per_s`` is the design card's "queue depth growing faster than processing rate"."""
+    dt = max(dt_s, 1e-6)
+    grew = second[0]["stable"] - first[0]["stable"]
+    inflow = second[1]["stable"] - first[1]["stable"]
+    return {"window_s": round(dt_s, 3), "depth": second[0]["stable"],
+            "inflow_per_s": round(inflow / dt, 1),
+            "outflow_per_s": round(max(0, inflow - grew) / dt, 1),
+            "net_per_s": round(grew / dt, 1)}
+
+
 def status(conn: Connection, queue: str | None = None, *, window_s: int = 300,
-           events: int = 8) -> list[dict[str, Any]]:
+           events: int = 8, growth_sample_s: float = GROWTH_SAMPLE_S) -> list[dict[str, Any]]:
     """Per queue: the deployment, both lanes side by side, depths, workers, latest events,
     and ``controller_error``: why the controller last skipped the queue's deployment (also
     ``deployment.last_error``). A queue that cannot be shown in full (a name in the active
     set that is no queue name, a deployment hash that does not decode) gets a row saying so;
-    the other rows are unaffected."""
+    the other rows are unaffected. After a rollback (within the last hour) a row also has
+    ``stable_growth`` (see `stable_growth`), from a second reading ``growth_sample_s`` later
+    (0: not measured)."""
     if queue is not None:
         validation.queue_name(queue)
         queues = [queue]
@@ -439,6 +544,7 @@ def status(conn: Connection, queue: str | None = None, *, window_s: int = 300,
     leader = leadership.holder(conn)
     errors = controller_errors(conn)
     out = []
+    growth: list[tuple[dict[str, Any], float, tuple[dict[str, int], dict[str, int]]]] = []
     for q in queues:
         err = errors.get(q)
         if not validation.NAME_RE.match(q):
@@ -449,10 +555,18 @@ def status(conn: Connection, queue: str | None = None, *, window_s: int = 300,
                                  " or queues set)"})
             continue
         cfg = queue_config.read_config(conn, q)
+        t_read = time.monotonic()
         depth, _routed = service.lanes_of(conn, q)
         row: dict[str, Any] = {"queue": q, "config": cfg.to_dict(), "depth": depth,
                                "leader": leader, "deployment": None, "controller_error": err}
         row["workers"] = [w.to_dict() for w in workers if q in w.queues]
+        try:
+            rolled = conn.client.smembers(conn.keys.queue(q).rolled_back)
+        except redis.exceptions.ResponseError:  # a garbled key: the rest of the row shows
+            rolled = set()
+        row["rolled_back_running"] = [
+            rolled_back_running(row["workers"], q, v) for v in sorted(rolled)
+            if any(w["version"] == v and w["state"] != "dead" for w in row["workers"])]
         try:
             dep = deployments.get(conn, q)
         except deployments.CorruptDeploymentError as exc:
@@ -488,5 +602,13 @@ def status(conn: Connection, queue: str | None = None, *, window_s: int = 300,
                     r is not None for r in rss) else None
             row["lanes"] = {lane: s.to_dict() for lane, s in lanes.items()}
             row["events"] = deployments.events(conn, q, dep.id, count=events)
+            if dep.state in ("rolled_back", "rolling_back") and dep.rollback_at and \
+                    now - dep.rollback_at <= GROWTH_AFTER_ROLLBACK_MS and growth_sample_s > 0:
+                growth.append((row, t_read, (depth, _routed)))
         out.append(row)
+    if growth:
+        time.sleep(max(0.0, growth_sample_s - (time.monotonic() - growth[-1][1])))
+        for row, t_read, first in growth:
+            second = service.lanes_of(conn, row["queue"])
+            row["stable_growth"] = stable_growth(first, second, time.monotonic() - t_read)
     return out

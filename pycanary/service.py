@@ -151,11 +151,13 @@ def configure_queue(
     salt: str | None = None,
     enabled: bool | None = None,
     canary_version: str | None = None,
+    max_backlog: int | str | None = None,
 ) -> queue_config.QueueConfig:
     bp = None if max_weight is None else validation.percent_to_bp(max_weight, "max_weight")
     return queue_config.configure(
         conn, queue, max_weight_bp=bp, stable_version=stable_version, backend=backend,
         sticky=sticky, salt=salt, enabled=enabled, canary_version=canary_version,
+        max_backlog=queue_config.parse_max_backlog(max_backlog),
     )
 
 

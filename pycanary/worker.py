@@ -21,6 +21,13 @@ finished with its outcome not yet recorded) and keeps outcomes as instance state
 * on exit, jobs not started go back to the head of their lane, and the worker deregisters
   only once its processing lists are empty. Otherwise it leaves its registration to expire,
   and the reaper returns the lists.
+
+A rollback takes effect within a heartbeat even on a busy worker (issue 11): the maintenance
+thread polls the config revision every tick and, once the version is rolled back or replaced
+on a queue, returns every job held but not started to the head of its lane, in order (the
+stable lane's when the canary lane is closed); none of them starts here. A worker holds at
+most ``prefetch`` jobs, running ones included (default: its concurrency), and with
+``exit_when_retired`` it stops once no queue it served wants its version any more.
 """
 
 from __future__ import annotations
@@ -63,6 +70,8 @@ DEFAULT_BACKOFF_MAX_S = defaults.BACKOFF_MAX_S
 ACK_BATCH = 200
 ACK_DELAY_S = 0.002
 MAX_FETCH = 200
+#: Most jobs a worker may hold at once (fetch_jobs takes at most 1000 per call).
+MAX_PREFETCH = 1000
 PROMOTE_BATCH = 500
 BOUNCE_PAUSE_S = 0.2
 #: Backoff after a failed step (Redis unreachable or refusing), doubling up to the cap.
@@ -113,6 +122,20 @@ def assign_lane(
         f"version {version} is neither stable ({stable_version}) nor canary "
         f"({canary_version or '-'}); start a canary with it to give it jobs",
     )
+
+
+def check_prefetch(prefetch: int | None, concurrency: int) -> int:
+    """The jobs a worker holds at once, running ones included (default: the concurrency, so
+    a worker holds nothing it cannot start now: a rollback or a stop leaves little to give
+    back). More than the concurrency saves round trips for very short jobs."""
+    if prefetch is None:
+        return concurrency
+    if isinstance(prefetch, bool) or not isinstance(prefetch, int) or not (
+            concurrency <= prefetch <= MAX_PREFETCH):
+        raise ValidationError(
+            f"--prefetch must be {concurrency}-{MAX_PREFETCH} (at least --concurrency: it "
+            f"counts running jobs too), got {prefetch!r}", field="prefetch")
+    return prefetch
 
 
 def backoff_s(attempt: int, base: float, cap: float, rng: random.Random) -> float:
@@ -182,6 +205,7 @@ class Worker:
         keep_s: int = metrics.DEFAULT_KEEP_S,
         worker_id: str | None = None,
         rng: random.Random | None = None,
+        exit_when_retired: bool = False,
     ) -> None:
         if not queues:
             raise ValidationError("give at least one queue", field="queues")
@@ -211,7 +235,10 @@ class Worker:
         self.backoff_base_s = backoff_s
         self.backoff_max_s = backoff_max_s
         self.job_timeout_s = job_timeout_s
-        self.prefetch = prefetch or max(32, min(MAX_FETCH, concurrency * 4))
+        self.prefetch = check_prefetch(prefetch, concurrency)
+        self.exit_when_retired = exit_when_retired
+        #: why the worker stopped on its own (--exit-when-retired), "" otherwise
+        self.exit_reason = ""
         self.block_s = block_s
         self.slot_s = slot_s
         self.keep_s = keep_s
@@ -221,10 +248,20 @@ class Worker:
         self._assignments: dict[str, LaneAssignment] = {
             q: LaneAssignment(None, "standby", "not yet configured") for q in self.queues}
         self._last_lane: dict[str, str] = {}
+        # the config revision each queue's assignment was decided from: the maintenance thread
+        # polls it every tick, so a rollback is seen in a fraction of a heartbeat
+        self._config_rev: dict[str, str | None] = {}
+        # guards _pending and _held: the maintenance thread returns unstarted jobs of a lane
+        # this worker no longer serves while the main thread may be busy running a job
+        self._lock = threading.RLock()
         self._stop = threading.Event()
         self._results: queue_mod.SimpleQueue[_Outcome] = queue_mod.SimpleQueue()
         self._pending: deque[_Running] = deque()
         self._inflight = 0
+        # running jobs per (queue, lane) and when the last one finished (wall clock, ms): in
+        # the heartbeat, so `rollback` and `status` can say what still runs on a version
+        self._running: Counter[tuple[str, str]] = Counter()
+        self._last_finished_ms = 0
         # outcomes not yet recorded in Redis: instance state, so they survive a restart of
         # _serve after an outage and are flushed when Redis answers again
         self._acks: list[_Outcome] = []
@@ -271,6 +308,7 @@ class Worker:
         try:
             self._refresh_assignments()
             self._refresh_strata()
+            self._after_refresh()
             self._heartbeat()
             self._needs_reconcile = True  # a previous run with this id may have left jobs
             self._maint = threading.Thread(target=self._maintenance, name="pycanary-maint",
@@ -300,12 +338,13 @@ class Worker:
         pipe = conn.client.pipeline(transaction=False)
         for q in self.queues:
             qk = conn.keys.queue(q)
-            pipe.hmget(qk.config, ["stable_version", "canary_version"])
+            pipe.hmget(qk.config, ["stable_version", "canary_version", "rev"])
             pipe.sismember(qk.rolled_back, self.version)
             pipe.zscore(qk.former_stable, self.version)
         res = pipe.execute()
         for i, q in enumerate(self.queues):
-            (stable, canary), rolled_back, former = res[3 * i: 3 * i + 3]
+            (stable, canary, rev), rolled_back, former = res[3 * i: 3 * i + 3]
+            self._config_rev[q] = rev
             if not stable and self.pinned_lane in (None, "stable"):
                 stable = conn.scripts.call("adopt_stable_version", [conn.keys.queue(q).config],
                                            [self.version, defaults.now_ms()])
@@ -336,9 +375,19 @@ class Worker:
         counts exactly those as crashed attempts of this version. Only the jobs the next
         dispatch step starts are marked, so a job fetched but not started is never counted."""
         n = self.concurrency - self._inflight
-        todo = [r for r in itertools.islice(pending, max(0, n)) if not r.first]
-        if not todo:
-            return
+        with self._lock:  # the jobs _take will give next: the wanted ones at the head
+            todo = []
+            for r in itertools.islice(pending, max(0, n)):
+                if not self._wanted(r.queue):
+                    break
+                if not r.first:
+                    todo.append(r)
+        if todo:
+            self._write_marks(todo)
+
+    def _write_marks(self, todo: list[_Running]) -> None:
+        """One HSET per queue of the jobs' running-hash entries; on failure none counts as
+        marked (the step is retried)."""
         by_queue: dict[str, list[str]] = {}
         for r in todo:
             e = r.envelope
@@ -364,6 +413,19 @@ class Worker:
                 r.first = r.unit = ""
             raise
 
+    def _ensure_marked(self, r: _Running) -> None:
+        """A job taken without a mark (the maintenance thread returned one that was marked
+        meanwhile, shifting the next into its place): marked on its own; if that fails it goes
+        back to the head of pending, still held, and the step is retried."""
+        if r.first:
+            return
+        try:
+            self._write_marks([r])
+        except BaseException:
+            with self._lock:
+                self._pending.appendleft(r)
+            raise
+
     @property
     def state(self) -> str:
         states = {a.state for a in self._assignments.values()}
@@ -382,6 +444,9 @@ class Worker:
             "lanes": ",".join(f"{q}={a.lane or '-'}" for q, a in self._assignments.items()),
             "concurrency": self.concurrency, "started_at": self.stats.started_at,
             "current": self._inflight, "done": self.stats.done, "failed": self.stats.failed,
+            "running": ",".join(f"{q}/{lane}={n}" for (q, lane), n in
+                                sorted(dict(self._running).items()) if n > 0),
+            "last_finished_at": self._last_finished_ms,
             "schemas": "any" if self.schemas is None else ",".join(map(str,
                                                                        sorted(self.schemas))),
             "last_seen": defaults.now_ms(), "rss": registry.rss_bytes(),
@@ -402,12 +467,32 @@ class Worker:
                 if not int(more):
                     break
 
+    def _config_changed(self) -> bool:
+        """One cheap read per queue (the config's revision, bumped by every config write):
+        has any queue's config changed since the assignments were last decided?"""
+        pipe = self.conn.client.pipeline(transaction=False)
+        for q in self.queues:
+            pipe.hget(self.conn.keys.queue(q).config, "rev")
+        revs = pipe.execute()
+        return any(self._config_rev.get(q) != rev for q, rev in zip(self.queues, revs,
+                                                                        strict=True))
+
     def _maintenance(self) -> None:
         """Heartbeats until run() has released every held job (not merely until stop(): a
-        stopping worker still holds its in-flight jobs, and must not look dead meanwhile)."""
+        stopping worker still holds its in-flight jobs, and must not look dead meanwhile).
+
+        It runs in its own thread, so busy slots never starve it. Every tick it checks the
+        queues' config revision: a rollback (or a new canary replacing this version) is seen
+        within a tick, and the jobs this worker holds but has not started are returned from
+        here at once, even while the main thread is running a long job."""
         next_beat = time.monotonic() + self.heartbeat_s
         while not self._maint_stop.wait(min(0.25, self.heartbeat_s / 4)):
             try:
+                if time.monotonic() < next_beat and self._config_changed():
+                    self._refresh_assignments()
+                    self._after_refresh()
+                elif any(not self._wanted(r.queue) for r in list(self._pending)):
+                    self._after_refresh()  # the lock was busy last time: try again
                 if time.monotonic() >= next_beat:
                     # a failed heartbeat is retried next tick, not a whole period later: after
                     # an outage this worker must show it is alive before others reap it
@@ -418,6 +503,7 @@ class Worker:
                     next_beat = time.monotonic() + self.heartbeat_s
                     self._refresh_assignments()
                     self._refresh_strata()
+                    self._after_refresh()
                     # others are judged by their own advertised TTL; ttl_ms only covers
                     # workers that advertise none
                     registry.reap(self.conn, ttl_ms=max(self.ttl_ms, defaults.TTL_MS),
@@ -425,6 +511,39 @@ class Worker:
                 self._promote_due()
             except Exception as exc:
                 log.warning("maintenance step failed (%s); retrying next tick", exc)
+
+    def _after_refresh(self) -> None:
+        """Maintenance thread, after the assignments were decided again: give back the jobs of
+        lanes this worker no longer serves. If the main thread holds the lock (it is
+        dispatching or returning jobs itself), the next tick tries again, and the main thread
+        does the same on its next round."""
+        if self.exit_when_retired and not self._stop.is_set():
+            why = self.retired_reason()
+            if why:
+                self.exit_reason = why
+                log.info("worker %s (version %s) exits: retired on every queue it served (%s); "
+                         "unstarted jobs go back, running ones finish first", self.id,
+                         self.version, why)
+                self.stop()
+        # never wait long: heartbeats must go on (the next tick tries again)
+        if not self._lock.acquire(timeout=min(0.05, self.heartbeat_s / 4)):
+            return
+        try:
+            self._return_unwanted()
+        finally:
+            self._lock.release()
+
+    def retired_reason(self) -> str:
+        """Why this worker has nothing left to do, or "": no queue gives it a lane any more,
+        and on at least one its version was rolled back or replaced (a worker that has been
+        on standby from the start, waiting for its canary, is not retired)."""
+        if any(a.lane is not None for a in self._assignments.values()):
+            return ""
+        why = [f"{q}: {a.reason}" if a.state == "retiring" else
+               f"{q}: no longer serves the {self._last_lane[q]} lane ({a.reason})"
+               for q, a in self._assignments.items()
+               if a.state == "retiring" or q in self._last_lane]
+        return "; ".join(why)
 
     # -- executors ------------------------------------------------------------------------
     def _start_executor(self) -> None:
@@ -487,6 +606,7 @@ class Worker:
 
     def _dispatch(self, r: _Running) -> None:
         self._inflight += 1
+        self._running[(r.queue, r.lane)] += 1
         if self._loop is not None:
             fut = asyncio.run_coroutine_threadsafe(self._run_async(r), self._loop)
             fut.add_done_callback(lambda f, r=r: self._results.put(_result_of(f, r)))
@@ -520,15 +640,17 @@ class Worker:
         return [(q, a.lane) for q, a in self._assignments.items() if a.lane is not None]
 
     def _hold(self, r: _Running) -> None:
-        self._held[(r.queue, r.raw)] += 1
+        with self._lock:
+            self._held[(r.queue, r.raw)] += 1
 
     def _unhold(self, queue: str, raw: str) -> None:
         key = (queue, raw)
-        n = self._held.get(key, 0)
-        if n <= 1:
-            self._held.pop(key, None)
-        else:
-            self._held[key] = n - 1
+        with self._lock:
+            n = self._held.get(key, 0)
+            if n <= 1:
+                self._held.pop(key, None)
+            else:
+                self._held[key] = n - 1
 
     def _block_fetch(self) -> int:
         """Idle: wait for one job on the only active lane (BLMOVE), or sleep a little.
@@ -574,13 +696,19 @@ class Worker:
             return
         r = _Running(raw, env, queue, lane, time.perf_counter_ns(),
                      max(0.0, (now - env.waiting_since) * 1000.0))
-        self._hold(r)
-        self._pending.append(r)
+        with self._lock:
+            self._hold(r)
+            self._pending.append(r)
+
+    def _return_keys(self, queue: str, lane: str) -> list[str]:
+        """KEYS of return_job and bounce_job: the job goes back to its lane, or to the stable
+        lane when it came from a closed canary lane (the script reads the config)."""
+        qk = self.conn.keys.queue(queue)
+        return [qk.processing(self.id), qk.lane(lane), qk.lane_stable, qk.config]
 
     def _bounce(self, queue: str, lane: str, raw: str) -> None:
         """A payload schema this worker does not accept: back to the lane for another worker."""
-        qk = self.conn.keys.queue(queue)
-        res = self.conn.scripts.call("bounce_job", [qk.processing(self.id), qk.lane(lane)], [raw])
+        res = self.conn.scripts.call("bounce_job", self._return_keys(queue, lane), [raw])
         _check(res, "bounce_job")
         self.stats.bounced += 1
         self._stop.wait(BOUNCE_PAUSE_S)
@@ -641,6 +769,10 @@ class Worker:
         fetch whose reply was lost (connection dropped, an error raised midway) moved jobs
         that nobody runs. Entries held by no one here are adopted (run, bounced or
         dead-lettered). Read as bytes, so an envelope that is not UTF-8 cannot fail it."""
+        with self._lock:
+            self._reconcile_locked()
+
+    def _reconcile_locked(self) -> None:
         failed: Exception | None = None
         for q in self.queues:
             qk = self.conn.keys.queue(q)
@@ -695,21 +827,27 @@ class Worker:
                 if self._inflight == 0:
                     break
             if pending:
-                self._return_retired(pending)
-            # 1. dispatch what was fetched (marked as started first: crash accounting)
+                with self._lock:
+                    self._return_unwanted()
+            # 1. dispatch what was fetched (never a job of a lane this worker left), each job
+            # marked as started first (crash accounting: _mark_started)
             if pending and self._inflight < self.concurrency:
                 self._mark_started(pending)
-            while pending and self._inflight < self.concurrency:
-                self._dispatch(pending.popleft())
+            while self._inflight < self.concurrency:
+                r = self._take()
+                if r is None:
+                    break
+                self._ensure_marked(r)
+                self._dispatch(r)
             buffered = len(self._acks) + len(self._fails)
             # 2. collect outcomes; wait for one only when nothing else can be done
             if self._inflight and (self._inflight >= self.concurrency or stopping or
                                    (pending and not buffered)):
                 with contextlib.suppress(queue_mod.Empty):
-                    self._collect(self._results.get(timeout=ACK_DELAY_S if buffered else 0.05))
+                    self._finished(self._results.get(timeout=ACK_DELAY_S if buffered else 0.05))
             while True:
                 try:
-                    self._collect(self._results.get_nowait())
+                    self._finished(self._results.get_nowait())
                 except queue_mod.Empty:
                     break
             buffered = len(self._acks) + len(self._fails)
@@ -728,35 +866,62 @@ class Worker:
                     self._block_fetch()
         self._sync(0)
 
-    def _return_retired(self, pending: deque[_Running]) -> None:
-        """Jobs fetched from a lane this worker no longer serves because its version was
-        rolled back never start here: they go to the head of the stable lane (the canary lane
-        is being drained, so a job put back there could be left behind)."""
-        retired = {q for q, a in self._assignments.items() if a.state == "retiring"}
-        if not retired or not any(r.queue in retired for r in pending):
+    def _wanted(self, queue: str) -> bool:
+        """Does this worker still serve a lane of the queue (not rolled back, not replaced)?"""
+        return self._assignments[queue].lane is not None
+
+    def _take(self) -> _Running | None:
+        """The next fetched job to start, unless it belongs to a queue whose lane this worker
+        left: that one is given back instead (by _return_unwanted), never started."""
+        with self._lock:
+            if self._pending and self._wanted(self._pending[0].queue):
+                return self._pending.popleft()
+        return None
+
+    def _return_unwanted(self) -> None:
+        """Jobs fetched for a lane this worker no longer serves (its version was rolled back,
+        or another canary version replaced it) never start here: each goes back to the head
+        of its lane, in order, and return_job sends it to the head of the stable lane when
+        that lane is a closed canary lane. Called with the lock held, from either thread."""
+        pending = self._pending
+        back = [r for r in pending if not self._wanted(r.queue)]
+        if not back:
             return
-        back = [r for r in pending if r.queue in retired]
+        moved = Counter()
         for r in reversed(back):  # newest first, so the oldest ends up at the very head
-            qk = self.conn.keys.queue(r.queue)
-            res = self.conn.scripts.call("return_job", [qk.processing(self.id), qk.lane_stable],
+            res = self.conn.scripts.call("return_job", self._return_keys(r.queue, r.lane),
                                          [r.raw])
             _check(res, "return_job")
             pending.remove(r)
             self._unhold(r.queue, r.raw)
-        log.info("worker %s: %d fetched job(s) of a rolled-back version returned to the head "
-                 "of the stable lane", self.id, len(back))
+            moved["stable" if int(res) == 2 else r.lane] += 1
+        log.info("worker %s (version %s): %d fetched job(s) not started, returned to the head "
+                 "of their lane (%s): %s", self.id, self.version, len(back),
+                 ", ".join(f"{n} to {lane}" for lane, n in sorted(moved.items())),
+                 "; ".join(sorted({a.reason for q, a in self._assignments.items()
+                                   if a.lane is None and a.reason})))
 
     def _return_pending(self, pending: deque[_Running]) -> None:
-        """Fetched but not started when stopping: straight back to the head of their lane.
-        Each job leaves `pending` only once the script ran, so a failure keeps it held."""
-        while pending:
-            r = pending[-1]  # newest first, so the oldest ends up at the very head
-            qk = self.conn.keys.queue(r.queue)
-            res = self.conn.scripts.call("return_job", [qk.processing(self.id), qk.lane(r.lane)],
-                                         [r.raw])
-            _check(res, "return_job")
-            pending.pop()
-            self._unhold(r.queue, r.raw)
+        """Fetched but not started when stopping: straight back to the head of their lane
+        (the stable lane's, when it is a closed canary lane). Each job leaves `pending` only
+        once the script ran, so a failure keeps it held."""
+        with self._lock:
+            while pending:
+                r = pending[-1]  # newest first, so the oldest ends up at the very head
+                res = self.conn.scripts.call("return_job", self._return_keys(r.queue, r.lane),
+                                             [r.raw])
+                _check(res, "return_job")
+                pending.pop()
+                self._unhold(r.queue, r.raw)
+
+    def _finished(self, out: _Outcome) -> None:
+        """A job's outcome came back: it no longer runs (heartbeat figures), then record it."""
+        key = (out.running.queue, out.running.lane)
+        self._running[key] -= 1
+        if self._running[key] <= 0:
+            del self._running[key]
+        self._last_finished_ms = defaults.now_ms()
+        self._collect(out)
 
     def _collect(self, out: _Outcome) -> None:
         self._inflight -= 1

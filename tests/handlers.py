@@ -90,3 +90,19 @@ def record(job: Job) -> None:
         os.write(fd, (job.id + "\n").encode())  # one O_APPEND write: atomic across processes
     finally:
         os.close(fd)
+
+
+def starts_key() -> str:
+    return f"{os.environ['PYCANARY_PREFIX']}:test:starts"
+
+
+def finishes_key() -> str:
+    return f"{os.environ['PYCANARY_PREFIX']}:test:finishes"
+
+
+def versioned(job: Job) -> None:
+    """Sleeps SLOW_S seconds (default 1), recording "id version lane ms" when it starts and
+    when it finishes (wall clock), so a test can tell which version ran each job and when."""
+    _r().rpush(starts_key(), f"{job.id} {job.version} {job.lane} {int(time.time() * 1000)}")
+    time.sleep(float(os.environ.get("SLOW_S", "1")))
+    _r().rpush(finishes_key(), f"{job.id} {job.version} {job.lane} {int(time.time() * 1000)}")

@@ -34,21 +34,33 @@ def free_port() -> int:
     raise RuntimeError("no free port pair found")
 
 
+def _server_binary() -> str:
+    binary = shutil.which("redis-server")
+    if binary is None:  # pragma: no cover - the machine has it; fail loudly if not
+        raise RuntimeError("redis-server is not on PATH")
+    return binary
+
+
 class RedisProcess:
+    """A plain redis-server on a free loopback port, no persistence, its own directory."""
+
     def __init__(self, workdir: Path, *extra: str) -> None:
-        binary = shutil.which("redis-server")
-        if binary is None:  # pragma: no cover - the machine has it; fail loudly if not
-            raise RuntimeError("redis-server is not on PATH")
         self.port = free_port()
-        self.dir = workdir / f"redis-{self.port}"
+        self._launch(workdir / f"redis-{self.port}",
+                     ["--port", str(self.port), *extra],
+                     redis.Redis(port=self.port, decode_responses=True), "redis-server")
+
+    def _launch(self, dir_: Path, args: list[str], client: redis.Redis, what: str) -> None:
+        """Start redis-server with ``args`` (plus the throwaway defaults) and wait until
+        ``client`` gets a PONG; a server that exits or stays silent for 10 s is stopped."""
+        self.dir = dir_
         self.dir.mkdir(parents=True)
         self.proc = subprocess.Popen(
-            [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--dir", str(self.dir), "--logfile",
-             str(self.dir / "log"), *extra],
+            [_server_binary(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+             "--dir", str(self.dir), "--logfile", str(self.dir / "log"), *args],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )
-        self.client = redis.Redis(port=self.port, decode_responses=True)
+        self.client = client
         deadline = time.monotonic() + 10
         while True:
             try:
@@ -57,7 +69,7 @@ class RedisProcess:
             except redis.exceptions.ConnectionError:
                 if time.monotonic() > deadline or self.proc.poll() is not None:
                     self.stop()
-                    raise RuntimeError(f"redis-server on {self.port} did not start") from None
+                    raise RuntimeError(f"{what} on {self.port} did not start") from None
                 time.sleep(0.05)
 
     def stop(self) -> None:
@@ -70,68 +82,24 @@ class RedisProcess:
                 self.proc.wait()
 
 
-class RedisCluster3:
-    """Three primaries, no replicas: enough to spread slots across nodes."""
+class _Cluster:
+    """A Redis Cluster of throwaway nodes made with ``redis-cli --cluster create``."""
 
-    def __init__(self, workdir: Path) -> None:
-        self.nodes: list[RedisProcess] = []
+    nodes: list[RedisProcess]
+
+    def _create(self, workdir: Path, count: int, replicas: int, *extra: str) -> None:
+        self.nodes = []
         try:
-            for _ in range(3):
+            for _ in range(count):
                 self.nodes.append(RedisProcess(workdir, "--cluster-enabled", "yes",
-                                               "--cluster-config-file", "nodes.conf"))
+                                               "--cluster-config-file", "nodes.conf", *extra))
             subprocess.run(
                 ["redis-cli", "--cluster", "create",
-                 *[f"127.0.0.1:{n.port}" for n in self.nodes], "--cluster-replicas", "0",
-                 "--cluster-yes"],
-                check=True, capture_output=True, timeout=60,
-            )
-            deadline = time.monotonic() + 30
-            while any(n.client.cluster("info").get("cluster_state") != "ok" for n in self.nodes):
-                if time.monotonic() > deadline:
-                    raise RuntimeError("cluster did not reach state ok")
-                time.sleep(0.1)
-        except BaseException:
-            self.stop()
-            raise
-
-    @property
-    def url(self) -> str:
-        return f"redis+cluster://127.0.0.1:{self.nodes[0].port}"
-
-    def stop(self) -> None:
-        for n in self.nodes:
-            n.stop()
-
-
-class RedisCluster6:
-    """Three primaries with one replica each (``--cluster-replicas 1``) and a short
-    ``cluster-node-timeout``, so a SIGKILLed primary's replica takes over within seconds.
-
-    Replication is asynchronous: a write a primary acknowledged but had not yet sent to its
-    replica is gone after the failover (what tests/test_cluster_failover.py measures).
-    """
-
-    def __init__(self, workdir: Path, node_timeout_ms: int = 1000) -> None:
-        self.nodes: list[RedisProcess] = []
-        try:
-            for _ in range(6):
-                self.nodes.append(RedisProcess(
-                    workdir, "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
-                    "--cluster-node-timeout", str(node_timeout_ms)))
-            subprocess.run(
-                ["redis-cli", "--cluster", "create",
-                 *[f"127.0.0.1:{n.port}" for n in self.nodes], "--cluster-replicas", "1",
-                 "--cluster-yes"],
+                 *[f"127.0.0.1:{n.port}" for n in self.nodes], "--cluster-replicas",
+                 str(replicas), "--cluster-yes"],
                 check=True, capture_output=True, timeout=60,
             )
             self.wait_ok(self.nodes, 30)
-            deadline = time.monotonic() + 30
-            while len(self.primaries()) != 3 or any(
-                    n.client.info("replication").get("master_link_status") != "up"
-                    for n in self.nodes if n not in self.primaries()):
-                if time.monotonic() > deadline:
-                    raise RuntimeError("replicas did not link up")
-                time.sleep(0.1)
         except BaseException:
             self.stop()
             raise
@@ -148,6 +116,44 @@ class RedisCluster6:
             if time.monotonic() > deadline:
                 raise RuntimeError("cluster did not reach state ok")
             time.sleep(0.1)
+
+    @property
+    def url(self) -> str:
+        return f"redis+cluster://127.0.0.1:{self.nodes[0].port}"
+
+    def stop(self) -> None:
+        for n in self.nodes:
+            n.stop()
+
+
+class RedisCluster3(_Cluster):
+    """Three primaries, no replicas: enough to spread slots across nodes."""
+
+    def __init__(self, workdir: Path) -> None:
+        self._create(workdir, 3, 0)
+
+
+class RedisCluster6(_Cluster):
+    """Three primaries with one replica each (``--cluster-replicas 1``) and a short
+    ``cluster-node-timeout``, so a SIGKILLed primary's replica takes over within seconds.
+
+    Replication is asynchronous: a write a primary acknowledged but had not yet sent to its
+    replica is gone after the failover (what tests/test_cluster_failover.py measures).
+    """
+
+    def __init__(self, workdir: Path, node_timeout_ms: int = 1000) -> None:
+        self._create(workdir, 6, 1, "--cluster-node-timeout", str(node_timeout_ms))
+        try:
+            deadline = time.monotonic() + 30
+            while len(self.primaries()) != 3 or any(
+                    n.client.info("replication").get("master_link_status") != "up"
+                    for n in self.nodes if n not in self.primaries()):
+                if time.monotonic() > deadline:
+                    raise RuntimeError("replicas did not link up")
+                time.sleep(0.1)
+        except BaseException:
+            self.stop()
+            raise
 
     def alive(self) -> list[RedisProcess]:
         return [n for n in self.nodes if n.proc.poll() is None]
@@ -182,13 +188,6 @@ class RedisCluster6:
         node.proc.kill()
         node.proc.wait()
 
-    @property
-    def url(self) -> str:
-        return f"redis+cluster://127.0.0.1:{self.nodes[0].port}"
-
-    def stop(self) -> None:
-        for n in self.nodes:
-            n.stop()
 
 def make_tls_certs(workdir: Path) -> dict[str, Path]:
     """A throwaway CA, a server certificate for 127.0.0.1 and a client certificate (openssl)."""
@@ -211,47 +210,21 @@ def make_tls_certs(workdir: Path) -> dict[str, Path]:
                                      "client.key")}
 
 
-class RedisTLSProcess:
+class RedisTLSProcess(RedisProcess):
     """A redis-server on a TLS-only loopback port that requires client certificates."""
 
     def __init__(self, workdir: Path, certs: dict[str, Path], *extra: str,
                  password: str | None = None) -> None:
-        binary = shutil.which("redis-server")
-        if binary is None:  # pragma: no cover
-            raise RuntimeError("redis-server is not on PATH")
         self.port = free_port()
-        self.dir = workdir / f"redis-tls-{self.port}"
-        self.dir.mkdir(parents=True)
-        self.proc = subprocess.Popen(
-            [binary, "--port", "0", "--tls-port", str(self.port), "--bind", "127.0.0.1",
+        client = redis.Redis(port=self.port, password=password, ssl=True,
+                             ssl_ca_certs=str(certs["ca.pem"]),
+                             ssl_certfile=str(certs["client.pem"]),
+                             ssl_keyfile=str(certs["client.key"]), decode_responses=True)
+        self._launch(
+            workdir / f"redis-tls-{self.port}",
+            ["--port", "0", "--tls-port", str(self.port),
              "--tls-cert-file", str(certs["server.pem"]),
              "--tls-key-file", str(certs["server.key"]),
              "--tls-ca-cert-file", str(certs["ca.pem"]), "--tls-auth-clients", "yes",
-             "--save", "", "--appendonly", "no", "--dir", str(self.dir), "--logfile",
-             str(self.dir / "log"), *(["--requirepass", password] if password else []),
-             *extra],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )
-        self.client = redis.Redis(port=self.port, password=password, ssl=True,
-                                  ssl_ca_certs=str(certs["ca.pem"]),
-                                  ssl_certfile=str(certs["client.pem"]),
-                                  ssl_keyfile=str(certs["client.key"]), decode_responses=True)
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                self.client.ping()
-                break
-            except redis.exceptions.ConnectionError:
-                if time.monotonic() > deadline or self.proc.poll() is not None:
-                    self.stop()
-                    raise RuntimeError(f"TLS redis-server on {self.port} did not start") from None
-                time.sleep(0.05)
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+             *(["--requirepass", password] if password else []), *extra],
+            client, "TLS redis-server")

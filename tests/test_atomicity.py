@@ -102,8 +102,8 @@ def _script_keys(keys: Keys, queue: str) -> dict[str, list[str]]:
         "promote_delayed": [qk.delayed_stable, qk.delayed_canary, qk.lane_stable,
                             qk.lane_canary, qk.config],
         "requeue_jobs": qk.requeue_keys("w:1"),
-        "bounce_job": [qk.processing("w:1"), qk.lane_stable],
-        "return_job": [qk.processing("w:1"), qk.lane_canary],
+        "bounce_job": [qk.processing("w:1"), qk.lane_stable, qk.lane_stable, qk.config],
+        "return_job": [qk.processing("w:1"), qk.lane_canary, qk.lane_stable, qk.config],
         "adopt_stable_version": [qk.config],
         "rollback_canary": [qk.config, qk.tenant_weights, qk.rolled_back],
         "promote_canary": [qk.config, qk.tenant_weights, qk.former_stable, qk.rolled_back],
@@ -325,6 +325,8 @@ def test_garbled_stored_numbers_are_refused_before_any_write(real_conn) -> None:
     qk = conn.keys.queue("payments")
     calls = _typed_calls(conn.keys)
     for name, key, field in [("route_enqueue", qk.config, "weight_bp"),
+                             ("route_enqueue", qk.config, "max_backlog"),
+                             ("route_enqueue_many", qk.config, "max_backlog"),
                              ("set_weight", qk.config, "max_weight_bp"),
                              ("deployment_update", qk.config, "max_weight_bp"),
                              ("rollback_canary", qk.config, "weight_bp"),
@@ -345,6 +347,27 @@ def test_garbled_stored_numbers_are_refused_before_any_write(real_conn) -> None:
         with pytest.raises(ValidationError):
             _call(conn, name, [k for k, _ in typed], args)
         assert _snapshot(conn) == before, name
+
+
+def test_max_backlog_refusal_changes_nothing(real_conn) -> None:
+    """route_enqueue(_many) called directly at a full lane: QueueFull (-14), no key touched
+    (no push, no routed count, no idempotency record)."""
+    from pycanary.errors import QueueFullError
+
+    conn = real_conn
+    qk = conn.keys.queue("payments")
+    calls = _typed_calls(conn.keys)
+    for limit in ("1", "2"):  # seeded: stable holds 1, canary 2; a batch of 2 needs room
+        for name in ("route_enqueue", "route_enqueue_many"):
+            _seed(conn)
+            conn.client.hset(qk.config, "max_backlog", limit)
+            typed, args = calls[name]
+            before = _snapshot(conn)
+            if name == "route_enqueue" and limit == "2":
+                continue  # one job fits the stable lane at 2: not a refusal
+            with pytest.raises(QueueFullError, match=f"max_backlog is {limit}"):
+                _call(conn, name, [k for k, _ in typed], args)
+            assert _snapshot(conn) == before, (name, limit)
 
 
 def test_max_weight_guard_in_deployment_include_changes_nothing(real_conn) -> None:

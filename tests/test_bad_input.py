@@ -198,11 +198,13 @@ def test_cli_ramp_twice(real_conn: Connection, runner: CliRunner, tmp_path: Path
     path = tmp_path / "plan.yaml"
     path.write_text(GOOD_PLAN)
     first = run_cli(runner, real_conn, ["ramp", "payments", "--version", "v2",
-                                        "--plan", str(path), "--allow-schema-change"])
+                                        "--plan", str(path), "--allow-schema-change",
+                                        "--force"])
     assert first.exit_code == 0, first.output
     before = snapshot(real_conn)
     again = run_cli(runner, real_conn, ["ramp", "payments", "--version", "v2",
-                                        "--plan", str(path), "--allow-schema-change"])
+                                        "--plan", str(path), "--allow-schema-change",
+                                        "--force"])
     assert again.exit_code == 2, again.output
     lines = [line for line in again.output.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("error: "), again.output

@@ -21,7 +21,7 @@ def test_canary_lifecycle(real_conn) -> None:
     prefix = conn.keys.prefix
     service.configure_queue(conn, "payments", stable_version="v1")
     res = run("canary", "start", "payments", "--version", "v2", "--weight", "10", "--tenant",
-              "internal=100", "--json", prefix=prefix)
+              "internal=100", "--json", "--force", prefix=prefix)
     assert res.returncode == 0, res.stderr
     dep = json.loads(res.stdout)
     assert (dep["state"], dep["weight_percent"], dep["tenants_bp"]) == ("active", 10,
@@ -70,7 +70,7 @@ def test_ramp_watch_exits_0_when_promoted(real_conn, tmp_path: Path) -> None:
     plan.write_text("canary_config:\n  interval: 1s\n  on_no_data: pass\n  stages:\n"
                     "    - percentage: 10\n      duration: 1s\n")
     cmd = [sys.executable, "-m", "pycanary.cli", "--redis-url", conn.url, "--prefix", prefix,
-           "ramp", "payments", "--version", "v2", "--plan", str(plan), "--watch"]
+           "ramp", "payments", "--version", "v2", "--plan", str(plan), "--watch", "--force"]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             cwd=ROOT)
     stop = threading.Event()

@@ -77,7 +77,7 @@ def test_primary_killed_mid_run(cluster: RedisCluster6) -> None:
     assert len({conn.client.get_node_from_key(f"{{{q}}}").port for q in queues}) == 3
     for q in queues:
         queue_config.configure(conn, q, stable_version="v1", salt="s")
-        rollouts.ramp(conn, q, "v2", PLAN)
+        rollouts.ramp(conn, q, "v2", PLAN, force=True)
 
     processed: Counter[str] = Counter()
     lock = threading.Lock()

@@ -9,8 +9,9 @@ jobs a producer thread keeps feeding. Mid-ramp the leader is
 * SIGSTOPped, then SIGCONTed once the other leads: the woken process must not write anything
   (no event, no fence of its old epoch), and the ramp completes under the new leader.
 
-A stop can land anywhere in a tick; the last test puts it, deterministically and in-process,
-between a leader's read and its writes: a deposed leader's check must leave no trace.
+A kill can land anywhere in a tick; the last test puts it, deterministically, with the
+controller's own crash hook, between a check's read and its write: the next leader makes the
+step once, and the dead leader's decided write, delivered late, is refused by the fence.
 
 The leader is read from `Keys.leader` ("epoch:token", token "host:pid/nonce"); a controller's
 actor id in the event log is its "host:pid".
@@ -19,35 +20,29 @@ actor id in the event log is its "host:pid".
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 import pycanary
 from pycanary import deployments, rollouts, service
-from pycanary.controller import Controller
 from pycanary.errors import FencedError
-from pycanary.leader import Leadership
 from pycanary.producer import Producer
 from tests.conftest import REAL_URL
+from tests.processes import STARTUP, Holder, holder, start_controller, wait_until
 from tests.test_controller_scenarios import behave, canary_workers_ready
 from tests.test_worker_processes import start_worker, stop_all, wait_for
 
-ROOT = Path(__file__).resolve().parents[1]
 QUEUE = "payments"
 LEASE = 1.0
 POLL = 0.1
 #: Two lease periods, plus slack for interpreter stalls on a loaded two-core machine.
 TAKEOVER = 2 * LEASE + 1.0
-STARTUP = 25.0  # interpreter and import start of four processes on a loaded machine
 STAGE_S = 4
 
 PLAN = {"canary_config": {
@@ -64,22 +59,6 @@ PLAN = {"canary_config": {
         {"percentage": 80, "duration": f"{STAGE_S}s", "auto_promote": True},
     ],
 }}
-
-
-@dataclass(frozen=True)
-class Holder:
-    epoch: int
-    pid: int
-    actor: str  # the controller id, "host:pid", as written in the event log
-
-
-def parse_holder(value: str | None) -> Holder | None:
-    """ "epoch:host:pid/nonce" -> Holder."""
-    if not value:
-        return None
-    epoch, token = value.split(":", 1)
-    actor = token.rsplit("/", 1)[0]
-    return Holder(int(epoch), int(actor.rsplit(":", 1)[1]), actor)
 
 
 class Rig:
@@ -106,16 +85,11 @@ class Rig:
                                      "tests.handlers:scenario", "--concurrency", "4")
                         for v in ("v1", "v2")]
 
-    def start_controllers(self) -> None:
-        env = {**os.environ, "PYTHONPATH": str(ROOT)}
-        for i in range(2):
+    def start_controllers(self, crash: tuple[str | None, ...] = (None, None)) -> None:
+        """Two controllers; ``crash[i]`` the i-th one's PYCANARY_TEST_CRASH_AT point."""
+        for i, point in enumerate(crash):
             log = self.tmp / f"controller{i}.log"
-            with log.open("w") as fh:
-                p = subprocess.Popen(
-                    [sys.executable, "-m", "pycanary.cli", "--redis-url", REAL_URL, "--prefix",
-                     self.conn.keys.prefix, "controller", "--lease", str(LEASE), "--poll",
-                     str(POLL), "--log-format", "json"],
-                    cwd=ROOT, env=env, stdout=fh, stderr=subprocess.STDOUT)
+            p = start_controller(self.conn, log, lease=LEASE, poll=POLL, crash=point)
             self.controllers.append(p)
             self.logs[p.pid] = log
 
@@ -147,7 +121,7 @@ class Rig:
 
     # -- views -----------------------------------------------------------------------------
     def holder(self) -> Holder | None:
-        return parse_holder(self.conn.client.get(self.conn.keys.leader))
+        return holder(self.conn)
 
     def fence(self) -> int:
         return int(self.conn.client.get(self.conn.keys.queue(QUEUE).fence) or 0)
@@ -181,15 +155,7 @@ class Rig:
         return "\n".join(parts)
 
     def wait(self, cond, timeout: float, what: str):
-        deadline = time.monotonic() + timeout
-        while True:
-            value = cond()
-            if value:
-                return value
-            if time.monotonic() > deadline:
-                raise AssertionError(f"timed out ({timeout:.1f} s) waiting for {what}\n"
-                                     f"{self.diag()}")
-            time.sleep(0.02)
+        return wait_until(cond, timeout, what, self.diag)
 
 
 @pytest.fixture
@@ -215,7 +181,7 @@ def start_ramp_mid_stage(rig: Rig) -> tuple[deployments.Deployment, Holder]:
     rig.wait(lambda: all("started" in rig.logs[p].read_text() for p in pids), STARTUP,
              "both controllers to start")
     rig.start_producer()
-    dep = rollouts.ramp(conn, QUEUE, "v2", PLAN, actor="test")
+    dep = rollouts.ramp(conn, QUEUE, "v2", PLAN, actor="test", force=True)
     canary_workers_ready(conn)
     rig.wait(lambda: (d := deployments.get(conn, QUEUE)) and d.stage == 1 and d, 3 * STAGE_S + 8,
              "the ramp to reach stage 1")
@@ -355,36 +321,97 @@ def test_sigstopped_controller_does_not_write_after_takeover(rig: Rig) -> None:
           f"{len(evs)} events, {rig.enqueued} jobs enqueued")
 
 
-def test_deposed_leader_mid_check_leaves_no_trace(real_conn) -> None:
-    """The old leader read the deployment and ran its check, then paused; a new leader took
-    over. On waking, its writes are refused (fenced) and nothing of its check lands: no event,
-    no analysis record, no change of the deployment or the routing weight."""
+#: The mid-check test: no workers, silence passes (on_no_data), so each stage advances on time.
+MID_CHECK_STAGE_S = 2
+MID_CHECK_PLAN = {"canary_config": {
+    "interval": "1s", "on_no_data": "pass",
+    "stages": [{"percentage": 10, "duration": f"{MID_CHECK_STAGE_S}s", "auto_promote": True},
+               {"percentage": 50, "duration": f"{MID_CHECK_STAGE_S}s", "auto_promote": True}],
+}}
+
+
+def test_leader_killed_mid_check_step_applied_once_by_the_next(real_conn, tmp_path) -> None:
+    """The leader dies (SIGKILL, the controller's own PYCANARY_TEST_CRASH_AT=mid_check hook)
+    after it read a check's data and decided to advance to stage 1, before its fenced write.
+    The next leader takes over, fences the queue and makes that step itself, once; the write
+    the dead leader had decided on, were it delivered late, is refused by the fence; the ramp
+    ends completed with every stage entered once."""
     conn = real_conn
     service.configure_queue(conn, QUEUE, stable_version="v1")
-    plan = {"canary_config": {"interval": "1s",
-                              "stages": [{"percentage": 10, "duration": "60s"}]}}
-    dep = rollouts.ramp(conn, QUEUE, "v2", plan, actor="test")
-    now = [time.time()]
-    old = Controller(conn, clock=lambda: now[0],
-                     leadership=Leadership(conn, lease_s=0.3, controller_id="old"))
-    assert old.tick().actions == [f"{QUEUE}: baseline taken"]
-    now[0] += 2
-    assert old.tick().actions, "a first check"
-    seen = deployments.get(conn, QUEUE)  # what the old leader holds when it pauses
+    logs = [tmp_path / "crasher.log", tmp_path / "heir.log"]
+    procs: list[subprocess.Popen] = []
 
-    def trace() -> tuple:
+    def diag() -> str:
+        out = [f"leader {conn.client.get(conn.keys.leader)!r}, fence "
+               f"{conn.client.get(conn.keys.queue(QUEUE).fence)!r}"]
         d = deployments.get(conn, QUEUE)
-        return (d.rev, d.weight_bp, d.last_check_at,
-                len(deployments.events(conn, QUEUE, dep.id, count=100)),
-                conn.client.lrange(conn.keys.queue(QUEUE).analyses(dep.id), 0, -1))
+        if d is not None:
+            out.append(f"deployment {d.id} {d.state} stage {d.stage} rev {d.rev}")
+            out += [f"  {e['actor']} {e['type']}: {e['message'][:150]}"
+                    for e in deployments.events(conn, QUEUE, d.id, count=100)]
+        out += [f"--- pid {p.pid} rc={p.poll()}\n{log.read_text()[-2500:]}"
+                for p, log in zip(procs, logs, strict=False)]
+        return "\n".join(out)
 
-    before = trace()
-    time.sleep(0.45)  # its lease lapses
-    new = Controller(conn, clock=lambda: now[0],
-                     leadership=Leadership(conn, lease_s=0.3, controller_id="new"))
-    assert new.tick().leader and new.epoch > old.epoch
-    assert int(conn.client.get(conn.keys.queue(QUEUE).fence)) == new.epoch
-    now[0] += 2  # a check is due
-    with pytest.raises(FencedError):
-        old.process(seen, {})  # wakes mid-tick, past its leadership check
-    assert trace() == before, "the deposed leader's check left a trace"
+    try:
+        crasher = start_controller(conn, logs[0], lease=LEASE, poll=POLL, crash="mid_check")
+        procs.append(crasher)
+        old = wait_until(lambda: (h := holder(conn)) is not None and h.pid == crasher.pid and h,
+                         STARTUP, "the crashing controller to lead", diag)
+        heir = start_controller(conn, logs[1], lease=LEASE, poll=POLL)
+        procs.append(heir)
+        wait_until(lambda: "started" in logs[1].read_text(), STARTUP, "the second controller",
+                   diag)
+        dep = rollouts.ramp(conn, QUEUE, "v2", MID_CHECK_PLAN, actor="test", force=True)
+        # what the leader holds: the deployment as its last committed check left it
+        seen = dep
+        deadline = time.monotonic() + 2 * MID_CHECK_STAGE_S + 20
+        while crasher.poll() is None:  # while it lives, only it writes: stage 0 still
+            assert time.monotonic() < deadline, "the leader never reached its step\n" + diag()
+            d = deployments.get(conn, QUEUE)
+            assert d is not None and d.stage == 0, diag()
+            seen = d
+            time.sleep(0.05)
+        assert crasher.wait() == -signal.SIGKILL, diag()
+        assert "test hook: SIGKILL at mid_check" in logs[0].read_text(), diag()
+
+        new = wait_until(lambda: (h := holder(conn)) is not None and h.epoch > old.epoch and h,
+                         TAKEOVER + 10, "the heir to take over", diag)
+        assert new.pid == heir.pid, diag()
+        wait_until(lambda: int(conn.client.get(conn.keys.queue(QUEUE).fence) or 0) == new.epoch,
+                   2 * LEASE + 5, "the heir to fence payments", diag)
+        # the dead leader's decided step, delivered late with its epoch: refused
+        now = int(time.time() * 1000)
+        stale = deployments.event("stage", "replayed: the dead leader's step", actor=old.actor,
+                                  now=now, data={"stage": 1, "weight_bp": 5000})
+        with pytest.raises(FencedError):
+            deployments.update(conn, seen, {"stage": 1, "state": "active",
+                                            "stage_started_at": now}, now=now, epoch=old.epoch,
+                               weight_bp=5000, ev=stale, check_rev=False)
+
+        final = wait_until(lambda: (d := deployments.get(conn, QUEUE)) and not d.active and d,
+                           2 * MID_CHECK_STAGE_S + 20, "the heir to finish the ramp", diag)
+        evs = deployments.events(conn, QUEUE, dep.id, count=500)
+        d = diag()
+        assert (final.id, final.state) == (dep.id, "completed"), d
+        info = service.queue_info(conn, QUEUE)
+        assert (info["stable_version"], info["canary_version"], info["weight_percent"]) == \
+            ("v2", None, 0), d
+        steps = [e for e in evs if e["type"] == "stage"]
+        assert [(e["data"]["stage"], e["actor"]) for e in steps] == [(1, new.actor)], \
+            "stage 1 entered once, by the heir\n" + d
+        assert not any("replayed" in e["message"] for e in evs), d
+        types = [e["type"] for e in evs]
+        assert types[0] == "started" and types[-2:] == ["promoted", "completed"], d
+        assert types.count("promoted") == types.count("completed") == 1, d
+        assert all(e["actor"] == new.actor for e in evs if e["type"] in
+                   ("stage", "promoted", "completed")), d
+        # the crasher's last words were checks that changed nothing: no step, nothing after
+        assert {e["type"] for e in evs if e["actor"] == old.actor} <= {"verdict"}, d
+        # stage 1 ran its full length under the heir
+        promoted = next(e for e in evs if e["type"] == "promoted")
+        assert promoted["ts"] - steps[0]["ts"] >= MID_CHECK_STAGE_S * 1000, d
+        assert int(conn.client.get(conn.keys.queue(QUEUE).fence)) == new.epoch
+        assert heir.poll() is None, d
+    finally:
+        stop_all(procs)

@@ -87,7 +87,7 @@ def seen(monkeypatch) -> list[dict[str, Any]]:
 
 def _start(conn, clock: Clock) -> Controller:
     service.configure_queue(conn, Q, stable_version="v1")
-    rollouts.ramp(conn, Q, "v2", PLAN, allow_schema_change=True, actor="t",
+    rollouts.ramp(conn, Q, "v2", PLAN, allow_schema_change=True, actor="t", force=True,
                   now_ms=int(clock() * 1000))
     ctl = Controller(conn, clock=clock)
     assert "baseline" in ctl.tick().actions[0]

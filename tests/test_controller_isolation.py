@@ -52,7 +52,7 @@ BROKEN = {
 
 def ramp(conn, queue: str, plan: dict) -> deployments.Deployment:
     service.configure_queue(conn, queue, stable_version="v1")
-    return rollouts.ramp(conn, queue, "v2", plan, actor="test", now_ms=int(T0 * 1000))
+    return rollouts.ramp(conn, queue, "v2", plan, actor="test", now_ms=int(T0 * 1000), force=True)
 
 
 def errors_total(conn) -> dict[tuple[str, str], float]:

@@ -14,54 +14,23 @@ The rollback is the plan's deadline (3 s, no data needed), so the test needs no 
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
-import sys
-import time
-from pathlib import Path
 
 import pytest
 
-from pycanary import deployments, queue_config, rollouts, service
-from pycanary.controller import CRASH_ENV
+from pycanary import defaults, deployments, queue_config, rollouts, service
 from pycanary.producer import Producer
-from tests.conftest import REAL_URL
-from tests.test_controller_failover import parse_holder
+from tests.processes import STARTUP, holder, start_controller, wait_until
 from tests.test_worker_processes import stop_all
 
-ROOT = Path(__file__).resolve().parents[1]
 QUEUE = "payments"
 LEASE = 1.0
+POLL = 0.1
 JOBS = 6000
-SLICE = 500  # the controller's drain batch
-STARTUP = 25.0  # interpreter start on a loaded two-core machine
+SLICE = defaults.DRAIN_BATCH  # the controller's drain batch
 PLAN = {"canary_config": {"interval": "1s", "deadline": "3s", "stages": [
     {"percentage": 50, "duration": "3s"}]}}
-
-
-def start_controller(conn, log: Path, crash: str | None) -> subprocess.Popen:
-    env = {k: v for k, v in os.environ.items() if k != CRASH_ENV}
-    env["PYTHONPATH"] = str(ROOT)
-    if crash:
-        env[CRASH_ENV] = crash
-    with log.open("w") as fh:
-        return subprocess.Popen(
-            [sys.executable, "-m", "pycanary.cli", "--redis-url", REAL_URL, "--prefix",
-             conn.keys.prefix, "controller", "--lease", str(LEASE), "--poll", "0.1",
-             "--log-format", "json"],
-            cwd=ROOT, env=env, stdout=fh, stderr=subprocess.STDOUT)
-
-
-def wait(cond, timeout: float, what: str, diag=lambda: ""):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = cond()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out ({timeout:.0f} s) waiting for {what}\n{diag()}")
-        time.sleep(0.02)
 
 
 @pytest.mark.slow
@@ -87,15 +56,16 @@ def test_leader_sigkilled_mid_rollback_drain_is_finished_by_the_next(real_conn, 
         return "\n".join(out)
 
     try:
-        crasher = start_controller(conn, logs[0], "mid_drain")
+        crasher = start_controller(conn, logs[0], lease=LEASE, poll=POLL, crash="mid_drain")
         procs.append(crasher)
-        wait(lambda: (h := parse_holder(conn.client.get(conn.keys.leader))) is not None
-             and h.pid == crasher.pid, STARTUP, "the crashing controller to lead", diag)
-        heir = start_controller(conn, logs[1], None)
+        wait_until(lambda: (h := holder(conn)) is not None and h.pid == crasher.pid, STARTUP,
+                   "the crashing controller to lead", diag)
+        heir = start_controller(conn, logs[1], lease=LEASE, poll=POLL)
         procs.append(heir)
-        wait(lambda: "started" in logs[1].read_text(), STARTUP, "the second controller", diag)
+        wait_until(lambda: "started" in logs[1].read_text(), STARTUP, "the second controller",
+                   diag)
 
-        dep = rollouts.ramp(conn, QUEUE, "v2", PLAN, actor="test")
+        dep = rollouts.ramp(conn, QUEUE, "v2", PLAN, actor="test", force=True)
         ids = {r.job_id for r in Producer(conn).enqueue_many(QUEUE, [{"n": i}
                                                                     for i in range(JOBS)])}
         assert len(ids) == JOBS
@@ -110,8 +80,8 @@ def test_leader_sigkilled_mid_rollback_drain_is_finished_by_the_next(real_conn, 
         assert conn.client.llen(qk.lane_canary) == in_canary - SLICE, diag()
         assert "test hook: SIGKILL at mid_drain" in logs[0].read_text()
 
-        final = wait(lambda: (d := deployments.get(conn, QUEUE)) and not d.active and d,
-                     2 * LEASE + 15, "the second controller to finish the rollback", diag)
+        final = wait_until(lambda: (d := deployments.get(conn, QUEUE)) and not d.active and d,
+                           2 * LEASE + 15, "the second controller to finish the rollback", diag)
         assert (final.id, final.state) == (dep.id, "rolled_back"), diag()
         assert conn.client.llen(qk.lane_canary) == 0
         stable = conn.client.lrange(qk.lane_stable, 0, -1)

@@ -115,7 +115,7 @@ def settle_and_check_no_loss(conn, ids: list[str]) -> tuple[int, int]:
 def test_healthy_canary_ramps_waits_at_gate_and_is_promoted(fleet) -> None:
     conn = fleet
     clock = Clock()
-    dep = rollouts.ramp(conn, "payments", "v2", DESIGN_CARD, now_ms=int(clock() * 1000))
+    dep = rollouts.ramp(conn, "payments", "v2", DESIGN_CARD, now_ms=int(clock() * 1000), force=True)
     assert (dep.state, dep.weight_bp) == ("active", 500)
     canary_workers_ready(conn)
     ctl = Controller(conn, clock=clock)
@@ -158,7 +158,7 @@ def test_regression_is_rolled_back_automatically(fleet, regression: str) -> None
     plan["canary_config"]["failure_threshold"] = 3
     for stage, pct in zip(plan["canary_config"]["stages"], (10, 30, 60), strict=True):
         stage["percentage"] = pct  # more canary traffic per check: a faster test
-    dep = rollouts.ramp(conn, "payments", "v2", plan, now_ms=int(clock() * 1000))
+    dep = rollouts.ramp(conn, "payments", "v2", plan, now_ms=int(clock() * 1000), force=True)
     canary_workers_ready(conn)
     ctl = Controller(conn, clock=clock)
     ids = drive(conn, ctl, clock, jobs_per_tick=300, until=lambda d: d.stage == 1,
@@ -200,7 +200,7 @@ def test_regression_is_rolled_back_automatically(fleet, regression: str) -> None
 def test_low_traffic_holds_and_never_promotes(fleet) -> None:
     conn = fleet
     clock = Clock()
-    rollouts.ramp(conn, "payments", "v2", DESIGN_CARD, now_ms=int(clock() * 1000))
+    rollouts.ramp(conn, "payments", "v2", DESIGN_CARD, now_ms=int(clock() * 1000), force=True)
     ctl = Controller(conn, clock=clock)
     producer = Producer(conn)
     verdicts = []
@@ -219,7 +219,7 @@ def test_low_traffic_holds_and_never_promotes(fleet) -> None:
 def test_controller_restart_mid_ramp_continues(fleet) -> None:
     conn = fleet
     clock = Clock()
-    rollouts.ramp(conn, "payments", "v2", DESIGN_CARD, now_ms=int(clock() * 1000))
+    rollouts.ramp(conn, "payments", "v2", DESIGN_CARD, now_ms=int(clock() * 1000), force=True)
     canary_workers_ready(conn)
     first = Controller(conn, clock=clock)
     drive(conn, first, clock, jobs_per_tick=300, until=lambda d: d.stage == 1, max_ticks=60)

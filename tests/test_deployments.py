@@ -31,29 +31,29 @@ def queue(conn):
 
 def test_start_sets_routing_and_refuses_a_second(queue) -> None:
     conn = queue
-    dep = rollouts.ramp(conn, "payments", "v2", PLAN, actor="test")
+    dep = rollouts.ramp(conn, "payments", "v2", PLAN, actor="test", force=True)
     cfg = queue_config.read_config(conn, "payments")
     assert (cfg.canary_version, cfg.weight_bp, dep.state, dep.stage) == ("v2", 500, "active", 0)
     assert deployments.active_queues(conn) == ["payments"]
     with pytest.raises(StateError):
-        rollouts.ramp(conn, "payments", "v3", PLAN, actor="test")
+        rollouts.ramp(conn, "payments", "v3", PLAN, actor="test", force=True)
     events = deployments.events(conn, "payments", dep.id)
     assert [e["type"] for e in events] == ["started"] and events[0]["actor"] == "test"
 
 
 def test_start_guards_change_nothing(conn) -> None:
     with pytest.raises(StateError):  # no stable version yet
-        rollouts.ramp(conn, "payments", "v2", PLAN)
+        rollouts.ramp(conn, "payments", "v2", PLAN, force=True)
     service.configure_queue(conn, "payments", stable_version="v1", max_weight="10")
     before = queue_config.read_config(conn, "payments")
     with pytest.raises(ValidationError) as exc:
-        rollouts.ramp(conn, "payments", "v2", PLAN)  # stage 1 at 20% > max 10%
+        rollouts.ramp(conn, "payments", "v2", PLAN, force=True)  # stage 1 at 20% > max 10%
     assert exc.value.field == "stages[1].percentage"
     with pytest.raises(ValidationError) as exc:
-        rollouts.start_canary(conn, "payments", "v1", weight="5")  # already stable
+        rollouts.start_canary(conn, "payments", "v1", weight="5", force=True)  # already stable
     assert exc.value.field == "version"
     with pytest.raises(ValidationError):
-        rollouts.start_canary(conn, "payments", "v2", weight="150")
+        rollouts.start_canary(conn, "payments", "v2", weight="150", force=True)
     assert queue_config.read_config(conn, "payments") == before
     assert deployments.get(conn, "payments") is None
 
@@ -65,19 +65,20 @@ def test_schema_guard(queue) -> None:
     p.enqueue("payments", {}, schema=2)
     assert rollouts.schemas_in_queue(conn, "payments") == {1, 2}
     with pytest.raises(ValidationError, match="no worker of v2"):
-        rollouts.start_canary(conn, "payments", "v2", weight="5")
+        rollouts.start_canary(conn, "payments", "v2", weight="5", force=True)
     registry.heartbeat(conn, "w-v2", version="v2", queues={"payments": "stable"},
                        info={"state": "standby", "schemas": "1"}, ttl_ms=60_000)
     with pytest.raises(ValidationError, match=r"holds \[2\]"):
-        rollouts.start_canary(conn, "payments", "v2", weight="5")
-    dep = rollouts.start_canary(conn, "payments", "v2", weight="5", allow_schema_change=True)
+        rollouts.start_canary(conn, "payments", "v2", weight="5", force=True)
+    dep = rollouts.start_canary(conn, "payments", "v2", weight="5", allow_schema_change=True,
+                                force=True)
     assert dep.state == "active"
 
 
 def test_manual_canary_promote_full(queue) -> None:
     conn = queue
     dep = rollouts.start_canary(conn, "payments", "v2", weight="12.5",
-                                tenants={"internal": "100"}, actor="test")
+                                tenants={"internal": "100"}, actor="test", force=True)
     cfg = queue_config.read_config(conn, "payments")
     assert (cfg.weight_bp, cfg.tenant_weights_bp) == (1250, {"internal": 10_000})
     Producer(conn).enqueue_many("payments", [{}] * 200, tenant="internal")  # all canary
@@ -98,7 +99,7 @@ def test_manual_canary_promote_full(queue) -> None:
 
 def test_promote_advances_one_stage_then_completes(queue) -> None:
     conn = queue
-    rollouts.ramp(conn, "payments", "v2", PLAN, actor="test")
+    rollouts.ramp(conn, "payments", "v2", PLAN, actor="test", force=True)
     res = rollouts.promote(conn, "payments", actor="test")
     assert (res["action"], res["stage"]) == ("stage", 1)
     assert queue_config.read_config(conn, "payments").weight_bp == 2000
@@ -110,7 +111,8 @@ def test_promote_advances_one_stage_then_completes(queue) -> None:
 
 def test_rollback_is_immediate_and_drains(queue) -> None:
     conn = queue
-    rollouts.ramp(conn, "payments", "v2", {"stages": [{"percentage": 50, "duration": "1m"}]})
+    rollouts.ramp(conn, "payments", "v2", {"stages": [{"percentage": 50, "duration": "1m"}]},
+                  force=True)
     p = Producer(conn)
     lanes = [r.lane for r in p.enqueue_many("payments", [{"i": i} for i in range(400)])]
     canary_n = lanes.count("canary")
@@ -142,7 +144,7 @@ def test_rollback_of_a_manual_weight_without_deployment(queue) -> None:
 
 def test_pause_freezes_and_resume_shifts_timers(queue) -> None:
     conn = queue
-    dep = rollouts.ramp(conn, "payments", "v2", PLAN, now_ms=1_000_000, actor="test")
+    dep = rollouts.ramp(conn, "payments", "v2", PLAN, now_ms=1_000_000, actor="test", force=True)
     dep = rollouts.pause(conn, "payments", now_ms=1_060_000, actor="test")
     assert dep.state == "paused"
     clock = [1_000.0 + 3600]
@@ -158,7 +160,7 @@ def test_pause_freezes_and_resume_shifts_timers(queue) -> None:
 
 def test_set_weight_during_deployment_pauses_it(queue) -> None:
     conn = queue
-    rollouts.ramp(conn, "payments", "v2", PLAN, actor="test")
+    rollouts.ramp(conn, "payments", "v2", PLAN, actor="test", force=True)
     change = service.set_weight(conn, "payments", "2")
     assert change.paused_deployment and change.weight_bp == 200
     dep = deployments.get(conn, "payments")
@@ -178,7 +180,7 @@ def test_set_weight_during_deployment_pauses_it(queue) -> None:
 
 def test_compare_and_set_and_fencing(queue) -> None:
     conn = queue
-    dep = rollouts.ramp(conn, "payments", "v2", PLAN, actor="test")
+    dep = rollouts.ramp(conn, "payments", "v2", PLAN, actor="test", force=True)
     stale = deployments.get(conn, "payments")
     rollouts.pause(conn, "payments", actor="sre")
     with pytest.raises(ConflictError):  # decided on state read before the pause
@@ -207,7 +209,7 @@ def test_each_deployment_draws_its_own_salt_and_a_key_keeps_its_lane(queue) -> N
     salts, first_lanes = [], []
     for version in ("v2", "v3"):
         dep = rollouts.start_canary(conn, "payments", version, weight="30", actor="test",
-                                    allow_schema_change=True)
+                                    allow_schema_change=True, force=True)
         cfg = queue_config.read_config(conn, "payments")
         assert cfg.salt == dep.salt and len(dep.salt) == 8
         lanes = [p.enqueue("payments", {}, sticky_key=k).lane for k in keys]
@@ -221,8 +223,8 @@ def test_each_deployment_draws_its_own_salt_and_a_key_keeps_its_lane(queue) -> N
     assert salts[0] != salts[1]
     assert first_lanes[0] != first_lanes[1]  # other customers go first
     pinned = rollouts.ramp(conn, "payments", "v4", {**PLAN, "salt": "fixed"}, actor="test",
-                           allow_schema_change=True)
+                           allow_schema_change=True, force=True)
     assert pinned.salt == "fixed" == queue_config.read_config(conn, "payments").salt
     rollouts.rollback(conn, "payments", actor="test")
     assert rollouts.start_canary(conn, "payments", "v5", salt="", actor="test",
-                                 allow_schema_change=True).salt == ""
+                                 allow_schema_change=True, force=True).salt == ""

@@ -249,7 +249,8 @@ def test_sigkill_mid_batch_other_worker_recovers(shared: Run) -> None:
 def test_sigstop_past_heartbeat_then_sigcont_counts_acks_once(shared: Run) -> None:
     run = shared
     ids = enqueue(run.conn, 300)
-    stopped = run.worker(env={"SLEEP_S": "0.3"})
+    # it holds 32 jobs, so the other worker cannot reach 290 before the reaper returned them
+    stopped = run.worker("--prefetch", "32", env={"SLEEP_S": "0.3"})
     wait_for(lambda: len(run.runs()) >= 8, 30, "work to start", run)
     stopped.send_signal(signal.SIGSTOP)
     time.sleep(2.0)  # past its 1.5 s TTL

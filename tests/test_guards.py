@@ -59,7 +59,7 @@ def test_deployment_start_script_refuses_a_weight_above_max(queue: Any) -> None:
 
 def test_deployment_update_script_refuses_a_weight_above_max(queue: Any) -> None:
     conn = queue
-    rollouts.ramp(conn, "payments", "v2", PLAN, actor="t")
+    rollouts.ramp(conn, "payments", "v2", PLAN, actor="t", force=True)
     dep = deployments.get(conn, "payments")
     before = snapshot(conn)
     with pytest.raises(WeightAboveMaxError):
@@ -92,7 +92,8 @@ def test_ack_after_the_reaper_requeued_the_job_counts_late(conn: Any) -> None:
     """A worker that was taken for dead finishes jobs the reaper already returned: the acks
     count as `late` (exactly those), in the metrics and in the worker's stats."""
     service.configure_queue(conn, "payments", stable_version="v1")
-    rollouts.start_canary(conn, "payments", "v2", weight="5", tenants={"t": "100"}, actor="t")
+    rollouts.start_canary(conn, "payments", "v2", weight="5", tenants={"t": "100"}, actor="t",
+                          force=True)
     p = Producer(conn)
     gate, started = threading.Event(), []
 
@@ -152,7 +153,7 @@ def _wait(cond: Any, what: str, timeout: float = 20.0) -> None:
 # -- fencing of promote and finish -----------------------------------------------------------
 def test_promote_and_finish_refuse_an_older_epoch(queue: Any) -> None:
     conn = queue
-    rollouts.ramp(conn, "payments", "v2", PLAN, actor="t")
+    rollouts.ramp(conn, "payments", "v2", PLAN, actor="t", force=True)
     dep = deployments.get(conn, "payments")
     deployments.update(conn, dep, {"reason": "leader 7"}, now=2, epoch=7)
     before = snapshot(conn)
@@ -182,7 +183,8 @@ class Driven:
     def __init__(self, conn: Any, plan: dict[str, Any]) -> None:
         self.conn = conn
         self.t = 1_000_000.0
-        rollouts.ramp(conn, "payments", "v2", plan, actor="t", now_ms=int(self.t * 1000))
+        rollouts.ramp(conn, "payments", "v2", plan, actor="t", now_ms=int(self.t * 1000),
+                      force=True)
         self.ctl = Controller(conn, clock=lambda: self.t)
         self.qk = conn.keys.queue("payments")
 
@@ -274,7 +276,8 @@ def test_fetch_refuses_a_rolled_back_version_and_moves_nothing(conn: Any) -> Non
     """A retiring worker never asks, but a stale one (or another client) may: the script
     itself refuses the rolled-back version (-5) and leaves the lane as it was."""
     service.configure_queue(conn, "payments", stable_version="v1")
-    rollouts.start_canary(conn, "payments", "v2", weight="5", tenants={"t": "100"}, actor="t")
+    rollouts.start_canary(conn, "payments", "v2", weight="5", tenants={"t": "100"}, actor="t",
+                          force=True)
     Producer(conn).enqueue_many("payments", [{}] * 3, tenant="t")
     qk = conn.keys.queue("payments")
     keys = [qk.lane_canary, qk.processing("w-1"), qk.rolled_back, qk.processing_index]
@@ -288,7 +291,7 @@ def test_fetch_refuses_a_rolled_back_version_and_moves_nothing(conn: Any) -> Non
 
 def test_due_retries_of_a_closed_canary_lane_go_to_stable(conn: Any) -> None:
     service.configure_queue(conn, "payments", stable_version="v1")
-    rollouts.start_canary(conn, "payments", "v2", weight="5", actor="t")
+    rollouts.start_canary(conn, "payments", "v2", weight="5", actor="t", force=True)
     qk = conn.keys.queue("payments")
     keys = [qk.delayed_stable, qk.delayed_canary, qk.lane_stable, qk.lane_canary, qk.config]
     conn.client.zadd(qk.delayed_canary, {"retry-a": 10})
@@ -299,3 +302,51 @@ def test_due_retries_of_a_closed_canary_lane_go_to_stable(conn: Any) -> None:
     assert list(conn.scripts.call("promote_delayed", keys, [100, 50])) == [0, 1, 0]
     assert conn.client.lrange(qk.lane_stable, 0, -1)[0] == "retry-b"
     assert conn.client.llen(qk.lane_canary) == 0 and conn.client.zcard(qk.delayed_canary) == 0
+
+
+def _return_keys(conn: Any, lane: str) -> list[str]:
+    qk = conn.keys.queue("payments")
+    return [qk.processing("w-1"), qk.lane(lane), qk.lane_stable, qk.config]
+
+
+@pytest.mark.parametrize("script", ["return_job", "bounce_job"])
+def test_jobs_given_back_from_a_closed_canary_lane_go_to_the_stable_head(
+        conn: Any, script: str) -> None:
+    """Stopping a rolled-back worker as the runbook says once left its jobs in the canary
+    lane, which nobody reads after a rollback: the scripts now send them to stable's head."""
+    service.configure_queue(conn, "payments", stable_version="v1")
+    rollouts.start_canary(conn, "payments", "v2", weight="5", actor="t", force=True)
+    qk = conn.keys.queue("payments")
+    c = conn.client
+    c.lpush(qk.lane_stable, "stable-old", "stable-new")  # the head is the right end
+    c.lpush(qk.processing("w-1"), "job-a", "job-b", "job-c")
+    # open canary lane: back to the canary lane (head for return, tail for bounce)
+    assert conn.scripts.call(script, _return_keys(conn, "canary"), ["job-c"]) == 1
+    assert c.lrange(qk.lane_canary, 0, -1) == ["job-c"]
+    rollouts.rollback(conn, "payments", actor="t")  # drains job-c to stable's head
+    # closed: to the head of stable, newest given back first so the oldest ends at the head
+    assert conn.scripts.call(script, _return_keys(conn, "canary"), ["job-b"]) == 2
+    assert conn.scripts.call(script, _return_keys(conn, "canary"), ["job-a"]) == 2
+    assert c.lrange(qk.lane_stable, 0, -1) == ["stable-new", "stable-old", "job-c", "job-b",
+                                               "job-a"]
+    assert c.llen(qk.lane_canary) == 0 and c.llen(qk.processing("w-1")) == 0
+    # a job no longer held moves nothing
+    assert conn.scripts.call(script, _return_keys(conn, "canary"), ["job-a"]) == 0
+    assert c.llen(qk.lane_stable) == 5
+    # stable-lane jobs stay in the stable lane whatever the canary lane's state
+    c.lpush(qk.processing("w-1"), "job-s")
+    assert conn.scripts.call(script, _return_keys(conn, "stable"), ["job-s"]) == 1
+    assert "job-s" in c.lrange(qk.lane_stable, 0, -1)
+
+
+@pytest.mark.parametrize("script", ["return_job", "bounce_job"])
+def test_return_scripts_refuse_a_config_of_the_wrong_type_before_any_write(
+        conn: Any, script: str) -> None:
+    qk = conn.keys.queue("payments")
+    c = conn.client
+    c.lpush(qk.processing("w-1"), "job-a")
+    c.set(qk.config, "oops")
+    with pytest.raises(Exception, match="WRONGTYPE"):
+        conn.scripts.call(script, _return_keys(conn, "canary"), ["job-a"])
+    assert c.lrange(qk.processing("w-1"), 0, -1) == ["job-a"]
+    assert c.llen(qk.lane_stable) == 0 and c.llen(qk.lane_canary) == 0

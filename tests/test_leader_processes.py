@@ -1,5 +1,6 @@
 """Leader election across processes on a real Redis: two contenders (tests/leader_contender.py)
-tick every 0.1 s with a 1 s lease and, while leading, append "epoch:pid" with a fenced write.
+tick every 0.1 s with a 1 s lease and, while leading, write "epoch:pid" as an event of a real
+deployment with the real fenced script (deployment_update, through the script registry).
 
 SIGKILL or SIGSTOP of the leader: the other takes over within 2 lease periods (+0.5 s slack for
 a loaded machine), measured from the signal. After SIGCONT the stopped one knows by its local
@@ -10,24 +11,23 @@ never shows the old epoch after the new one's first entry.
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
+from pycanary import rollouts, service
 from tests.conftest import REAL_URL
-from tests.leader_contender import log_key, state_key
+from tests.leader_contender import log_entries, state_key
+from tests.processes import STARTUP, holder, start_python, wait_until
+from tests.test_worker_processes import stop_all
 
-ROOT = Path(__file__).resolve().parents[1]
 QUEUE = "leadertest"
 LEASE = 1.0
 INTERVAL = 0.1
 TAKEOVER = 2 * LEASE + 0.5
-STARTUP = 20.0  # interpreter start on a loaded machine
 
 
 class Contenders:
@@ -35,33 +35,25 @@ class Contenders:
         self.conn = conn
         self.procs: list[subprocess.Popen] = []
         self.errs: list[Path] = []
-        env = {**os.environ, "PYTHONPATH": str(ROOT)}
+        # the contenders write to a real deployment's event log (no controller runs)
+        service.configure_queue(conn, QUEUE, stable_version="v1")
+        rollouts.start_canary(conn, QUEUE, "v2", weight="10", actor="test")
         for i in range(2):
             err = tmp_path / f"contender{i}.err"
             self.errs.append(err)
-            with err.open("w") as fh:
-                self.procs.append(subprocess.Popen(
-                    [sys.executable, "-m", "tests.leader_contender", REAL_URL, conn.keys.prefix,
-                     QUEUE, str(LEASE), str(INTERVAL)],
-                    cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=fh))
+            self.procs.append(start_python(
+                ["-m", "tests.leader_contender", REAL_URL, conn.keys.prefix, QUEUE, str(LEASE),
+                 str(INTERVAL)], err, stdout_too=False))
 
     def diag(self) -> str:
         return "\n".join(f"--- pid {p.pid} rc={p.poll()}\n{e.read_text()[-2000:]}"
                          for p, e in zip(self.procs, self.errs, strict=True))
 
     def wait_for(self, cond, timeout: float, what: str):
-        deadline = time.monotonic() + timeout
-        while True:
-            value = cond()
-            if value:
-                return value
-            if time.monotonic() > deadline:
-                raise AssertionError(f"timed out ({timeout} s) waiting for {what}\n{self.diag()}")
-            time.sleep(0.02)
+        return wait_until(cond, timeout, what, self.diag)
 
     def log(self) -> list[tuple[int, int]]:
-        entries = self.conn.client.lrange(log_key(self.conn, QUEUE), 0, -1)
-        return [(int(e), int(p)) for e, p in (x.split(":") for x in entries)]
+        return log_entries(self.conn, QUEUE)
 
     def state(self, pid: int) -> dict | None:
         raw = self.conn.client.get(state_key(self.conn, pid))
@@ -86,10 +78,7 @@ class Contenders:
         return first[0]
 
     def stop(self) -> None:
-        for p in self.procs:
-            if p.poll() is None:
-                p.kill()  # SIGKILL also ends a stopped process
-            p.wait(10)
+        stop_all(self.procs)  # SIGKILL also ends a stopped process
 
 
 @pytest.fixture
@@ -140,7 +129,8 @@ def test_sigstopped_leader_is_fenced_after_takeover(contenders: Contenders) -> N
     assert wake["is_leader"] is False, "a process paused past its lease must know at once"
     assert wake["stale_write"] == -7, "its in-flight write with the old epoch must be refused"
     assert state["leader"] is False and state["epoch"] is None, state
-    assert (c.conn.client.get(c.conn.keys.leader) or "").startswith(f"{new_epoch}:contender:")
+    now = holder(c.conn)
+    assert now is not None and (now.epoch, now.pid) == (new_epoch, other.pid), now
 
     log = c.log()
     first_new = next(i for i, (e, _) in enumerate(log) if e == new_epoch)

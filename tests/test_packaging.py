@@ -17,6 +17,9 @@ assert str(s.lua_dir()).startswith({target!r}), s.lua_dir()
 conn = pycanary.connect("memory://wheel")
 queue_config.set_weight(conn, "payments", 10_000)
 print(pycanary.Producer(conn).enqueue("payments", {{"a": 1}}).lane, len(s.load_all()))
+from pycanary import demo
+assert demo.card_source()[1].startswith({target!r}), demo.card_source()[1]
+assert demo.demo_plan()["canary_config"]["stages"]
 """
 
 
@@ -36,6 +39,8 @@ def test_wheel_ships_and_runs_lua_scripts(tmp_path: Path) -> None:
     )
     assert (target / "pycanary" / "lua" / "route_enqueue.lua").is_file()
     assert (target / "pycanary" / "lua" / "includes" / "fnv1a.lua").is_file()
+    card = target / "pycanary" / "plans" / "design-card.yaml"
+    assert card.read_text() == (ROOT / "examples" / "plans" / "design-card.yaml").read_text()
     env = {**os.environ, "PYTHONPATH": str(target)}
     res = subprocess.run(
         [sys.executable, "-c", PROBE.format(target=str(target))],

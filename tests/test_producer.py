@@ -383,3 +383,98 @@ def test_payload_nested_deeper_than_workers_accept_is_refused(conn) -> None:
         p.enqueue_many("payments", [{}, very_deep])
     assert err.value.field == "jobs[1].payload"
     assert conn.client.llen(conn.keys.queue("payments").lane_stable) == 1
+
+
+# -- max_backlog: QueueFull before any write --------------------------------------------------
+def test_max_backlog_refuses_single_and_batch_changing_nothing(real_conn) -> None:
+    from pycanary import service
+    from pycanary.errors import QueueFullError
+    from tests.test_atomicity import _snapshot
+
+    conn = real_conn
+    service.configure_queue(conn, "payments", stable_version="v1", max_backlog=5)
+    producer = Producer(conn)
+    assert len(producer.enqueue_many("payments", [{}] * 4)) == 4
+    producer.enqueue("payments", {})  # the 5th fits exactly
+    before = _snapshot(conn)
+    with pytest.raises(QueueFullError) as exc:
+        producer.enqueue("payments", {"n": 6})
+    assert str(exc.value) == (
+        "route_enqueue: the queue is full (max_backlog): queue payments: the stable lane holds "
+        "5 jobs, max_backlog is 5; 1 more refused, nothing enqueued")
+    with pytest.raises(QueueFullError) as exc:
+        producer.enqueue("payments", {"n": 6}, job_id="order-6")  # with an idempotency record
+    assert "holds 5 jobs, max_backlog is 5" in str(exc.value)
+    with pytest.raises(QueueFullError) as exc:
+        producer.enqueue_many("payments", [{}] * 3)
+    assert str(exc.value).startswith("route_enqueue_many: the queue is full (max_backlog): "
+                                     "queue payments: the stable lane holds 5 jobs, "
+                                     "max_backlog is 5; 3 more refused")
+    assert _snapshot(conn) == before  # DUMP of every key unchanged: no record, no count
+
+
+def test_max_backlog_batch_is_all_or_nothing_and_batches_keep_the_partial_contract(
+        real_conn) -> None:
+    from pycanary import service
+    from pycanary.errors import PartialEnqueueError
+
+    conn = real_conn
+    service.configure_queue(conn, "payments", stable_version="v1", max_backlog=10)
+    producer = Producer(conn)
+    producer.enqueue_many("payments", [{}] * 7)
+    ids = [f"job-{i}" for i in range(6)]
+    with pytest.raises(PartialEnqueueError) as exc:
+        producer.enqueue_many("payments", [{}] * 6, batch_size=2, job_ids=ids)
+    # batch 1 (2 jobs) fits 7 -> 9; batch 2 (2 jobs) would make 11: refused whole, and so is
+    # batch 3 (2 jobs) -- nothing of a refused batch lands
+    assert exc.value.landed_ids == ids[:2]
+    assert exc.value.not_sent_ids == ids[2:] and exc.value.unknown_ids == []
+    assert exc.value.cause.code == "queue_full"
+    assert lanes_total(conn, "payments") == 9
+    # a batch that fits (1 job) still lands: the limit is a ceiling, not a latch
+    assert len(producer.enqueue_many("payments", [{}])) == 1
+    assert lanes_total(conn, "payments") == 10
+
+
+def test_max_backlog_counts_the_lane_the_job_goes_to(conn) -> None:
+    """Per lane: a full canary lane refuses canary jobs while stable ones still land; a job
+    already landed (its idempotency record) is answered, not refused."""
+    from pycanary import service
+    from pycanary.errors import QueueFullError
+
+    service.configure_queue(conn, "payments", stable_version="v1", max_backlog=2)
+    service.set_weight(conn, "payments", "100")
+    producer = Producer(conn)
+    first = producer.enqueue("payments", {}, job_id="c1")
+    producer.enqueue("payments", {}, job_id="c2")
+    with pytest.raises(QueueFullError, match="the canary lane holds 2 jobs"):
+        producer.enqueue("payments", {}, job_id="c3")
+    again = producer.enqueue("payments", {}, job_id="c1")  # a retry of a landed job
+    assert (again.lane, first.lane) == ("canary", "canary")
+    service.set_weight(conn, "payments", "0")
+    assert producer.enqueue("payments", {}).lane == "stable"
+    qk = conn.keys.queue("payments")
+    assert (conn.client.llen(qk.lane_canary), conn.client.llen(qk.lane_stable)) == (2, 1)
+
+
+def test_drain_is_never_refused_by_max_backlog(real_conn) -> None:
+    """A rollback moves every canary job to stable even past the limit: nothing is dropped;
+    only producers are pushed back."""
+    from pycanary import rollouts, service
+    from pycanary.errors import QueueFullError
+
+    conn = real_conn
+    service.configure_queue(conn, "payments", stable_version="v1")
+    rollouts.start_canary(conn, "payments", "v2", weight="50", force=True, actor="t")
+    ids = [r.job_id for r in Producer(conn).enqueue_many("payments", [{}] * 400)]
+    qk = conn.keys.queue("payments")
+    canary = conn.client.llen(qk.lane_canary)
+    assert 100 < canary < 300
+    service.configure_queue(conn, "payments", max_backlog=100)
+    out = rollouts.rollback(conn, "payments", actor="t")
+    assert out["drain_complete"] and out["drained_jobs"] == canary
+    assert conn.client.llen(qk.lane_canary) == 0
+    held = [Job.decode(raw).id for raw in conn.client.lrange(qk.lane_stable, 0, -1)]
+    assert sorted(held) == sorted(ids) and len(held) == 400
+    with pytest.raises(QueueFullError, match="the stable lane holds 400 jobs, max_backlog is 100"):
+        Producer(conn).enqueue("payments", {})

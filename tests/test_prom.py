@@ -79,7 +79,8 @@ def ack_direct(conn, version: str, lane: str, run_buckets: list[int]) -> None:
 
 def test_routing_processing_depth_split_and_workers(conn) -> None:
     service.configure_queue(conn, "payments", stable_version="v1")
-    dep = rollouts.ramp(conn, "payments", "v2", PLAN, allow_schema_change=True, actor="test")
+    dep = rollouts.ramp(conn, "payments", "v2", PLAN, allow_schema_change=True,
+                        actor="test", force=True)
     producer = Producer(conn)
     jobs = {"stable": 0, "canary": 0}
     failing = {"stable": 0, "canary": 0}
@@ -159,7 +160,7 @@ def test_routing_processing_depth_split_and_workers(conn) -> None:
 
 def test_rollback_then_promotion_counters_and_remembered_versions(conn) -> None:
     service.configure_queue(conn, "payments", stable_version="v1")
-    rollouts.ramp(conn, "payments", "v2", PLAN, allow_schema_change=True, actor="test")
+    rollouts.ramp(conn, "payments", "v2", PLAN, allow_schema_change=True, actor="test", force=True)
     producer = Producer(conn)
     lanes = [producer.enqueue("payments", {"i": i}, job_id=f"job-{i}").lane for i in range(20)]
     ack_direct(conn, "v2", "canary", [5, 5])
@@ -180,7 +181,7 @@ def test_rollback_then_promotion_counters_and_remembered_versions(conn) -> None:
     assert val(s, "pycanary_jobs_routed_total", queue="payments",
                lane="canary") == lanes.count("canary")
 
-    rollouts.ramp(conn, "payments", "v3", PLAN, allow_schema_change=True, actor="test")
+    rollouts.ramp(conn, "payments", "v3", PLAN, allow_schema_change=True, actor="test", force=True)
     assert val(scrape(conn), "canary_deployments_active", queue="payments", status="active") == 1
     rollouts.promote(conn, "payments", full=True, actor="test")
     s = scrape(conn)

@@ -137,3 +137,65 @@ def test_queue_info_and_index(conn) -> None:
     assert info["depth"]["stable"] + info["depth"]["canary"] == 300
     assert info["routed"] == info["depth"]
     assert [q["queue"] for q in service.list_queues(conn)] == ["payments"]
+
+
+# -- max_backlog ------------------------------------------------------------------------------
+def test_max_backlog_configured_read_and_cleared(conn) -> None:
+    from pycanary import queue_config
+
+    assert queue_config.read_config(conn, "payments").max_backlog == 0
+    assert service.configure_queue(conn, "payments", max_backlog="100_000").max_backlog == 100_000
+    assert service.queue_info(conn, "payments")["max_backlog"] == 100_000
+    assert service.configure_queue(conn, "payments", max_backlog="none").max_backlog == 0
+    assert service.configure_queue(conn, "payments", max_backlog=7).max_backlog == 7
+    assert service.configure_queue(conn, "payments", max_backlog=0).max_backlog == 0
+
+
+@pytest.mark.parametrize("bad", [-1, "-1", "ten", "1.5", "", True, 10**9 + 1, "1e3"])
+def test_bad_max_backlog_rejected_and_nothing_changes(conn, bad) -> None:
+    service.configure_queue(conn, "payments", max_backlog=5)
+    before = snapshot(conn, "payments")
+    with pytest.raises(ValidationError) as exc:
+        service.configure_queue(conn, "payments", max_backlog=bad)
+    assert exc.value.field == "max_backlog"
+    assert snapshot(conn, "payments") == before
+
+
+def test_configure_queue_script_refuses_bad_max_backlog(conn) -> None:
+    """The script's own guard, not only the Python pre-check."""
+    qk = conn.keys.queue("payments")
+    service.configure_queue(conn, "payments", max_backlog=5)
+    before = snapshot(conn, "payments")
+    for bad in ("-1", "x", "1000000001", ""):
+        assert conn.scripts.call("configure_queue", qk.config_keys(),
+                                 [1, "max_backlog", bad]) == -4
+    assert snapshot(conn, "payments") == before
+
+
+def test_cli_max_backlog_and_enqueue_exit_3(real_conn) -> None:
+    from tests.test_cli import run
+
+    prefix = real_conn.keys.prefix
+    res = run("queue", "configure", "payments", "--max-backlog", "2", "--json", prefix=prefix)
+    assert res.returncode == 0, res.stderr
+    import json
+
+    assert json.loads(res.stdout)["max_backlog"] == 2
+    assert run("enqueue", "payments", "--count", "2", prefix=prefix).returncode == 0
+    res = run("enqueue", "payments", "{}", prefix=prefix)
+    assert res.returncode == 3, res.stderr
+    assert res.stderr.strip() == (
+        "error: route_enqueue: the queue is full (max_backlog): queue payments: the stable lane "
+        "holds 2 jobs, max_backlog is 2; 1 more refused, nothing enqueued")
+    # part way: the first batch of 100 fits (2 + 100 <= 150), the second does not
+    res = run("queue", "configure", "payments", "--max-backlog", "150", prefix=prefix)
+    assert res.returncode == 0
+    res = run("enqueue", "payments", "--count", "250", prefix=prefix)
+    assert res.returncode == 3
+    assert res.stderr.startswith("error: enqueue_many stopped after 100 of 250 jobs: "
+                                 "route_enqueue_many: the queue is full (max_backlog)")
+    res = run("queue", "configure", "payments", "--max-backlog", "lots", prefix=prefix)
+    assert res.returncode == 2 and "max_backlog" in res.stderr
+    res = run("queue", "configure", "payments", "--max-backlog", "none", prefix=prefix)
+    assert res.returncode == 0 and "max backlog     none" in res.stdout
+    assert run("enqueue", "payments", "{}", prefix=prefix).returncode == 0

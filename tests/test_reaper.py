@@ -146,6 +146,7 @@ def _guard_cases(conn) -> list[tuple[str, list[str], list, str]]:
     """(script, KEYS, ARGV, key made a string) for every worker script."""
     qk, k = conn.keys.queue(Q), conn.keys
     slot_keys = qk.fail_keys("w", "v1", "stable", 1)
+    ret_keys = [qk.processing("w"), qk.lane_canary, qk.lane_stable, qk.config]
     return [
         ("fetch_jobs", qk.fetch_keys("w", "stable"), [10, "v1", "w", "stable"],
          qk.processing_index),
@@ -155,8 +156,10 @@ def _guard_cases(conn) -> list[tuple[str, list[str], list, str]]:
          qk.dlq),
         ("fail_jobs", slot_keys, [60, "job-0", "retry", "next", "5", 1, 1, 2, "1", "a|1"],
          qk.delayed_stable),
-        ("return_job", [qk.processing("w"), qk.lane_canary], ["job-0"], qk.lane_canary),
-        ("bounce_job", [qk.processing("w"), qk.lane_canary], ["job-0"], qk.lane_canary),
+        ("return_job", ret_keys, ["job-0"], qk.lane_canary),
+        ("bounce_job", ret_keys, ["job-0"], qk.lane_canary),
+        ("return_job", ret_keys, ["job-0"], qk.lane_stable),
+        ("bounce_job", ret_keys, ["job-0"], qk.config),
         ("requeue_jobs", qk.requeue_keys("w"), ["stable", 10, "w"], qk.processing_index),
         ("requeue_jobs", qk.reap_keys("w", "v1", "stable", 1), ["stable", 10, "w", 60],
          qk.running("w")),
@@ -171,7 +174,7 @@ def _guard_cases(conn) -> list[tuple[str, list[str], list, str]]:
     ]
 
 
-@pytest.mark.parametrize("case", range(13))
+@pytest.mark.parametrize("case", range(15))
 def test_worker_scripts_refuse_wrong_types_before_any_write(conn, case: int) -> None:
     """The fail_jobs bug: with a wrong-type DLQ its LREM ran, its push failed, the job was
     gone. Now every worker script checks all key types first: an error changes nothing."""
@@ -238,7 +241,8 @@ def test_worker_that_cannot_record_outcomes_exits_without_deregistering(real_con
     ids = [r.job_id for r in Producer(conn).enqueue_many(Q, [{"i": i} for i in range(5)])]
     conn.client.set(qk.metrics_total("v1", "stable"), "oops")
     ran: list[str] = []
-    w = Worker(conn, [Q], "v1", lambda job: ran.append(job.id), heartbeat_s=0.1)
+    w = Worker(conn, [Q], "v1", lambda job: ran.append(job.id), heartbeat_s=0.1,
+               prefetch=5)  # fetched at once, before the first refused ack
     w.stop_grace_s = 0.5
     t = threading.Thread(target=w.run, daemon=True)
     t.start()
@@ -273,7 +277,8 @@ def test_a_worker_killed_mid_job_counts_exactly_its_running_jobs_as_crashed(real
     qk = conn.keys.queue(Q)
     ids = [r.job_id for r in Producer(conn).enqueue_many(Q, [{"i": i} for i in range(40)])]
     proc = start_worker(conn, Q, "--version", "v1", "--handler", "tests.handlers:slow",
-                        "--concurrency", "3", env={"SLOW_S": "120"})
+                        "--concurrency", "3", "--prefetch", "20",
+                        env={"SLOW_S": "120"})
     started = f"{conn.keys.prefix}:test:started"
     try:
         wait_for(lambda: conn.client.llen(started) == 3, 30, "three running jobs")

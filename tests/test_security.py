@@ -159,7 +159,7 @@ def test_worker_fetches_acks_fails_and_heartbeats(server: RedisProcess) -> None:
 def test_controller_ramps_and_rolls_back_operator_cli(server: RedisProcess) -> None:
     op, ctl_conn = as_role(server, "operator"), as_role(server, "controller")
     service.configure_queue(op, "sec-c", stable_version="v1")
-    rollouts.start_canary(op, "sec-c", "v2", weight="10", interval="1s")
+    rollouts.start_canary(op, "sec-c", "v2", weight="10", interval="1s", force=True)
     ctl = Controller(ctl_conn, leadership=Leadership(ctl_conn, lease_s=5))
     report = ctl.tick()
     assert report.leader is True and report.deployments == 1
@@ -177,7 +177,7 @@ def test_controller_ramps_and_rolls_back_operator_cli(server: RedisProcess) -> N
              ["queue", "configure", "sec-o", "--stable-version", "v1"],
              ["enqueue", "sec-o", "{}"],
              ["canary", "start", "sec-o", "--version", "v2", "--weight", "5",
-              "--allow-schema-change"],
+              "--allow-schema-change", "--force"],
              ["status", "sec-o"], ["workers"], ["rollback", "sec-o", "--yes"],
              ["queue", "show", "sec-o"]]
     for args in verbs:

@@ -128,7 +128,7 @@ def _flows(conn: Any) -> None:
     clock = [time.time()]
     lead = Leadership(conn, lease_s=30, controller_id="c1")
     ctl = Controller(conn, clock=lambda: clock[0], leadership=lead)
-    rollouts.ramp(conn, "payments", "v2", PLAN, actor="test", allow_schema_change=True)
+    rollouts.ramp(conn, "payments", "v2", PLAN, actor="test", allow_schema_change=True, force=True)
     p.enqueue_many("payments", [{}] * 50)
     for _ in range(4):
         clock[0] += 31
@@ -140,11 +140,31 @@ def _flows(conn: Any) -> None:
         res = rollouts.promote(conn, "payments", actor="test")
     lead.release()
     # a deployment rolled back by the operator: deployment_rollback, drain, finish
-    rollouts.ramp(conn, "payments", "v3", PLAN, actor="test", allow_schema_change=True)
+    rollouts.ramp(conn, "payments", "v3", PLAN, actor="test", allow_schema_change=True, force=True)
     p.enqueue_many("payments", [{}] * 50)
     rollouts.rollback(conn, "payments", reason="test", actor="test")
     rollouts.drain(conn, "payments")
     assert deployments.get(conn, "payments").state == "rolled_back"
+    # a busy canary worker stopped after a rollback gives back the canary jobs it holds:
+    # return_job from a closed canary lane, to stable
+    service.set_weight(conn, "payments", "90")
+    p.enqueue_many("payments", [{}] * 20)
+    gate3, started3 = threading.Event(), threading.Event()
+
+    def blocked(job: Job) -> None:
+        started3.set()
+        gate3.wait(10)
+
+    w3 = Worker(conn, ["payments"], "v1", blocked, lane="canary", prefetch=5, heartbeat_s=0.2)
+    t3 = threading.Thread(target=w3.run, daemon=True)
+    t3.start()
+    assert started3.wait(10)
+    rollouts.rollback(conn, "payments", actor="test")
+    w3.stop()
+    gate3.set()
+    t3.join(15)
+    assert not t3.is_alive()
+    assert conn.client.llen(qk.lane_canary) == 0
 
 
 @pytest.fixture

@@ -291,7 +291,10 @@ def test_worker_validation() -> None:
     conn = pycanary.connect("memory://validation")
     for kwargs, field in [({"queues": []}, "queues"), ({"version": "v 1"}, "version"),
                           ({"lane": "blue"}, "lane"), ({"concurrency": 0}, "concurrency"),
-                          ({"handler": 3}, "handler"), ({"queues": ["a b"]}, "queue")]:
+                          ({"handler": 3}, "handler"), ({"queues": ["a b"]}, "queue"),
+                          ({"prefetch": 0}, "prefetch"), ({"prefetch": 1001}, "prefetch"),
+                          ({"prefetch": 2, "concurrency": 4}, "prefetch"),
+                          ({"prefetch": True}, "prefetch")]:
         args = {"queues": ["payments"], "version": "v1", "handler": print} | kwargs
         with pytest.raises(ValidationError) as exc:
             Worker(conn, args.pop("queues"), args.pop("version"), args.pop("handler"), **args)
@@ -359,3 +362,166 @@ def test_jobs_left_in_its_own_processing_list_are_adopted(conn) -> None:
     assert conn.client.llen(qk.processing(w.id)) == 0
     st = window(conn, "payments", "v1", "stable")
     assert (st.ok, st.late) == (4, 0)
+
+
+def test_busy_worker_returns_unstarted_jobs_within_a_heartbeat_of_a_rollback(conn) -> None:
+    """The only slot is busy in a long job: the maintenance thread still learns of the
+    rollback and gives back every fetched job at once, in order, to the stable lane's head;
+    none of them ever starts here, and the running job finishes and is recorded."""
+    queue_config.configure(conn, "payments", stable_version="v1", canary_version="v2")
+    queue_config.set_weight(conn, "payments", 10_000)
+    ids = [r.job_id for r in Producer(conn).enqueue_many("payments", [{}] * 12)]
+    qk = conn.keys.queue("payments")
+    gate, started = threading.Event(), threading.Event()
+    ran: list[str] = []
+
+    def handler(job: Job) -> None:
+        ran.append(job.id)
+        started.set()
+        gate.wait(10)
+
+    w = Worker(conn, ["payments"], "v2", handler, prefetch=10, heartbeat_s=0.4)
+    t = threading.Thread(target=w.run, daemon=True)
+    t.start()
+    try:
+        assert started.wait(10)
+        deadline = time.monotonic() + 5
+        while conn.client.llen(qk.processing(w.id)) < 10:
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        conn.scripts.call("rollback_canary", [qk.config, qk.tenant_weights, qk.rolled_back],
+                          ["", registry.now_ms()])
+        t0 = time.monotonic()
+        while conn.client.llen(qk.processing(w.id)) > 1:
+            assert time.monotonic() - t0 < 0.4, "unstarted jobs not returned within a heartbeat"
+            time.sleep(0.01)
+        assert ran == ids[:1]  # still busy with the first job
+        # 9 returned jobs in order at the stable lane's head (the right end), then the 2
+        # jobs left in the canary lane, which are the rollback's drain's business
+        head = conn.client.lrange(qk.lane_stable, 0, -1)[::-1][:9]
+        assert [Envelope.decode(x).id for x in head] == ids[1:10]
+        assert conn.client.llen(qk.lane_canary) == 2
+        gate.set()
+        deadline = time.monotonic() + 5
+        while w.stats.done < 1 or conn.client.llen(qk.processing(w.id)):
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        time.sleep(0.3)
+        assert ran == ids[:1] and w.state == "retiring"
+    finally:
+        gate.set()
+        w.stop()
+        t.join(5)
+    assert not t.is_alive()
+    assert window(conn, "payments", "v2", "canary").ok == 1
+
+
+@pytest.mark.parametrize("concurrency,prefetch,most", [(1, None, 1), (1, 3, 3), (2, None, 2)])
+def test_prefetch_bounds_the_jobs_a_worker_holds(conn, concurrency: int, prefetch: int | None,
+                                                 most: int) -> None:
+    """Default: the concurrency, so a busy worker holds nothing it could not start now."""
+    Producer(conn).enqueue_many("payments", [{}] * 30)
+    qk = conn.keys.queue("payments")
+    held: list[int] = []
+    lock = threading.Lock()
+
+    def handler(job: Job) -> None:
+        with lock:
+            held.append(conn.client.llen(qk.processing(w.id)))
+        time.sleep(0.002)
+
+    w = Worker(conn, ["payments"], "v1", handler, concurrency=concurrency, prefetch=prefetch,
+               heartbeat_s=0.2)
+    assert w.prefetch == most
+    run_until(w, drained(conn, "payments", w))
+    assert w.stats.done == 30 and max(held) <= most
+    assert max(held) == most or prefetch is None  # a bigger prefetch is really used
+
+
+@pytest.mark.parametrize("how", ["rollback", "replaced"])
+def test_exit_when_retired(conn, how: str) -> None:
+    """A worker whose version was rolled back or replaced on every queue it served stops on
+    its own; one on standby from the start (its canary not begun yet) waits."""
+    queue_config.configure(conn, "payments", stable_version="v1", canary_version="v2")
+    queue_config.set_weight(conn, "payments", 10_000)
+    Producer(conn).enqueue_many("payments", [{}] * 3)
+    qk = conn.keys.queue("payments")
+    w = Worker(conn, ["payments"], "v2", lambda job: None, heartbeat_s=0.2,
+               exit_when_retired=True)
+    waiting = Worker(conn, ["payments"], "v3", lambda job: None, heartbeat_s=0.2,
+                     exit_when_retired=True)
+    threads = [threading.Thread(target=x.run, daemon=True) for x in (w, waiting)]
+    for t in threads:
+        t.start()
+    try:
+        deadline = time.monotonic() + 10
+        while w.stats.done < 3:
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        assert waiting.state == "standby" and threads[0].is_alive()
+        if how == "rollback":
+            conn.scripts.call("rollback_canary", [qk.config, qk.tenant_weights, qk.rolled_back],
+                              ["", registry.now_ms()])
+        else:
+            queue_config.configure(conn, "payments", canary_version="v3")
+        threads[0].join(2)
+        assert not threads[0].is_alive(), "the retired worker did not exit"
+        want = "was rolled back" if how == "rollback" else "no longer serves the canary lane"
+        assert want in w.exit_reason
+        assert registry.list_workers(conn, ttl_ms=60_000)[0].id == waiting.id  # deregistered
+        if how == "rollback":
+            time.sleep(0.5)
+            assert threads[1].is_alive() and waiting.exit_reason == ""
+    finally:
+        for x in (w, waiting):
+            x.stop()
+        for t in threads:
+            t.join(5)
+
+
+def test_rollback_and_status_report_jobs_still_running_on_the_rolled_back_version(
+        conn) -> None:
+    from pycanary import rollouts
+
+    queue_config.configure(conn, "payments", stable_version="v1", canary_version="v2")
+    queue_config.set_weight(conn, "payments", 10_000)
+    Producer(conn).enqueue_many("payments", [{}] * 2)
+    gate, started = threading.Event(), threading.Event()
+
+    def handler(job: Job) -> None:
+        started.set()
+        gate.wait(10)
+
+    w = Worker(conn, ["payments"], "v2", handler, heartbeat_s=0.2)
+    t = threading.Thread(target=w.run, daemon=True)
+    t.start()
+    try:
+        assert started.wait(10)
+        deadline = time.monotonic() + 5
+        while service.list_workers(conn)[0]["running"] != {"payments": {"canary": 1}}:
+            assert time.monotonic() < deadline, service.list_workers(conn)
+            time.sleep(0.02)
+        res = rollouts.rollback(conn, "payments", actor="t")
+        assert res["still_running"] == {"version": "v2", "running_jobs": 1, "workers": 1,
+                                        "last_finished_at": None}
+        [row] = rollouts.status(conn, "payments")
+        assert [r["running_jobs"] for r in row["rolled_back_running"]] == [1]
+        t_done = registry.now_ms()
+        gate.set()
+        deadline = time.monotonic() + 5
+        while True:
+            [row] = rollouts.status(conn, "payments")
+            [r] = row["rolled_back_running"]
+            if r["running_jobs"] == 0:
+                break
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        assert r["version"] == "v2" and r["workers"] == 1
+        assert t_done <= r["last_finished_at"] <= registry.now_ms()
+        assert w.stats.done == 1  # the running job was recorded; the other never started
+    finally:
+        gate.set()
+        w.stop()
+        t.join(5)
+    qk = conn.keys.queue("payments")
+    assert conn.client.llen(qk.lane_stable) == 1 and conn.client.llen(qk.lane_canary) == 0
