@@ -43,7 +43,9 @@ def _one_line(text: str, limit: int = MAX_ERROR_LINE) -> str:
     text = text.encode("utf-8", "backslashreplace").decode("utf-8")
     text = " ".join(text.split())
     text = "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
-    return text if len(text) <= limit else text[: limit - 3] + "..."
+    from .watch import shorten  # at a word boundary, like every other view
+
+    return shorten(text, limit)
 
 
 def _usage_error(exc: click.UsageError) -> tuple[str, str]:
@@ -53,7 +55,10 @@ def _usage_error(exc: click.UsageError) -> tuple[str, str]:
     if isinstance(exc, click.MissingParameter):
         opts = getattr(param, "opts", None) or []
         flag = next((o for o in opts if o.startswith("--")), None)
-        return name or "arguments", f"missing (give {flag})" if flag else "missing"
+        if flag:
+            return name or "arguments", f"missing (give {flag})"
+        return name or "arguments", (f"missing (give {param.metavar or name.upper()}; see "
+                                     "--help)" if param is not None and name else "missing")
     if isinstance(exc, click.BadParameter):
         return name or "arguments", exc.message.rstrip(".")
     if isinstance(exc, click.NoSuchOption):
@@ -99,6 +104,59 @@ def report_error(exc: BaseException) -> int | None:
     return None
 
 
+#: Root options also accepted after the command (`pycanary status q --prefix test`, as
+#: `rq worker --url` reads): hoisted in front of it before parsing.
+ROOT_OPTIONS = ("--redis-url", "--prefix")
+#: Commands with an option of the same name of their own (the demo's --redis-url).
+OWN_ROOT_OPTIONS = ("demo",)
+
+
+def hoist_root_options(args: list[str], groups: Sequence[str] = ()) -> list[str]:
+    """Move --redis-url/--prefix (and their values) given after the command in front of it.
+    ``groups``: names of command groups (queue, dlq, ...), whose subcommand follows them. An
+    argument after ``--`` is never moved."""
+    i = 0
+    while i < len(args) and args[i].startswith("-"):
+        i += 2 if args[i] in ROOT_OPTIONS else 1
+    if i >= len(args) or args[i] in OWN_ROOT_OPTIONS:
+        return args
+    head, rest, moved = args[:i + 1], args[i + 1:], []
+    if args[i] in groups and rest and not rest[0].startswith("-"):
+        head, rest = head + rest[:1], rest[1:]
+    kept: list[str] = []
+    j = 0
+    while j < len(rest):
+        a = rest[j]
+        if a == "--":
+            kept += rest[j:]
+            break
+        if a in ROOT_OPTIONS and j + 1 < len(rest):
+            moved += rest[j:j + 2]
+            j += 2
+            continue
+        if any(a.startswith(o + "=") for o in ROOT_OPTIONS):
+            moved.append(a)
+        else:
+            kept.append(a)
+        j += 1
+    return head[:i] + moved + head[i:] + kept if moved else args
+
+
+def plain_help(cmd: Any) -> None:
+    """Help in plain notation: arguments as QUEUE, options as --limit LIMIT, flags bare (no
+    ``<str>``/``<bool>`` type labels), for every command of the tree."""
+    for param in getattr(cmd, "params", []):
+        if param.metavar is None and not getattr(param, "is_flag", False):
+            name = (param.name or "value").upper()
+            param.metavar = name + ("..." if param.nargs == -1 else "")
+        if param.param_type_name == "argument":
+            usage = param.metavar if param.required else f"[{param.metavar}]"
+            param.display_type_rich = lambda ctx: None
+            param._usage_display_name = lambda usage=usage: usage
+    for sub in getattr(cmd, "commands", {}).values():
+        plain_help(sub)
+
+
 class _Group(TyperGroup):
     """The root command: every failure of every subcommand ends here as one line and an exit
     code (in a real process and under typer's CliRunner alike), never a traceback."""
@@ -111,6 +169,9 @@ class _Group(TyperGroup):
         standalone_mode: bool = True,
         **extra: Any,
     ) -> Any:
+        plain_help(self)
+        groups = [n for n, c in self.commands.items() if getattr(c, "commands", None)]
+        args = hoist_root_options(list(sys.argv[1:] if args is None else args), groups)
         try:
             rv = super().main(args=args, prog_name=prog_name, complete_var=complete_var,
                               standalone_mode=False, **extra)
@@ -133,14 +194,20 @@ class _Group(TyperGroup):
 
 app = typer.Typer(
     name="pycanary",
-    help="Canary rollouts for Redis job-queue workers.",
+    help="Canary rollouts for Redis job-queue workers.\n\n--redis-url and --prefix may come "
+         "before or after the command.\n\nExample: pycanary --prefix test status payments",
     no_args_is_help=True,
+    rich_markup_mode=None,
     add_completion=False,
     pretty_exceptions_enable=False,
     cls=_Group,
 )
-queue_app = typer.Typer(help="Inspect and configure queues.", no_args_is_help=True)
-route_app = typer.Typer(help="Inspect routing decisions.", no_args_is_help=True)
+queue_app = typer.Typer(help="Inspect and configure queues.\n\nExample: pycanary queue show "
+                        "payments", no_args_is_help=True,
+                        rich_markup_mode=None)
+route_app = typer.Typer(help="Inspect routing decisions.\n\nExample: pycanary route explain "
+                        "payments order-42", no_args_is_help=True,
+                        rich_markup_mode=None)
 app.add_typer(queue_app, name="queue")
 app.add_typer(route_app, name="route")
 
@@ -165,6 +232,21 @@ def _choice(value: str, field: str, choices: tuple[str, ...]) -> str:
     return value.lower()
 
 
+def _timeout_s(value: str | None, watch: bool = True) -> float | None:
+    """--timeout of the watches: a plan duration (90s, 30m, 1h30m) or seconds."""
+    if value is None:
+        return None
+    if not watch:
+        raise ValidationError("applies to --watch only: add --watch", field="timeout")
+    from .plan import parse_duration
+
+    try:
+        return float(parse_duration(value))
+    except (PlanError, ValueError) as exc:  # parse_duration raises pydantic's error
+        msg = getattr(exc, "message", None) or str(exc)
+        raise ValidationError(msg() if callable(msg) else msg, field="timeout") from None
+
+
 #: The largest --count of one `pycanary enqueue` (a script or a loop goes further).
 MAX_COUNT = 10_000_000
 
@@ -182,6 +264,14 @@ class State:
         return self._conn
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        from . import __version__
+
+        typer.echo(f"pycanary {__version__}")
+        raise typer.Exit(0)
+
+
 @app.callback()
 def _root(
     ctx: typer.Context,
@@ -195,6 +285,10 @@ def _root(
         str | None,
         typer.Option("--prefix", envvar="PYCANARY_PREFIX", help="Key prefix (default pycanary)"),
     ] = None,
+    version: Annotated[
+        bool, typer.Option("--version", is_eager=True, callback=_print_version,
+                           help="Print the version and exit.")
+    ] = False,
 ) -> None:
     settings = Settings()
     ctx.obj = State(redis_url or settings.redis_url, prefix or settings.prefix)
@@ -234,7 +328,10 @@ def enqueue(
     ] = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Enqueue a job; the routing script picks its lane (stable or canary)."""
+    """Enqueue a job; the routing script picks its lane (stable or canary).
+
+    Example: pycanary enqueue payments '{"amount": 10}' --count 1000 --rate 50
+    """
     if not 1 <= count <= MAX_COUNT:
         raise ValidationError(f"must be 1-{MAX_COUNT:,}, got {validation.quote(count)}",
                               field="count")
@@ -285,7 +382,10 @@ def set_weight(
     clear: Annotated[bool, typer.Option("--clear", help="Remove the tenant's override.")] = False,
     as_json: JsonOpt = False,
 ) -> None:
-    """Set the share of a queue's new jobs routed to the canary lane (no deployment needed)."""
+    """Set the share of a queue's new jobs routed to the canary lane (no deployment needed).
+
+    Example: pycanary set-weight payments 5 (or --tenant internal 100)
+    """
     if clear and percent is not None:
         raise PycanaryError("give either a percentage or --clear, not both", field="weight")
     if not clear and percent is None:
@@ -331,7 +431,7 @@ def queue_configure(
     ctx: typer.Context,
     queue: Annotated[str, typer.Argument(help="Queue name.", callback=_queue_arg)],
     backend: Annotated[
-        str | None, typer.Option("--backend", help="lists or streams.")
+        str | None, typer.Option("--backend", help="lists (streams: not implemented yet).")
     ] = None,
     max_weight: Annotated[
         str | None, typer.Option("--max-weight", help="Guard: highest canary percent allowed.")
@@ -357,7 +457,10 @@ def queue_configure(
     ] = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Configure a queue: its max_weight guard, stable version, routing mode and backend."""
+    """Configure a queue: its max_weight guard, stable version, routing mode and backend.
+
+    Example: pycanary queue configure payments --stable-version v1 --max-weight 50
+    """
     conn = _state(ctx).conn()
     service.configure_queue(
         conn, queue, max_weight=max_weight, stable_version=stable_version, backend=backend,
@@ -374,14 +477,22 @@ def queue_show(
     queue: Annotated[str, typer.Argument(help="Queue name.", callback=_queue_arg)],
     as_json: JsonOpt = False,
 ) -> None:
-    """Show a queue's routing config, lane depths and routed counts."""
-    info = service.queue_info(_state(ctx).conn(), queue)
+    """Show a queue's routing config, lane depths and routed counts.
+
+    Example: pycanary queue show payments --json
+    """
+    conn = _state(ctx).conn()
+    service.require_queue(conn, queue)
+    info = service.queue_info(conn, queue)
     _emit(info, as_json, _queue_text(info))
 
 
 @queue_app.command("list")
 def queue_list(ctx: typer.Context, as_json: JsonOpt = False) -> None:
-    """List known queues with their weights and depths."""
+    """List known queues with their weights and depths.
+
+    Example: pycanary queue list
+    """
     infos = service.list_queues(_state(ctx).conn())
     lines = [f"{'QUEUE':<24} {'WEIGHT':>8} {'MAX':>8} {'STABLE':>10} {'CANARY':>10}"]
     for i in infos:
@@ -400,7 +511,10 @@ def route_explain(
     tenant: Annotated[str | None, typer.Option("--tenant", help="Tenant label.")] = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Show the bucket of a sticky key and the lane it gets at the weight in force."""
+    """Show the bucket of a sticky key and the lane it gets at the weight in force.
+
+    Example: pycanary route explain payments order-42 --tenant acme
+    """
     info = service.explain_route(_state(ctx).conn(), queue, key, tenant=tenant)
     text = (f"{key!r} on {queue}: bucket {info['bucket']} (python {info['bucket_python']}), "
             f"weight {info['weight_bp']} bp, mode {info['mode']} -> "
@@ -452,6 +566,8 @@ def worker(
     """Run a worker: takes jobs of its version's lane, runs the handler, records outcomes.
 
     SIGTERM or Ctrl-C finishes in-flight jobs and exits 0; a second signal exits at once.
+
+    Example: pycanary worker payments --version v2 --handler app.jobs:handle
     """
     import logging
     import os
@@ -505,8 +621,14 @@ def workers(
     ] = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """List workers: version, lane, queues, state (active/outdated/retiring/dead), jobs done."""
-    rows = service.list_workers(_state(ctx).conn(), queue=queue)
+    """List workers: version, lane, queues, state (active/outdated/retiring/dead), jobs done.
+
+    Example: pycanary workers --queue payments
+    """
+    conn = _state(ctx).conn()
+    if queue is not None:
+        service.require_queue(conn, queue)
+    rows = service.list_workers(conn, queue=queue)
     lines = [f"{'WORKER':<32} {'VERSION':<12} {'STATE':<9} {'LANES':<28} {'DONE':>8} "
              f"{'LAST SEEN':>10}"]
     for w in rows:
@@ -519,7 +641,8 @@ def workers(
 
 
 # -- deployments -------------------------------------------------------------------------------
-canary_app = typer.Typer(help="Manual canaries.", no_args_is_help=True)
+canary_app = typer.Typer(help="Manual canaries.\n\nExample: pycanary canary start payments "
+                         "--version v2 --weight 5", no_args_is_help=True, rich_markup_mode=None)
 app.add_typer(canary_app, name="canary")
 
 YesOpt = Annotated[bool, typer.Option("--yes", "-y", help="Do not ask to confirm.")]
@@ -577,7 +700,10 @@ def canary_start(
     """Start a manual canary: a share of new jobs goes to VERSION.
 
     It stays until promote or rollback; the analysis runs meanwhile and rolls back on
-    failure."""
+    failure.
+
+    Example: pycanary canary start payments --version v2 --weight 5
+    """
     dep = rollouts.start_canary(_state(ctx).conn(), queue, version, weight=weight,
                                 tenants=_parse_tenants(tenant), sticky=sticky,
                                 allow_schema_change=allow_schema_change, force=force)
@@ -591,8 +717,14 @@ def ramp(
     version: Annotated[str, typer.Option("--version", help="Canary version to roll out.")],
     plan: Annotated[Path, typer.Option("--plan", help="Plan file (YAML).")],
     watch: Annotated[
-        bool, typer.Option("--watch", help="Follow it live; exit 0 promoted, 1 rolled back.")
+        bool, typer.Option("--watch", help="Follow it live; exit 0 promoted, 1 rolled back, "
+                           "3 timeout.")
     ] = False,
+    timeout: Annotated[
+        str | None, typer.Option("--timeout", metavar="DURATION",
+                                 help="With --watch: stop watching after this "
+                                 "long, e.g. 30m (exit 3; the rollout goes on).")
+    ] = None,
     allow_schema_change: Annotated[
         bool, typer.Option("--allow-schema-change", help="Skip the payload schema guard.")
     ] = False,
@@ -606,8 +738,12 @@ def ramp(
 
     Refused (exit 2) without a live worker of VERSION on the queue or a running controller:
     start them first, e.g. `pycanary worker orders --version v2 --handler app:handle` and
-    `pycanary controller`, or pass --force."""
+    `pycanary controller`, or pass --force.
+
+    Example: pycanary ramp payments --version v2 --plan plan.yaml --watch --timeout 1h
+    """
     conn = _state(ctx).conn()
+    limit = _timeout_s(timeout, watch)
     dep = rollouts.ramp(conn, queue, version, plan, allow_schema_change=allow_schema_change,
                         force=force)
     if not watch:
@@ -615,7 +751,7 @@ def ramp(
         return
     from .watch import watch_deployment
 
-    raise typer.Exit(watch_deployment(conn, queue, dep.id, as_json=as_json))
+    raise typer.Exit(watch_deployment(conn, queue, dep.id, as_json=as_json, timeout=limit))
 
 
 @app.command()
@@ -624,15 +760,30 @@ def status(
     queue: Annotated[
         str | None, typer.Argument(help="Queue (default: all).", callback=_queue_arg)
     ] = None,
-    watch: Annotated[bool, typer.Option("--watch", help="Refresh every second.")] = False,
+    watch: Annotated[
+        bool, typer.Option("--watch", help="Refresh every second. With QUEUE: follow its "
+                           "deployment to the end; exit 0 promoted, 1 rolled back, 3 timeout.")
+    ] = False,
+    timeout: Annotated[
+        str | None, typer.Option("--timeout", metavar="DURATION",
+                                 help="With --watch: stop after this long, "
+                                 "e.g. 30m (exit 3).")
+    ] = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Deployments side by side: stage, weight, both lanes' error rate and latency, events."""
-    from .watch import render_status, watch_status
+    """Deployments side by side: stage, weight, both lanes' error rate and latency, events.
+
+    Example: pycanary status payments --watch --timeout 30m
+    """
+    from .watch import reattach, render_status, watch_status
 
     conn = _state(ctx).conn()
+    limit = _timeout_s(timeout, watch)
+    if queue is not None:
+        service.require_queue(conn, queue)
     if watch:
-        raise typer.Exit(watch_status(conn, queue))
+        raise typer.Exit(watch_status(conn, None, timeout=limit) if queue is None else
+                         reattach(conn, queue, as_json=as_json, timeout=limit))
     rows = rollouts.status(conn, queue)
     extra = [f"{row['queue']}: {_running_text(r)}" for row in rows
              for r in row.get("rolled_back_running", [])]
@@ -650,14 +801,17 @@ def promote(
     """Promote past a manual gate, or make the canary version stable.
 
     Advances one stage; from the last stage, with --full, or on a manual canary it makes the
-    canary version stable and drains its lane into stable."""
+    canary version stable and drains its lane into stable.
+
+    Example: pycanary promote payments (or --full --yes)
+    """
     res = rollouts.promote(
         _state(ctx).conn(), queue, full=full,
         confirm=lambda dep, target: _confirm(
             f"Promote {dep.canary_version} on {queue} to {target}?", yes))
     text = (f"{queue}: {res['stable_version']} is now stable ({res['state']})"
             if res["action"] == "promoted" else
-            f"{queue}: advanced to stage {res['stage']} ({res['percent']:g}%)")
+            f"{queue}: advanced to stage {res['stage'] + 1} ({res['percent']:g}%)")
     _emit(res, as_json, text)
 
 
@@ -672,7 +826,10 @@ def rollback(
     """Roll back now: weight 0 for the very next job, then drain the canary lane.
 
     Canary workers retire within a heartbeat; the canary lane drains into the head of stable,
-    processed next, in order."""
+    processed next, in order.
+
+    Example: pycanary rollback payments --reason "errors spiked" --yes
+    """
     _confirm(f"Roll back the canary on {queue}?", yes)
     res = rollouts.rollback(_state(ctx).conn(), queue, reason=reason)
     running = res.get("still_running")
@@ -699,7 +856,10 @@ def pause(
     queue: Annotated[str, typer.Argument(help="Queue name.", callback=_queue_arg)],
     as_json: JsonOpt = False,
 ) -> None:
-    """Freeze a deployment: stage timers and weight stay until resume."""
+    """Freeze a deployment: stage timers and weight stay until resume.
+
+    Example: pycanary pause payments
+    """
     dep = rollouts.pause(_state(ctx).conn(), queue)
     _emit(dep.to_dict(), as_json, _dep_line(dep))
 
@@ -710,7 +870,10 @@ def resume(
     queue: Annotated[str, typer.Argument(help="Queue name.", callback=_queue_arg)],
     as_json: JsonOpt = False,
 ) -> None:
-    """Continue a paused deployment (paused time does not count toward the stage)."""
+    """Continue a paused deployment (paused time does not count toward the stage).
+
+    Example: pycanary resume payments
+    """
     dep = rollouts.resume(_state(ctx).conn(), queue)
     _emit(dep.to_dict(), as_json, _dep_line(dep))
 
@@ -722,7 +885,10 @@ def drain(
     yes: YesOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
-    """Move every job of the canary lane to the head of the stable lane, in order."""
+    """Move every job of the canary lane to the head of the stable lane, in order.
+
+    Example: pycanary drain payments --yes
+    """
     _confirm(f"Drain the canary lane of {queue} into stable?", yes)
     show = sys.stderr.isatty()
 
@@ -756,12 +922,15 @@ def controller(
 ) -> None:
     """Run the leader-elected controller that drives every deployment's plan.
 
-    Run two for failover: one leads, the other takes over within two leases."""
+    Run two for failover: one leads, the other takes over within two leases.
+
+    Example: pycanary controller --log-format text
+    """
     import logging
     import signal
     import threading
 
-    from .controller import Controller, JsonFormatter
+    from .controller import Controller, JsonFormatter, TextFormatter
     from .leader import Leadership
 
     _finite(lease, "lease", 0.5, 3600)
@@ -774,7 +943,7 @@ def controller(
     if log_format == "json":
         handler.setFormatter(JsonFormatter())
     else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+        handler.setFormatter(TextFormatter())
     logging.basicConfig(level=getattr(logging, log_level.upper(), logging.INFO),
                         handlers=[handler])
     conn = _state(ctx).conn()
@@ -793,7 +962,10 @@ def metrics_cmd(ctx: typer.Context) -> None:
     """Print the Prometheus exposition (what the API's /metrics will serve).
 
     Deployments, traffic split, promotions, rollbacks, jobs routed and processed per version,
-    job durations, queue depths, workers."""
+    job durations, queue depths, workers.
+
+    Example: pycanary metrics | grep pycanary_deployment
+    """
     from . import prom
 
     sys.stdout.buffer.write(prom.render(_state(ctx).conn()))
@@ -826,11 +998,10 @@ def demo(
     """The whole story in one process, on the embedded default: nothing to install.
 
     Producers, v1 and v2 workers and the controller running the design card's plan with
-    compressed time, in a live view; ends with a summary (lost jobs: 0). On a real Redis it
-    writes only under a prefix of its own, <prefix>:demo-<random>, and deletes exactly those
-    keys at the end (unless --keep); nothing else on the server is read or changed.
+    compressed time, in a live view; ends with a summary (lost jobs: 0).
 
-    Example: pycanary --redis-url redis://127.0.0.1:6379/0 demo --scenario regression"""
+    Example: pycanary demo --scenario regression
+    """
     from .demo import run_demo
 
     _finite(speed, "speed", 1, 10_000)
@@ -846,6 +1017,318 @@ def demo(
     else:
         typer.echo(result.summary())
     raise typer.Exit(0 if result.lost == 0 else 1)
+
+# -- history, events -----------------------------------------------------------------------------
+def _when(ms: int | None) -> str:
+    import time as _time
+
+    return "-" if not ms else _time.strftime("%Y-%m-%d %H:%M:%S", _time.localtime(ms / 1000))
+
+
+def _history_text(rows: list[dict[str, Any]], queue: str) -> str:
+    from .watch import _dur, term_width, wrap
+
+    if not rows:
+        return f"{queue}: no deployments yet"
+    width = term_width()
+    out: list[str] = []
+    for r in rows:
+        took = "" if not r["finished_at"] else \
+            f", took {_dur((r['finished_at'] - r['started_at']) / 1000)}"
+        stages = " -> ".join(f"{p:g}%" + (" -> gate" if gate else "")
+                             for p, gate in zip(r["stages"], r["gates"], strict=True))
+        stages += " -> 100%"
+        out.append(f"{r['id']}  {r['version']}  {r['outcome'].upper()}")
+        out.append(f"   started {_when(r['started_at'])}{took}; from {r['stable_version']}, "
+                   f"{'manual canary' if r['kind'] == 'manual' else 'plan'} {stages}")
+        if r["reason"]:
+            out += wrap(f"reason: {r['reason']}", width, "   ")
+        for v in r["verdicts"]:
+            out += wrap(f"{_when(v['ts'])} stage {v['stage']}: {v['verdict']}: {v['reason']}",
+                        width, "   ")
+    return "\n".join(out)
+
+
+@app.command()
+def history(
+    ctx: typer.Context,
+    queue: Annotated[str, typer.Argument(help="Queue name.", callback=_queue_arg)],
+    limit: Annotated[int, typer.Option("--limit", help="Deployments shown, newest first.")] = 10,
+    as_json: JsonOpt = False,
+) -> None:
+    """Past deployments of QUEUE: version, plan, outcome, reason, last verdicts.
+
+    Outcomes: promoted, rolled back (by the analysis), aborted (by an operator's rollback).
+
+    Example: pycanary history payments --limit 5
+    """
+    rows = rollouts.history(_state(ctx).conn(), queue, limit=limit)
+    _emit(rows, as_json, _history_text(rows, queue))
+
+
+def _event_line(e: dict[str, Any], width: int) -> list[str]:
+    import time as _time
+
+    from .watch import wrap
+
+    ts = _time.strftime("%H:%M:%S", _time.localtime(e["ts"] / 1000))
+    return wrap(f"{ts} {e['type']:<16} {e['message']}", width, hang=26)
+
+
+@app.command()
+def events(
+    ctx: typer.Context,
+    queue: Annotated[str, typer.Argument(help="Queue name.", callback=_queue_arg)],
+    deployment: Annotated[
+        str | None, typer.Option("--deployment", help="A past deployment's id (see history; "
+                                 "default: the current or last one).")
+    ] = None,
+    follow: Annotated[
+        bool, typer.Option("--follow", "-f", help="Keep printing new events until the "
+                           "deployment ends.")
+    ] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """The event log of a deployment: starts, stages, verdicts, rollback, promotion.
+
+    With --json, one JSON object per line (with --follow as well).
+
+    Example: pycanary events payments --follow
+    """
+    from .watch import term_width
+
+    conn = _state(ctx).conn()
+    width = term_width()
+    try:
+        for e in rollouts.follow_events(conn, queue, deployment_id=deployment,
+                                        stop=lambda: not follow):
+            if as_json:
+                typer.echo(json.dumps(e, sort_keys=True, default=str))
+            else:
+                typer.echo("\n".join(_event_line(e, width)))
+            sys.stdout.flush()
+    except KeyboardInterrupt:
+        raise typer.Exit(130) from None
+
+
+# -- dead letters --------------------------------------------------------------------------------
+dlq_app = typer.Typer(help="Dead letters: jobs that failed every attempt.\n\nExample: "
+                      "pycanary dlq list payments", no_args_is_help=True,
+                      rich_markup_mode=None)
+app.add_typer(dlq_app, name="dlq")
+
+JobIdsArg = Annotated[
+    list[str] | None, typer.Argument(help="Job ids (see `pycanary dlq list QUEUE`).")
+]
+AllOpt = Annotated[bool, typer.Option("--all", help="Every dead letter of the queue.")]
+
+
+@dlq_app.command("list")
+def dlq_list(
+    ctx: typer.Context,
+    queue: Annotated[str, typer.Argument(help="Queue name.", callback=_queue_arg)],
+    limit: Annotated[int, typer.Option("--limit", help="Records shown, newest first.")] = 20,
+    as_json: JsonOpt = False,
+) -> None:
+    """List the newest dead letters of QUEUE: job id, version, attempts, error.
+
+    Example: pycanary dlq list payments --limit 50
+    """
+    from . import dlq
+    from .watch import shorten, term_width
+
+    total, letters = dlq.list_dead(_state(ctx).conn(), queue, limit=limit)
+    if as_json:
+        _emit({"queue": queue, "total": total, "dead_letters": [d.to_dict() for d in letters]},
+              True, "")
+        return
+    if not total:
+        typer.echo(f"{queue}: no dead letters")
+        return
+    width = term_width()
+    lines = [f"{queue}: {total:,} dead letters" + (f", newest {len(letters)} shown (--limit)"
+                                                   if len(letters) < total else "")]
+    for d in letters:
+        tries = "-" if d.attempts is None else _plural(d.attempts, "attempt")
+        lines.append(shorten(f"{d.job_id or '?'}  {d.version or '-'} ({d.lane or '-'})  "
+                             f"{tries}  failed {_when(d.failed_at)}", width))
+        lines.append(shorten("   " + (d.error or d.problem or "-"), width))
+    _emit(None, False, "\n".join(lines))
+
+
+@dlq_app.command("show")
+def dlq_show(
+    ctx: typer.Context,
+    queue: Annotated[str, typer.Argument(help="Queue name.", callback=_queue_arg)],
+    job_id: Annotated[str, typer.Argument(help="Job id.")],
+    as_json: JsonOpt = False,
+) -> None:
+    """Show a dead letter whole: payload, error (with its traceback line), worker, version.
+
+    Example: pycanary dlq show payments order-1
+    """
+    from . import dlq
+    from .watch import term_width, wrap
+
+    letters = dlq.find(_state(ctx).conn(), queue, [job_id])
+    if as_json:
+        _emit([d.to_dict(full=True) for d in letters], True, "")
+        return
+    width = term_width()
+    out: list[str] = []
+    for d in letters:
+        out += [f"job {d.job_id} on {queue}",
+                f"   failed at  {_when(d.failed_at)} after "
+                f"{_plural(d.attempts or 0, 'attempt')}",
+                f"   version    {d.version} ({d.lane} lane), worker {d.worker}",
+                f"   tenant     {d.tenant or '-'}"]
+        out += wrap(f"payload    {json.dumps(d.payload, default=str)}", width, "   ", 11)
+        out += wrap(f"error      {d.error}", width, "   ", 11)
+        if d.problem:
+            out += wrap(f"note       {d.problem}", width, "   ", 11)
+    _emit(None, False, "\n".join(out))
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n:,} {word}" + ("" if n == 1 else "s")
+
+
+def _dlq_text(rep: Any, verb: str) -> str:
+    text = f"{rep.queue}: {verb} {_plural(rep.done, 'dead letter')}"
+    if verb == "requeued":
+        text += " to the tail of the stable lane (attempts reset)"
+    if rep.missing:
+        text += f"; {rep.missing:,} were gone already (another operator?)"
+    for job_id, problem in rep.skipped[:10]:
+        text += f"\n   left in the DLQ: {job_id or '?'}: {problem}"
+    if len(rep.skipped) > 10:
+        text += f"\n   and {len(rep.skipped) - 10:,} more left in the DLQ"
+    return text
+
+
+@dlq_app.command("requeue")
+def dlq_requeue(
+    ctx: typer.Context,
+    queue: Annotated[str, typer.Argument(help="Queue name.", callback=_queue_arg)],
+    job_ids: JobIdsArg = None,
+    all_: AllOpt = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Requeue dead letters to the tail of the stable lane, attempts reset to 0.
+
+    The tail: behind the jobs waiting now, like a new job, so a batch of old failures never
+    starves them. Records that cannot run again (undecodable) stay in the DLQ and are listed.
+
+    Example: pycanary dlq requeue payments order-1 order-2 (or --all)
+    """
+    from . import dlq
+
+    rep = dlq.requeue(_state(ctx).conn(), queue, job_ids, all_=all_)
+    _emit(rep.to_dict(), as_json, _dlq_text(rep, "requeued"))
+
+
+@dlq_app.command("purge")
+def dlq_purge(
+    ctx: typer.Context,
+    queue: Annotated[str, typer.Argument(help="Queue name.", callback=_queue_arg)],
+    job_ids: JobIdsArg = None,
+    all_: AllOpt = False,
+    yes: YesOpt = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Delete dead letters for good (asks first unless --yes).
+
+    Example: pycanary dlq purge payments --all --yes
+    """
+    from . import dlq
+
+    conn = _state(ctx).conn()
+    what = f"all {dlq.count(conn, queue):,} dead letters" if all_ else \
+        f"{len(job_ids or [])} dead letter(s)"
+    if all_ or job_ids:
+        _confirm(f"Delete {what} of {queue} for good?", yes)
+    rep = dlq.purge(conn, queue, job_ids, all_=all_)
+    _emit(rep.to_dict(), as_json, _dlq_text(rep, "purged"))
+
+
+# -- retry -------------------------------------------------------------------------------------
+@app.command()
+def retry(
+    ctx: typer.Context,
+    queue: Annotated[str, typer.Argument(help="Queue name.", callback=_queue_arg)],
+    watch: Annotated[
+        bool, typer.Option("--watch", help="Follow it to its end; exit 0 promoted, 1 rolled "
+                           "back, 3 timeout.")
+    ] = False,
+    timeout: Annotated[
+        str | None, typer.Option("--timeout", metavar="DURATION",
+                                 help="With --watch: stop watching after this "
+                                 "long, e.g. 30m (exit 3).")
+    ] = None,
+    allow_schema_change: Annotated[
+        bool, typer.Option("--allow-schema-change", help="Skip the payload schema guard.")
+    ] = False,
+    force: Annotated[
+        bool, typer.Option("--force", help="Start even without a live worker of the version "
+                           "or a running controller (as for ramp).")
+    ] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Start the last rolled-back version again, with the plan it had (Argo's retry).
+
+    Refused like ramp (exit 2) without a live worker of that version or a controller.
+
+    Example: pycanary retry payments --watch --timeout 30m
+    """
+    conn = _state(ctx).conn()
+    limit = _timeout_s(timeout, watch)
+    dep = rollouts.retry(conn, queue, allow_schema_change=allow_schema_change, force=force)
+    if not watch:
+        _emit(dep.to_dict(), as_json, _dep_line(dep))
+        return
+    from .watch import watch_deployment
+
+    raise typer.Exit(watch_deployment(conn, queue, dep.id, as_json=as_json, timeout=limit))
+
+
+# -- plan check (issue 10) -----------------------------------------------------------------------
+plan_app = typer.Typer(help="Check plan files.", no_args_is_help=True)
+app.add_typer(plan_app, name="plan")
+
+
+@plan_app.command("check")
+def plan_check_cmd(
+    plan_file: Annotated[Path, typer.Argument(help="Plan YAML file.")],
+    rate: Annotated[str, typer.Option("--rate", help="Traffic the plan is for: 2000/min, "
+                                      "30/s, 100000/h.")],
+    error_rate: Annotated[str, typer.Option("--error-rate", help="Base error rate of first "
+                                            "attempts: 1% or 0.01.")] = "1%",
+    runs: Annotated[int, typer.Option("--runs", help="Simulated deployments of identical "
+                                      "versions (each regression gets half).")] = 100,
+    as_json: JsonOpt = False,
+) -> None:
+    """Lint a plan, then simulate it through the real analysis for your traffic.
+
+    Prints false rollbacks, power and median time to rollback (errors x2, x3; p95 +20%, +50%)
+    and how often a healthy or a bad canary is promoted, with 95% intervals.
+
+    Example: pycanary plan check examples/plans/design-card.yaml --rate 50000/min --error-rate 0.2%
+
+    Exit codes: 0 no warnings; 1 warnings (power below 80%, healthy canaries not promoted,
+    false rollbacks above 1%, stages too short); 2 invalid plan or arguments.
+    Progress goes to stderr.
+    """
+    from .plan_check import check_plan, parse_error_rate, parse_rate
+
+    per_min, p = parse_rate(rate), parse_error_rate(error_rate)
+
+    def progress(done: int, total: int) -> None:
+        if done % 25 == 0 or done == total:
+            typer.echo(f"simulated {done}/{total} deployments", err=True)
+
+    report = check_plan(plan_file, per_min, p, runs=runs, progress=progress)
+    _emit(report.to_dict(), as_json, report.text())
+    raise typer.Exit(1 if report.warnings else 0)
 
 
 def main() -> None:

@@ -57,6 +57,38 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(out, default=str)
 
 
+class TextFormatter(logging.Formatter):
+    """``time LEVEL message queue=.. version=.. deployment=.. stage=.. reason=..``: the
+    deployment's fields on every line, so a grep for a queue or a version finds its whole
+    story (``stage`` counted from 1, as status shows it; values with spaces are quoted)."""
+
+    FIELDS = (("queue", "queue"), ("canary_version", "version"), ("deployment_id", "deployment"),
+              ("stage", "stage"), ("verdict", "verdict"), ("action", "action"),
+              ("reason", "reason"))
+
+    def __init__(self) -> None:
+        super().__init__("%(asctime)s %(levelname)s %(message)s")
+
+    def format(self, record: logging.LogRecord) -> str:
+        fields = getattr(record, "fields", {}) or {}
+        parts = []
+        for key, label in self.FIELDS:
+            value = fields.get(key)
+            if value is None or value == "":
+                continue
+            if key == "stage" and isinstance(value, int):
+                value += 1
+            text = str(value)
+            parts.append(f"{label}={json.dumps(text) if (' ' in text or not text) else text}")
+        saved = record.msg, record.args
+        if parts:
+            record.msg, record.args = f"{record.getMessage()} {' '.join(parts)}", None
+        try:
+            return super().format(record)
+        finally:
+            record.msg, record.args = saved
+
+
 def _diff(now: dict[str, Any], before: dict[str, Any]) -> dict[str, int]:
     """Fields that moved since the previous snapshot. Totals come back from Redis as strings;
     comparing the strings first skips the int conversions of the (many) unchanged buckets."""
@@ -320,6 +352,10 @@ class Controller:
         elif w.then == "promote":
             deployments.promote_final(self.conn, w.dep, actor=self.id, now=now,
                                       reason=w.reason, epoch=self.epoch)
+            log.info("promoted", extra={"fields": {
+                "deployment_id": w.dep.id, "queue": w.dep.queue,
+                "canary_version": w.dep.canary_version, "stage": w.dep.stage,
+                "reason": w.reason}})
             action = "promoting: " + self._finish_pending(w.dep)
         report.actions.append(f"{w.dep.queue}: {action}")
 
@@ -686,7 +722,7 @@ class Controller:
         _crash_point("after_rollback")
         log.warning("rollback", extra={"fields": {
             "deployment_id": dep.id, "queue": dep.queue, "canary_version": dep.canary_version,
-            "reason": reason}})
+            "stage": dep.stage, "rule": rule, "reason": reason}})
         return "rolled back: " + self._finish_pending(dep)
 
     def _finish_pending(self, dep: Deployment) -> str:

@@ -45,11 +45,16 @@ CARD_FILE = "design-card.yaml"
 #: samples; generous thresholds, since the regression it injects (20% errors, 3x slower) is far
 #: beyond them and the card's 0.5% / 5% would make a healthy run's few samples look noisy; and
 #: a small alpha: a healthy demo should end promoted (one false rollback in 10,000 runs, not 1
-#: in 125). Stages, percentages, durations and the manual gate are the card's own; the clock,
-#: not the durations, is compressed (ScaledClock), so the view shows the card's plan time.
+#: in 125). A few hundred jobs at 0.2% errors cannot show a canary's error rate safe (a stage
+#: promotes only on that evidence), so the error-rate test is off, and run times of 2 ms jobs
+#: on a busy host vary by more than 10%, so the run-time test accepts 30%; the 5% caps and the
+#: run-time test still catch the injected regression (20% errors, 3x slower). Stages,
+#: percentages, durations and the manual gate are the card's own; the clock, not the
+#: durations, is compressed (ScaledClock), so the view shows the card's plan time.
 DEMO_MIN_SAMPLES = 30
 DEMO_CONDITIONS: dict[str, Any] = {"max_error_rate": 5, "max_latency_increase": 50}
-DEMO_STATISTICAL: dict[str, Any] = {"alpha": 0.0001}
+DEMO_STATISTICAL: dict[str, Any] = {"alpha": 0.0001, "error_rate": False,
+                                    "run_time_tolerance": 30}
 
 
 def card_source() -> tuple[str, str]:
@@ -128,7 +133,9 @@ class DemoResult:
             lines.append(f"weight 0       {self.weight_zero_ms:.0f} ms after the rollback was "
                          f"decided; canary lane drained ({self.drained_jobs or 0} jobs)")
         if self.reason:
-            lines.append(f"reason         {self.reason[:160]}")
+            from .watch import wrap  # wrapped between words, never cut
+
+            lines += wrap(f"reason         {self.reason}", 100, hang=15)
         if self.kept:
             lines.append(f"keys kept      {self.url}, prefix {self.prefix} (pycanary --redis-url "
                          f"... --prefix {self.prefix} status payments)")
@@ -177,6 +184,8 @@ def _view(conn: Connection, dep: deployments.Deployment, clock: ScaledClock, sce
     from rich.panel import Panel
     from rich.table import Table
 
+    from .watch import shorten
+
     plan = dep.plan
     stage = plan.stages[min(dep.stage, len(plan.stages) - 1)]
     left = max(0.0, stage.duration - (clock() * 1000 - dep.stage_started_at) / 1000)
@@ -185,7 +194,8 @@ def _view(conn: Connection, dep: deployments.Deployment, clock: ScaledClock, sce
          f"{s.percentage:g}%") for i, s in enumerate(plan.stages)) + "  100%"
     head = (f"[b]{dep.queue}[/]: {dep.stable_version} -> {dep.canary_version}   state "
             f"[b]{dep.state}[/]   weight [b]{dep.weight_bp / 100:g}%[/]   stages {stages}   "
-            f"time left in stage {int(left) // 60}m{int(left) % 60:02d}s (plan time)")
+            + (f"time left in stage {int(left) // 60}m{int(left) % 60:02d}s (plan time)"
+               if dep.active else ""))
     t = Table(expand=True)
     for col in ("lane", "version", "done", "error rate", "p50", "p95", "backlog"):
         t.add_column(col, justify="left" if col in ("lane", "version") else "right")
@@ -199,7 +209,7 @@ def _view(conn: Connection, dep: deployments.Deployment, clock: ScaledClock, sce
     ev = Table.grid(padding=(0, 1))
     for e in events[-8:]:  # timestamps are plan time
         ev.add_row(time.strftime("%H:%M:%S", time.localtime(e["ts"] / 1000)), e["type"],
-                   e["message"][:110])
+                   shorten(e["message"], 110))
     verdict = (dep.last_analysis or {}).get("verdict", "-")
     return Panel(Group(head, t, f"last verdict: [b]{verdict}[/]", ev),
                  title=f"pycanary demo: {scenario}", border_style="cyan")

@@ -124,6 +124,12 @@ class StateError(PycanaryError):
     code = "state"
 
 
+class NoSuchQueueError(PycanaryError):
+    """A read or admin command named a queue pycanary has never seen (a typo, most often)."""
+
+    code = "not_found"
+
+
 class ScriptError(PycanaryError):
     """A Lua script refused a call with a code that has no better mapping."""
 

@@ -93,6 +93,10 @@ class QueueKeys:
                 self.delayed(lane), self.dlq, self.metrics_total(version, lane),
                 self.running(worker_id)]
 
+    def dead_letter_keys(self) -> list[str]:
+        """KEYS of dead_letters (requeue or purge dead letters)."""
+        return [self.dlq, self.lane_stable]
+
     def events(self, deployment_id: str) -> str:
         """Stream: one deployment's event log."""
         return f"{self.base}:events:{deployment_id}"

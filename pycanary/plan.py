@@ -20,8 +20,19 @@ for that stage only)::
                              the canary lane does not keep up (its backlog grows)
     min_samples              finished attempts each lane must have behind a check (default 100)
     failure_threshold        consecutive FAIL checks before rollback (default 3)
+    max_cpu_increase         canary p95 handler CPU time per job over stable's, percent
     on_no_data               hold | fail | pass: the verdict of a check whose window saw no
-                             finished attempts in a lane (default hold)
+                             finished attempts in a lane (default hold); ``pass`` lets an empty
+                             window pass only once the stage has min_samples canary attempts
+                             (a canary that never ran never passes)
+    on_inconclusive          hold | pause | rollback: what happens to a stage still without
+                             evidence after inconclusive_checks checks past its duration, or
+                             at its deadline (default pause)
+    inconclusive_checks      those checks (default 20)
+
+A stage may set ``deadline`` (default 3x its duration): by then it has passed, or
+on_inconclusive applies. ``max_error_rate_increase`` and ``statistical.run_time_tolerance``
+must be above 0: a zero tolerance fails healthy canaries on noise alone.
 
 Deployment-wide keys, top of ``canary_config`` only::
 
@@ -102,8 +113,16 @@ DEFAULT_MIN_SAMPLES = 100
 DEFAULT_FAILURE_THRESHOLD = 3
 DEFAULT_INTERVAL_S = 30
 DEFAULT_ON_NO_DATA = "hold"
+DEFAULT_ON_INCONCLUSIVE = "pause"
+#: Checks in a row that stay INCONCLUSIVE after the stage's time is up before on_inconclusive
+#: applies: 20 checks (10 minutes at the default interval) give a stage that is close to its
+#: evidence the time to reach it, and then stop waiting without a person's word.
+DEFAULT_INCONCLUSIVE_CHECKS = 20
+#: A stage without its own deadline gets this many times its duration: nothing waits forever.
+DEFAULT_STAGE_DEADLINE_FACTOR = 3
 
 OnNoData = Literal["hold", "fail", "pass"]
+OnInconclusive = Literal["hold", "pause", "rollback"]
 
 MAX_PLAN_BYTES = 64 * 1024
 MAX_DEPTH = 32
@@ -288,6 +307,37 @@ def _on_no_data(value: Any) -> str:
     return str(value)
 
 
+def _on_inconclusive(value: Any) -> str:
+    if value not in ("hold", "pause", "rollback"):
+        raise _fail("choice", "must be one of hold, pause, rollback", value)
+    return str(value)
+
+
+def _positive_percent(value: Any) -> float:
+    """A tolerance of exactly 0 is refused: with tied values (bucketed run times, equal error
+    rates) any noise is "an increase", so a zero tolerance rolls back healthy canaries."""
+    x = _percent(value)
+    if x <= 0:
+        raise _fail("percent", "must be above 0 (a zero tolerance fails on noise alone; "
+                    "use 0.1 or more)", value)
+    return x
+
+
+def _positive_increase(value: Any) -> float:
+    x = _increase(value)
+    if x <= 0:
+        raise _fail("percent", "must be above 0 (a zero tolerance fails on noise alone; "
+                    "use 1 or more)", value)
+    return x
+
+
+def _ratio(value: Any) -> float:
+    x = _number(value, "a ratio above 1")
+    if not 1 < x <= 100:
+        raise _fail("ratio", "must be above 1 and at most 100", value)
+    return x
+
+
 def _strict_bool(value: Any) -> bool:
     if not isinstance(value, bool):
         raise _fail("bool", "must be true or false", value)
@@ -340,6 +390,9 @@ OptDuration = Annotated[int | None, BeforeValidator(_optional(parse_duration))]
 OptSamples = Annotated[int | None, BeforeValidator(_optional(_count(1, 10_000_000)))]
 OptThreshold = Annotated[int | None, BeforeValidator(_optional(_count(1, 1000)))]
 OptNoData = Annotated[OnNoData | None, BeforeValidator(_optional(_on_no_data))]
+OptOnInconclusive = Annotated[OnInconclusive | None, BeforeValidator(_optional(_on_inconclusive))]
+OptPositivePercent = Annotated[float | None, BeforeValidator(_optional(_positive_percent))]
+OptChecks = Annotated[int | None, BeforeValidator(_optional(_count(1, 10_000)))]
 Bool = Annotated[bool, BeforeValidator(_strict_bool)]
 Probability = Annotated[float, BeforeValidator(_probability)]
 TenantMap = Annotated[dict[str, Percent], BeforeValidator(_tenants)]
@@ -360,12 +413,15 @@ class _Strict(BaseModel):
 
 class _ConditionFields(_Strict):
     max_error_rate: OptPercent = None
-    max_error_rate_increase: OptPercent = None
+    max_error_rate_increase: OptPositivePercent = None
     max_latency_increase: OptIncrease = None
     max_throughput_decrease: OptPercent = None
+    max_cpu_increase: OptIncrease = None
     min_samples: OptSamples = None
     failure_threshold: OptThreshold = None
     on_no_data: OptNoData = None
+    on_inconclusive: OptOnInconclusive = None
+    inconclusive_checks: OptChecks = None
 
 
 CONDITION_KEYS = tuple(_ConditionFields.model_fields)
@@ -384,13 +440,21 @@ class Statistical(_Strict):
     events and need the budget more than run times, which come by the thousand).
     ``decisive`` lets a crossed boundary roll back at once:
     an always-valid test that has crossed never uncrosses, so waiting for
-    ``failure_threshold`` more checks only adds exposure. ``threshold_alpha`` is the evidence a
-    threshold rule (max_error_rate and friends) needs before its exceedance counts as FAIL
-    rather than INCONCLUSIVE. ``run_time_tolerance`` (percent) is the slowdown the run-time test
-    accepts: without one, ~100,000 canary jobs make a 2% slowdown "significant", and a tool
-    that rolls back every version 2% slower gets switched off. The error-rate test has a
-    built-in tolerance instead: it pursues failure-rate ratios of 1.5x and up, and a ratio
-    below about 1.23x never builds evidence (that is the threshold rules' job).
+    ``failure_threshold`` more checks only adds exposure.
+
+    One budget (issue 10): ``alpha`` bounds every rule that can FAIL on noise, the two
+    sequential tests *and* the threshold rules (max_error_rate and friends, each stage's
+    test of each rule getting an equal part of 20% of alpha). ``threshold_alpha``, when set,
+    is instead the threshold rules' own total budget, on top of ``alpha`` (older plans).
+
+    Promotion needs evidence of safety: ``error_margin`` (a failure-rate ratio, default 2)
+    and ``run_time_tolerance`` are the margins a confidence sequence at ``safety_alpha`` must
+    show the canary within before a stage PASSes.
+
+    ``run_time_tolerance`` (percent) is the slowdown the run-time test accepts: without one,
+    ~100,000 canary jobs make a 2% slowdown "significant", and a tool that rolls back every
+    version 2% slower gets switched off. The error-rate test pursues ratios above 1 and
+    needs many failures to notice a small one (that is the threshold rules' job).
     """
 
     enabled: Bool = True
@@ -398,8 +462,10 @@ class Statistical(_Strict):
     error_rate: Bool = True
     run_time: Bool = True
     decisive: Bool = True
-    threshold_alpha: Probability = 0.01
-    run_time_tolerance: Annotated[float, BeforeValidator(_increase)] = 10.0
+    threshold_alpha: Annotated[float | None, BeforeValidator(_optional(_probability))] = None
+    run_time_tolerance: Annotated[float, BeforeValidator(_positive_increase)] = 10.0
+    error_margin: Annotated[float, BeforeValidator(_ratio)] = 2.0
+    safety_alpha: Probability = 0.05
 
 
 class Stage(_Strict):
@@ -412,6 +478,16 @@ class Stage(_Strict):
         default_factory=Conditions
     )
     tenants: TenantMap = Field(default_factory=dict)
+    #: The stage's own deadline: when it has not passed by then, on_inconclusive applies.
+    #: Default DEFAULT_STAGE_DEADLINE_FACTOR times its duration.
+    deadline: OptDuration = None
+
+    @property
+    def deadline_s(self) -> int:
+        """Seconds after the stage's start at which on_inconclusive applies at the latest."""
+        if self.deadline is not None:
+            return self.deadline
+        return min(self.duration * DEFAULT_STAGE_DEADLINE_FACTOR, MAX_DURATION_S)
 
     @property
     def weight_bp(self) -> int:
@@ -437,6 +513,10 @@ class StageSettings:
     failure_threshold: int
     on_no_data: str
     tenants_bp: Mapping[str, int]
+    max_cpu_increase: float | None = None
+    on_inconclusive: str = DEFAULT_ON_INCONCLUSIVE
+    inconclusive_checks: int = DEFAULT_INCONCLUSIVE_CHECKS
+    deadline_s: int | None = None
 
 
 class Plan(_ConditionFields):
@@ -505,6 +585,14 @@ class Plan(_ConditionFields):
                             f"above max_weight {_got(cap)}, got {_got(pct)}",
                         )
                     )
+            if st.deadline is not None and st.deadline < st.duration:
+                issues.append(
+                    (
+                        f"{where}.deadline",
+                        f"shorter than the stage's duration {format_duration(st.duration)}, "
+                        f"got {format_duration(st.deadline)}",
+                    )
+                )
             if st.duration < self.interval:
                 issues.append(
                     (
@@ -579,6 +667,10 @@ class Plan(_ConditionFields):
             failure_threshold=pick("failure_threshold", DEFAULT_FAILURE_THRESHOLD),
             on_no_data=pick("on_no_data", DEFAULT_ON_NO_DATA),
             tenants_bp=self.tenant_weights_bp(index),
+            max_cpu_increase=pick("max_cpu_increase", None),
+            on_inconclusive=pick("on_inconclusive", DEFAULT_ON_INCONCLUSIVE),
+            inconclusive_checks=pick("inconclusive_checks", DEFAULT_INCONCLUSIVE_CHECKS),
+            deadline_s=st.deadline_s,
         )
 
     def to_dict(self) -> dict[str, Any]:

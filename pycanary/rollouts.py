@@ -131,6 +131,7 @@ def _start(conn: Connection, queue: str, version: str, plan: Plan, *, kind: str,
            message: str, force: bool = False, salt: str | None = None) -> Deployment:
     validation.queue_name(queue)
     validation.version(version)
+    refuse_if_active(conn, queue)
     check_max_weight(conn, queue, plan)
     if not allow_schema_change:
         check_schemas(conn, queue, version)
@@ -144,6 +145,16 @@ def _start(conn: Connection, queue: str, version: str, plan: Plan, *, kind: str,
     return deployments.start(conn, queue, version, plan, kind=kind, actor=actor or operator(),
                              now=now_ms if now_ms is not None else defaults.now_ms(),
                              message=message, salt=salt)
+
+
+def refuse_if_active(conn: Connection, queue: str) -> None:
+    """One deployment per queue: name the active one and the command to see it (the script
+    refuses too, -8, but cannot say which)."""
+    dep = deployments.get(conn, queue)
+    if dep is not None and dep.active:
+        raise StateError(f"deployment {dep.id} of {dep.canary_version} is already {dep.state} "
+                         f"on {queue}: see `pycanary status {queue}`; promote or roll it back "
+                         "first", field="queue")
 
 
 def start_canary(
@@ -223,7 +234,8 @@ def promote(conn: Connection, queue: str, *, full: bool = False, actor: str | No
     stable.
 
     ``confirm(dep, target)`` is called before anything is written, with where the promotion
-    goes ("100% (stable)" or "stage 2 (50%)"), so a face can ask a person; it raises to stop.
+    goes ("100% (stable)" or "stage 3 (50%)", stages counted from 1 as people read them), so
+    a face can ask a person; it raises to stop.
     The rule of what "promote" means lives here only."""
     actor = actor or operator()
     now = now_ms if now_ms is not None else defaults.now_ms()
@@ -234,7 +246,7 @@ def promote(conn: Connection, queue: str, *, full: bool = False, actor: str | No
     final = full or dep.kind == "manual" or dep.last_stage
     if confirm is not None:
         confirm(dep, "100% (stable)" if final else
-                f"stage {dep.stage + 1} ({plan.stages[dep.stage + 1].percentage:g}%)")
+                f"stage {dep.stage + 2} ({plan.stages[dep.stage + 1].percentage:g}%)")
     if final:
         deployments.promote_final(conn, dep, actor=actor, now=now,
                                   reason="promoted by " + actor + (" (--full)" if full else ""))
@@ -245,7 +257,8 @@ def promote(conn: Connection, queue: str, *, full: bool = False, actor: str | No
     nxt = dep.stage + 1
     st = AnalysisState.from_dict(dep.analysis_state) if dep.analysis_state else AnalysisState()
     st = st.enter_stage(nxt, now / 1000)
-    ev = deployments.event("stage", f"advanced to stage {nxt} ({plan.stages[nxt].percentage:g}%)"
+    ev = deployments.event("stage", f"advanced to stage {nxt + 1} "
+                           f"({plan.stages[nxt].percentage:g}%)"
                            f" by {actor}", actor=actor, now=now,
                            data={"stage": nxt, "weight_bp": plan.stages[nxt].weight_bp})
     deployments.update(conn, dep, {"stage": nxt, "state": "active", "stage_started_at": now,
@@ -283,6 +296,13 @@ def rollback(conn: Connection, queue: str, *, reason: str = "", actor: str | Non
                              f"; {out['warning']}"))
         return out
     cfg = queue_config.read_config(conn, queue)
+    if (dep is not None and dep.state == "rolled_back" and cfg.weight_bp == 0
+            and not cfg.tenant_weights_bp):
+        return {"queue": queue, "deployment_id": dep.id, "rollback": "already",
+                "state": "rolled_back", "reason": dep.reason, "drain_complete": True,
+                "drained_jobs": 0, "message": f"{queue}: already rolled back (deployment "
+                f"{dep.id} of {dep.canary_version}); nothing to do. Why: `pycanary history "
+                f"{queue}`"}
     if cfg.weight_bp == 0 and not cfg.tenant_weights_bp and not cfg.canary_version:
         raise StateError(f"nothing to roll back on {queue}: no deployment and weight 0",
                          field="queue")
@@ -592,6 +612,8 @@ def status(conn: Connection, queue: str | None = None, *, window_s: int = 300,
             ref = dep.paused_at or dep.last_check_at or dep.stage_started_at
             d["stage_elapsed_s"] = max(0.0, (ref - dep.stage_started_at) / 1000)
             d["stage_duration_s"] = stage_s
+            d["durations_s"] = [st.duration for st in plan.stages]
+            d["gates"] = [not st.auto_promote for st in plan.stages]
             d["last_error"] = err if err and err.get("deployment_id") in (None, dep.id) \
                 else None
             row["deployment"] = d
@@ -612,3 +634,122 @@ def status(conn: Connection, queue: str | None = None, *, window_s: int = 300,
             second = service.lanes_of(conn, row["queue"])
             row["stable_growth"] = stable_growth(first, second, time.monotonic() - t_read)
     return out
+
+
+# -- history, events, retry --------------------------------------------------------------------
+#: What `history` calls each way a deployment ended: an operator's rollback is Argo's "abort".
+OUTCOMES = {"completed": "promoted", "rolled_back": "rolled back"}
+
+
+def outcome_of(dep: Deployment) -> str:
+    """promoted / rolled back (by the controller's analysis) / aborted (by an operator) /
+    the state itself while it runs."""
+    if dep.state == "rolled_back" and (dep.meta or {}).get("rollback_rule", "manual") == "manual":
+        return "aborted"
+    return OUTCOMES.get(dep.state, dep.state)
+
+
+def _history_row(conn: Connection, dep: Deployment, verdicts: int) -> dict[str, Any]:
+    stages = [s.percentage for s in dep.plan.stages]
+    # oldest first, like the event log (the list keeps the newest first)
+    last = deployments.analyses(conn, dep.queue, dep.id, count=verdicts)[::-1] if verdicts \
+        else []
+    return {
+        "id": dep.id, "queue": dep.queue, "version": dep.canary_version,
+        "stable_version": dep.stable_version, "kind": dep.kind, "stages": stages,
+        "gates": [not s.auto_promote for s in dep.plan.stages],
+        "plan": dep.plan_raw, "state": dep.state, "outcome": outcome_of(dep),
+        "reason": dep.reason, "rollback_rule": (dep.meta or {}).get("rollback_rule"),
+        "actor": dep.actor, "started_at": dep.started_at, "finished_at": dep.finished_at,
+        "last_stage": dep.stage + 1,
+        "verdicts": [{"verdict": (a.get("analysis") or {}).get("verdict"),
+                      "reason": (a.get("analysis") or {}).get("reason", ""),
+                      "action": (a.get("decision") or {}).get("action"),
+                      "stage": a.get("stage", 0) + 1, "ts": a.get("ts")} for a in last],
+    }
+
+
+def history(conn: Connection, queue: str, *, limit: int = 20,
+            verdicts: int = 3) -> list[dict[str, Any]]:
+    """Deployments of a queue, newest first: the running one (if any), then the finished ones
+    (deployment_finish keeps the last 100), each with its outcome, reason and last verdicts."""
+    service.require_queue(conn, queue)
+    if not 1 <= limit <= 100:
+        raise ValidationError(f"must be 1-100, got {limit}", field="limit")
+    rows: list[dict[str, Any]] = []
+    cur = deployments.get(conn, queue)
+    if cur is not None and cur.active:
+        rows.append(_history_row(conn, cur, verdicts))
+    for raw in conn.client.lrange(conn.keys.queue(queue).history, 0, limit - 1):
+        try:
+            dep = Deployment.from_hash(queue, json.loads(raw))
+        except (ValueError, TypeError):
+            continue  # an unreadable entry: history shows the others
+        rows.append(_history_row(conn, dep, verdicts))
+    return rows[:limit]
+
+
+def find_deployment(conn: Connection, queue: str, deployment_id: str | None = None) -> Deployment:
+    """The queue's current deployment, or the one with that id (current or in history)."""
+    service.require_queue(conn, queue)
+    cur = deployments.get(conn, queue)
+    if deployment_id is None or (cur is not None and cur.id == deployment_id):
+        if cur is None:
+            raise StateError(f"no deployment on {queue} yet", field="queue")
+        return cur
+    for raw in conn.client.lrange(conn.keys.queue(queue).history, 0, -1):
+        try:
+            d = json.loads(raw)
+            if d.get("id") == deployment_id:
+                return Deployment.from_hash(queue, d)
+        except (ValueError, TypeError):
+            continue
+    raise ValidationError(f"no deployment {validation.quote(deployment_id)} on {queue} (see "
+                          f"`pycanary history {queue}`)", field="deployment")
+
+
+def events(conn: Connection, queue: str, *, deployment_id: str | None = None,
+           count: int = 100, after: str | None = None) -> tuple[Deployment, list[dict[str, Any]]]:
+    """(deployment, its events oldest first); ``after`` an event id for the newer ones only."""
+    dep = find_deployment(conn, queue, deployment_id)
+    return dep, deployments.events(conn, queue, dep.id, count=count, after=after)
+
+
+def follow_events(conn: Connection, queue: str, *, deployment_id: str | None = None,
+                  interval: float = 1.0, stop: Callable[[], bool] = lambda: False,
+                  sleep: Callable[[float], None] = time.sleep) -> Any:
+    """Yield a deployment's events as they come, until it has finished (its last event
+    yielded) or ``stop()`` says so."""
+    dep, evs = events(conn, queue, deployment_id=deployment_id, count=1000)
+    last = None
+    while True:
+        for e in evs:
+            last = e["id"]
+            yield e
+        if not dep.active or stop():
+            return
+        sleep(interval)
+        cur = deployments.get(conn, queue)
+        if cur is not None and cur.id == dep.id:
+            dep = cur
+        else:  # finished and replaced, or gone: one last read of its stream
+            dep.state = "completed" if dep.state == "promoting" else "rolled_back"
+        evs = deployments.events(conn, queue, dep.id, count=1000, after=last)
+
+
+def retry(conn: Connection, queue: str, *, allow_schema_change: bool = False,
+          actor: str | None = None, now_ms: int | None = None, force: bool = False) -> Deployment:
+    """Argo's retry: a new deployment of the last rolled-back version, with its plan (a
+    manual canary comes back as a manual canary); the same preflight as ramp (``force``)."""
+    service.require_queue(conn, queue)
+    last = next((r for r in history(conn, queue, limit=100, verdicts=0)
+                 if r["state"] == "rolled_back"), None)
+    if last is None:
+        raise StateError(f"nothing to retry on {queue}: no rolled-back deployment in its history",
+                         field="queue")
+    plan = parse_plan(last["plan"])
+    stages = " -> ".join(f"{s.percentage:g}%" for s in plan.stages)
+    return _start(conn, queue, last["version"], plan, kind=last["kind"],
+                  allow_schema_change=allow_schema_change, actor=actor, now_ms=now_ms,
+                  force=force,
+                  message=f"retry of {last['version']} (after {last['id']}): {stages} -> 100%")

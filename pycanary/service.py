@@ -14,7 +14,7 @@ from typing import Any
 
 from . import defaults, queue_config, registry, validation
 from .connection import Connection
-from .errors import ValidationError, WeightAboveMaxError
+from .errors import NoSuchQueueError, ValidationError, WeightAboveMaxError
 from .keys import LANES, QueueKeys
 from .producer import EnqueueResult, Producer
 from .routing import sticky_bucket
@@ -154,6 +154,11 @@ def configure_queue(
     max_backlog: int | str | None = None,
 ) -> queue_config.QueueConfig:
     bp = None if max_weight is None else validation.percent_to_bp(max_weight, "max_weight")
+    if isinstance(backend, str) and backend.strip().lower() == "streams":
+        # the config accepts the name (the Streams backend is designed), but no worker or
+        # producer implements it yet: a queue set to it would silently keep using lists
+        raise ValidationError("the Streams backend is not implemented yet; queues use lists "
+                              "(the default)", field="backend")
     return queue_config.configure(
         conn, queue, max_weight_bp=bp, stable_version=stable_version, backend=backend,
         sticky=sticky, salt=salt, enabled=enabled, canary_version=canary_version,
@@ -190,6 +195,25 @@ def decode_lanes(replies: Iterator[Any]) -> tuple[dict[str, int], dict[str, int]
     depth = {lane: int(next(replies)) for lane in LANES}
     routed = next(replies)
     return depth, {lane: int(routed.get(lane, 0)) for lane in LANES}
+
+
+def require_queue(conn: Connection, queue: str) -> str:
+    """Refuse a queue pycanary has never seen, naming the known ones: a read command on a typo
+    should say so, not show an empty queue. Known: in the queue index, or with a config or a
+    deployment hash (a queue configured by an older client)."""
+    validation.queue_name(queue)
+    qk = conn.keys.queue(queue)
+    pipe = conn.client.pipeline(transaction=False)
+    pipe.sismember(conn.keys.queues, queue)  # reads an operator's ACL allows (security.py)
+    pipe.hgetall(qk.config)
+    pipe.hget(qk.deployment, "id")
+    pipe.llen(qk.history)
+    if any(pipe.execute()):
+        return queue
+    known = queue_config.list_queues(conn)
+    shown = ", ".join(known[:10]) + (f" and {len(known) - 10} more" if len(known) > 10 else "")
+    raise NoSuchQueueError(f"no such queue {queue!r} (known: {shown or 'none yet'})",
+                           field="queue")
 
 
 def list_queues(conn: Connection) -> list[dict[str, Any]]:

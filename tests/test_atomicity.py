@@ -118,6 +118,7 @@ def _script_keys(keys: Keys, queue: str) -> dict[str, list[str]]:
         "deployment_finish": [qk.deployment, qk.events("d-1"), qk.history, qk.counters,
                               qk.fence],
         "drain_lane": [qk.lane_canary, qk.lane_stable],
+        "dead_letters": qk.dead_letter_keys(),
         # global scripts: one slot of their own ({workers}, {controller})
         "heartbeat": keys.heartbeat_keys("w:1"),
         "forget_worker": keys.heartbeat_keys("w:1"),
@@ -207,6 +208,8 @@ def _typed_calls(keys: Keys) -> dict[str, tuple[list[tuple[str, str]], list]]:
                                (qk.history, "list"), (qk.counters, "hash"),
                                (qk.fence, "string")], ["", 1, "promotions:completed", 0, ev]),
         "drain_lane": ([(qk.lane_canary, "list"), (qk.lane_stable, "list")], [100]),
+        "dead_letters": ([(qk.dlq, "list"), (qk.lane_stable, "list")],
+                         ["requeue", '{"id":"j1"}', '{"id":"j1","attempts":0}']),
         "fence_queue": ([(qk.fence, "string")], [3]),
         "leader_acquire": ([(keys.leader, "string"), (keys.leader_epoch, "string")], ["t", 5000]),
         "leader_renew": ([(keys.leader, "string")], ["1:t", 5000]),
@@ -237,6 +240,7 @@ _BAD_ARGS = [
     ("deployment_promote", 0, "e"), ("deployment_promote", 3, "-1"),
     ("deployment_finish", 1, "x"), ("deployment_finish", 3, "3"),
     ("drain_lane", 0, "0"), ("drain_lane", 0, "5001"),
+    ("dead_letters", 0, "move"), ("dead_letters", 1, ""), ("dead_letters", 2, ""),
     ("fence_queue", 0, "0"), ("fence_queue", 0, "x"),
     ("leader_acquire", 1, "0"), ("leader_acquire", 0, ""), ("leader_renew", 1, "1.5"),
     ("release_lock", 0, ""),
@@ -300,7 +304,7 @@ def test_every_owned_script_refuses_wrong_key_types_changing_nothing(real_conn) 
             checked += 1
             for k, _ in typed:
                 conn.client.delete(k)
-    assert checked == sum(len(t) for t, _ in calls.values()) == 63
+    assert checked == sum(len(t) for t, _ in calls.values()) == 65
 
 
 @pytest.mark.parametrize(("name", "index", "value"), _BAD_ARGS)

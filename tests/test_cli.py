@@ -89,6 +89,7 @@ def test_queue_configure_and_guard(prefix: str) -> None:
         (("enqueue", "payments", "--count", "0"), "count"),
         (("enqueue", "payments", "--count", "2", "--job-id", "x"), "job_id"),
         (("queue", "configure", "payments", "--backend", "kafka"), "backend"),
+        (("queue", "configure", "payments", "--backend", "streams"), "backend"),
         (("queue", "configure", "payments"), "options"),
     ],
 )
@@ -111,7 +112,8 @@ COMMANDS = [(), ("enqueue",), ("set-weight",), ("queue",), ("queue", "configure"
             ("queue", "show"), ("queue", "list"), ("route", "explain"), ("demo",),
             ("worker",), ("workers",), ("canary",), ("canary", "start"), ("ramp",),
             ("status",), ("promote",), ("rollback",), ("pause",), ("resume",), ("drain",),
-            ("controller",), ("metrics",)]
+            ("controller",), ("metrics",), ("history",), ("events",), ("retry",), ("dlq",),
+            ("dlq", "list"), ("dlq", "show"), ("dlq", "requeue"), ("dlq", "purge")]
 
 
 @pytest.mark.parametrize("cmd", COMMANDS, ids=lambda c: " ".join(c) or "root")
@@ -123,8 +125,55 @@ def test_help_on_every_command(cmd: tuple) -> None:
     assert len(res.stdout.splitlines()) > 4
 
 
+
+@pytest.mark.parametrize("cmd", COMMANDS, ids=lambda c: " ".join(c) or "root")
+def test_help_reads_at_80_columns_with_an_example(cmd: tuple) -> None:
+    import os
+
+    res = subprocess.run([sys.executable, "-m", "pycanary.cli", *cmd, "--help"],
+                         capture_output=True, text=True, timeout=60,
+                         env={**os.environ, "COLUMNS": "80"})
+    assert res.returncode == 0
+    lines = res.stdout.splitlines()
+    assert max(len(line) for line in lines) <= 80, res.stdout
+    assert any(line.strip().startswith("Example: pycanary") for line in lines), res.stdout
+    for label in ("<str>", "<bool>", "<int>", "<float>", "<list", "{queue}", "╭"):
+        assert label not in res.stdout, (label, res.stdout)
+
+
 def test_route_explain_agrees(prefix: str) -> None:
     key = f"order-{uuid.uuid4().hex}"
     res = run("route", "explain", "payments", key, "--json", prefix=prefix)
     info = json.loads(res.stdout)
     assert info["bucket"] == info["bucket_python"]
+
+
+def test_version() -> None:
+    from pycanary import __version__
+
+    res = subprocess.run([sys.executable, "-m", "pycanary.cli", "--version"],
+                         capture_output=True, text=True, timeout=60)
+    assert (res.returncode, res.stdout) == (0, f"pycanary {__version__}\n")
+
+
+def test_redis_url_and_prefix_after_the_command(prefix: str) -> None:
+    base = [sys.executable, "-m", "pycanary.cli"]
+    res = subprocess.run([*base, "enqueue", "payments", "--prefix", prefix, "--redis-url",
+                          REAL_URL, "--json"], capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0, res.stderr
+    res = subprocess.run([*base, "queue", "show", "payments", f"--prefix={prefix}", "--json"],
+                         capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0 and json.loads(res.stdout)["depth"]["stable"] == 1
+
+
+def test_hoist_root_options() -> None:
+    from pycanary.cli import hoist_root_options as hoist
+
+    groups = ["queue", "dlq"]
+    assert hoist(["status", "q", "--prefix", "p"], groups) == ["--prefix", "p", "status", "q"]
+    assert hoist(["--redis-url", "u", "dlq", "list", "q", "--prefix=p"], groups) == [
+        "--redis-url", "u", "--prefix=p", "dlq", "list", "q"]
+    # the demo has a --redis-url of its own; after `--` nothing moves
+    assert hoist(["demo", "--redis-url", "u"], groups) == ["demo", "--redis-url", "u"]
+    assert hoist(["enqueue", "q", "--", "--prefix", "x"], groups) == [
+        "enqueue", "q", "--", "--prefix", "x"]

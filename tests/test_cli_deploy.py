@@ -43,8 +43,9 @@ def test_canary_lifecycle(real_conn) -> None:
     out = json.loads(res.stdout)
     assert out["state"] == "rolled_back" and out["weight_zero_ms"] >= 0
     assert deployments.get(conn, "payments").reason == "errors spiked"
-    # nothing left to act on: clear errors, exit 2
-    assert_user_error(run("rollback", "payments", "--yes", prefix=prefix), "queue")
+    # a second rollback: already done, exit 0 and say so; nothing else to act on: exit 2
+    res = run("rollback", "payments", "--yes", prefix=prefix)
+    assert res.returncode == 0 and "already rolled back" in res.stdout, res
     assert_user_error(run("pause", "payments", prefix=prefix), "queue")
 
 
@@ -67,7 +68,9 @@ def test_ramp_watch_exits_0_when_promoted(real_conn, tmp_path: Path) -> None:
     prefix = conn.keys.prefix
     service.configure_queue(conn, "payments", stable_version="v1")
     plan = tmp_path / "plan.yaml"
-    plan.write_text("canary_config:\n  interval: 1s\n  on_no_data: pass\n  stages:\n"
+    # a timed ramp (every check off): the only plan in which no data may pass (issue 10)
+    plan.write_text("canary_config:\n  interval: 1s\n  on_no_data: pass\n"
+                    "  statistical: {enabled: false}\n  stages:\n"
                     "    - percentage: 10\n      duration: 1s\n")
     cmd = [sys.executable, "-m", "pycanary.cli", "--redis-url", conn.url, "--prefix", prefix,
            "ramp", "payments", "--version", "v2", "--plan", str(plan), "--watch", "--force"]
@@ -95,3 +98,25 @@ def test_drain_refuses_an_open_lane(real_conn) -> None:
     service.set_weight(real_conn, "payments", "0")
     res = run("drain", "payments", "--yes", "--json", prefix=prefix)
     assert res.returncode == 0 and json.loads(res.stdout)["moved"] == 0
+
+
+def test_ramp_watch_outside_a_terminal_prints_progress_and_times_out(real_conn,
+                                                                    tmp_path: Path) -> None:
+    """No controller: `ramp --watch` must not hang silently in a pipe; it prints a progress
+    line (stage, no controller) and gives up after --timeout with exit 3."""
+    prefix = real_conn.keys.prefix
+    service.configure_queue(real_conn, "payments", stable_version="v1")
+    plan = tmp_path / "plan.yaml"
+    plan.write_text("canary_config:\n  interval: 1s\n  stages:\n"
+                    "    - percentage: 10\n      duration: 1m\n")
+    res = run("ramp", "payments", "--version", "v2", "--plan", str(plan), "--watch",
+              "--timeout", "2s", "--allow-schema-change", "--force", prefix=prefix)
+    assert res.returncode == 3, res
+    lines = res.stdout.splitlines()
+    assert lines[0].startswith("started ") and "ramp of v2" in lines[0]
+    assert "payments active; stage 1/2: 10% (hold 1m, " in lines[1]
+    assert "no controller is running" in lines[1]
+    assert "stopped watching after 2s" in res.stderr
+    res = run("ramp", "payments", "--version", "v2", "--plan", str(plan), "--watch",
+              "--timeout", "2s", "--json", prefix=prefix)
+    assert_user_error(res, "queue")  # already active: named, not watched

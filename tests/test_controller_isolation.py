@@ -34,8 +34,10 @@ T0 = 1_800_000_000.0
 #: Rolled back by its deadline at the second check (no data needed).
 DEADLINE_PLAN = {"canary_config": {"interval": "1s", "deadline": "1m", "stages": [
     {"percentage": 10, "duration": "1m"}]}}
-#: Stage 0 passes with no data and steps to 50% after 1 s.
-STEP_PLAN = {"canary_config": {"interval": "1s", "on_no_data": "pass", "stages": [
+#: Stage 0 passes with no data and steps to 50% after 1 s: a timed ramp (every check off), the
+#: only plan in which no data may pass (issue 10).
+STEP_PLAN = {"canary_config": {"interval": "1s", "on_no_data": "pass",
+                               "statistical": {"enabled": False}, "stages": [
     {"percentage": 5, "duration": "1s", "auto_promote": True},
     {"percentage": 50, "duration": "1m"}]}}
 

@@ -19,8 +19,15 @@ DESIGN_CARD = {"canary_config": {
     # hosts (the 3x latency regression below is far beyond it). alpha bounds the chance that
     # a healthy deployment is rolled back at all (about 0.8% at the default 0.01): these tests
     # run several healthy deployments per CI run, so they use a smaller one; the regressions
-    # they inject are caught by the threshold rules anyway.
-    "statistical": {"run_time_tolerance": 30, "alpha": 0.0005},
+    # they inject are caught by the threshold rules anyway. Promotion needs evidence of safety
+    # (issue 10): at 300 jobs per 30 s and 1% errors, a 5% stage sees ~3 failures per check,
+    # far too few to show "fewer than 2x stable's failures" (the default margin) within the
+    # stage, so the plan accepts a wider margin: "fewer than 5x" is shown within ~20 checks.
+    # The threshold rules keep their own budget (threshold_alpha, as before issue 10): within
+    # this plan's small alpha, one budget would leave each of its 6 (stage, rule) pairs 1.7e-5,
+    # too little for the regression tests' 4-interval deadline at 300 jobs per check.
+    "statistical": {"run_time_tolerance": 30, "alpha": 0.0005, "error_margin": 5,
+                    "threshold_alpha": 0.01},
     "stages": [
         {"percentage": 5, "duration": "10m", "auto_promote": True,
          "conditions": {"max_error_rate": 5, "max_latency_increase": 50}},
@@ -167,7 +174,11 @@ def test_regression_is_rolled_back_automatically(fleet, regression: str) -> None
     if regression == "errors":
         behave(conn, "v2", fail=0.20)
     else:
-        behave(conn, "v2", sleep_ms=15.0)
+        # 5 ms -> 25 ms handler time: with the host's overhead the canary's p95 is about 2.5x
+        # stable's. (15 ms gave only +55% over a 50% threshold, which the two-sample rule of
+        # issue 10 rightly does not call significant on 90 canary jobs per check: stable's p95
+        # is noisy too.)
+        behave(conn, "v2", sleep_ms=25.0)
     ids += drive(conn, ctl, clock, jobs_per_tick=300, until=lambda d: not d.active,
                  max_ticks=20, real_s=0.4)
     dep = deployments.get(conn, "payments")

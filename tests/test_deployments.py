@@ -129,8 +129,9 @@ def test_rollback_is_immediate_and_drains(queue) -> None:
     types = [e["type"] for e in deployments.events(conn, "payments", dep.id)]
     assert types == ["started", "rollback", "rolled_back"]
     assert conn.client.hget(qk.counters, "rollbacks:manual") == "1"
-    with pytest.raises(StateError):
-        rollouts.rollback(conn, "payments")
+    again = rollouts.rollback(conn, "payments")  # already done: said so, nothing changed
+    assert (again["rollback"], again["deployment_id"]) == ("already", dep.id)
+    assert conn.client.hget(qk.counters, "rollbacks:manual") == "1"
 
 
 def test_rollback_of_a_manual_weight_without_deployment(queue) -> None:

@@ -98,8 +98,9 @@ def test_examples_parse(name: str) -> None:
 def test_tenant_first_example() -> None:
     plan = load_plan(EXAMPLES / "tenant-first.yaml")
     assert plan.stages[0].weight_bp == 0
-    assert plan.tenant_weights_bp(0) == {"internal": 10_000, "bigbank": 0}
-    assert plan.tenant_weights_bp(3) == {"internal": 10_000, "bigbank": 5_000}
+    # internal at 50%, not 100%: a tenant at 100% cannot be compared within its stratum
+    assert plan.tenant_weights_bp(0) == {"internal": 5_000, "bigbank": 0}
+    assert plan.tenant_weights_bp(3) == {"internal": 5_000, "bigbank": 5_000}
     assert [s.weight_bp for s in plan.stages] == [0, 500, 2500, 5000]
 
 
@@ -150,8 +151,43 @@ def test_defaults() -> None:
     )
     assert plan.deadline is None and plan.max_weight is None and plan.tenants == {}
     st_ = plan.statistical
-    assert (st_.enabled, st_.alpha, st_.decisive, st_.threshold_alpha) == (True, 0.01, True, 0.01)
-    assert st_.run_time_tolerance == 10.0
+    # threshold_alpha None: the threshold rules share alpha (one budget per deployment)
+    assert (st_.enabled, st_.alpha, st_.decisive, st_.threshold_alpha) == (True, 0.01, True, None)
+    assert (st_.run_time_tolerance, st_.error_margin, st_.safety_alpha) == (10.0, 2.0, 0.05)
+    assert (s.on_inconclusive, s.inconclusive_checks, s.max_cpu_increase) == ("pause", 20, None)
+    assert s.deadline_s == 3 * plan.stages[0].duration
+
+
+def test_new_condition_fields_resolve_per_stage() -> None:
+    plan = parse_plan(body(on_inconclusive="rollback", inconclusive_checks=4, max_cpu_increase=20,
+                           stages=[{"percentage": 5, "duration": "10m", "deadline": "15m",
+                                    "conditions": {"on_inconclusive": "hold"}},
+                                   {"percentage": 10, "duration": "10m"}]))
+    s0, s1 = plan.settings(0), plan.settings(1)
+    assert (s0.on_inconclusive, s0.inconclusive_checks, s0.deadline_s) == ("hold", 4, 900)
+    assert (s1.on_inconclusive, s1.max_cpu_increase, s1.deadline_s) == ("rollback", 20.0, 1800)
+
+
+@pytest.mark.parametrize(("where", "over", "line"), [
+    ("cond", {"max_error_rate_increase": 0},
+     "max_error_rate_increase: must be above 0 (a zero tolerance fails on noise alone; use 0.1 "
+     "or more), got 0"),
+    ("stat", {"run_time_tolerance": 0},
+     "statistical.run_time_tolerance: must be above 0 (a zero tolerance fails on noise alone; "
+     "use 1 or more), got 0"),
+    ("stat", {"error_margin": 1},
+     "statistical.error_margin: must be above 1 and at most 100, got 1"),
+    ("cond", {"on_inconclusive": "promote"},
+     "on_inconclusive: must be one of hold, pause, rollback, got 'promote'"),
+])
+def test_zero_tolerances_and_new_fields_are_checked(where: str, over: dict, line: str) -> None:
+    b = body(**over) if where == "cond" else body(statistical=over)
+    assert errors_of(b) == [line]
+
+
+def test_stage_deadline_must_cover_its_duration() -> None:
+    b = body(stages=[{"percentage": 5, "duration": "10m", "deadline": "5m"}])
+    assert errors_of(b) == ["stages[0].deadline: shorter than the stage's duration 10m, got 5m"]
 
 
 def test_stage_tenants_merge_over_top_level() -> None:
@@ -519,3 +555,73 @@ def test_generated_plans_round_trip(
     assert again == plan
     assert isinstance(plan, Plan)
     assert all(0 < s.weight_bp < 10_000 for s in plan.stages)
+
+
+# ---------------------------------------------------------------------------------------------
+# pycanary plan check (issue 10 item 6)
+
+
+@pytest.mark.parametrize(("text", "per_min"), [
+    ("2000/min", 2000.0), ("30/s", 1800.0), ("120000/h", 2000.0), ("500", 500.0),
+    (" 12.5 / sec ", 750.0)])
+def test_plan_check_rates(text: str, per_min: float) -> None:
+    from pycanary.plan_check import parse_rate
+
+    assert parse_rate(text) == pytest.approx(per_min)
+
+
+@pytest.mark.parametrize("text", ["fast", "-5/min", "0/min", "1e9/s", ""])
+def test_plan_check_bad_rates_name_the_field(text: str) -> None:
+    from pycanary.errors import ValidationError
+    from pycanary.plan_check import parse_rate
+
+    with pytest.raises(ValidationError) as exc:
+        parse_rate(text)
+    assert exc.value.field == "rate"
+
+
+def test_plan_check_error_rates() -> None:
+    from pycanary.errors import ValidationError
+    from pycanary.plan_check import parse_error_rate
+
+    assert parse_error_rate("1%") == pytest.approx(0.01)
+    assert parse_error_rate("0.002") == pytest.approx(0.002)
+    for bad in ("x", "60%", "-1%"):
+        with pytest.raises(ValidationError):
+            parse_error_rate(bad)
+
+
+def test_plan_check_warns_about_stages_too_short_for_their_traffic() -> None:
+    from pycanary.plan_check import stage_warnings
+
+    plan = load_plan(EXAMPLES / "design-card.yaml")
+    assert stage_warnings(plan, 10_000) == []
+    assert stage_warnings(plan, 100) == [
+        "stages[0]: 10m at 5% of 100 jobs/min gives ~50 jobs to the smaller lane, below "
+        "min_samples 100: the stage is too short for its traffic"]
+
+
+def test_plan_check_simulates_through_the_real_analysis(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from pycanary.cli import app
+    from pycanary.plan_check import check_plan
+
+    lines = []
+    report = check_plan(EXAMPLES / "quick.yaml", 600, 0.01, runs=2,
+                        progress=lambda d, t: lines.append((d, t)))
+    assert lines[-1] == (6, 6)
+    assert [r["key"] for r in report.results] == ["aa", "errors_x2", "errors_x3", "p95_20",
+                                                  "p95_50"]
+    # 600 jobs/min cannot fill quick.yaml's 45 s stages: the checker says so
+    assert any("too short for its traffic" in w for w in report.warnings)
+    res = CliRunner().invoke(app, ["plan", "check", str(EXAMPLES / "quick.yaml"), "--rate",
+                                   "600/min", "--runs", "1", "--json"])
+    assert res.exit_code == 1, res.output
+    body = json.loads(res.stdout)
+    assert body["ok"] is False and body["warnings"]
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("canary_config:\n  max_error_rate_increase: 0\n  stages: []\n")
+    res = CliRunner().invoke(app, ["plan", "check", str(bad), "--rate", "1000/min"])
+    assert res.exit_code == 2
+    assert "max_error_rate_increase: must be above 0" in res.stderr

@@ -20,7 +20,7 @@ import pytest
 import redis
 from redis.crc import key_slot
 
-from pycanary import deployments, registry, rollouts, service
+from pycanary import deployments, dlq, registry, rollouts, service
 from pycanary.controller import Controller
 from pycanary.job import Job
 from pycanary.leader import Leadership
@@ -101,6 +101,10 @@ def _flows(conn: Any) -> None:
         qk.delayed_stable) == 0 and w.stats.bounced >= 1
     run_until(w, dlq_done)
     conn.client.lrem(qk.lane_stable, 0, conn.client.lindex(qk.lane_stable, 0) or "")
+    # dead letters: one requeued by id, the rest purged (dead_letters)
+    letter = next(d for d in dlq.list_dead(conn, "payments", limit=50)[1] if d.envelope)
+    dlq.requeue(conn, "payments", [letter.job_id])
+    dlq.purge(conn, "payments", all_=True)
 
     # a worker stopped with fetched-but-unstarted jobs returns them (return_job); a dead
     # worker's jobs come back through the reaper (requeue_jobs, forget_worker, release_lock)
