@@ -210,11 +210,11 @@ def write_slot_scripts(conn: pycanary.Connection, queue: str, version: str, lane
     fail: list[Any] = [KEEP_S]
     for env, j in zip(envs, jobs, strict=True):
         if j.outcome == "ok":
-            ack += [env, j.run_b, j.wait_b]
+            ack += [env, j.run_b, j.wait_b, "", "0", ""]  # no job-level fields
         elif j.outcome == "retry":
-            fail += [env, "retry", env, str(slot * 1000 + 5000), j.run_b, j.wait_b]
+            fail += [env, "retry", env, str(slot * 1000 + 5000), j.run_b, j.wait_b, "", "0", ""]
         else:
-            fail += [env, "dead", '{"dead":1}', "", j.run_b, j.wait_b]
+            fail += [env, "dead", '{"dead":1}', "", j.run_b, j.wait_b, "", "0", ""]
     if len(ack) > 1:
         conn.scripts.call("ack_jobs", qk.ack_keys(worker_id, version, lane, slot), ack)
     if len(fail) > 1:

@@ -121,7 +121,8 @@ def ack_cost(conn: pycanary.Connection, queue: str, batch: int, rounds: int) -> 
                                        [batch, "v1", wid, "stable"])
         args: list[Any] = [defaults.KEEP_S]
         for i, raw in enumerate(jobs):
-            args += [raw, 40 + i % 7, 30 + i % 5]
+            # as a worker sends them: CPU bucket, first attempt, analysis unit
+            args += [raw, 40 + i % 7, 30 + i % 5, 35 + i % 3, "1", f"|{i % 32}"]
         before = commandstats(conn.client)
         conn.scripts.call("ack_jobs", ack_keys, args)
         calls, us = stats_delta(before, commandstats(conn.client), "evalsha")

@@ -7,12 +7,16 @@
   KEYS[3] delayed        zset  retries of this lane, scored by due time (ms)
   KEYS[4] dlq            list  dead letters of the queue (newest at the left)
   KEYS[5] totals         hash  running totals of (version, lane)
+  KEYS[6] running        hash  envelope -> "<first> <unit>" of started jobs (entry removed)
 
   ARGV[1] ttl            seconds to keep the metrics slot
-  ARGV[2 + 6*(i-1) ..]   per job i: envelope (as fetched), outcome ('retry' | 'dead'),
+  ARGV[2 + 9*(i-1) ..]   per job i: envelope (as fetched), outcome ('retry' | 'dead'),
                          next (retry: envelope of the next attempt; dead: dead-letter record),
-                         due_ms (retry) or '', run bucket, wait bucket
+                         due_ms (retry) or '', run bucket, wait bucket, cpu bucket ('' = not
+                         measured), first ('1' | '0'), unit ('' or "<stratum>|<cluster>")
 
+  Counts: failed, retried, dead, r<b>, w<b>, c<b>, first_attempts, first_failed (slot and
+  totals); n1|<unit>, x1|<unit> (totals only).
   Returns {failed, late}: a late job is no longer in the processing list (a reaper returned it
   to a lane, or this call was already applied before a lost reply), so it is neither retried
   nor dead-lettered here and is counted only as field `late`
@@ -21,17 +25,17 @@
 ]]
 local rcall = redis.call
 local processing_key, metrics_key, delayed_key, dlq_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
-local total_key = KEYS[5]
+local total_key, running_key = KEYS[5], KEYS[6]
 
 -- @include metrics
 -- @include worker_guard
 
 local ttl = as_uint(ARGV[1])
-if not ttl or ttl < 1 or (#ARGV - 1) % 6 ~= 0 then return -4 end
-for i = 2, #ARGV, 6 do
+if not ttl or ttl < 1 or (#ARGV - 1) % 9 ~= 0 or not running_key then return -4 end
+for i = 2, #ARGV, 9 do
   local outcome = ARGV[i + 1]
   if ARGV[i + 2] == '' or not is_int(ARGV[i + 4]) or
-      not is_int(ARGV[i + 5]) then
+      not is_int(ARGV[i + 5]) or not job_fields_ok(ARGV[i + 7], ARGV[i + 8], ARGV[i + 6]) then
     return -4
   end
   if outcome == 'retry' then
@@ -41,17 +45,21 @@ for i = 2, #ARGV, 6 do
   end
 end
 local bad_type = check_types({{processing_key, 'list'}, {metrics_key, 'hash'},
-                              {delayed_key, 'zset'}, {dlq_key, 'list'}, {total_key, 'hash'}})
+                              {delayed_key, 'zset'}, {dlq_key, 'list'}, {total_key, 'hash'},
+                              {running_key, 'hash'}})
 if bad_type then return bad_type end
 
-local m, failed, late = {}, 0, 0
-for i = 2, #ARGV, 6 do
+local m, u, failed, late = {}, {}, 0, 0
+for i = 2, #ARGV, 9 do
   if rcall('LREM', processing_key, -1, ARGV[i]) == 0 then
     late = late + 1
   else
     failed = failed + 1
+    rcall('HDEL', running_key, ARGV[i])
     bump(m, 'r' .. ARGV[i + 4], 1)
     bump(m, 'w' .. ARGV[i + 5], 1)
+    if ARGV[i + 6] ~= '' then bump(m, 'c' .. ARGV[i + 6], 1) end
+    count_first(m, u, ARGV[i + 7], ARGV[i + 8], true)
     if ARGV[i + 1] == 'retry' then
       rcall('ZADD', delayed_key, tonumber(ARGV[i + 3]), ARGV[i + 2])
       bump(m, 'retried', 1)
@@ -63,5 +71,5 @@ for i = 2, #ARGV, 6 do
 end
 if failed > 0 then bump(m, 'failed', failed) end
 if late > 0 then bump(m, 'late', late) end
-flush_metrics(metrics_key, total_key, m, ttl)
+flush_metrics(metrics_key, total_key, m, ttl, u)
 return {failed, late}

@@ -10,6 +10,7 @@ fenced by the leader epoch (invariant 4) and compare-and-set on the deployment's
 
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 import os
@@ -38,6 +39,9 @@ from .leader import Leadership, run_scripts
 from .validation import NAME_RE
 
 log = logging.getLogger("pycanary.controller")
+
+#: Whether evaluate() takes the weight of each analysis stratum (the h10a analysis does).
+_EVALUATE_TAKES_STRATA = "strata_weights" in inspect.signature(evaluate).parameters
 
 
 
@@ -102,6 +106,8 @@ class LaneSnapshot:
     totals: dict[str, str]
     backlog: int
     workers: int
+    routed: int | None = None  # the queue's `routed` count of this lane now (None: unread)
+    rss_bytes: int | None = None  # the lane's live workers' RSS summed (None: none reported)
 
 
 @dataclass
@@ -162,6 +168,8 @@ class Controller:
         self._stored_errors: dict[str, str] | None = None
         self._deps: dict[str, Deployment] = {}
         self._stepped_down = False
+        #: live workers' RSS summed per (queue, lane, version), from the last worker listing
+        self._rss: dict[tuple[str, str, str], int] = {}
 
     # -- leadership ----------------------------------------------------------------------
     @property
@@ -265,7 +273,8 @@ class Controller:
             self._deps[q] = dep
             if not dep.active:
                 self.conn.client.srem(self.conn.keys.active_deployments, q)
-            elif dep.state in ("active", "awaiting_promotion"):
+            elif dep.state in ("active", "awaiting_promotion", "paused"):
+                # paused: the timers and the weight are frozen, the safety checks are not
                 if dep.last_check_at is None or \
                         now - dep.last_check_at >= dep.plan.interval * 1000:
                     due.append(dep)
@@ -448,6 +457,7 @@ class Controller:
         """Live workers per (queue, lane, version). A worker record that does not decode is
         skipped here, not allowed to stop every deployment's check."""
         counts: dict[tuple[str, str, str], int] = {}
+        self._rss = {}
         try:
             listed = registry.list_workers(self.conn, ttl_ms=self.worker_ttl_ms)
         except (ValueError, TypeError, KeyError) as exc:
@@ -455,9 +465,12 @@ class Controller:
             listed = []
         for w in listed:
             if w.state in ("active", "outdated"):
+                rss = w.to_dict()["rss_bytes"]
                 for q, lane in w.queues.items():
                     k = (q, lane, w.version)
                     counts[k] = counts.get(k, 0) + 1
+                    if rss is not None:
+                        self._rss[k] = self._rss.get(k, 0) + rss
         return counts
 
     def process(self, dep: Deployment, workers: dict[tuple[str, str, str], int]) -> str:
@@ -481,6 +494,7 @@ class Controller:
                                   ("canary", dep.canary_version)):
                 metrics.read_totals_on(pipe, qk, version, lane)
                 pipe.llen(qk.lane(lane))
+            pipe.hgetall(qk.routed)
         res = iter(pipe.execute(raise_on_error=False))
         out: dict[str, dict[str, LaneSnapshot]] = {}
         for dep in deps:
@@ -493,8 +507,13 @@ class Controller:
                     if isinstance(r, Exception) and not problem:
                         problem = f"reading the {lane} lane's {what} failed: {r}"
                 if not problem:
-                    lanes[lane] = LaneSnapshot(totals, int(backlog),
-                                               workers.get((dep.queue, lane, version), 0))
+                    k = (dep.queue, lane, version)
+                    lanes[lane] = LaneSnapshot(totals, int(backlog), workers.get(k, 0),
+                                               rss_bytes=self._rss.get(k))
+            routed = next(res)
+            # the routed counts only feed the sample-ratio check: unreadable = unknown
+            for lane, snap in lanes.items():
+                snap.routed = _count(routed.get(lane, 0)) if isinstance(routed, dict) else None
             if problem:
                 self._error(dep.queue, "snapshot", problem, dep=dep)
             else:
@@ -502,34 +521,59 @@ class Controller:
         return out
 
     def _lane_stats(self, lane: str, version: str, now: dict[str, int],
-                    before: dict[str, Any], snap: LaneSnapshot, window_s: float) -> LaneStats:
+                    before: dict[str, Any], snap: LaneSnapshot, window_s: float, *,
+                    routed_before: Any = None, weight_bp: int | None = None) -> LaneStats:
+        """One lane's window: the differences of its running totals since the last check
+        (counts, histograms, analysis units), jobs routed to it meanwhile, the weight in
+        force and its live workers' memory. A total that went down (expired after an idle
+        hour, or replaced) counts as 0, never negative."""
         d = _diff(now, before or {})
         f = metrics.decode(d)
         run = {b: n for b, n in f.run_hist.items() if n > 0}
         wait = {b: n for b, n in f.wait_hist.items() if n > 0}
+        cpu = {b: n for b, n in f.cpu_hist.items() if n > 0}
+        units = {u: (max(0, n), max(0, x)) for u, (n, x) in f.units.items() if n > 0 or x > 0}
         c = f.counts
+        routed = None
+        if snap.routed is not None and routed_before is not None:
+            routed = max(0, snap.routed - _count(routed_before))
         return LaneStats(lane=lane, version=version, ok=max(0, c.get("ok", 0)),
                          failed=max(0, c.get("failed", 0)), dead=max(0, c.get("dead", 0)),
                          run_hist=run, wait_hist=wait, workers=snap.workers,
-                         window_s=window_s, backlog=snap.backlog)
+                         window_s=window_s, backlog=snap.backlog,
+                         first_attempts=max(0, c.get("first_attempts", 0)),
+                         first_failed=max(0, c.get("first_failed", 0)),
+                         crashed=max(0, c.get("crashed", 0)), units=units, routed=routed,
+                         weight_bp=weight_bp, cpu_hist=cpu, rss_bytes=snap.rss_bytes)
 
     def _check(self, dep: Deployment, snaps: dict[str, LaneSnapshot], now_s: float) -> _Write:
         """One check of one deployment, pure but for the log line: what to write and do."""
         plan = dep.plan
         now = int(now_s * 1000)
         since = dep.last_check_at or dep.started_at
-        totals = {lane: s.totals for lane, s in snaps.items()}
+        totals: dict[str, Any] = {lane: s.totals for lane, s in snaps.items()}
+        if all(s.routed is not None for s in snaps.values()):
+            totals["routed"] = {lane: s.routed for lane, s in snaps.items()}
         if not dep.totals:
             # first look: a baseline, so the first window starts at the deployment's start
             return _Write(dep, {"totals": totals, "last_check_at": now, "last_data_at": {}},
                           label="baseline taken")
         window_s = max(0.001, (now - since) / 1000)
-        stable = self._lane_stats("stable", dep.stable_version, snaps["stable"].totals,
-                                  dep.totals.get("stable", {}), snaps["stable"], window_s)
-        canary = self._lane_stats("canary", dep.canary_version, snaps["canary"].totals,
-                                  dep.totals.get("canary", {}), snaps["canary"], window_s)
+        routed_before = dep.totals.get("routed")
+        routed_before = routed_before if isinstance(routed_before, dict) else {}
+        lanes = {lane: self._lane_stats(lane, version, snaps[lane].totals,
+                                        dep.totals.get(lane, {}), snaps[lane], window_s,
+                                        routed_before=routed_before.get(lane),
+                                        weight_bp=dep.weight_bp)
+                 for lane, version in (("stable", dep.stable_version),
+                                       ("canary", dep.canary_version))}
+        stable, canary = lanes["stable"], lanes["canary"]
         state = AnalysisState.from_dict(dep.analysis_state) if dep.analysis_state else None
-        analysis, st = evaluate(dep.stage, plan, stable, canary, state, now_s)
+        if _EVALUATE_TAKES_STRATA:
+            analysis, st = evaluate(dep.stage, plan, stable, canary, state, now_s,
+                                    strata_weights=strata_weights(dep))
+        else:
+            analysis, st = evaluate(dep.stage, plan, stable, canary, state, now_s)
         decision = decide(plan, analysis, st, now_s,
                           at_manual_gate=dep.state == "awaiting_promotion")
         analysis_d, decision_d = analysis.to_dict(), decision.to_dict()
@@ -569,6 +613,25 @@ class Controller:
         if self._stalled(dep, snaps["canary"], now, w):
             return w
         action = decision.action
+        if dep.state == "paused":
+            # pause freezes the stage timer and the weight, not the safety checks: a failing
+            # check still rolls back; time-based outcomes (stage time, deadline, inconclusive
+            # checks) wait for `resume`
+            if action is Action.ROLLBACK and decision.cause == "analysis":
+                w.then, w.reason, w.data = "rollback", decision.reason, decision_d
+                w.rule = decision.rules[0].rule if decision.rules else decision.cause
+            else:
+                w.label = f"paused: {analysis.verdict.value.lower()} (checked, not acted on)"
+            return w
+        if action.value == "pause":
+            # the plan's on_inconclusive: pause, carried out as `pycanary pause` does, in
+            # the same fenced write as the check
+            values.update(deployments.pause_values(dep, now))
+            events.append(deployments.event("paused", f"paused by the controller: "
+                                            f"{decision.reason}", actor=self.id, now=now,
+                                            data=decision_d))
+            w.label = f"paused ({decision.reason})"
+            return w
         if action is Action.HOLD and decision.cause == "deadline":
             w.label = "awaiting promotion (deadline passed, waiting for a person)"
         if action is Action.ROLLBACK:
@@ -711,6 +774,21 @@ def finish_after_drain(conn: Connection, dep: Deployment, *, actor: str, epoch: 
     final = deployments.finish(conn, dep, actor=actor, now=now, message=msg, counter=counter,
                                values=values, epoch=epoch)
     return final
+
+
+def strata_weights(dep: Deployment) -> dict[str, int]:
+    """The canary weight of each analysis stratum in force (bp): "" is the queue's weight,
+    each tenant with an override is its own stratum at its own weight."""
+    return {"": dep.weight_bp, **{t: int(w) for t, w in (dep.tenants_bp or {}).items()}}
+
+
+def _count(v: Any) -> int:
+    """A stored counter (a string from Redis, or an int from a stored baseline); a garbled
+    one counts as 0 rather than stopping the deployment's check."""
+    try:
+        return int(v)
+    except (TypeError, ValueError):
+        return 0
 
 
 def _stub(queue: str, deployment_id: str) -> Deployment:

@@ -74,6 +74,9 @@ def demo_plan() -> dict[str, Any]:
     text, where = card_source()
     body = parse_plan(text, name=where).to_dict()["canary_config"]
     body["min_samples"] = DEMO_MIN_SAMPLES
+    # the controller now carries out on_inconclusive's default (pause): the demo has nobody to
+    # resume it, so a stage short of evidence keeps looking instead
+    body["on_inconclusive"] = "hold"
     body["statistical"] = {**body.get("statistical", {}), **DEMO_STATISTICAL}
     for stage in body["stages"]:
         stage["conditions"] = {**stage.get("conditions", {}), **DEMO_CONDITIONS}

@@ -252,14 +252,20 @@ def start(
     now: int,
     message: str,
     meta: dict[str, Any] | None = None,
+    salt: str | None = None,
 ) -> Deployment:
+    """Start a deployment. Its sticky-hash salt is drawn fresh (random, from Python: scripts
+    have no randomness) unless the plan sets one or ``salt`` pins it, so each deployment puts
+    other keys first; within the deployment a key keeps its lane (the salt does not change)."""
     qk = conn.keys.queue(queue)
     dep_id = new_id(queue, now)
     first = plan.settings(0)
+    if salt is None:
+        salt = plan.salt or new_salt()
     fields = {
         "id": dep_id, "state": "active", "kind": kind, "plan_raw": plan.to_dict(),
         "stage": 0, "tenants_bp": dict(first.tenants_bp), "sticky": plan.sticky,
-        "salt": plan.salt, "started_at": now, "stage_started_at": now, "paused_ms": 0,
+        "salt": salt, "started_at": now, "stage_started_at": now, "paused_ms": 0,
         "actor": actor, "reason": "", "manual_only": "", "analysis_state": {},
         "totals": {}, "last_data_at": {}, "meta": meta or {},
     }
@@ -270,7 +276,7 @@ def start(
         "deployment_start",
         [qk.config, qk.tenant_weights, qk.rolled_back, qk.former_stable, qk.deployment,
          qk.events(dep_id)],
-        [now, canary_version, first.weight_bp, "1" if plan.sticky else "0", plan.salt,
+        [now, canary_version, first.weight_bp, "1" if plan.sticky else "0", salt,
          *_pairs(_tenant_pairs(first.tenants_bp)), *_pairs(encode_fields(fields)), ev],
     )
     if isinstance(res, int) and res < 0:
@@ -281,6 +287,18 @@ def start(
     dep = get(conn, queue)
     assert dep is not None
     return dep
+
+
+def pause_values(dep: Deployment, now: int) -> dict[str, Any]:
+    """The fields a pause writes (by `pycanary pause` or the controller's on_inconclusive):
+    the state it came from is kept so `resume` returns there; timers freeze from `now`."""
+    return {"state": "paused", "paused_at": now,
+            "meta": {**(dep.meta or {}), "paused_from": dep.state}}
+
+
+def new_salt() -> str:
+    """A fresh per-deployment salt of the sticky hash: 8 hex digits (32 random bits)."""
+    return secrets.token_hex(4)
 
 
 def _fence_args(epoch: int | None) -> str:

@@ -63,6 +63,17 @@ class QueueKeys:
         return [self.processing(worker_id), self.lane_stable, self.lane_canary, self.config,
                 self.processing_index]
 
+    def running(self, worker_id: str) -> str:
+        """Hash envelope -> "<first> <unit>" of the jobs a worker started and has not yet
+        recorded: what the reaper counts as crashed attempts when the worker dies."""
+        return f"{self.base}:running:{worker_id}"
+
+    def reap_keys(self, worker_id: str, version: str, lane: str, slot: int) -> list[str]:
+        """KEYS of requeue_jobs for a dead worker of a known version: its crashed attempts are
+        counted in that version's metrics."""
+        return [*self.requeue_keys(worker_id), self.running(worker_id),
+                self.metrics_slot(version, lane, slot), self.metrics_total(version, lane)]
+
     def metrics_slot(self, version: str, lane: str, slot: int) -> str:
         """Per version and lane outcome counts and latency histograms of one time slot."""
         return f"{self.base}:m:{version}:{lane}:{slot}"
@@ -74,12 +85,13 @@ class QueueKeys:
     def ack_keys(self, worker_id: str, version: str, lane: str, slot: int) -> list[str]:
         """KEYS of ack_jobs."""
         return [self.processing(worker_id), self.metrics_slot(version, lane, slot),
-                self.metrics_total(version, lane)]
+                self.metrics_total(version, lane), self.running(worker_id)]
 
     def fail_keys(self, worker_id: str, version: str, lane: str, slot: int) -> list[str]:
         """KEYS of fail_jobs."""
         return [self.processing(worker_id), self.metrics_slot(version, lane, slot),
-                self.delayed(lane), self.dlq, self.metrics_total(version, lane)]
+                self.delayed(lane), self.dlq, self.metrics_total(version, lane),
+                self.running(worker_id)]
 
     def dead_letter_keys(self) -> list[str]:
         """KEYS of dead_letters (requeue or purge dead letters)."""

@@ -1,9 +1,13 @@
 """Per-version SLO metrics: where workers write them and how the controller reads them.
 
 Workers record outcomes in the ack/fail scripts, in the same atomic step as the ack, into one
-hash per (queue, version, lane, time slot): counts (`ok`, `failed`, `retried`, `dead`, `late`)
-and two histograms with the fixed buckets of `histogram.py` (`r<b>` run time, `w<b>` queue
-wait). Slots are `slot_s` seconds long (default 10 s) and expire after `keep_s` (default 1 h).
+hash per (queue, version, lane, time slot): counts (`ok`, `failed`, `retried`, `dead`, `late`,
+and the job-level `first_attempts`, `first_failed`, `crashed`) and three histograms with the
+fixed buckets of `histogram.py` (`r<b>` run time, `w<b>` queue wait, `c<b>` handler CPU time).
+Slots are `slot_s` seconds long (default 10 s) and expire after `keep_s` (default 1 h). The
+running totals also hold per analysis unit counts (`n1|<unit>` first attempts, `x1|<unit>`
+failed first attempts; unit = ``"<stratum>|<cluster>"``, see `unit_of`), which the controller
+differences into `LaneStats.units`.
 """
 
 from __future__ import annotations
@@ -16,10 +20,25 @@ from typing import Any
 from . import defaults, histogram
 from .connection import Connection
 from .keys import QueueKeys
+from .routing import fnv1a32
 
 DEFAULT_SLOT_S = defaults.SLOT_S
 DEFAULT_KEEP_S = defaults.KEEP_S
-COUNT_FIELDS = ("ok", "failed", "retried", "dead", "late")
+COUNT_FIELDS = ("ok", "failed", "retried", "dead", "late", "first_attempts", "first_failed",
+                "crashed")
+#: Clusters of the analysis unit (docs/statistics.md): all jobs of a sticky key share one.
+ANALYSIS_CLUSTERS: int = getattr(defaults, "ANALYSIS_CLUSTERS", 32)
+
+
+def unit_of(job_id: str, sticky_key: str | None, tenant: str | None,
+            strata: frozenset[str] | set[str] = frozenset()) -> str:
+    """A job's analysis unit ``"<stratum>|<cluster>"``: the cluster groups sticky keys
+    (FNV-1a-32 of the key, no salt: the salted bucket routes, the cluster groups), the stratum
+    is the tenant when it has a weight override (its jobs route at another share), else "".
+    """
+    cluster = fnv1a32((sticky_key or job_id).encode("utf-8")) % ANALYSIS_CLUSTERS
+    stratum = tenant if tenant is not None and tenant in strata else ""
+    return f"{stratum}|{cluster}"
 
 
 def slot_of(ms: int, slot_s: int = DEFAULT_SLOT_S) -> int:
@@ -41,9 +60,15 @@ class WindowStats:
     retried: int = 0
     dead: int = 0
     late: int = 0
+    first_attempts: int = 0
+    first_failed: int = 0
+    crashed: int = 0
     run_hist: dict[int, int] = field(default_factory=dict)
     wait_hist: dict[int, int] = field(default_factory=dict)
+    cpu_hist: dict[int, int] = field(default_factory=dict)
     slots_with_data: int = 0
+    #: the lane's live workers' RSS summed (bytes), filled by the caller; None = unknown
+    rss_bytes: int | None = None
 
     @property
     def finished(self) -> int:
@@ -70,6 +95,10 @@ class WindowStats:
     def wait_quantile(self, q: float) -> float | None:
         return histogram.quantile(self.wait_hist, q)
 
+    def cpu_quantile(self, q: float) -> float | None:
+        """Handler CPU time per job, quantile in microseconds."""
+        return histogram.quantile(self.cpu_hist, q)
+
     def to_dict(self) -> dict[str, Any]:
         def ms(us: float | None) -> float | None:
             return None if us is None else round(us / 1000, 3)
@@ -79,37 +108,49 @@ class WindowStats:
             "start_ms": self.start_ms, "end_ms": self.end_ms,
             "ok": self.ok, "failed": self.failed, "retried": self.retried, "dead": self.dead,
             "late": self.late, "finished": self.finished, "error_rate": self.error_rate,
+            "first_attempts": self.first_attempts, "first_failed": self.first_failed,
+            "crashed": self.crashed,
             "throughput_per_s": round(self.throughput, 3),
             "run_ms": {"p50": ms(self.run_quantile(0.5)), "p95": ms(self.run_quantile(0.95)),
                        "p99": ms(self.run_quantile(0.99))},
             "wait_ms": {"p50": ms(self.wait_quantile(0.5)), "p95": ms(self.wait_quantile(0.95)),
                         "p99": ms(self.wait_quantile(0.99))},
+            "cpu_ms": {"p50": ms(self.cpu_quantile(0.5)), "p95": ms(self.cpu_quantile(0.95))},
+            "rss_bytes": self.rss_bytes,
         }
 
 
 @dataclass
 class Fields:
-    """One metrics hash (a slot or the running totals), decoded: counts and both histograms."""
+    """One metrics hash (a slot or the running totals), decoded: counts, the three histograms
+    and, in the totals, the analysis units (unit -> [first attempts, failed first attempts])."""
 
     counts: dict[str, int] = field(default_factory=dict)
     run_hist: dict[int, int] = field(default_factory=dict)
     wait_hist: dict[int, int] = field(default_factory=dict)
+    cpu_hist: dict[int, int] = field(default_factory=dict)
+    units: dict[str, list[int]] = field(default_factory=dict)
 
 
 def decode(raw: Mapping[str, str | int]) -> Fields:
-    """The one decoder of the metrics hash layout (`ok`.. counts, `r<b>` run and `w<b>` wait
-    buckets); values may be the strings Redis returns or ints (a difference of two hashes).
-    Fields it does not know are ignored, so a newer writer does not break an older reader."""
+    """The one decoder of the metrics hash layout (`ok`.. counts, `r<b>` run, `w<b>` wait and
+    `c<b>` CPU buckets, `n1|<unit>`/`x1|<unit>` unit counts); values may be the strings Redis
+    returns or ints (a difference of two hashes). Fields it does not know are ignored, so a
+    newer writer does not break an older reader."""
     out = Fields()
+    hists = {"r": out.run_hist, "w": out.wait_hist, "c": out.cpu_hist}
     for name, value in raw.items():
         n = int(value)
         first = name[:1]
-        if first in ("r", "w") and name[1:].isdigit():
-            hist = out.run_hist if first == "r" else out.wait_hist
+        if first in hists and name[1:].isdigit():
+            hist = hists[first]
             b = int(name[1:])
             hist[b] = hist.get(b, 0) + n
         elif name in COUNT_FIELDS:
             out.counts[name] = out.counts.get(name, 0) + n
+        elif name[:3] in ("n1|", "x1|"):
+            pair = out.units.setdefault(name[3:], [0, 0])
+            pair[name[0] == "x"] += n
     return out
 
 
@@ -121,6 +162,7 @@ def add_slot(stats: WindowStats, raw: dict[str, str]) -> None:
     f = decode(raw)
     stats.run_hist = histogram.merge(stats.run_hist, f.run_hist)
     stats.wait_hist = histogram.merge(stats.wait_hist, f.wait_hist)
+    stats.cpu_hist = histogram.merge(stats.cpu_hist, f.cpu_hist)
     for name, n in f.counts.items():
         setattr(stats, name, getattr(stats, name) + n)
 

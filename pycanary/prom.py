@@ -45,10 +45,12 @@ from .connection import Connection
 from .deployments import ACTIVE_STATES
 from .keys import LANES
 
-#: Outcomes exported by pycanary_jobs_processed_total. `ok` and `failed` count attempts (they
-#: add up to the histogram's _count); `retried` and `dead` split the failed ones by what
-#: happened next. `late` (a duplicate ack) is not an outcome of its own.
-OUTCOMES = tuple(f for f in metrics.COUNT_FIELDS if f != "late")
+#: Outcomes exported by pycanary_jobs_processed_total. `ok` and `failed` count attempts;
+#: `retried` and `dead` split the failed ones by what happened next; `crashed` are the failed
+#: ones lost with their worker (reaped mid-run: they have no run time, so ok + failed - crashed
+#: is the histogram's _count). `late` (a duplicate ack) is not an outcome of its own; the
+#: job-level first-attempt counts are pycanary_job_first_attempts_total.
+OUTCOMES = ("ok", "failed", "retried", "dead", "crashed")
 
 _US_PER_S = 1_000_000
 
@@ -201,9 +203,12 @@ class RedisCollector(Collector):
         yield from self._deployment_counters(queues)
         yield self._routed(queues)
         yield self._processed(queues)
+        yield self._first_attempts(queues)
         yield self._duration(queues)
+        yield self._cpu(queues)
         yield self._depth(queues)
         yield self._workers(workers)
+        yield self._rss(workers)
         yield self._controller_errors(errors or {})
 
     @staticmethod
@@ -273,23 +278,50 @@ class RedisCollector(Collector):
         return c
 
     @staticmethod
-    def _duration(queues: list[QueueSnapshot]) -> Metric:
+    def _first_attempts(queues: list[QueueSnapshot]) -> Metric:
+        c = CounterMetricFamily(
+            "pycanary_job_first_attempts",
+            "Jobs whose first attempt finished (outcome all), and those whose first attempt "
+            "failed or crashed (outcome failed): the unit the error tests judge",
+            labels=["queue", "lane", "version", "outcome"])
+        for qs in queues:
+            for (version, lane), totals in sorted(qs.totals.items()):
+                c.add_metric([qs.name, lane, version, "all"],
+                             totals.counts.get("first_attempts", 0))
+                c.add_metric([qs.name, lane, version, "failed"],
+                             totals.counts.get("first_failed", 0))
+        return c
+
+    @staticmethod
+    def _per_version_histogram(queues: list[QueueSnapshot], name: str, doc: str,
+                               hist_of: Callable[[metrics.Fields], dict[int, int]]) -> Metric:
         # Lanes are summed: the histogram answers "how fast is this version", and a version
         # normally runs in one lane (a promoted canary moves lanes but not speed).
-        h = HistogramMetricFamily(
-            "pycanary_job_duration_seconds",
-            "Handler run time of job attempts (sum estimated from bucket midpoints)",
-            labels=["queue", "version"])
+        h = HistogramMetricFamily(name, doc, labels=["queue", "version"])
         for qs in queues:
             by_version: dict[str, dict[int, int]] = {}
             for (version, _lane), totals in sorted(qs.totals.items()):
                 by_version[version] = histogram.merge(by_version.get(version, {}),
-                                                      totals.run_hist)
-            for version, run in by_version.items():
-                if run:
-                    buckets, total_s = duration_buckets(run)
+                                                      hist_of(totals))
+            for version, hist in by_version.items():
+                if hist:
+                    buckets, total_s = duration_buckets(hist)
                     h.add_metric([qs.name, version], buckets, total_s)
         return h
+
+    @classmethod
+    def _duration(cls, queues: list[QueueSnapshot]) -> Metric:
+        return cls._per_version_histogram(
+            queues, "pycanary_job_duration_seconds",
+            "Handler run time of job attempts (sum estimated from bucket midpoints)",
+            lambda t: t.run_hist)
+
+    @classmethod
+    def _cpu(cls, queues: list[QueueSnapshot]) -> Metric:
+        return cls._per_version_histogram(
+            queues, "pycanary_job_cpu_seconds",
+            "Handler CPU time of job attempts, the handler thread's (sum estimated from "
+            "bucket midpoints)", lambda t: t.cpu_hist)
 
     @staticmethod
     def _depth(queues: list[QueueSnapshot]) -> Metric:
@@ -306,6 +338,22 @@ class RedisCollector(Collector):
         counts = Counter((q, w.version, lane, w.state)
                          for w in workers for q, lane in w.queues.items())
         for labels, n in sorted(counts.items()):
+            g.add_metric(list(labels), n)
+        return g
+
+    @staticmethod
+    def _rss(workers: list[registry.WorkerRecord]) -> Metric:
+        # Live workers only (a dead one's last report is not memory in use), summed per lane.
+        g = GaugeMetricFamily("pycanary_worker_rss_bytes",
+                              "Resident memory of the live workers, summed per version and lane",
+                              labels=["queue", "version", "lane"])
+        sums: Counter[tuple[str, str, str]] = Counter()
+        for w in workers:
+            rss = w.to_dict()["rss_bytes"]
+            if w.state != "dead" and rss is not None:
+                for q, lane in w.queues.items():
+                    sums[(q, w.version, lane)] += rss
+        for labels, n in sorted(sums.items()):
             g.add_metric(list(labels), n)
         return g
 

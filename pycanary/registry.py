@@ -9,12 +9,18 @@ reaper needs (version, queues, lanes, TTL) stays in a meta hash until the worker
 Each queue also keeps a processing index (worker id -> lane) written by every fetch, so a
 processing list whose worker is not registered at all (a lost registry entry, unreadable
 meta) is still found: the reaper returns those orphans for the queues it is given.
+
+A dead worker's jobs that it had started (its running hash, written before each job starts)
+are crashed attempts of its version and lane: `requeue_jobs` counts them (`crashed`, `failed`,
+first attempts) in the same step that returns them (docs/reliability.md).
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
+import resource
 import secrets
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -22,7 +28,7 @@ from typing import Any
 
 import redis
 
-from . import defaults
+from . import defaults, metrics, validation
 from .connection import Connection
 from .errors import ValidationError, raise_for_code
 from .keys import LANES
@@ -46,6 +52,17 @@ REAP_LIMIT = 100
 now_ms = defaults.now_ms
 
 
+def rss_bytes() -> int:
+    """This process's resident set size in bytes, reported in every heartbeat: current RSS
+    from /proc/self/statm (Linux), else the peak RSS from getrusage (other systems)."""
+    try:
+        with open("/proc/self/statm", "rb") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        return peak if os.uname().sysname == "Darwin" else peak * 1024
+
+
 @dataclass
 class WorkerRecord:
     """One row of `pycanary workers`."""
@@ -66,6 +83,7 @@ class WorkerRecord:
             "started_at": _int(self.info.get("started_at")),
             "current": _int(self.info.get("current")),
             "done": _int(self.info.get("done")), "failed": _int(self.info.get("failed")),
+            "rss_bytes": _int(self.info.get("rss")),
             "schemas": self.info.get("schemas", "any"),
             # jobs running now, {queue: {lane: n}}, and when its last job finished (ms)
             "running": _running(self.info.get("running", "")),
@@ -78,7 +96,12 @@ class WorkerRecord:
 
 
 def _int(v: str | None) -> int | None:
-    return None if v in (None, "") else int(v)
+    if v in (None, ""):
+        return None
+    try:
+        return int(v)  # type: ignore[arg-type]
+    except ValueError:  # a foreign or garbled write: unknown, not a failed listing
+        return None
 
 
 def _running(text: str) -> dict[str, dict[str, int]]:
@@ -200,6 +223,7 @@ class ReapReport:
     jobs: int = 0
     by_lane: dict[str, int] = field(default_factory=lambda: {"stable": 0, "canary": 0})
     skipped_lock: bool = False
+    crashed: int = 0  # jobs the dead workers had started: counted as crashed attempts
     orphans: int = 0  # processing lists of workers not in the registry at all
     bad_meta: list[str] = field(default_factory=list)  # dead workers whose meta was unreadable
     errors: list[str] = field(default_factory=list)
@@ -217,6 +241,14 @@ def _dead_workers(conn: Connection, now: int, fallback_ttl_ms: int) -> list[str]
         scores = conn.client.zmscore(keys.worker_deadlines, legacy)
         dead += [w for w, d in zip(legacy, scores, strict=True) if d is None and w not in dead]
     return dead
+
+
+def _version_or_none(v: Any) -> str | None:
+    """A dead worker's advertised version, if it is one (crashed attempts are counted there)."""
+    try:
+        return validation.version(v)
+    except ValidationError:
+        return None
 
 
 def _orphans(conn: Connection, queues: Iterable[str]) -> list[tuple[str, str, str]]:
@@ -239,15 +271,39 @@ def _orphans(conn: Connection, queues: Iterable[str]) -> list[tuple[str, str, st
             if scores[wid] is None]
 
 
-def _requeue(conn: Connection, queue: str, wid: str, lane: str, report: ReapReport) -> None:
+def _requeue(conn: Connection, queue: str, wid: str, lane: str, report: ReapReport,
+             version: str | None = None) -> None:
+    """Return one worker's list; with its version known, the jobs it had started are counted
+    as crashed attempts of that version and lane in the same script call (an orphan's version
+    is unknown: its jobs are returned uncounted)."""
     qk = conn.keys.queue(queue)
+    if version:
+        slot = metrics.slot_of(now_ms())  # the wall clock: `now` may be a reaper's "as if"
+        keys = qk.reap_keys(wid, version, lane, slot)
+        args: list[object] = [lane, REQUEUE_BATCH, wid, metrics.DEFAULT_KEEP_S]
+    else:
+        keys, args = qk.requeue_keys(wid), [lane, REQUEUE_BATCH, wid]
     while True:
-        res = conn.scripts.call("requeue_jobs", qk.requeue_keys(wid), [lane, REQUEUE_BATCH, wid])
+        try:
+            res = conn.scripts.call("requeue_jobs", keys, args)
+        except redis.exceptions.ResponseError as exc:
+            if not version or "WRONGTYPE" not in str(exc):
+                raise
+            # a metrics or running key of the wrong type must not keep the jobs from their
+            # lane: they go back uncounted (returning them matters more than the count)
+            log.warning("cannot count the crashed attempts of %s on %s (%s); returning its "
+                        "jobs uncounted", wid, queue, exc)
+            version, keys, args = None, qk.requeue_keys(wid), [lane, REQUEUE_BATCH, wid]
+            continue
         if isinstance(res, int):
             raise_for_code(res, script="requeue_jobs")
-        moved, remaining, target = res
+        moved, remaining, target, crashed = res
         report.jobs += int(moved)
         report.by_lane[target] += int(moved)
+        if int(crashed):
+            report.crashed += int(crashed)
+            log.warning("worker %s died running %d job(s) of %s (version %s, %s lane): counted "
+                        "as crashed attempts", wid, int(crashed), queue, version, lane)
         if int(remaining) == 0:
             break
 
@@ -286,8 +342,9 @@ def reap(conn: Connection, *, ttl_ms: int = DEFAULT_TTL_MS, now: int | None = No
                                 wid, (meta_raw or "")[:200])
                     report.bad_meta.append(wid)
                     meta = {"queues": {}}
+                version = _version_or_none(meta.get("version"))
                 for queue, lane in meta["queues"].items():
-                    _requeue(conn, queue, wid, lane, report)
+                    _requeue(conn, queue, wid, lane, report, version)
                 forgotten = conn.scripts.call("forget_worker", keys.heartbeat_keys(wid),
                                               [wid, now, ttl_ms])
                 report.workers += int(forgotten) == 1

@@ -128,7 +128,7 @@ def preflight(conn: Connection, queue: str, version: str, *, need_controller: bo
 # -- starting ----------------------------------------------------------------------------------
 def _start(conn: Connection, queue: str, version: str, plan: Plan, *, kind: str,
            allow_schema_change: bool, actor: str | None, now_ms: int | None,
-           message: str, force: bool = False) -> Deployment:
+           message: str, force: bool = False, salt: str | None = None) -> Deployment:
     validation.queue_name(queue)
     validation.version(version)
     refuse_if_active(conn, queue)
@@ -144,7 +144,7 @@ def _start(conn: Connection, queue: str, version: str, plan: Plan, *, kind: str,
             p.split(":", 1)[0] for p in problems) + ")"
     return deployments.start(conn, queue, version, plan, kind=kind, actor=actor or operator(),
                              now=now_ms if now_ms is not None else defaults.now_ms(),
-                             message=message)
+                             message=message, salt=salt)
 
 
 def refuse_if_active(conn: Connection, queue: str) -> None:
@@ -170,10 +170,12 @@ def start_canary(
     force: bool = False,
     actor: str | None = None,
     now_ms: int | None = None,
+    salt: str | None = None,
 ) -> Deployment:
     """A manual canary: one stage at ``weight`` that waits for `promote` once it passes; the
     analysis still runs and rolls back on failure. Refused (StateError) when no live worker of
-    ``version`` would take the canary lane, unless ``force`` (see `preflight`)."""
+    ``version`` would take the canary lane, unless ``force`` (see `preflight`). ``salt`` pins
+    the sticky salt (default: a fresh one per deployment)."""
     pct = validation.percent_to_bp(weight, "weight") / 100
     tenant_pct = {validation.queue_name(t, "tenant"): validation.percent_to_bp(w, f"tenant.{t}")
                   / 100 for t, w in (tenants or {}).items()}
@@ -186,7 +188,7 @@ def start_canary(
         raise ValidationError(first.split(": ", 1)[-1], field="weight") from None
     return _start(conn, queue, version, plan, kind="manual",
                   allow_schema_change=allow_schema_change, actor=actor, now_ms=now_ms,
-                  message=f"manual canary of {version} at {pct:g}%", force=force)
+                  message=f"manual canary of {version} at {pct:g}%", force=force, salt=salt)
 
 
 def ramp(
@@ -199,10 +201,12 @@ def ramp(
     force: bool = False,
     actor: str | None = None,
     now_ms: int | None = None,
+    salt: str | None = None,
 ) -> Deployment:
     """A staged rollout following a plan file (or a parsed plan). Refused (StateError) when no
     live worker of ``version`` would take the canary lane or no controller leads, unless
-    ``force`` (see `preflight`)."""
+    ``force`` (see `preflight`). The sticky salt is the plan's `salt`, else ``salt``, else a
+    fresh one per deployment."""
     if isinstance(plan, str | Path):
         plan = load_plan(plan)
     elif isinstance(plan, dict):
@@ -210,7 +214,7 @@ def ramp(
     stages = " -> ".join(f"{s.percentage:g}%" for s in plan.stages)
     return _start(conn, queue, version, plan, kind="plan", allow_schema_change=allow_schema_change,
                   actor=actor, now_ms=now_ms, message=f"ramp of {version}: {stages} -> 100%",
-                  force=force)
+                  force=force, salt=plan.salt or salt)
 
 
 # -- operator verbs -----------------------------------------------------------------------------
@@ -397,11 +401,10 @@ def pause(conn: Connection, queue: str, *, actor: str | None = None, reason: str
         return dep
     if dep.state not in ("active", "awaiting_promotion"):
         raise StateError(f"cannot pause a deployment that is {dep.state}", field="queue")
-    meta = {**(dep.meta or {}), "paused_from": dep.state}
+    values = deployments.pause_values(dep, now)
     ev = deployments.event("paused", reason or f"paused by {actor}", actor=actor, now=now)
-    deployments.update(conn, dep, {"state": "paused", "paused_at": now, "meta": meta},
-                       now=now, ev=ev)
-    dep.state, dep.paused_at, dep.meta = "paused", now, meta
+    deployments.update(conn, dep, values, now=now, ev=ev)
+    dep.state, dep.paused_at, dep.meta = "paused", now, values["meta"]
     return dep
 
 
@@ -424,7 +427,8 @@ def resume(conn: Connection, queue: str, *, actor: str | None = None,
             if st.get(k) is not None:
                 st[k] = st[k] + paused / 1000
         values["analysis_state"] = st
-    if dep.last_check_at is not None:
+    if dep.last_check_at is not None and dep.last_check_at <= (dep.paused_at or now):
+        # not checked while paused (an older controller): the paused time is not a window
         values["last_check_at"] = dep.last_check_at + paused
     ev = deployments.event("resumed", f"resumed by {actor} after {paused / 1000:.0f}s paused",
                            actor=actor, now=now)
@@ -613,6 +617,11 @@ def status(conn: Connection, queue: str | None = None, *, window_s: int = 300,
             d["last_error"] = err if err and err.get("deployment_id") in (None, dep.id) \
                 else None
             row["deployment"] = d
+            for lane, s in lanes.items():  # memory of the lane's live workers, side by side
+                rss = [w.to_dict()["rss_bytes"] for w in workers if w.state != "dead"
+                       and w.version == s.version and w.queues.get(q) == lane]
+                s.rss_bytes = sum(r for r in rss if r is not None) if any(
+                    r is not None for r in rss) else None
             row["lanes"] = {lane: s.to_dict() for lane, s in lanes.items()}
             row["events"] = deployments.events(conn, q, dep.id, count=events)
             if dep.state in ("rolled_back", "rolling_back") and dep.rollback_at and \

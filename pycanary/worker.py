@@ -36,6 +36,7 @@ import asyncio
 import concurrent.futures
 import contextlib
 import inspect
+import itertools
 import logging
 import os
 import queue as queue_mod
@@ -150,6 +151,9 @@ class _Running:
     lane: str
     started_ns: int
     wait_us: float
+    # analysis fields, fixed when the job is marked started (metrics.unit_of)
+    first: str = ""
+    unit: str = ""
 
 
 @dataclass(eq=False)
@@ -158,6 +162,7 @@ class _Outcome:
     ok: bool
     run_us: float
     error: str = ""
+    cpu_us: float | None = None  # the handler's CPU time (its thread's); None = not measured
     # a failure's next step, decided once (a flush retried after an outage sends the same)
     outcome: str = ""
     next: str = ""
@@ -275,6 +280,9 @@ class Worker:
         self._maint: threading.Thread | None = None
         self._signals = 0
         self.ready = threading.Event()
+        # tenants with a weight override, per queue (read every heartbeat): their jobs are
+        # their own analysis stratum
+        self._strata: dict[str, frozenset[str]] = {}
 
     # -- lifecycle ------------------------------------------------------------------------
     def stop(self) -> None:
@@ -299,6 +307,7 @@ class Worker:
         self._start_executor()
         try:
             self._refresh_assignments()
+            self._refresh_strata()
             self._after_refresh()
             self._heartbeat()
             self._needs_reconcile = True  # a previous run with this id may have left jobs
@@ -351,6 +360,72 @@ class Worker:
             if a.lane is not None:
                 self._last_lane[q] = a.lane
 
+    def _refresh_strata(self) -> None:
+        """The tenants with a weight override on each queue: the analysis compares their jobs
+        within their own stratum (they route at another share than the queue's weight)."""
+        pipe = self.conn.client.pipeline(transaction=False)
+        for q in self.queues:
+            pipe.hgetall(self.conn.keys.queue(q).tenant_weights)  # small; HGETALL: ACL reads
+        self._strata = {q: frozenset(t) for q, t in zip(self.queues, pipe.execute(),
+                                                         strict=True)}
+
+    def _mark_started(self, pending: deque[_Running]) -> None:
+        """Before jobs start, one round trip records them in the worker's running hash (with
+        their first-attempt flag and analysis unit): if this process dies mid-job, the reaper
+        counts exactly those as crashed attempts of this version. Only the jobs the next
+        dispatch step starts are marked, so a job fetched but not started is never counted."""
+        n = self.concurrency - self._inflight
+        with self._lock:  # the jobs _take will give next: the wanted ones at the head
+            todo = []
+            for r in itertools.islice(pending, max(0, n)):
+                if not self._wanted(r.queue):
+                    break
+                if not r.first:
+                    todo.append(r)
+        if todo:
+            self._write_marks(todo)
+
+    def _write_marks(self, todo: list[_Running]) -> None:
+        """One HSET per queue of the jobs' running-hash entries; on failure none counts as
+        marked (the step is retried)."""
+        by_queue: dict[str, list[str]] = {}
+        for r in todo:
+            e = r.envelope
+            first = "1" if e.attempts == 0 else "0"
+            unit = metrics.unit_of(e.id, e.sticky_key, e.tenant,
+                                   self._strata.get(r.queue, frozenset()))
+            by_queue.setdefault(r.queue, []).extend((r.raw, f"{first} {unit}"))
+            r.first, r.unit = first, unit
+        try:
+            # one HSET per queue (usually one command: a round trip without pipeline upkeep)
+            client = self.conn.client
+            if len(by_queue) == 1:
+                ((q, pairs),) = by_queue.items()
+                client.execute_command("HSET", self.conn.keys.queue(q).running(self.id), *pairs)
+            else:
+                pipe = client.pipeline(transaction=False)
+                for q, pairs in by_queue.items():
+                    pipe.execute_command("HSET", self.conn.keys.queue(q).running(self.id),
+                                         *pairs)
+                pipe.execute()
+        except BaseException:
+            for r in todo:
+                r.first = r.unit = ""
+            raise
+
+    def _ensure_marked(self, r: _Running) -> None:
+        """A job taken without a mark (the maintenance thread returned one that was marked
+        meanwhile, shifting the next into its place): marked on its own; if that fails it goes
+        back to the head of pending, still held, and the step is retried."""
+        if r.first:
+            return
+        try:
+            self._write_marks([r])
+        except BaseException:
+            with self._lock:
+                self._pending.appendleft(r)
+            raise
+
     @property
     def state(self) -> str:
         states = {a.state for a in self._assignments.values()}
@@ -374,7 +449,7 @@ class Worker:
             "last_finished_at": self._last_finished_ms,
             "schemas": "any" if self.schemas is None else ",".join(map(str,
                                                                        sorted(self.schemas))),
-            "last_seen": defaults.now_ms(),
+            "last_seen": defaults.now_ms(), "rss": registry.rss_bytes(),
         }
         return registry.heartbeat(self.conn, self.id, version=self.version, queues=lanes,
                                   info=info, ttl_ms=self.ttl_ms)
@@ -427,6 +502,7 @@ class Worker:
                         self._needs_reconcile = True
                     next_beat = time.monotonic() + self.heartbeat_s
                     self._refresh_assignments()
+                    self._refresh_strata()
                     self._after_refresh()
                     # others are judged by their own advertised TTL; ttl_ms only covers
                     # workers that advertise none
@@ -501,23 +577,32 @@ class Worker:
         Stopping a worker is done with signals (SIGTERM/SIGINT), which never reach a handler
         as exceptions."""
         t0 = time.perf_counter_ns()
+        c0 = time.thread_time_ns()  # this thread runs the handler: its CPU time is the job's
         try:
             self.handler(self._job(r))
         except BaseException as exc:
-            return _Outcome(r, False, (time.perf_counter_ns() - t0) / 1000, _describe(exc))
-        return _Outcome(r, True, (time.perf_counter_ns() - t0) / 1000)
+            return _Outcome(r, False, (time.perf_counter_ns() - t0) / 1000, _describe(exc),
+                            cpu_us=(time.thread_time_ns() - c0) / 1000)
+        return _Outcome(r, True, (time.perf_counter_ns() - t0) / 1000,
+                        cpu_us=(time.thread_time_ns() - c0) / 1000)
 
     async def _run_async(self, r: _Running) -> _Outcome:
+        """As _run_sync. CPU time: the loop thread's CPU time spent inside this job's own
+        coroutine steps (`_CpuTimed`), so jobs interleaved on one loop are not charged for
+        each other; work a handler hands to other threads (run_in_executor) is not counted."""
         t0 = time.perf_counter_ns()
+        timed: _CpuTimed | None = None
         try:
-            coro = self.handler(self._job(r))
+            timed = _CpuTimed(self.handler(self._job(r)))
             if self.job_timeout_s is not None:
-                await asyncio.wait_for(coro, self.job_timeout_s)
+                await asyncio.wait_for(timed.run(), self.job_timeout_s)
             else:
-                await coro
+                await timed
         except BaseException as exc:  # as _run_sync: SystemExit, CancelledError fail the job
-            return _Outcome(r, False, (time.perf_counter_ns() - t0) / 1000, _describe(exc))
-        return _Outcome(r, True, (time.perf_counter_ns() - t0) / 1000)
+            return _Outcome(r, False, (time.perf_counter_ns() - t0) / 1000, _describe(exc),
+                            cpu_us=None if timed is None else timed.cpu_ns / 1000)
+        return _Outcome(r, True, (time.perf_counter_ns() - t0) / 1000,
+                        cpu_us=timed.cpu_ns / 1000)
 
     def _dispatch(self, r: _Running) -> None:
         self._inflight += 1
@@ -642,7 +727,8 @@ class Worker:
             record["raw"] = raw
         slot = metrics.slot_of(defaults.now_ms(), self.slot_s)
         res = self.conn.scripts.call("fail_jobs", qk.fail_keys(self.id, self.version, lane, slot),
-                                     [self.keep_s, raw, "dead", encode_json(record), "", 0, 0])
+                                     [self.keep_s, raw, "dead", encode_json(record), "", 0, 0,
+                                      "", "0", ""])
         _check(res, "fail_jobs")
         self.stats.dead += int(res[0])
         log.warning("worker %s: dead-lettered a poison envelope on %s: %s", self.id, queue, exc)
@@ -743,11 +829,15 @@ class Worker:
             if pending:
                 with self._lock:
                     self._return_unwanted()
-            # 1. dispatch what was fetched (never a job of a lane this worker left)
+            # 1. dispatch what was fetched (never a job of a lane this worker left), each job
+            # marked as started first (crash accounting: _mark_started)
+            if pending and self._inflight < self.concurrency:
+                self._mark_started(pending)
             while self._inflight < self.concurrency:
                 r = self._take()
                 if r is None:
                     break
+                self._ensure_marked(r)
                 self._dispatch(r)
             buffered = len(self._acks) + len(self._fails)
             # 2. collect outcomes; wait for one only when nothing else can be done
@@ -897,7 +987,7 @@ class Worker:
             args: list[Any] = [self.keep_s]
             for o in outs:
                 args += (o.running.raw, metrics.bucket_us(o.run_us),
-                         metrics.bucket_us(o.running.wait_us))
+                         metrics.bucket_us(o.running.wait_us), *_job_fields(o))
             calls.append(("ack_jobs", self.conn.keys.queue(q).ack_keys(
                 self.id, self.version, lane, slot), args))
             what.append(("ack", outs))
@@ -908,7 +998,7 @@ class Worker:
             args = [self.keep_s]
             for o in outs:
                 args += (o.running.raw, o.outcome, o.next, o.due, metrics.bucket_us(o.run_us),
-                         metrics.bucket_us(o.running.wait_us))
+                         metrics.bucket_us(o.running.wait_us), *_job_fields(o))
             calls.append(("fail_jobs", self.conn.keys.queue(q).fail_keys(
                 self.id, self.version, lane, slot), args))
             what.append(("fail", outs))
@@ -1004,6 +1094,45 @@ class Worker:
         except Exception as exc:
             log.warning("worker %s: could not deregister (%s); the reaper cleans up", self.id,
                         exc)
+
+
+def _job_fields(o: _Outcome) -> tuple[Any, str, str]:
+    """The ack/fail scripts' per-job analysis fields: CPU bucket ('' = not measured), first
+    attempt ('1'/'0'), unit ('' = not counted per unit: a job never marked started)."""
+    cpu = "" if o.cpu_us is None else metrics.bucket_us(o.cpu_us)
+    first = o.running.first or ("1" if o.running.envelope.attempts == 0 else "0")
+    return cpu, first, o.running.unit
+
+
+class _CpuTimed:
+    """Awaits a coroutine step by step (the same trampoline asyncio's Task uses), adding the
+    loop thread's CPU time of each step to ``cpu_ns``: the CPU a job's own code used, not
+    that of the jobs interleaved with it on the loop."""
+
+    def __init__(self, coro: Any) -> None:
+        self.coro = coro
+        self.cpu_ns = 0
+
+    async def run(self) -> Any:
+        return await self
+
+    def __await__(self) -> Any:
+        coro, value, exc = self.coro, None, None
+        while True:
+            c0 = time.thread_time_ns()
+            try:
+                step = coro.send(value) if exc is None else coro.throw(exc)
+            except StopIteration as stop:
+                self.cpu_ns += time.thread_time_ns() - c0
+                return stop.value
+            except BaseException:
+                self.cpu_ns += time.thread_time_ns() - c0
+                raise
+            self.cpu_ns += time.thread_time_ns() - c0
+            try:
+                value, exc = (yield step), None
+            except BaseException as e:  # cancellation and throws go into the coroutine
+                value, exc = None, e
 
 
 def _text(raw: Any) -> str | bytes:

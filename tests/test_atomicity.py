@@ -407,3 +407,45 @@ def test_fenced_state_errors_do_not_raise_the_fence(real_conn) -> None:
         _call(conn, "deployment_update", [k for k, _ in typed], bad)
     assert exc.value.code == "conflict"
     assert _snapshot(conn) == before
+
+
+# -- the job-level fields of ack/fail and the reaper's crash keys (issue 10) -----------------
+def test_reap_ack_and_fail_keys_share_the_queue_slot() -> None:
+    for prefix in ("pycanary", "acme:prod"):
+        qk = Keys(prefix).queue("payments")
+        for keys in (qk.reap_keys("w:1", "v2", "canary", 1_700_000_000),
+                     qk.ack_keys("w:1", "v2", "canary", 1), qk.fail_keys("w:1", "v2", "stable", 1)):
+            assert len({key_slot(k.encode()) for k in keys}) == 1, keys
+            assert all("{payments}" in k for k in keys)
+
+
+@pytest.mark.parametrize(("name", "job", "bad"), [
+    ("ack_jobs", ["e2", 1, 1, "", "1", "|3"], 4),
+    ("ack_jobs", ["e2", 1, 1, "", "1", "|3"], 5),
+    ("ack_jobs", ["e2", 1, 1, "", "1", "|3"], 3),
+    ("fail_jobs", ["e2", "dead", "rec", "", 1, 1, "", "1", "|3"], 7),
+    ("fail_jobs", ["e2", "dead", "rec", "", 1, 1, "", "1", "|3"], 8),
+    ("fail_jobs", ["e2", "dead", "rec", "", 1, 1, "", "1", "|3"], 6),
+])
+def test_a_bad_job_field_late_in_a_batch_changes_nothing(real_conn, name: str, job: list,
+                                                         bad: int) -> None:
+    """Every job's new fields (cpu bucket, first flag, unit) are checked before the first
+    write: a batch whose last job is malformed leaves even the first job in its list."""
+    conn = real_conn
+    qk = conn.keys.queue("payments")
+    conn.client.lpush(qk.processing("w"), "e1", "e2")
+    conn.client.hset(qk.running("w"), mapping={"e1": "1 |2", "e2": "1 |3"})
+    keys = (qk.ack_keys if name == "ack_jobs" else qk.fail_keys)("w", "v1", "stable", 1)
+    good = list(job)
+    good[0], good[-1] = "e1", "|2"
+    broken = list(job)
+    broken[bad] = {3: "x", 4: "2", 5: "no-bar", 6: "x", 7: "2", 8: "|"}[bad]
+    before = _snapshot(conn)
+    assert conn.scripts.call(name, keys, [60, *good, *broken]) == -4
+    assert _snapshot(conn) == before
+    assert conn.scripts.call(name, keys, [60, *good, *job]) == [2, 0]
+    total = conn.client.hgetall(qk.metrics_total("v1", "stable"))
+    slot = conn.client.hgetall(qk.metrics_slot("v1", "stable", 1))
+    assert total["first_attempts"] == "2" and total["n1||2"] == total["n1||3"] == "1"
+    assert "n1||2" not in slot and slot["first_attempts"] == "2"  # units: totals only
+    assert conn.client.hlen(qk.running("w")) == 0  # recorded: no longer running

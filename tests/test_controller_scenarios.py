@@ -15,6 +15,9 @@ from pycanary.producer import Producer
 from tests.test_worker_processes import start_worker, stop_all, wait_for
 
 DESIGN_CARD = {"canary_config": {
+    # these scenarios drive a ramp to its end: a stage short of evidence keeps looking (the
+    # default, pause, waits for a person; tests/test_controller_feeding.py covers it)
+    "on_inconclusive": "hold",
     # worker processes share two busy cores here: allow run-time noise of up to 30% between
     # hosts (the 3x latency regression below is far beyond it). alpha bounds the chance that
     # a healthy deployment is rolled back at all (about 0.8% at the default 0.01): these tests

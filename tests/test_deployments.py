@@ -197,3 +197,35 @@ def test_compare_and_set_and_fencing(queue) -> None:
     assert deployments.get(conn, "payments").reason == "x"
     assert queue_config.read_config(conn, "payments").weight_bp == 500
     assert dep.id == fresh.id
+
+
+def test_each_deployment_draws_its_own_salt_and_a_key_keeps_its_lane(queue) -> None:
+    """Issue 10: a fresh random salt per deployment (so the same customers are not the first
+    to get every canary), sticky within one deployment; a plan or `salt=` still pins it."""
+    conn = queue
+    from pycanary.routing import sticky_bucket
+
+    p = Producer(conn)
+    keys = [f"customer-{i}" for i in range(400)]
+    salts, first_lanes = [], []
+    for version in ("v2", "v3"):
+        dep = rollouts.start_canary(conn, "payments", version, weight="30", actor="test",
+                                    allow_schema_change=True, force=True)
+        cfg = queue_config.read_config(conn, "payments")
+        assert cfg.salt == dep.salt and len(dep.salt) == 8
+        lanes = [p.enqueue("payments", {}, sticky_key=k).lane for k in keys]
+        again = [p.enqueue("payments", {}, sticky_key=k).lane for k in keys]
+        assert lanes == again  # sticky within the deployment
+        assert lanes == ["canary" if sticky_bucket(k, dep.salt) < 3000 else "stable"
+                         for k in keys]
+        salts.append(dep.salt)
+        first_lanes.append({k for k, lane in zip(keys, lanes, strict=True) if lane == "canary"})
+        rollouts.rollback(conn, "payments", actor="test")
+    assert salts[0] != salts[1]
+    assert first_lanes[0] != first_lanes[1]  # other customers go first
+    pinned = rollouts.ramp(conn, "payments", "v4", {**PLAN, "salt": "fixed"}, actor="test",
+                           allow_schema_change=True, force=True)
+    assert pinned.salt == "fixed" == queue_config.read_config(conn, "payments").salt
+    rollouts.rollback(conn, "payments", actor="test")
+    assert rollouts.start_canary(conn, "payments", "v5", salt="", actor="test",
+                                 allow_schema_change=True, force=True).salt == ""

@@ -441,7 +441,7 @@ def test_noperm_from_a_tight_acl_then_granted(private: Run) -> None:
     c = run.conn.client
     pats = ["{workers}:*", "{payments}:lane:*", "{payments}:processing*", "{payments}:delayed:*",
             "{payments}:config", "{payments}:rolled_back", "{payments}:former_stable",
-            "{payments}:dlq", "{payments}:tenant_weights"]
+            "{payments}:dlq", "{payments}:tenant_weights", "{payments}:running:*"]
     c.acl_setuser("worker", enabled=True, passwords=["+pw"], commands=["+@all"],
                   keys=[f"faults:{p}" for p in pats])
     ids = enqueue(run.conn, 150)

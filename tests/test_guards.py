@@ -132,6 +132,15 @@ def test_ack_after_the_reaper_requeued_the_job_counts_late(conn: Any) -> None:
     assert (st.ok, st.late) == (1, 2)
     total = conn.client.hgetall(conn.keys.queue("payments").metrics_total("v2", "canary"))
     assert (total.get("ok"), total.get("late")) == ("1", "2")
+    # the two jobs the reaper took from the (seemingly dead) worker mid-run are crashed first
+    # attempts of v2 on the canary lane; their late acks add nothing but `late`
+    assert {k: total.get(k) for k in ("crashed", "failed", "first_attempts",
+                                      "first_failed")} == {
+        "crashed": "2", "failed": "2", "first_attempts": "3", "first_failed": "2"}
+    assert st.crashed == 2 and st.first_attempts == 3
+    f = metrics.decode(total)
+    assert sum(n for n, _ in f.units.values()) == 3 and sum(x for _, x in f.units.values()) == 2
+    assert {u.split("|")[0] for u in f.units} == {"t"}  # tenant t has an override: its stratum
 
 
 def _wait(cond: Any, what: str, timeout: float = 20.0) -> None:
@@ -306,7 +315,7 @@ def test_jobs_given_back_from_a_closed_canary_lane_go_to_the_stable_head(
     """Stopping a rolled-back worker as the runbook says once left its jobs in the canary
     lane, which nobody reads after a rollback: the scripts now send them to stable's head."""
     service.configure_queue(conn, "payments", stable_version="v1")
-    rollouts.start_canary(conn, "payments", "v2", weight="5", actor="t")
+    rollouts.start_canary(conn, "payments", "v2", weight="5", actor="t", force=True)
     qk = conn.keys.queue("payments")
     c = conn.client
     c.lpush(qk.lane_stable, "stable-old", "stable-new")  # the head is the right end

@@ -22,7 +22,8 @@ PLAN = {"stages": [{"percentage": 50, "duration": "10m"}]}
 FAMILIES = [
     "canary_deployments_active", "canary_traffic_split_percentage", "canary_promotions",
     "canary_rollbacks", "pycanary_jobs_routed", "pycanary_jobs_processed",
-    "pycanary_job_duration_seconds", "pycanary_queue_depth", "pycanary_workers",
+    "pycanary_job_first_attempts", "pycanary_job_duration_seconds", "pycanary_job_cpu_seconds",
+    "pycanary_queue_depth", "pycanary_workers", "pycanary_worker_rss_bytes",
     "pycanary_controller_errors",
 ]
 
@@ -70,9 +71,9 @@ def ack_direct(conn, version: str, lane: str, run_buckets: list[int]) -> None:
     slot = metrics.slot_of(registry.now_ms())
     args: list = [3600]
     for i, b in enumerate(run_buckets):
-        args += [f"raw-{version}-{lane}-{i}", b, 0]
+        args += [f"raw-{version}-{lane}-{i}", b, 0, b, "1", ""]
     # held first: an ack of a job no longer held counts only as `late` (issue 8)
-    conn.client.lpush(qk.processing("w-direct"), *args[1::3])
+    conn.client.lpush(qk.processing("w-direct"), *args[1::6])
     conn.scripts.call("ack_jobs", qk.ack_keys("w-direct", version, lane, slot), args)
 
 
@@ -99,9 +100,9 @@ def test_routing_processing_depth_split_and_workers(conn) -> None:
         waiting[producer.enqueue("payments", {"i": i, "fail": False},
                                  job_id=f"later-{i}").lane] += 1
     registry.heartbeat(conn, "w-canary-1", version="v2", queues={"payments": "canary"},
-                       info={"state": "active"}, ttl_ms=60_000)
+                       info={"state": "active", "rss": 1000}, ttl_ms=60_000)
     registry.heartbeat(conn, "w-canary-2", version="v2", queues={"payments": "canary"},
-                       info={"state": "active"}, ttl_ms=60_000)
+                       info={"state": "active", "rss": 2500}, ttl_ms=60_000)
     registry.heartbeat(conn, "w-next", version="v9", queues={"payments": "stable"},
                        info={"state": "standby"}, ttl_ms=60_000)
 
@@ -126,7 +127,7 @@ def test_routing_processing_depth_split_and_workers(conn) -> None:
     for version, lane in (("v1", "stable"), ("v2", "canary")):
         f = failing[lane]
         for outcome, n in (("ok", jobs[lane] - f), ("failed", 2 * f), ("retried", f),
-                           ("dead", f)):
+                           ("dead", f), ("crashed", 0)):
             expected[frozenset({"queue": "payments", "lane": lane, "version": version,
                                 "outcome": outcome}.items())] = float(n)
     assert processed == expected  # v9 has no totals: no series
@@ -139,6 +140,15 @@ def test_routing_processing_depth_split_and_workers(conn) -> None:
                    version=version, le="+Inf") == attempts
         assert val(s, "pycanary_job_duration_seconds_sum", queue="payments",
                    version=version) > 0
+        # every attempt's handler CPU time is recorded; each job had one first attempt
+        assert val(s, "pycanary_job_cpu_seconds_count", queue="payments",
+                   version=version) == attempts
+        assert val(s, "pycanary_job_first_attempts_total", queue="payments", lane=lane,
+                   version=version, outcome="all") == jobs[lane]
+        assert val(s, "pycanary_job_first_attempts_total", queue="payments", lane=lane,
+                   version=version, outcome="failed") == failing[lane]
+    assert series(s, "pycanary_worker_rss_bytes") == {
+        frozenset({"queue": "payments", "version": "v2", "lane": "canary"}.items()): 3500.0}
 
     assert series(s, "pycanary_workers") == {
         frozenset({"queue": "payments", "version": "v2", "lane": "canary",

@@ -111,11 +111,14 @@ def test_late_ack_counts_only_late(conn) -> None:
     qk = conn.keys.queue(Q)
     conn.client.lpush(qk.processing("w"), "held")
     keys = qk.ack_keys("w", "v1", "stable", 1)
-    assert conn.scripts.call("ack_jobs", keys, [60, "held", 3, 4, "gone", 3, 4]) == [1, 1]
+    assert conn.scripts.call("ack_jobs", keys, [60, "held", 3, 4, 5, "1", "|7",
+                                                  "gone", 3, 4, 5, "1", "|7"]) == [1, 1]
     assert conn.client.hgetall(qk.metrics_total("v1", "stable")) == {
-        "ok": "1", "late": "1", "r3": "1", "w4": "1"}
+        "ok": "1", "late": "1", "r3": "1", "w4": "1", "c5": "1", "first_attempts": "1",
+        "n1||7": "1"}
     fkeys = qk.fail_keys("w", "v1", "stable", 1)
-    assert conn.scripts.call("fail_jobs", fkeys, [60, "gone", "dead", "rec", "", 3, 4]) == [0, 1]
+    assert conn.scripts.call("fail_jobs", fkeys, [60, "gone", "dead", "rec", "", 3, 4, 5, "1",
+                                                   "|7"]) == [0, 1]
     assert conn.client.llen(qk.dlq) == 0
     assert conn.client.hget(qk.metrics_total("v1", "stable"), "late") == "2"
 
@@ -147,15 +150,23 @@ def _guard_cases(conn) -> list[tuple[str, list[str], list, str]]:
     return [
         ("fetch_jobs", qk.fetch_keys("w", "stable"), [10, "v1", "w", "stable"],
          qk.processing_index),
-        ("ack_jobs", qk.ack_keys("w", "v1", "stable", 1), [60, "job-0", 1, 1],
+        ("ack_jobs", qk.ack_keys("w", "v1", "stable", 1), [60, "job-0", 1, 1, "", "1", ""],
          qk.metrics_total("v1", "stable")),
-        ("fail_jobs", slot_keys, [60, "job-0", "dead", "record", "", 1, 1], qk.dlq),
-        ("fail_jobs", slot_keys, [60, "job-0", "retry", "next", "5", 1, 1], qk.delayed_stable),
+        ("fail_jobs", slot_keys, [60, "job-0", "dead", "record", "", 1, 1, "", "0", ""],
+         qk.dlq),
+        ("fail_jobs", slot_keys, [60, "job-0", "retry", "next", "5", 1, 1, 2, "1", "a|1"],
+         qk.delayed_stable),
         ("return_job", ret_keys, ["job-0"], qk.lane_canary),
         ("bounce_job", ret_keys, ["job-0"], qk.lane_canary),
         ("return_job", ret_keys, ["job-0"], qk.lane_stable),
         ("bounce_job", ret_keys, ["job-0"], qk.config),
         ("requeue_jobs", qk.requeue_keys("w"), ["stable", 10, "w"], qk.processing_index),
+        ("requeue_jobs", qk.reap_keys("w", "v1", "stable", 1), ["stable", 10, "w", 60],
+         qk.running("w")),
+        ("requeue_jobs", qk.reap_keys("w", "v1", "stable", 1), ["stable", 10, "w", 60],
+         qk.metrics_slot("v1", "stable", 1)),
+        ("ack_jobs", qk.ack_keys("w", "v1", "stable", 1), [60, "job-0", 1, 1, "", "1", ""],
+         qk.running("w")),
         ("forget_worker", k.heartbeat_keys("w"), ["w", 10**15, 6000], k.worker_deadlines),
         ("heartbeat", k.heartbeat_keys("w"), ["w", 1, 6000, "{}"], k.worker_meta),
         ("promote_delayed", [qk.delayed_stable, qk.delayed_canary, qk.lane_stable,
@@ -163,7 +174,7 @@ def _guard_cases(conn) -> list[tuple[str, list[str], list, str]]:
     ]
 
 
-@pytest.mark.parametrize("case", range(12))
+@pytest.mark.parametrize("case", range(15))
 def test_worker_scripts_refuse_wrong_types_before_any_write(conn, case: int) -> None:
     """The fail_jobs bug: with a wrong-type DLQ its LREM ran, its push failed, the job was
     gone. Now every worker script checks all key types first: an error changes nothing."""
@@ -185,11 +196,22 @@ def test_worker_scripts_refuse_wrong_types_before_any_write(conn, case: int) -> 
 @pytest.mark.parametrize("name,args", [
     ("fetch_jobs", [0, "v1", "w", "stable"]), ("fetch_jobs", [10, "v1", "w", "blue"]),
     ("fetch_jobs", [10, "", "w", "stable"]), ("fetch_jobs", [1e999, "v1", "w", "stable"]),
-    ("ack_jobs", [0, "j", 1, 1]), ("ack_jobs", [60, "j", "x", 1]), ("ack_jobs", [60, "j", 1]),
-    ("fail_jobs", [60, "j", "maybe", "n", "", 1, 1]), ("fail_jobs", [60, "j", "retry", "n",
-                                                                     "", 1, 1]),
-    ("fail_jobs", [60, "j", "dead", "", "", 1, 1]),
+    ("ack_jobs", [0, "j", 1, 1, "", "0", ""]), ("ack_jobs", [60, "j", "x", 1, "", "0", ""]),
+    ("ack_jobs", [60, "j", 1, 1, "", "0"]), ("ack_jobs", [60, "j", 1, 1]),
+    # the job-level fields: first must be 0/1, unit "<stratum>|<cluster>", cpu a bucket
+    ("ack_jobs", [60, "j", 1, 1, "", "2", ""]), ("ack_jobs", [60, "j", 1, 1, "", "1", "acme"]),
+    ("ack_jobs", [60, "j", 1, 1, "", "1", "a b|3"]), ("ack_jobs", [60, "j", 1, 1, "x", "1", ""]),
+    ("ack_jobs", [60, "j", 1, 1, "-1", "1", ""]), ("ack_jobs", [60, "j", 1, 1, "", "1", "|x"]),
+    ("fail_jobs", [60, "j", "maybe", "n", "", 1, 1, "", "0", ""]),
+    ("fail_jobs", [60, "j", "retry", "n", "", 1, 1, "", "0", ""]),
+    ("fail_jobs", [60, "j", "dead", "", "", 1, 1, "", "0", ""]),
+    ("fail_jobs", [60, "j", "dead", "rec", "", 1, 1]),
+    ("fail_jobs", [60, "j", "dead", "rec", "", 1, 1, "", "yes", ""]),
+    ("fail_jobs", [60, "j", "dead", "rec", "", 1, 1, "", "1", "|"]),
+    ("fail_jobs", [60, "j", "dead", "rec", "", 1, 1, "1.5", "1", ""]),
     ("requeue_jobs", ["blue", 10, "w"]), ("requeue_jobs", ["stable", 0, "w"]),
+    ("reap_jobs", ["stable", 10, "w"]), ("reap_jobs", ["stable", 10, "w", 0]),
+    ("reap_jobs", ["stable", 10, "w", "x"]),
     ("promote_delayed", ["soon", 10]), ("promote_delayed", [1, 0]),
 ])
 def test_worker_scripts_refuse_bad_arguments(conn, name: str, args: list) -> None:
@@ -198,13 +220,15 @@ def test_worker_scripts_refuse_bad_arguments(conn, name: str, args: list) -> Non
             "ack_jobs": qk.ack_keys("w", "v1", "stable", 1),
             "fail_jobs": qk.fail_keys("w", "v1", "stable", 1),
             "requeue_jobs": qk.requeue_keys("w"),
+            "reap_jobs": qk.reap_keys("w", "v1", "stable", 1),
             "promote_delayed": [qk.delayed_stable, qk.delayed_canary, qk.lane_stable,
                                 qk.lane_canary, qk.config]}[name]
     conn.client.lpush(qk.processing("w"), "j")
     conn.client.lpush(qk.lane_stable, "lane-job")
     conn.client.zadd(qk.delayed_stable, {"due-job": 1})
+    conn.client.hset(qk.running("w"), "j", "1 |3")
     before = _snapshot(conn)
-    assert conn.scripts.call(name, keys, args) == -4
+    assert conn.scripts.call(name.replace("reap_", "requeue_"), keys, args) == -4
     assert _snapshot(conn) == before
 
 
@@ -236,3 +260,51 @@ def test_worker_that_cannot_record_outcomes_exits_without_deregistering(real_con
     assert report.workers == 1 and report.jobs == 5
     back = {Envelope.decode(x).id for x in conn.client.lrange(qk.lane_stable, 0, -1)}
     assert back == set(ids)
+
+
+def test_a_worker_killed_mid_job_counts_exactly_its_running_jobs_as_crashed(real_conn) -> None:
+    """kill -9 of a real worker process holding 3 running jobs and ~20 fetched ones: the
+    reaper returns every job and counts exactly the 3 running ones as crashed (failed) first
+    attempts of its version and lane, per analysis unit too; they come back with attempts 1,
+    the unstarted ones unchanged (issue 10 item 2)."""
+    import os
+    import signal
+
+    from pycanary import metrics
+    from tests.test_worker_processes import start_worker, wait_for
+
+    conn = real_conn
+    qk = conn.keys.queue(Q)
+    ids = [r.job_id for r in Producer(conn).enqueue_many(Q, [{"i": i} for i in range(40)])]
+    proc = start_worker(conn, Q, "--version", "v1", "--handler", "tests.handlers:slow",
+                        "--concurrency", "3", "--prefetch", "20",
+                        env={"SLOW_S": "120"})
+    started = f"{conn.keys.prefix}:test:started"
+    try:
+        wait_for(lambda: conn.client.llen(started) == 3, 30, "three running jobs")
+        wid = next(w for w in conn.client.hkeys(qk.processing_index))
+        held = conn.client.llen(qk.processing(wid))
+        assert held > 3  # it prefetched more than it runs
+        running = set(conn.client.lrange(started, 0, -1))
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+    report = registry.reap(conn, queues=[Q], now=registry.now_ms() + 600_000)
+    assert (report.workers, report.jobs, report.crashed) == (1, held, 3)
+    total = metrics.read_totals(conn, Q, "v1", "stable")
+    assert {k: total.counts.get(k) for k in ("crashed", "failed", "first_attempts",
+                                             "first_failed", "ok")} == {
+        "crashed": 3, "failed": 3, "first_attempts": 3, "first_failed": 3, "ok": None}
+    want_units: dict[str, list[int]] = {}
+    for job_id in running:
+        u = metrics.unit_of(job_id, None, None)
+        want_units[u] = [want_units.get(u, [0, 0])[0] + 1, want_units.get(u, [0, 0])[1] + 1]
+    assert total.units == want_units
+    back = [Envelope.decode(x) for x in conn.client.lrange(qk.lane_stable, 0, -1)]
+    assert sorted(e.id for e in back) == sorted(ids)  # nothing lost
+    assert {e.id for e in back if e.attempts == 1} == running
+    assert all(e.attempts == 0 for e in back if e.id not in running)
+    assert not conn.client.exists(qk.running(wid))
