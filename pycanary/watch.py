@@ -120,6 +120,14 @@ def gate_line(queue: str, dep: dict[str, Any]) -> str | None:
             f"(or `pycanary rollback {queue}`)")
 
 
+def _resources(s: dict[str, Any]) -> str:
+    """CPU per job (the handler's own CPU time) and the lane's live workers' RSS."""
+    cpu = s.get("cpu_ms") or {}
+    rss = s.get("rss_bytes")
+    mem = "n/a" if rss is None else f"{rss / 2**20:,.0f} MiB"
+    return f"cpu/job p50 {_ms(cpu.get('p50'))} p95 {_ms(cpu.get('p95'))}, rss {mem}"
+
+
 def render_status(rows: list[dict[str, Any]], width: int | None = None) -> str:
     if not rows:
         return "no queues yet"
@@ -155,6 +163,16 @@ def render_status(rows: list[dict[str, Any]], width: int | None = None) -> str:
             out.append(f"   {lane:<8} {shorten(s['version'], 12):<12} {s['finished']:>8,} "
                        f"{_pct(s['error_rate']):>8} {_ms(s['run_ms']['p50']):>9} "
                        f"{_ms(s['run_ms']['p95']):>9} {_ms(s['wait_ms']['p95']):>9}")
+        res = [f"{lane} {_resources(s)}" for lane in ("stable", "canary")
+               if (s := lanes.get(lane))]
+        if res:
+            out += wrap("resources: " + "; ".join(res), width, "   ", hang=4)
+        growth = row.get("stable_growth")
+        if growth:
+            out += wrap(f"stable lane since the rollback: {growth['inflow_per_s']:g} jobs/s in, "
+                        f"{growth['outflow_per_s']:g} out, net {growth['net_per_s']:+g}/s"
+                        + (" (growing faster than it is processed)"
+                           if growth["net_per_s"] > 0 else ""), width, "   ", hang=4)
         la = dep.get("last_analysis") or {}
         if la:
             out += wrap(f"last check: {la.get('verdict')}: {la.get('reason', '')}", width,

@@ -251,3 +251,27 @@ def test_newcomer_mistakes_get_the_fix_in_one_line(real_conn) -> None:
     assert_user_error(run("dlq", "requeue", "payments", prefix=prefix), "job_id")
     res = run("events", "payments", prefix=prefix)
     assert res.stderr.strip() == "error: queue: no deployment on payments yet"
+
+
+def test_status_text_shows_resources_and_stable_growth_of_both_lanes() -> None:
+    """Issue 11: CPU per job and RSS side by side, and the stable lane's net growth after a
+    rollback (the design card's "queue depth growing faster than processing rate")."""
+    from pycanary.watch import render_status
+
+    lane = {"finished": 10, "error_rate": 0.0, "run_ms": {"p50": 1, "p95": 2},
+            "wait_ms": {"p95": 3}}
+    row = {"queue": "payments",
+           "config": {"stable_version": "v1", "canary_version": "v2", "weight_percent": 0},
+           "depth": {"stable": 3, "canary": 0},
+           "deployment": {"id": "d1", "state": "rolled_back", "weight_percent": 0, "stage": 0,
+                          "stages": [5, 15], "plan": None},
+           "lanes": {"stable": {**lane, "version": "v1", "cpu_ms": {"p50": 0.4, "p95": 1.1},
+                                "rss_bytes": 50 * 2**20},
+                     "canary": {**lane, "version": "v2", "cpu_ms": {"p50": 2.5, "p95": 9.0},
+                                "rss_bytes": 80 * 2**20}},
+           "stable_growth": {"inflow_per_s": 12.0, "outflow_per_s": 10.0, "net_per_s": 2.0}}
+    text = " ".join(render_status([row], 200).split())
+    assert ("resources: stable cpu/job p50 0.4ms p95 1.1ms, rss 50 MiB; canary cpu/job p50 "
+            "2.5ms p95 9.0ms, rss 80 MiB") in text
+    assert ("stable lane since the rollback: 12 jobs/s in, 10 out, net +2/s (growing faster "
+            "than it is processed)") in text

@@ -65,8 +65,11 @@ def fleet(real_conn) -> Iterator:
     service.configure_queue(conn, "payments", stable_version="v1")
     behave(conn, "v1")
     behave(conn, "v2")
+    # --prefetch 32: a batch per fetch, so the two worker processes keep up with the 300 jobs
+    # a tick the scenarios enqueue on a busy host (at the default, one job per fetch, the
+    # stable lane falls behind and the sample-ratio check rightly holds: "not consumed")
     procs = [start_worker(conn, "payments", "--version", v, "--handler",
-                          "tests.handlers:scenario", "--concurrency", c)
+                          "tests.handlers:scenario", "--concurrency", c, "--prefetch", "32")
              for v, c in (("v1", "8"), ("v2", "8"))]
     wait_for(lambda: len(service.list_workers(conn)) == 2, 30, "2 workers registered")
     yield conn
@@ -97,8 +100,10 @@ def drive(conn, ctl: Controller, clock: Clock, *, jobs_per_tick: int, until, max
             return ids
     evs = [(e["type"], e["message"][:300]) for e in
            deployments.events(conn, "payments", dep.id, count=30)]
+    la = dep.last_analysis or {}
     raise AssertionError(f"not reached in {max_ticks} ticks: {dep.state} stage {dep.stage}: "
-                         f"{evs}")
+                         f"{evs}; last check {la.get('verdict')}: {la.get('reason')}; "
+                         f"decision {(dep.last_decision or {}).get('reason')}")
 
 
 def settle_and_check_no_loss(conn, ids: list[str]) -> tuple[int, int]:

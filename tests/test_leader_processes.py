@@ -37,7 +37,7 @@ class Contenders:
         self.errs: list[Path] = []
         # the contenders write to a real deployment's event log (no controller runs)
         service.configure_queue(conn, QUEUE, stable_version="v1")
-        rollouts.start_canary(conn, QUEUE, "v2", weight="10", actor="test")
+        rollouts.start_canary(conn, QUEUE, "v2", weight="10", actor="test", force=True)
         for i in range(2):
             err = tmp_path / f"contender{i}.err"
             self.errs.append(err)
