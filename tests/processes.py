@@ -89,3 +89,24 @@ def parse_holder(value: str | None) -> Holder | None:
 def holder(conn: Any) -> Holder | None:
     """Who holds the leader key now."""
     return parse_holder(conn.client.get(conn.keys.leader))
+
+
+def run_with_controller(conn: Any, cmd: list[str], *, timeout: float = 60,
+                        cwd: Path | None = None) -> tuple[int, str, str]:
+    """Run a CLI command (a watch) in a subprocess while a controller runs in this process;
+    returns (exit code, stdout, stderr) once the command ends."""
+    import threading
+
+    from pycanary.controller import Controller
+
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            cwd=cwd)
+    stop = threading.Event()
+    t = threading.Thread(target=Controller(conn).run, args=(stop, 0.2), daemon=True)
+    t.start()
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    finally:
+        stop.set()
+        t.join(10)
+    return proc.returncode, out, err

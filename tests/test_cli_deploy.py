@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
 from pycanary import deployments, service
-from pycanary.controller import Controller
+from tests.processes import run_with_controller
 from tests.test_cli import assert_user_error, run
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -74,18 +72,8 @@ def test_ramp_watch_exits_0_when_promoted(real_conn, tmp_path: Path) -> None:
                     "    - percentage: 10\n      duration: 1s\n")
     cmd = [sys.executable, "-m", "pycanary.cli", "--redis-url", conn.url, "--prefix", prefix,
            "ramp", "payments", "--version", "v2", "--plan", str(plan), "--watch", "--force"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            cwd=ROOT)
-    stop = threading.Event()
-    ctl = Controller(conn)
-    t = threading.Thread(target=ctl.run, args=(stop, 0.2), daemon=True)
-    t.start()
-    try:
-        out, err = proc.communicate(timeout=60)
-    finally:
-        stop.set()
-        t.join(10)
-    assert proc.returncode == 0, err
+    rc, out, err = run_with_controller(conn, cmd, cwd=ROOT)
+    assert rc == 0, err
     assert "completed" in err and "started" in out
     assert service.queue_info(conn, "payments")["stable_version"] == "v2"
     time.sleep(0)

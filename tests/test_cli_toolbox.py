@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 from pycanary import defaults, deployments, rollouts, service
+from tests.processes import run_with_controller
 from tests.test_cli import assert_user_error, run
 
 
@@ -174,11 +175,8 @@ def test_shorten_and_wrap_never_cut_mid_word() -> None:
 
 
 def test_status_watch_reattaches_and_exits_with_the_outcome(real_conn, tmp_path) -> None:
-    import subprocess
     import sys
-    import threading
 
-    from pycanary.controller import Controller
 
     conn, prefix = real_conn, real_conn.keys.prefix
     service.configure_queue(conn, "payments", stable_version="v1")
@@ -196,16 +194,8 @@ def test_status_watch_reattaches_and_exits_with_the_outcome(real_conn, tmp_path)
     assert "`pycanary status payments --watch` re-attaches" in res.stderr
     cmd = [sys.executable, "-m", "pycanary.cli", "--redis-url", conn.url, "--prefix", prefix,
            "status", "payments", "--watch", "--timeout", "1m"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    stop = threading.Event()
-    t = threading.Thread(target=Controller(conn).run, args=(stop, 0.2), daemon=True)
-    t.start()
-    try:
-        out, err = proc.communicate(timeout=60)
-    finally:
-        stop.set()
-        t.join(10)
-    assert proc.returncode == 0, err
+    rc, out, err = run_with_controller(conn, cmd)
+    assert rc == 0, err
     assert "payments: completed" in err and "stage 2/2: 100% (promoted)" in out
     # a finished deployment: the watch exits at once with its outcome
     res = run("status", "payments", "--watch", prefix=prefix)
