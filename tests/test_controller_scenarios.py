@@ -11,35 +11,42 @@ import pytest
 
 from pycanary import deployments, rollouts, service
 from pycanary.controller import Controller
+from pycanary.demo import card_source
+from pycanary.plan import parse_plan
 from pycanary.producer import Producer
 from tests.test_worker_processes import start_worker, stop_all, wait_for
 
-DESIGN_CARD = {"canary_config": {
-    # these scenarios drive a ramp to its end: a stage short of evidence keeps looking (the
-    # default, pause, waits for a person; tests/test_controller_feeding.py covers it)
-    "on_inconclusive": "hold",
-    # worker processes share two busy cores here: allow run-time noise of up to 30% between
-    # hosts (the 3x latency regression below is far beyond it). alpha bounds the chance that
-    # a healthy deployment is rolled back at all (about 0.8% at the default 0.01): these tests
-    # run several healthy deployments per CI run, so they use a smaller one; the regressions
-    # they inject are caught by the threshold rules anyway. Promotion needs evidence of safety
-    # (issue 10): at 300 jobs per 30 s and 1% errors, a 5% stage sees ~3 failures per check,
-    # far too few to show "fewer than 2x stable's failures" (the default margin) within the
-    # stage, so the plan accepts a wider margin: "fewer than 5x" is shown within ~20 checks.
-    # The threshold rules keep their own budget (threshold_alpha, as before issue 10): within
-    # this plan's small alpha, one budget would leave each of its 6 (stage, rule) pairs 1.7e-5,
-    # too little for the regression tests' 4-interval deadline at 300 jobs per check.
-    "statistical": {"run_time_tolerance": 30, "alpha": 0.0005, "error_margin": 5,
-                    "threshold_alpha": 0.01},
-    "stages": [
-        {"percentage": 5, "duration": "10m", "auto_promote": True,
-         "conditions": {"max_error_rate": 5, "max_latency_increase": 50}},
-        {"percentage": 15, "duration": "15m", "auto_promote": True,
-         "conditions": {"max_error_rate": 5, "max_latency_increase": 50}},
-        {"percentage": 50, "duration": "20m", "auto_promote": False,
-         "conditions": {"max_error_rate": 5, "max_latency_increase": 50}},
-    ],
-}}
+
+def _card_for_scenarios() -> dict:
+    """The design card's plan (examples/plans/design-card.yaml, the one copy), as these
+    scenarios run it:
+
+    - ``on_inconclusive: hold``: they drive a ramp to its end, and a stage short of evidence
+      keeps looking (the default, pause, waits for a person; test_controller_feeding covers it);
+    - run-time tolerance 30%: worker processes share two busy cores here (the 3x latency
+      regression below is far beyond it);
+    - alpha 0.0005: it bounds the chance that a healthy deployment is rolled back at all, and
+      several healthy deployments run per CI run; the injected regressions are caught by the
+      threshold rules anyway;
+    - error_margin 5: at 300 jobs per 30 s and 1% errors a 5% stage sees ~3 failures per check,
+      far too few to show "fewer than 2x stable's failures" (the default margin) within the
+      stage; "fewer than 5x" is shown within ~20 checks;
+    - threshold_alpha 0.01 and caps of 5% / +50%: within this small alpha one budget would
+      leave each (stage, rule) pair 1.7e-5, too little for the regression tests' 4-interval
+      deadline at 300 jobs per check, and the card's 0.5% cap would fail a 1% base rate.
+    """
+    text, where = card_source()
+    body = parse_plan(text, name=where).to_dict()["canary_config"]
+    body["on_inconclusive"] = "hold"
+    body["statistical"] = {**body.get("statistical", {}), "run_time_tolerance": 30,
+                           "alpha": 0.0005, "error_margin": 5, "threshold_alpha": 0.01}
+    for stage in body["stages"]:
+        stage["conditions"] = {**stage.get("conditions", {}), "max_error_rate": 5,
+                               "max_latency_increase": 50}
+    return {"canary_config": body}
+
+
+DESIGN_CARD = _card_for_scenarios()
 
 
 class Clock:
