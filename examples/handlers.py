@@ -16,9 +16,10 @@ _rng = random.Random()
 
 
 def process_payment(job: Job) -> None:
-    """Pretend to charge a card: a few milliseconds of work, rare gateway errors."""
+    """Pretend to charge a card: a few milliseconds of work; a flaky gateway declines one
+    payment in twenty (the tour's plan, examples/plans/quick.yaml, is checked for that)."""
     slow_ms = float(os.environ.get("PAYMENTS_SLOW_MS", "0"))
     time.sleep((0.003 + slow_ms / 1000) * _rng.lognormvariate(0, 0.3))
-    fail_rate = float(os.environ.get("PAYMENTS_FAIL_RATE", "0.002"))
+    fail_rate = float(os.environ.get("PAYMENTS_FAIL_RATE", "0.05"))
     if _rng.random() < fail_rate:
         raise RuntimeError(f"gateway declined payment {job.id} (attempt {job.attempt})")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pydantic
@@ -625,3 +626,22 @@ def test_plan_check_simulates_through_the_real_analysis(tmp_path: Path) -> None:
     res = CliRunner().invoke(app, ["plan", "check", str(bad), "--rate", "1000/min"])
     assert res.exit_code == 2
     assert "max_error_rate_increase: must be above 0" in res.stderr
+
+
+_CHECK_LINE = re.compile(r"`pycanary plan check examples/plans/(?P<file>[\w-]+\.yaml) "
+                         r"--rate (?P<rate>\S+) --error-rate (?P<err>\S+)")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("path", sorted(EXAMPLES.glob("*.yaml")), ids=lambda p: p.name)
+def test_every_example_plan_passes_plan_check_for_the_traffic_it_names(path: Path) -> None:
+    """Each example plan's header names the traffic it is meant for and the `plan check`
+    command that passes there; the plan must still pass it (fewer runs, fixed seed)."""
+    from pycanary.plan_check import check_plan, parse_error_rate, parse_rate
+
+    found = _CHECK_LINE.search(path.read_text())
+    assert found, f"{path.name}: header has no `pycanary plan check ... --rate --error-rate`"
+    assert found["file"] == path.name
+    report = check_plan(path, parse_rate(found["rate"]), parse_error_rate(found["err"]),
+                        runs=40, seed="example-plans")
+    assert report.warnings == [], report.text()
