@@ -2,12 +2,13 @@
   fetch_jobs: reliable batch fetch. Moves up to ARGV[1] jobs from a lane into the worker's
   processing list, oldest first, unless the worker's version has been rolled back, and records
   the list in the queue's processing index so that the reaper finds it even if the worker's
-  registry entry is lost.
+  registry entry is lost, with the worker's version, so that the jobs it had started are
+  counted as crashed attempts of that version even then.
 
   KEYS[1] lane           list  the lane to take from (jobs are taken from the right)
   KEYS[2] processing     list  this worker's in-flight jobs of the queue
   KEYS[3] rolled_back    set   versions rolled back on this queue
-  KEYS[4] index          hash  worker id -> lane, every processing list of the queue
+  KEYS[4] index          hash  worker id -> "<lane> <version>", every processing list
 
   ARGV[1] max            jobs to move at most (1..1000)
   ARGV[2] version        the worker's version
@@ -39,7 +40,8 @@ for _ = 1, max do
   if not job then break end
   if valid_utf8(job) then out[#out + 1] = job else bad[#bad + 1] = to_hex(job) end
 end
-if (#out > 0 or #bad > 0) and rcall('HGET', index_key, ARGV[3]) ~= ARGV[4] then
-  rcall('HSET', index_key, ARGV[3], ARGV[4])
+local entry = ARGV[4] .. ' ' .. ARGV[2]
+if (#out > 0 or #bad > 0) and rcall('HGET', index_key, ARGV[3]) ~= entry then
+  rcall('HSET', index_key, ARGV[3], entry)
 end
 return {out, bad}

@@ -16,7 +16,7 @@
   KEYS[2] lane_stable    list
   KEYS[3] lane_canary    list
   KEYS[4] config         hash  queue config (is the canary lane open?)
-  KEYS[5] index          hash  worker id -> lane, every processing list of the queue
+  KEYS[5] index          hash  worker id -> "<lane> <version>", every processing list
   KEYS[6] running        hash  (optional) envelope -> "<first> <unit>" of the jobs it started
   KEYS[7] metrics        hash  (with 6) metrics slot of (its version, lane, slot now)
   KEYS[8] totals         hash  (with 6) running totals of (its version, lane)

@@ -6,9 +6,10 @@ costs the number of dead workers, not the number of keys; each worker is judged 
 heartbeat, never by the reaper's. A worker's live details sit in a hash with a TTL; what the
 reaper needs (version, queues, lanes, TTL) stays in a meta hash until the worker is reaped.
 
-Each queue also keeps a processing index (worker id -> lane) written by every fetch, so a
-processing list whose worker is not registered at all (a lost registry entry, unreadable
-meta) is still found: the reaper returns those orphans for the queues it is given.
+Each queue also keeps a processing index (worker id -> lane and version) written by every
+fetch, so a processing list whose worker is not registered at all (a lost registry entry,
+unreadable meta) is still found: the reaper returns those orphans for the queues it is given,
+counting the jobs they had started as crashed attempts of the version the index names.
 
 A dead worker's jobs that it had started (its running hash, written before each job starts)
 are crashed attempts of its version and lane: `requeue_jobs` counts them (`crashed`, `failed`,
@@ -251,8 +252,18 @@ def _version_or_none(v: Any) -> str | None:
         return None
 
 
-def _orphans(conn: Connection, queues: Iterable[str]) -> list[tuple[str, str, str]]:
-    """(queue, worker, lane) of processing lists whose worker is not registered at all."""
+def _index_entry(value: str) -> tuple[str, str | None]:
+    """A processing-index value, "<lane> <version>" (fetch_jobs), as (lane, version or None).
+
+    A bare lane (written before versions were recorded) or an unreadable value still returns
+    the list: to stable, its started jobs uncounted."""
+    lane, _, version = str(value).partition(" ")
+    return (lane if lane in LANES else "stable"), _version_or_none(version or None)
+
+
+def _orphans(conn: Connection, queues: Iterable[str]
+             ) -> list[tuple[str, str, str, str | None]]:
+    """(queue, worker, lane, version) of processing lists whose worker is not registered."""
     keys = conn.keys
     queues = list(dict.fromkeys(queues))
     if not queues:
@@ -261,21 +272,20 @@ def _orphans(conn: Connection, queues: Iterable[str]) -> list[tuple[str, str, st
     for q in queues:
         pipe.hgetall(keys.queue(q).processing_index)
     indexes = pipe.execute()
-    listed = [(q, wid, lane) for q, idx in zip(queues, indexes, strict=True)
-              for wid, lane in idx.items()]
+    listed = [(q, wid, *_index_entry(entry)) for q, idx in zip(queues, indexes, strict=True)
+              for wid, entry in idx.items()]
     if not listed:
         return []
-    wids = list(dict.fromkeys(wid for _, wid, _ in listed))
+    wids = list(dict.fromkeys(wid for _, wid, _, _ in listed))
     scores = dict(zip(wids, conn.client.zmscore(keys.registry, wids), strict=True))
-    return [(q, wid, lane if lane in LANES else "stable") for q, wid, lane in listed
-            if scores[wid] is None]
+    return [row for row in listed if scores[row[1]] is None]
 
 
 def _requeue(conn: Connection, queue: str, wid: str, lane: str, report: ReapReport,
              version: str | None = None) -> None:
-    """Return one worker's list; with its version known, the jobs it had started are counted
-    as crashed attempts of that version and lane in the same script call (an orphan's version
-    is unknown: its jobs are returned uncounted)."""
+    """Return one worker's list; with its version known (from its meta, or for an orphan from
+    the processing index), the jobs it had started are counted as crashed attempts of that
+    version and lane in the same script call; without it they are returned uncounted."""
     qk = conn.keys.queue(queue)
     if version:
         slot = metrics.slot_of(now_ms())  # the wall clock: `now` may be a reaper's "as if"
@@ -354,12 +364,12 @@ def reap(conn: Connection, *, ttl_ms: int = DEFAULT_TTL_MS, now: int | None = No
                 log.warning("could not reap worker %s: %s", wid, exc)
                 report.errors.append(f"{wid}: {exc}")
         if report.bad_meta:  # their lists may be orphans now: look again
-            seen = {(q, w) for q, w, _ in orphans}
+            seen = {(o[0], o[1]) for o in orphans}
             orphans += [o for o in _orphans(conn, queues) if (o[0], o[1]) not in seen]
-        for queue, wid, lane in orphans:
+        for queue, wid, lane, version in orphans:
             try:
                 before = report.jobs
-                _requeue(conn, queue, wid, lane, report)
+                _requeue(conn, queue, wid, lane, report, version)
                 if report.jobs > before:
                     report.orphans += 1
                     log.warning("returned %d jobs of unregistered worker %s on %s",

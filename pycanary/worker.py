@@ -664,7 +664,8 @@ class Worker:
             return 0
         q, lane = lanes[0]
         qk = self.conn.keys.queue(q)
-        self.conn.client.hset(qk.processing_index, self.id, lane)  # idle: the call is free
+        # idle: the call is free; the entry's form is fetch_jobs' ("<lane> <version>")
+        self.conn.client.hset(qk.processing_index, self.id, f"{lane} {self.version}")
         raw = self._raw_command(qk.lane(lane), "BLMOVE", qk.lane(lane), qk.processing(self.id),
                                 "RIGHT", "LEFT", self.block_s)
         if raw is None:

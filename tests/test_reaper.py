@@ -80,6 +80,52 @@ def test_orphan_list_of_an_unregistered_worker_is_recovered(conn) -> None:
     assert conn.client.hlen(qk.processing_index) == 0
 
 
+def test_orphans_started_jobs_are_crashed_attempts_of_the_version_in_the_index(conn) -> None:
+    """A worker lost from the registry altogether (issue 10): the processing index names its
+    lane and version, so the two jobs it had started count as crashed first attempts of v1 on
+    the canary lane, and come back with attempts 1; the four it only fetched, unchanged."""
+    from pycanary import metrics
+
+    ids = [r.job_id for r in Producer(conn).enqueue_many(Q, [{"i": i} for i in range(6)])]
+    qk = conn.keys.queue(Q)
+    conn.client.rename(qk.lane_stable, qk.lane_canary)  # as if routed there
+    raws = conn.client.lrange(qk.lane_canary, -6, -1)
+    held = held_by(conn, "ghost", 6, ttl_ms=1_000, seen_ago_ms=0, lane="canary",
+                   register=False)
+    assert sorted(held) == sorted(ids)
+    assert conn.client.hget(qk.processing_index, "ghost") == "canary v1"
+    started = raws[-2:]  # the two oldest, the ones a worker starts first
+    for raw in started:
+        env = Envelope.decode(raw)
+        conn.client.hset(qk.running("ghost"), raw, f"1 {metrics.unit_of(env.id, None, None)}")
+    report = registry.reap(conn, queues=[Q])
+    assert (report.orphans, report.jobs, report.crashed) == (1, 6, 2)
+    total = metrics.read_totals(conn, Q, "v1", "canary")
+    assert {k: total.counts.get(k) for k in ("crashed", "failed", "first_attempts",
+                                             "first_failed")} == {
+        "crashed": 2, "failed": 2, "first_attempts": 2, "first_failed": 2}
+    # the canary lane is closed (no canary version): everything goes back to stable
+    back = {Envelope.decode(x).id: Envelope.decode(x).attempts
+            for x in conn.client.lrange(qk.lane_stable, 0, -1)}
+    assert back == {i: (1 if i in {Envelope.decode(r).id for r in started} else 0)
+                    for i in ids}
+    assert not conn.client.exists(qk.running("ghost"))
+    assert conn.client.hlen(qk.processing_index) == 0
+
+
+def test_an_index_entry_without_a_version_still_returns_the_list_uncounted(conn) -> None:
+    """An entry of the older form (a bare lane) or garbage: the list goes back, to stable when
+    the lane is unreadable, and nothing is counted."""
+    Producer(conn).enqueue_many(Q, [{"i": i} for i in range(4)])
+    qk = conn.keys.queue(Q)
+    held_by(conn, "old", 2, ttl_ms=1_000, seen_ago_ms=0, register=False)
+    held_by(conn, "junk", 2, ttl_ms=1_000, seen_ago_ms=0, register=False)
+    conn.client.hset(qk.processing_index, mapping={"old": "stable", "junk": "purple ??"})
+    report = registry.reap(conn, queues=[Q])
+    assert (report.orphans, report.jobs, report.crashed) == (2, 4, 0)
+    assert conn.client.llen(qk.lane_stable) == 4
+
+
 def test_live_registered_worker_is_never_an_orphan(conn) -> None:
     Producer(conn).enqueue_many(Q, [{}] * 5)
     held_by(conn, "alive", 5, ttl_ms=60_000, seen_ago_ms=0)
