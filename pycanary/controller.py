@@ -377,7 +377,7 @@ class Controller:
             max_bp = -1
         stage = w.values.get("stage", w.dep.stage)
         top = max([w.weight_bp or 0, *(w.tenants_bp or {}).values()])
-        return (f"stage {stage} ({top / 100:g}%) is above the queue's max_weight "
+        return (f"stage {stage + 1} ({top / 100:g}%) is above the queue's max_weight "
                 f"({max_bp / 100:g}%): the step was refused and the check not recorded; "
                 "raise max_weight, or pause or roll back the deployment")
 
@@ -648,7 +648,7 @@ class Controller:
                 "stage", decision.reason, actor=self.id, now=now,
                 data={"stage": nxt, "weight_bp": plan.stages[nxt].weight_bp}))
             w.weight_bp, w.tenants_bp = plan.stages[nxt].weight_bp, plan.tenant_weights_bp(nxt)
-            w.label = f"stage {nxt} ({plan.stages[nxt].percentage:g}%)"
+            w.label = f"stage {nxt + 1} ({plan.stages[nxt].percentage:g}%)"
         elif action is Action.PROMOTE:
             w.then, w.reason = "promote", decision.reason
         elif action is Action.AWAIT_APPROVAL and dep.state != "awaiting_promotion":

@@ -556,11 +556,11 @@ def test_promote_only_after_duration_and_on_pass() -> None:
     plan = plan_of(max_error_rate=1)
     a, state = run_stage(plan, 19)
     d = decide(plan, a, state, 570.0)
-    assert d.action is Action.CONTINUE and d.reason == "stage 0: 9m30s of 10m"
+    assert d.action is Action.CONTINUE and d.reason == "stage 1: 9m30s of 10m"
     a, state = run_stage(plan, 20)
     d = decide(plan, a, state, 600.0)
     assert (d.action, d.next_stage) == (Action.PROMOTE, 1)
-    assert d.reason == "stage 0 passed after 10m; promoting to stage 1 (50%)"
+    assert d.reason == "stage 1 passed after 10m; promoting to stage 2 (50%)"
 
 
 def test_inconclusive_never_promotes() -> None:
@@ -569,7 +569,7 @@ def test_inconclusive_never_promotes() -> None:
     assert a.verdict is Verdict.INCONCLUSIVE and state.late_inconclusive == 6
     d = decide(plan, a, state, 750.0)
     assert d.action is Action.HOLD
-    assert d.reason.startswith("stage 0 time is up but the latest check is INCONCLUSIVE: ")
+    assert d.reason.startswith("stage 1 time is up but the latest check is INCONCLUSIVE: ")
 
 
 @pytest.mark.parametrize(("mode", "action"), [
@@ -582,7 +582,7 @@ def test_on_inconclusive_applies_after_inconclusive_checks(mode: str, action: Ac
     a, state = run_stage(plan, 24)
     d = decide(plan, a, state, 720.0)
     assert (d.action, d.cause) == (action, "inconclusive")
-    assert d.reason.startswith("stage 0 still without evidence after 5 checks past its time")
+    assert d.reason.startswith("stage 1 still without evidence after 5 checks past its time")
     assert d.reason.endswith(f"on_inconclusive: {mode}")
 
 
@@ -602,7 +602,7 @@ def test_every_stage_has_a_deadline_by_default() -> None:
     a, state = run_stage(plan, 60)
     d = decide(plan, a, state, 1800.0)
     assert (d.action, d.cause) == (Action.PAUSE, "stage_deadline")
-    assert d.reason.startswith("stage 0 deadline 30m passed (latest verdict INCONCLUSIVE")
+    assert d.reason.startswith("stage 1 deadline 30m passed (latest verdict INCONCLUSIVE")
 
 
 def test_last_stage_manual_gate_and_deadline() -> None:
@@ -611,11 +611,11 @@ def test_last_stage_manual_gate_and_deadline() -> None:
     a, state = evaluate(1, plan, lane("stable", 2500), lane("canary", 2500), state, 600.0)
     d = decide(plan, a, state, 600.0)
     assert (d.action, d.next_stage) == (Action.AWAIT_APPROVAL, None)
-    assert d.reason == "stage 1 passed after 10m; promote to 100% needs approval"
+    assert d.reason == "stage 2 passed after 10m; promote to 100% needs approval"
     # a stage stuck on INCONCLUSIVE runs into the deadline
     a, state = evaluate(1, plan, lane("stable", 2500), lane("canary", 0), state, 1800.0)
     d = decide(plan, a, state, 1800.0)
-    assert d.action is Action.ROLLBACK and d.reason.startswith("deadline 30m passed in stage 1")
+    assert d.action is Action.ROLLBACK and d.reason.startswith("deadline 30m passed in stage 2")
     assert d.cause == "deadline" and d.rules == ()
     assert json.dumps(d.to_dict())
     # at the manual gate a passed deadline holds: the plan waits for a person, it is not late

@@ -153,7 +153,7 @@ def test_broken_deployments_are_reported_and_skipped_the_rest_goes_on(real_conn)
     c.srem(conn.keys.active_deployments, "bad{name}")
     now[0] += 2
     rep = ctl.tick()
-    assert "refused: stage 1 (50%)" in rep.actions, rep
+    assert "refused: stage 2 (50%)" in rep.actions, rep
     assert {e["queue"] for e in rep.errors} == set(BROKEN) - {"refused", "bad{name}"}
     stored = rollouts.controller_errors(conn)
     assert set(stored) == set(BROKEN) - {"refused", "bad{name}"}
@@ -201,7 +201,7 @@ def test_configure_refuses_max_weight_below_a_stage_of_the_active_plan(conn) -> 
     with pytest.raises(MaxWeightBelowWeightError) as err:
         service.configure_queue(conn, "payments", max_weight="49.99")
     assert err.value.field == "max_weight"
-    assert "below stage 1 (50%)" in str(err.value)
+    assert "below stage 2 (50%)" in str(err.value)
     assert conn.client.hgetall(conn.keys.queue("payments").config) == before
     assert service.configure_queue(conn, "payments", max_weight="50").max_weight_bp == 5000
     # once the deployment is over, any max_weight at or above the weights in force goes
@@ -218,7 +218,7 @@ def test_cli_configure_max_weight_below_a_stage_exits_2(real_conn) -> None:
     assert res.returncode == 2, res
     assert res.stderr.strip().splitlines() == [
         res.stderr.strip()], "one line, no traceback"
-    assert res.stderr.startswith("error: max_weight: 20% is below stage 1 (50%)"), res.stderr
+    assert res.stderr.startswith("error: max_weight: 20% is below stage 2 (50%)"), res.stderr
     assert queue_config.read_config(real_conn, "payments").max_weight_bp == 10000
 
 

@@ -89,18 +89,18 @@ def decide(plan: Plan, analysis: Analysis, state: AnalysisState, now_s: float, *
     elapsed = now_s - started
     if elapsed >= cfg.duration_s and analysis.verdict is Verdict.PASS:
         nxt = None if cfg.last else i + 1
-        where = "100%" if nxt is None else f"stage {nxt} ({plan.stages[nxt].percentage:g}%)"
+        where = "100%" if nxt is None else f"stage {nxt + 1} ({plan.stages[nxt].percentage:g}%)"
         if not cfg.auto_promote:
             return Decision(
                 Action.AWAIT_APPROVAL,
-                f"stage {i} passed after {format_duration(elapsed)}; promote to {where} "
+                f"stage {i + 1} passed after {format_duration(elapsed)}; promote to {where} "
                 "needs approval",
                 i,
                 nxt,
             )
         return Decision(
             Action.PROMOTE,
-            f"stage {i} passed after {format_duration(elapsed)}; promoting to {where}",
+            f"stage {i + 1} passed after {format_duration(elapsed)}; promoting to {where}",
             i,
             nxt,
         )
@@ -119,7 +119,7 @@ def decide(plan: Plan, analysis: Analysis, state: AnalysisState, now_s: float, *
             )
         return Decision(
             Action.ROLLBACK,
-            f"deadline {format_duration(plan.deadline)} passed in stage {i} "
+            f"deadline {format_duration(plan.deadline)} passed in stage {i + 1} "
             f"(latest verdict {analysis.verdict.value}: {analysis.reason})",
             i,
             cause="deadline",
@@ -129,9 +129,9 @@ def decide(plan: Plan, analysis: Analysis, state: AnalysisState, now_s: float, *
     if (stage_deadline or too_many) and not at_manual_gate:
         cause = "stage_deadline" if stage_deadline else "inconclusive"
         why = (
-            f"stage {i} deadline {format_duration(cfg.deadline_s or 0)} passed"
+            f"stage {i + 1} deadline {format_duration(cfg.deadline_s or 0)} passed"
             if stage_deadline
-            else f"stage {i} still without evidence after {state.late_inconclusive} checks "
+            else f"stage {i + 1} still without evidence after {state.late_inconclusive} checks "
             "past its time"
         )
         why += f" (latest verdict {analysis.verdict.value}: {analysis.reason})"
@@ -144,13 +144,13 @@ def decide(plan: Plan, analysis: Analysis, state: AnalysisState, now_s: float, *
     if elapsed >= cfg.duration_s:
         return Decision(
             Action.HOLD,
-            f"stage {i} time is up but the latest check is {analysis.verdict.value}: "
+            f"stage {i + 1} time is up but the latest check is {analysis.verdict.value}: "
             f"{analysis.reason}",
             i,
             cause="stage_time",
         )
     return Decision(
         Action.CONTINUE,
-        f"stage {i}: {format_duration(elapsed)} of {format_duration(cfg.duration_s)}",
+        f"stage {i + 1}: {format_duration(elapsed)} of {format_duration(cfg.duration_s)}",
         i,
     )
