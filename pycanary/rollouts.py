@@ -97,12 +97,15 @@ def check_max_weight(conn: Connection, queue: str, plan: Plan) -> None:
 
 def canary_consumers(conn: Connection, queue: str, version: str) -> list[registry.WorkerRecord]:
     """Live workers of ``version`` that will take the queue's canary lane once a deployment
-    names it: on it already (pinned with --lane canary) or in standby waiting for it. A worker
-    pinned to stable, retiring, stopping or past its deadline does not count."""
+    names it: on it already (pinned with --lane canary), in standby waiting for it, or
+    retiring because this version was rolled back (a retry or a new ramp of it takes it off the
+    rolled-back list, and the worker's next heartbeat puts it on the canary lane: the README's
+    "fix the build, restart the worker, retry"). A worker pinned to stable, stopping or past its
+    deadline does not count."""
     out = []
     for w in registry.list_workers(conn, ttl_ms=defaults.TTL_MS):
         if w.version != version or queue not in w.queues or \
-                w.state not in ("active", "standby"):
+                w.state not in ("active", "standby", "retiring"):
             continue
         if w.to_dict()["lanes"].get(queue, "-") in ("canary", "-"):
             out.append(w)

@@ -358,3 +358,31 @@ def test_canary_worker_killed_mid_ramp_is_rolled_back_nothing_lost(real_conn: Co
         assert len(done) - len(set(done)) <= 1  # only the job v2 ran when killed, at most
     finally:
         stop_all(procs)
+
+
+def test_retry_counts_a_worker_retiring_because_its_version_was_rolled_back(
+        real_conn: Connection) -> None:
+    """The README tour: v2 rolled back, its worker restarted with the fix (it comes up
+    retiring: v2 is rolled back), then `retry`. The preflight counts that worker, and once the
+    retry takes v2 off the rolled-back list the worker takes the canary lane."""
+    conn = real_conn
+    service.configure_queue(conn, "payments", stable_version="v1")
+
+    def v2_states() -> list[str]:
+        return [r.state for r in registry.list_workers(conn, ttl_ms=defaults.TTL_MS)
+                if r.version == "v2"]
+
+    def wait_until(pred, what: str) -> None:
+        deadline = time.monotonic() + 10
+        while not pred():
+            assert time.monotonic() < deadline, what
+            time.sleep(0.05)
+
+    with leading(conn):
+        rollouts.ramp(conn, "payments", "v2", PLAN, actor="t", force=True)
+        rollouts.rollback(conn, "payments", reason="bad build", actor="t")
+        with running(conn, "v2"):
+            wait_until(lambda: v2_states() == ["retiring"], "the restarted v2 worker retires")
+            dep = rollouts.retry(conn, "payments", actor="t")
+            assert (dep.canary_version, dep.weight_bp) == ("v2", 2000)
+            wait_until(lambda: v2_states() == ["active"], "v2 back on the canary lane")
