@@ -648,7 +648,7 @@ class Controller:
                 "stage", decision.reason, actor=self.id, now=now,
                 data={"stage": nxt, "weight_bp": plan.stages[nxt].weight_bp}))
             w.weight_bp, w.tenants_bp = plan.stages[nxt].weight_bp, plan.tenant_weights_bp(nxt)
-            w.label = f"stage {nxt + 1} ({plan.stages[nxt].percentage:g}%)"
+            w.label = plan.stage_label(nxt)
         elif action is Action.PROMOTE:
             w.then, w.reason = "promote", decision.reason
         elif action is Action.AWAIT_APPROVAL and dep.state != "awaiting_promotion":

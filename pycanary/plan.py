@@ -639,6 +639,11 @@ class Plan(_ConditionFields):
         merged = {**self.tenants, **self.stages[index].tenants}
         return {k: percent_to_bp(v) for k, v in merged.items()}
 
+    def stage_label(self, index: int) -> str:
+        """How people read stage ``index``: counted from 1, with its percentage. Field paths
+        (``stages[0]``) stay 0-based like the YAML; every message to a person uses this."""
+        return f"stage {index + 1} ({self.stages[index].percentage:g}%)"
+
     def settings(self, index: int) -> StageSettings:
         """Stage ``index`` with every condition resolved (stage, else top level, else default)."""
         if not 0 <= index < len(self.stages):

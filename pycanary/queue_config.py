@@ -223,7 +223,7 @@ def check_max_weight_against_plan(conn: Connection, queue: str, max_weight_bp: i
         return  # promoting / rolling back: weight 0, no stage to come
     plan = dep.plan
     for i, stage in enumerate(plan.stages):
-        weights = [(f"stage {i + 1} ({stage.percentage:g}%)", stage.weight_bp),
+        weights = [(plan.stage_label(i), stage.weight_bp),
                    *((f"stage {i + 1} tenant {t} ({w / 100:g}%)", w)
                      for t, w in plan.tenant_weights_bp(i).items())]
         for what, bp in weights:

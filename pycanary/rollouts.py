@@ -249,7 +249,7 @@ def promote(conn: Connection, queue: str, *, full: bool = False, actor: str | No
     final = full or dep.kind == "manual" or dep.last_stage
     if confirm is not None:
         confirm(dep, "100% (stable)" if final else
-                f"stage {dep.stage + 2} ({plan.stages[dep.stage + 1].percentage:g}%)")
+                plan.stage_label(dep.stage + 1))
     if final:
         deployments.promote_final(conn, dep, actor=actor, now=now,
                                   reason="promoted by " + actor + (" (--full)" if full else ""))
@@ -260,9 +260,8 @@ def promote(conn: Connection, queue: str, *, full: bool = False, actor: str | No
     nxt = dep.stage + 1
     st = AnalysisState.from_dict(dep.analysis_state) if dep.analysis_state else AnalysisState()
     st = st.enter_stage(nxt, now / 1000)
-    ev = deployments.event("stage", f"advanced to stage {nxt + 1} "
-                           f"({plan.stages[nxt].percentage:g}%)"
-                           f" by {actor}", actor=actor, now=now,
+    ev = deployments.event("stage", f"advanced to {plan.stage_label(nxt)} by {actor}",
+                           actor=actor, now=now,
                            data={"stage": nxt, "weight_bp": plan.stages[nxt].weight_bp})
     deployments.update(conn, dep, {"stage": nxt, "state": "active", "stage_started_at": now,
                                    "analysis_state": st.to_dict(), "paused_at": None},

@@ -89,7 +89,7 @@ def decide(plan: Plan, analysis: Analysis, state: AnalysisState, now_s: float, *
     elapsed = now_s - started
     if elapsed >= cfg.duration_s and analysis.verdict is Verdict.PASS:
         nxt = None if cfg.last else i + 1
-        where = "100%" if nxt is None else f"stage {nxt + 1} ({plan.stages[nxt].percentage:g}%)"
+        where = "100%" if nxt is None else plan.stage_label(nxt)
         if not cfg.auto_promote:
             return Decision(
                 Action.AWAIT_APPROVAL,
