@@ -957,18 +957,73 @@ def controller(
     typer.echo(f"controller {ctl.id} stopped", err=True)
 
 
+@app.command()
+def api(
+    ctx: typer.Context,
+    host: Annotated[str, typer.Option("--host", help="Address to listen on.")] = defaults.API_HOST,
+    port: Annotated[int, typer.Option("--port", help="TCP port to listen on.")] = defaults.API_PORT,
+    no_auth: Annotated[
+        bool, typer.Option("--no-auth", help="Serve without tokens (every caller is an "
+                           "operator); allowed only on a loopback --host.")] = False,
+    log_level: Annotated[str, typer.Option("--log-level", help="debug, info, warning.")] = "info",
+) -> None:
+    """Serve the admin HTTP API (OpenAPI at /openapi.json, docs at /docs).
+
+    Tokens come from PYCANARY_API_TOKENS ("viewer:<token>,operator:<token>"): viewers read,
+    operators may also change. /metrics (viewer) is the Prometheus scrape point; /healthz
+    needs no token.
+
+    Example: PYCANARY_API_TOKENS=operator:$(openssl rand -hex 16) pycanary api --port 8787
+    """
+    import ipaddress
+    import logging
+
+    import uvicorn
+
+    from .api import create_app
+    from .api.auth import parse_tokens
+
+    if not 1 <= port <= 65535:
+        raise ValidationError("must be 1..65535", field="port")
+    log_level = _choice(log_level, "log_level", ("debug", "info", "warning", "error"))
+    tokens = parse_tokens(Settings().api_tokens)
+    try:
+        loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = False
+    if no_auth:
+        if not loopback:
+            raise ValidationError(f"--no-auth is allowed only on a loopback address, not "
+                                  f"{host!r}: set PYCANARY_API_TOKENS instead", field="host")
+        store = None
+    elif not tokens:
+        raise ValidationError("no API tokens: set PYCANARY_API_TOKENS=\"viewer:<token>,"
+                              "operator:<token>\" (or --no-auth on a loopback --host)",
+                              field="PYCANARY_API_TOKENS")
+    else:
+        store = tokens
+    conn = _state(ctx).conn()
+    logging.basicConfig(level=getattr(logging, log_level.upper(), logging.INFO))
+    typer.echo(f"pycanary api on http://{host}:{port} "
+               f"({'no auth' if store is None else 'bearer tokens'})", err=True)
+    # access log off: request lines carry no tokens, but query strings may carry names a
+    # deployment would rather not print, and the app logs what matters itself
+    uvicorn.run(create_app(conn, tokens=store), host=host, port=port, log_level=log_level,
+                access_log=False)
+
+
 @app.command("metrics")
 def metrics_cmd(ctx: typer.Context) -> None:
-    """Print the Prometheus exposition (what the API's /metrics will serve).
+    """Print the Prometheus exposition (what the API's /metrics serves).
 
     Deployments, traffic split, promotions, rollbacks, jobs routed and processed per version,
     job durations, queue depths, workers.
 
     Example: pycanary metrics | grep pycanary_deployment
     """
-    from . import prom
+    from . import observability
 
-    sys.stdout.buffer.write(prom.render(_state(ctx).conn()))
+    sys.stdout.buffer.write(observability.metrics_text(_state(ctx).conn()))
 
 
 # -- demo --------------------------------------------------------------------------------------

@@ -45,3 +45,7 @@ def ttl_ms(heartbeat_s: float) -> int:
 
 #: TTL of workers with the default heartbeat.
 TTL_MS = ttl_ms(HEARTBEAT_S)
+
+#: Where `pycanary api` listens unless told otherwise: loopback, so a first try exposes nothing.
+API_HOST = "127.0.0.1"
+API_PORT = 8787

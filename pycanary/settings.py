@@ -22,3 +22,6 @@ class Settings(BaseSettings):
     redis_tls_ca: str | None = None
     redis_tls_cert: str | None = None
     redis_tls_key: str | None = None
+    #: Admin API bearer tokens, ``viewer:<token>,operator:<token>`` (pycanary/api/auth.py);
+    #: ``pycanary api`` refuses to start without them unless ``--no-auth`` on loopback.
+    api_tokens: str | None = None

@@ -1,0 +1,112 @@
+"""One error envelope for every response that is not a success:
+``{"error": {"code": "...", "message": "...", "field": "..." | null}}``.
+
+Status codes follow the exception's class (pycanary.errors), so the CLI's exit codes and the
+API's statuses come from the same place: user mistakes are 4xx, Redis unreachable is 503, and
+anything unexpected is a 500 whose body says nothing about the internals.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from .. import errors as E
+from ..plan import PlanError
+
+log = logging.getLogger("pycanary.api")
+
+
+class ErrorBody(BaseModel):
+    code: str
+    message: str
+    field: str | None = None
+
+
+class ErrorEnvelope(BaseModel):
+    error: ErrorBody
+
+
+def status_of(exc: E.PycanaryError) -> int:
+    """HTTP status of a pycanary error (most specific class first)."""
+    for cls, status in (
+        (E.PayloadTooLargeError, 413),
+        (E.ValidationError, 422),
+        (E.NoSuchQueueError, 404),
+        (E.PermissionDeniedError, 403),
+        (E.ConflictError, 409),
+        (E.StateError, 409),
+        (E.FencedError, 409),
+        (E.QueueFullError, 429),
+        (E.EnqueueTimeoutError, 504),
+        (E.ConnectionFailedError, 503),
+        (E.WrongTypeError, 500),
+    ):
+        if isinstance(exc, cls):
+            return status
+    return 400
+
+
+def envelope(status: int, code: str, message: str, field: str | None = None,
+             headers: dict[str, str] | None = None) -> JSONResponse:
+    body = {"error": {"code": code, "message": message, "field": field}}
+    return JSONResponse(status_code=status, content=body, headers=headers)
+
+
+#: Documented error responses of every route (OpenAPI), by status.
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    s: {"model": ErrorEnvelope, "description": d} for s, d in (
+        (401, "no or unknown bearer token"),
+        (403, "the token's role may not do this"),
+        (404, "no such queue, deployment or job"),
+        (409, "the queue's state does not allow it (nothing changed)"),
+        (413, "request body too large"),
+        (422, "a field is malformed or out of range (the envelope names it)"),
+        (503, "Redis is unreachable"),
+    )
+}
+
+
+def _field_of(loc: tuple[Any, ...]) -> str | None:
+    parts = [str(p) for p in loc if p not in ("body", "query", "path", "header")]
+    return ".".join(parts) or None
+
+
+def install(app: FastAPI) -> None:
+    """Route every exception through the envelope."""
+
+    @app.exception_handler(E.PycanaryError)
+    async def _pycanary(_: Request, exc: E.PycanaryError) -> JSONResponse:
+        return envelope(status_of(exc), exc.code, exc.message, exc.field)
+
+    @app.exception_handler(PlanError)
+    async def _plan(_: Request, exc: PlanError) -> JSONResponse:
+        # every defect at once, as plan loading reports them
+        return envelope(422, exc.code, "; ".join(exc.lines), exc.field or "plan")
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
+        errs = exc.errors()
+        first = errs[0] if errs else {"loc": (), "msg": "invalid request"}
+        msg = "; ".join(f"{_field_of(tuple(e.get('loc', ()))) or 'body'}: {e.get('msg', '')}"
+                        for e in errs[:5])
+        return envelope(422, "invalid", msg, _field_of(tuple(first.get("loc", ()))))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        code = {401: "unauthorized", 403: "forbidden", 404: "not_found",
+                405: "method_not_allowed", 413: "payload_too_large"}.get(exc.status_code,
+                                                                          "http_error")
+        return envelope(exc.status_code, code, str(exc.detail), None,
+                        headers=getattr(exc, "headers", None))
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unexpected error on %s %s", request.method, request.url.path)
+        return envelope(500, "internal", "internal error (see the API server's log)")
