@@ -671,7 +671,17 @@ def _parse_tenants(items: list[str] | None) -> dict[str, str]:
 
 def _dep_line(dep: Any) -> str:
     return (f"deployment {dep.id} on {dep.queue}: {dep.stable_version} -> {dep.canary_version}, "
-            f"{dep.state}, stage {dep.stage}, weight {dep.weight_bp / 100:g}%")
+            f"{dep.state}, {_stage_text(dep)}, weight {dep.weight_bp / 100:g}%")
+
+
+def _stage_text(dep: Any) -> str:
+    """"stage 2 (15%)" as every other view counts stages (from 1); a manual canary has none."""
+    if dep.kind == "manual":
+        return "manual"
+    try:
+        return dep.plan.stage_label(dep.stage)
+    except (IndexError, ValueError):
+        return f"stage {dep.stage + 1}"
 
 
 @canary_app.command("start")

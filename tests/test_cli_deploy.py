@@ -108,3 +108,19 @@ def test_ramp_watch_outside_a_terminal_prints_progress_and_times_out(real_conn,
     res = run("ramp", "payments", "--version", "v2", "--plan", str(plan), "--watch",
               "--timeout", "2s", "--json", prefix=prefix)
     assert_user_error(res, "queue")  # already active: named, not watched
+
+
+def test_ramp_summary_counts_stages_from_one(real_conn) -> None:
+    """The one-line summary of `ramp` (no --watch) names the stage as every view does:
+    "stage 1 (5%)", never the 0-based index; a manual canary says "manual"."""
+    prefix = real_conn.keys.prefix
+    service.configure_queue(real_conn, "payments", stable_version="v1")
+    res = run("ramp", "payments", "--version", "v2", "--plan",
+              str(ROOT / "examples/plans/design-card.yaml"), "--force", prefix=prefix)
+    assert res.returncode == 0, res.stderr
+    assert "stage 1 (5%)" in res.stdout and "stage 0" not in res.stdout, res.stdout
+    assert run("rollback", "payments", "--yes", prefix=prefix).returncode == 0
+    service.configure_queue(real_conn, "orders", stable_version="v1")
+    res = run("canary", "start", "orders", "--version", "v2", "--weight", "10", "--force",
+              prefix=prefix)
+    assert res.returncode == 0 and ", manual," in res.stdout, res.stdout
