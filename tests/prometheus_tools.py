@@ -100,6 +100,18 @@ class PrometheusProcess:
                 raise AssertionError(f"{expr} never matched; last {result}\n{self.log_text()}")
             time.sleep(0.5)
 
+    def wait_for_rules(self, timeout_s: float = 30.0) -> list[dict[str, Any]]:
+        """The rule groups once every rule was evaluated at least once (health not unknown)."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            groups = self.api("rules")["groups"]
+            rules = [r for g in groups for r in g["rules"]]
+            if rules and all(r["health"] != "unknown" for r in rules):
+                return groups
+            if time.monotonic() > deadline:
+                raise AssertionError(f"rules never evaluated: {groups}\n{self.log_text()}")
+            time.sleep(0.5)
+
     def stop(self) -> None:
         if self.proc.poll() is None:
             self.proc.terminate()
