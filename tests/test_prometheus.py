@@ -6,9 +6,11 @@ PYCANARY_REQUIRE_PROMETHEUS=1 (CI) makes that a failure."""
 from __future__ import annotations
 
 import shutil
+import urllib.error
 from pathlib import Path
 
 from tests.api_server import running_api
+from tests.dashboard import expressions, load, promql
 from tests.observed import QUEUE, observed_deployment
 from tests.prometheus_tools import PrometheusProcess, binary
 
@@ -89,6 +91,21 @@ def test_prometheus_scrapes_the_api_and_answers_queries(real_conn, tmp_path: Pat
             bad = [(r["name"], r.get("lastError")) for g in groups for r in g["rules"]
                    if r["health"] != "ok"]
             assert bad == []
+
+            # every query of the Grafana dashboard is PromQL this Prometheus runs
+            failed = {}
+            exprs = [e for e in expressions(load()) if not e.startswith("label_values(")]
+            assert len(exprs) > 20
+            for expr in exprs:
+                try:
+                    prom.query(promql(expr, QUEUE))
+                except urllib.error.HTTPError as exc:
+                    failed[expr] = exc.read().decode()
+            assert failed == {}
+            # and the ones on gauges answer with the deployment's values
+            weight = prom.query(promql(
+                'max(canary_traffic_split_percentage{queue=~"$queue",lane="canary"})', QUEUE))
+            assert value(weight) == 50.0
         finally:
             prom.stop()
     seen.leader.release()
