@@ -8,7 +8,14 @@ replicas export the same values.
 
 A scrape costs five round trips whatever the number of queues (every read is pipelined) and
 never SCANs: queues come from the ``Keys.queues`` set (plus the active-deployment set), each
-queue's deployment from its deployment hash, workers from the registry sorted set.
+queue's deployment from its deployment hash, workers from the registry sorted set
+(tests/test_prom.py counts the round trips).
+
+Per-version series carry ``lane`` (the lane that ran the attempts: totals are kept per version
+and lane) as well as ``version``, so a dashboard compares the lanes with ``sum by (lane)`` and
+follows one version across its promotion with ``sum by (version)``. ``pycanary_lane_version``
+says which version each lane is configured to run now. The leader gauges come from the lease
+and its start record (``Keys.leader_since``, written by leader_acquire.lua).
 
 Known limits, on purpose:
 

@@ -291,3 +291,46 @@ def test_dead_letters_retries_waiting_and_the_leader(conn) -> None:
     assert val(s, "pycanary_controller_leader_epoch") == 1
     assert 90 <= val(s, "pycanary_controller_leader_age_seconds") < 120
     lead.release()
+
+
+class _CountingClient:
+    """Wraps a client: counts round trips (each direct command, each pipeline execute)."""
+
+    def __init__(self, client) -> None:
+        self._client = client
+        self.round_trips = 0
+
+    def pipeline(self, *args, **kwargs):
+        pipe = self._client.pipeline(*args, **kwargs)
+        execute = pipe.execute
+
+        def counted(*a, **k):
+            self.round_trips += 1
+            return execute(*a, **k)
+
+        pipe.execute = counted
+        return pipe
+
+    def __getattr__(self, name: str):
+        attr = getattr(self._client, name)
+        if callable(attr):
+            def counted(*a, **k):
+                self.round_trips += 1
+                return attr(*a, **k)
+            return counted
+        return attr
+
+
+@pytest.mark.parametrize("n_queues", [1, 6])
+def test_a_scrape_costs_five_round_trips_whatever_the_number_of_queues(conn, n_queues) -> None:
+    producer = Producer(conn)
+    for i in range(n_queues):
+        service.configure_queue(conn, f"q{i}", stable_version="v1")
+        producer.enqueue(f"q{i}", {"i": i})
+    registry.heartbeat(conn, "w-1", version="v1", queues={"q0": "stable"},
+                       info={"state": "active"}, ttl_ms=60_000)
+    counting = _CountingClient(conn.client)
+    collector = prom.RedisCollector(SimpleNamespace(client=counting, keys=conn.keys))
+    families = {f.name: f for f in collector.collect()}
+    assert counting.round_trips == 5
+    assert len(families["pycanary_dlq_length"].samples) == n_queues
