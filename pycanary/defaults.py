@@ -21,6 +21,9 @@ BACKOFF_S = 1.0
 BACKOFF_MAX_S = 300.0
 #: Leader lease of the controller, in seconds.
 LEASE_S = 5.0
+#: Seconds a health probe (/healthz) waits for Redis before it answers "down": a probe must
+#: answer fast even when Redis hangs, or the orchestrator's own probe times out first.
+HEALTH_TIMEOUT_S = 1.0
 #: Jobs moved per drain script call.
 DRAIN_BATCH = 500
 #: Seconds between controller ticks.

@@ -184,6 +184,12 @@ class Keys:
         return f"{self.prefix}:{{controller}}:epoch"
 
     @property
+    def leader_since(self) -> str:
+        """String "epoch:acquired_ms": when the latest leadership began (leader_acquire), for
+        the leader's age in /metrics and /healthz. Trusted only while its epoch is the lease's."""
+        return f"{self.prefix}:{{controller}}:leader_since"
+
+    @property
     def controller_errors(self) -> str:
         """Hash: queue name -> JSON of the controller's current error with that queue's
         deployment (plain HSET/HDEL; names need not be valid queue names)."""

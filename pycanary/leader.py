@@ -35,6 +35,7 @@ import socket
 import time
 import uuid
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import redis
@@ -42,6 +43,7 @@ import redis
 from . import defaults
 from .connection import Connection
 from .errors import FENCED, raise_for_code
+from .keys import Keys
 from .validation import queue_name
 
 log = logging.getLogger("pycanary.leader")
@@ -121,7 +123,8 @@ class Leadership:
     def _acquire(self, started: float) -> None:
         keys = self.conn.keys
         res = self.conn.scripts.call(
-            "leader_acquire", [keys.leader, keys.leader_epoch], [self.token, self._lease_ms])
+            "leader_acquire", [keys.leader, keys.leader_epoch, keys.leader_since],
+            [self.token, self._lease_ms, defaults.now_ms()])
         if isinstance(res, int):
             raise_for_code(res, script="leader_acquire", field="lease_s")
         epoch, value = int(res[0]), res[1]
@@ -231,3 +234,56 @@ def holder(conn: Connection) -> str | None:
     the ramp preflight ("no controller is running"); never base a controller write on it (the
     lease may lapse right after the read: fencing, not this, keeps writes safe)."""
     return conn.client.get(conn.keys.leader)
+
+
+@dataclass(frozen=True)
+class LeaderInfo:
+    """Who leads the controllers and since when, as Redis says now (for /metrics, /healthz).
+
+    ``acquired_ms`` is the leader's own wall clock when it took the lease (leader_acquire's
+    ``now_ms``), so ``age_s`` is off by the clock difference between that host and the reader's;
+    None when the start is unknown (a lease taken by a controller older than the record).
+    """
+
+    epoch: int
+    token: str
+    acquired_ms: int | None
+
+    def age_s(self, now_ms: int) -> float | None:
+        """Seconds since the leadership began (never negative), or None if unknown."""
+        if self.acquired_ms is None:
+            return None
+        return max(0.0, (now_ms - self.acquired_ms) / 1000)
+
+
+def read_leader_on(pipe: Any, keys: Keys) -> None:
+    """Queue on a pipeline the reads `decode_leader` needs (the lease and its start record, one
+    cluster slot), so a caller batching other reads pays no extra round trip."""
+    pipe.get(keys.leader)
+    pipe.get(keys.leader_since)
+
+
+def decode_leader(value: str | None, since: str | None) -> LeaderInfo | None:
+    """The replies of `read_leader_on` as a LeaderInfo, or None if nobody leads. A start
+    record of another epoch (an older leadership's) or unparsable is "unknown", never guessed."""
+    if not value:
+        return None
+    epoch_s, _, token = value.partition(":")
+    try:
+        epoch = int(epoch_s)
+    except ValueError:
+        return None
+    acquired: int | None = None
+    if since:
+        since_epoch, _, ms = since.partition(":")
+        if since_epoch == epoch_s and ms.isdigit():
+            acquired = int(ms)
+    return LeaderInfo(epoch, token, acquired)
+
+
+def leader_info(conn: Connection) -> LeaderInfo | None:
+    """The current leader with its start, in one round trip (see LeaderInfo)."""
+    pipe = conn.client.pipeline(transaction=False)
+    read_leader_on(pipe, conn.keys)
+    value, since = pipe.execute()
+    return decode_leader(value, since)

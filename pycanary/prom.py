@@ -8,7 +8,14 @@ replicas export the same values.
 
 A scrape costs five round trips whatever the number of queues (every read is pipelined) and
 never SCANs: queues come from the ``Keys.queues`` set (plus the active-deployment set), each
-queue's deployment from its deployment hash, workers from the registry sorted set.
+queue's deployment from its deployment hash, workers from the registry sorted set
+(tests/test_prom.py counts the round trips).
+
+Per-version series carry ``lane`` (the lane that ran the attempts: totals are kept per version
+and lane) as well as ``version``, so a dashboard compares the lanes with ``sum by (lane)`` and
+follows one version across its promotion with ``sum by (version)``. ``pycanary_lane_version``
+says which version each lane is configured to run now. The leader gauges come from the lease
+and its start record (``Keys.leader_since``, written by leader_acquire.lua).
 
 Known limits, on purpose:
 
@@ -40,7 +47,7 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
-from . import defaults, histogram, metrics, registry, service
+from . import defaults, histogram, leader, metrics, registry, service
 from .connection import Connection
 from .deployments import ACTIVE_STATES
 from .keys import LANES
@@ -107,6 +114,9 @@ class QueueSnapshot:
     counters: dict[str, int] = field(default_factory=dict)
     routed: dict[str, int] = field(default_factory=dict)
     depth: dict[str, int] = field(default_factory=dict)
+    #: lane -> retries waiting out their backoff (the lane's delayed set)
+    delayed: dict[str, int] = field(default_factory=dict)
+    dlq: int = 0
     versions: set[str] = field(default_factory=set)
     #: (version, lane) -> running totals; pairs with no totals hash are left out.
     totals: dict[tuple[str, str], metrics.Fields] = field(default_factory=dict)
@@ -135,6 +145,10 @@ class RedisCollector(Collector):
         self.worker_ttl_ms = defaults.ttl_ms(heartbeat_s)
         #: (queue, reason) -> deployments the controller skipped, as of the last read()
         self.controller_errors: dict[tuple[str, str], int] = {}
+        #: the controller leader as of the last read(), None when nobody leads
+        self.leader: leader.LeaderInfo | None = None
+        #: this process's clock at the last read(), the "now" of the leader's age
+        self.read_at_ms = 0
 
     # -- reading ------------------------------------------------------------------------------
     def read(self) -> tuple[list[QueueSnapshot], list[registry.WorkerRecord]]:
@@ -144,7 +158,10 @@ class RedisCollector(Collector):
         pipe.smembers(keys.queues)
         pipe.smembers(keys.active_deployments)
         pipe.hgetall(keys.controller_errors_total)
-        listed, active, errors = pipe.execute()
+        leader.read_leader_on(pipe, keys)
+        listed, active, errors, lease, since = pipe.execute()
+        self.read_at_ms = defaults.now_ms()
+        self.leader = leader.decode_leader(lease, since)
         self.controller_errors = {}
         for name, n in errors.items():
             reason, _, queue = name.partition(":")
@@ -161,6 +178,9 @@ class RedisCollector(Collector):
             service.read_lanes(pipe, qk)
             pipe.zrange(qk.former_stable, 0, -1)
             pipe.smembers(qk.rolled_back)
+            pipe.llen(qk.dlq)
+            for lane in LANES:
+                pipe.zcard(qk.delayed(lane))
         replies = iter(pipe.execute())
         for qs in queues:
             (weight, stable, canary), (dep_id, state, dep_stable, dep_canary) = (
@@ -171,6 +191,8 @@ class RedisCollector(Collector):
             qs.counters = {k: int(v) for k, v in next(replies).items()}
             qs.depth, qs.routed = service.decode_lanes(replies)
             former, rolled_back = next(replies), next(replies)
+            qs.dlq = int(next(replies))
+            qs.delayed = {lane: int(next(replies)) for lane in LANES}
             qs.versions = {v for v in (stable, canary, dep_stable, dep_canary) if v}
             qs.versions |= set(former) | set(rolled_back)
             qs.versions |= {w.version for w in workers if qs.name in w.queues}
@@ -194,22 +216,28 @@ class RedisCollector(Collector):
 
     def collect(self) -> Iterable[Metric]:
         queues, workers = self.read()
-        return self._families(queues, workers, self.controller_errors)
+        return self._families(queues, workers, self.controller_errors, self.leader,
+                              self.read_at_ms)
 
     def _families(self, queues: list[QueueSnapshot], workers: list[registry.WorkerRecord],
-                  errors: dict[tuple[str, str], int] | None = None) -> Iterator[Metric]:
+                  errors: dict[tuple[str, str], int] | None = None,
+                  lead: leader.LeaderInfo | None = None, now_ms: int = 0) -> Iterator[Metric]:
         yield self._deployments_active(queues)
         yield self._traffic_split(queues)
         yield from self._deployment_counters(queues)
+        yield self._lane_version(queues)
         yield self._routed(queues)
         yield self._processed(queues)
         yield self._first_attempts(queues)
         yield self._duration(queues)
         yield self._cpu(queues)
         yield self._depth(queues)
+        yield self._delayed(queues)
+        yield self._dlq(queues)
         yield self._workers(workers)
         yield self._rss(workers)
         yield self._controller_errors(errors or {})
+        yield from self._leader(lead, now_ms)
 
     @staticmethod
     def _deployments_active(queues: list[QueueSnapshot]) -> Metric:
@@ -228,12 +256,34 @@ class RedisCollector(Collector):
     def _traffic_split(queues: list[QueueSnapshot]) -> Metric:
         # The queue config's weight is what route_enqueue uses, so it is the truth even when an
         # operator set it without a deployment (deployment_id is then empty).
+        # Both lanes, so that a graph or a query by lane shows the split side by side; the
+        # canary sample is the weight (what the design card calls the traffic split). Tenant
+        # overrides are not reflected: this is the queue's own weight.
         g = GaugeMetricFamily(
             "canary_traffic_split_percentage",
-            "Share of the queue's new jobs routed to the canary lane, in percent",
-            labels=["queue", "deployment_id"])
+            "Share of the queue's new jobs routed to each lane, in percent (canary = the "
+            "queue's weight, stable = 100 - weight)",
+            labels=["queue", "deployment_id", "lane"])
         for qs in queues:
-            g.add_metric([qs.name, qs.deployment_id if qs.active else ""], qs.weight_bp / 100)
+            dep = qs.deployment_id if qs.active else ""
+            g.add_metric([qs.name, dep, "canary"], qs.weight_bp / 100)
+            g.add_metric([qs.name, dep, "stable"], (10_000 - qs.weight_bp) / 100)
+        return g
+
+    @staticmethod
+    def _lane_version(queues: list[QueueSnapshot]) -> Metric:
+        # The versions in force, to join per-version series with their role today
+        # (`* on(queue, version) group_left(lane)`): stable_version serves the stable lane, the
+        # canary version (config, else the deployment's) the canary lane.
+        g = GaugeMetricFamily(
+            "pycanary_lane_version",
+            "1 for the version each lane of the queue is configured to run now",
+            labels=["queue", "lane", "version"])
+        for qs in queues:
+            if qs.stable_version:
+                g.add_metric([qs.name, "stable", qs.stable_version], 1.0)
+            if qs.canary_version:
+                g.add_metric([qs.name, "canary", qs.canary_version], 1.0)
         return g
 
     @staticmethod
@@ -295,18 +345,15 @@ class RedisCollector(Collector):
     @staticmethod
     def _per_version_histogram(queues: list[QueueSnapshot], name: str, doc: str,
                                hist_of: Callable[[metrics.Fields], dict[int, int]]) -> Metric:
-        # Lanes are summed: the histogram answers "how fast is this version", and a version
-        # normally runs in one lane (a promoted canary moves lanes but not speed).
-        h = HistogramMetricFamily(name, doc, labels=["queue", "version"])
+        # Per (version, lane) as the totals are kept: a graph of "canary vs stable" is then a
+        # `sum by (lane, le)`, and one of a version across a promotion a `sum by (version, le)`.
+        h = HistogramMetricFamily(name, doc, labels=["queue", "lane", "version"])
         for qs in queues:
-            by_version: dict[str, dict[int, int]] = {}
-            for (version, _lane), totals in sorted(qs.totals.items()):
-                by_version[version] = histogram.merge(by_version.get(version, {}),
-                                                      hist_of(totals))
-            for version, hist in by_version.items():
+            for (version, lane), totals in sorted(qs.totals.items()):
+                hist = hist_of(totals)
                 if hist:
                     buckets, total_s = duration_buckets(hist)
-                    h.add_metric([qs.name, version], buckets, total_s)
+                    h.add_metric([qs.name, lane, version], buckets, total_s)
         return h
 
     @classmethod
@@ -328,6 +375,23 @@ class RedisCollector(Collector):
         g = GaugeMetricFamily("pycanary_queue_depth", "Jobs waiting in the lane (not retries)",
                               labels=["queue", "lane"])
         return _per_lane(g, queues, lambda qs: qs.depth)
+
+    @staticmethod
+    def _delayed(queues: list[QueueSnapshot]) -> Metric:
+        g = GaugeMetricFamily(
+            "pycanary_retries_waiting",
+            "Failed jobs waiting out their retry backoff, by the lane they return to",
+            labels=["queue", "lane"])
+        return _per_lane(g, queues, lambda qs: qs.delayed)
+
+    @staticmethod
+    def _dlq(queues: list[QueueSnapshot]) -> Metric:
+        g = GaugeMetricFamily("pycanary_dlq_length",
+                              "Dead letters of the queue (jobs out of attempts, poison jobs)",
+                              labels=["queue"])
+        for qs in queues:
+            g.add_metric([qs.name], qs.dlq)
+        return g
 
     @staticmethod
     def _workers(workers: list[registry.WorkerRecord]) -> Metric:
@@ -370,6 +434,24 @@ class RedisCollector(Collector):
         for (queue, reason), n in sorted(errors.items()):
             c.add_metric([queue, reason], n)
         return c
+
+
+    @staticmethod
+    def _leader(lead: leader.LeaderInfo | None, now_ms: int) -> Iterator[Metric]:
+        # Always one sample each: 0 when nobody leads, so `== 0` alerts need no absent().
+        # The age is 0 too when the start is unknown (a lease taken before leader_since
+        # existed); the epoch still says who leads.
+        epoch = GaugeMetricFamily(
+            "pycanary_controller_leader_epoch",
+            "Fencing epoch of the controller holding the leader lease, 0 when none does")
+        age = GaugeMetricFamily(
+            "pycanary_controller_leader_age_seconds",
+            "Seconds since the current controller leadership began (the leader's clock at "
+            "acquire against this process's), 0 when none leads")
+        epoch.add_metric([], lead.epoch if lead else 0)
+        age.add_metric([], (lead.age_s(now_ms) or 0.0) if lead else 0.0)
+        yield epoch
+        yield age
 
 
 def render(conn: Connection, *, heartbeat_s: float = defaults.HEARTBEAT_S) -> bytes:

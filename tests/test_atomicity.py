@@ -123,7 +123,7 @@ def _script_keys(keys: Keys, queue: str) -> dict[str, list[str]]:
         "heartbeat": keys.heartbeat_keys("w:1"),
         "forget_worker": keys.heartbeat_keys("w:1"),
         "release_lock": [keys.reaper_lock],
-        "leader_acquire": [keys.leader, keys.leader_epoch],
+        "leader_acquire": [keys.leader, keys.leader_epoch, keys.leader_since],
         "leader_renew": [keys.leader],
         "fence_queue": [qk.fence],
     }
@@ -211,7 +211,8 @@ def _typed_calls(keys: Keys) -> dict[str, tuple[list[tuple[str, str]], list]]:
         "dead_letters": ([(qk.dlq, "list"), (qk.lane_stable, "list")],
                          ["requeue", '{"id":"j1"}', '{"id":"j1","attempts":0}']),
         "fence_queue": ([(qk.fence, "string")], [3]),
-        "leader_acquire": ([(keys.leader, "string"), (keys.leader_epoch, "string")], ["t", 5000]),
+        "leader_acquire": ([(keys.leader, "string"), (keys.leader_epoch, "string"),
+                            (keys.leader_since, "string")], ["t", 5000, 1000]),
         "leader_renew": ([(keys.leader, "string")], ["1:t", 5000]),
         "release_lock": ([(keys.reaper_lock, "string")], ["t"]),
     }
@@ -242,7 +243,8 @@ _BAD_ARGS = [
     ("drain_lane", 0, "0"), ("drain_lane", 0, "5001"),
     ("dead_letters", 0, "move"), ("dead_letters", 1, ""), ("dead_letters", 2, ""),
     ("fence_queue", 0, "0"), ("fence_queue", 0, "x"),
-    ("leader_acquire", 1, "0"), ("leader_acquire", 0, ""), ("leader_renew", 1, "1.5"),
+    ("leader_acquire", 1, "0"), ("leader_acquire", 0, ""), ("leader_acquire", 2, "x"),
+    ("leader_renew", 1, "1.5"),
     ("release_lock", 0, ""),
 ]
 
@@ -304,7 +306,7 @@ def test_every_owned_script_refuses_wrong_key_types_changing_nothing(real_conn) 
             checked += 1
             for k, _ in typed:
                 conn.client.delete(k)
-    assert checked == sum(len(t) for t, _ in calls.values()) == 65
+    assert checked == sum(len(t) for t, _ in calls.values()) == 66
 
 
 @pytest.mark.parametrize(("name", "index", "value"), _BAD_ARGS)

@@ -144,14 +144,20 @@ def test_unreachable_redis_runs_out_by_the_local_clock(memory_conn, monkeypatch)
 def test_scripts_directly(conn) -> None:
     """Acquire is idempotent for the token holding the lease; bad arguments are refused."""
     keys = conn.keys
-    acquire = [keys.leader, keys.leader_epoch]
-    assert conn.scripts.call("leader_acquire", acquire, ["t1", 5000]) == [1, "1:t1"]
-    assert conn.scripts.call("leader_acquire", acquire, ["t1", 5000]) == [1, "1:t1"]
-    assert conn.scripts.call("leader_acquire", acquire, ["t2", 5000]) == [0, "1:t1"]
+    acquire = [keys.leader, keys.leader_epoch, keys.leader_since]
+    assert conn.scripts.call("leader_acquire", acquire, ["t1", 5000, 1000]) == [1, "1:t1"]
+    assert conn.client.get(keys.leader_since) == "1:1000"
+    # a retry by the holder and a refused contender leave the start record alone
+    assert conn.scripts.call("leader_acquire", acquire, ["t1", 5000, 2000]) == [1, "1:t1"]
+    assert conn.scripts.call("leader_acquire", acquire, ["t2", 5000, 3000]) == [0, "1:t1"]
+    assert conn.client.get(keys.leader_since) == "1:1000"
     assert conn.scripts.call("leader_renew", [keys.leader], ["1:t2", 5000]) == 0
     assert conn.scripts.call("leader_renew", [keys.leader], ["1:t1", 5000]) == 1
-    assert conn.scripts.call("leader_acquire", acquire, ["t1", 0]) == INVALID_ARGUMENT
-    assert conn.scripts.call("leader_acquire", acquire, ["", 5000]) == INVALID_ARGUMENT
+    assert conn.scripts.call("leader_acquire", acquire, ["t1", 0, 1]) == INVALID_ARGUMENT
+    assert conn.scripts.call("leader_acquire", acquire, ["", 5000, 1]) == INVALID_ARGUMENT
+    for bad_now in ("", "-1", "1.5", "soon"):
+        assert conn.scripts.call("leader_acquire", acquire,
+                                 ["t3", 5000, bad_now]) == INVALID_ARGUMENT, bad_now
     assert conn.scripts.call("leader_renew", [keys.leader], ["1:t1", "x"]) == INVALID_ARGUMENT
     for bad in ("", "0", "-1", "1.5", "x"):
         assert fence(conn, "payments", bad) == INVALID_ARGUMENT, bad
@@ -160,3 +166,28 @@ def test_scripts_directly(conn) -> None:
     assert fence(conn, "payments", 2) == FENCED
     assert fence(conn, "payments", 4) == 1
     assert conn.client.get(keys.queue("payments").fence) == "4"
+
+
+def test_leader_info_knows_when_the_leadership_began(conn) -> None:
+    """The start record is written with a new epoch only, and read with the lease."""
+    from pycanary import leader
+
+    assert leader.leader_info(conn) is None
+    a = Leadership(conn, controller_id="a")
+    before = time.time_ns() // 1_000_000
+    assert a.tick()
+    after = time.time_ns() // 1_000_000
+    info = leader.leader_info(conn)
+    assert info is not None and (info.epoch, info.token) == (1, a.token)
+    assert info.acquired_ms is not None and before <= info.acquired_ms <= after
+    assert info.age_s(info.acquired_ms + 2500) == 2.5
+    assert info.age_s(info.acquired_ms - 10) == 0.0  # a reader's clock behind: never negative
+    assert a.tick()  # renewing keeps the start
+    assert leader.leader_info(conn) == info
+    assert a.release()
+    assert leader.leader_info(conn) is None
+    # a start record of another epoch is not this leadership's: its age is unknown
+    conn.client.set(conn.keys.leader, f"7:{a.token}")
+    assert leader.leader_info(conn) == leader.LeaderInfo(7, a.token, None)
+    assert leader.decode_leader("x:y", "1:5") is None
+    assert leader.decode_leader("3:t", "3:abc") == leader.LeaderInfo(3, "t", None)

@@ -21,10 +21,11 @@ from tests.test_worker import run_until
 PLAN = {"stages": [{"percentage": 50, "duration": "10m"}]}
 FAMILIES = [
     "canary_deployments_active", "canary_traffic_split_percentage", "canary_promotions",
-    "canary_rollbacks", "pycanary_jobs_routed", "pycanary_jobs_processed",
+    "canary_rollbacks", "pycanary_lane_version", "pycanary_jobs_routed", "pycanary_jobs_processed",
     "pycanary_job_first_attempts", "pycanary_job_duration_seconds", "pycanary_job_cpu_seconds",
-    "pycanary_queue_depth", "pycanary_workers", "pycanary_worker_rss_bytes",
-    "pycanary_controller_errors",
+    "pycanary_queue_depth", "pycanary_retries_waiting", "pycanary_dlq_length",
+    "pycanary_workers", "pycanary_worker_rss_bytes", "pycanary_controller_errors",
+    "pycanary_controller_leader_epoch", "pycanary_controller_leader_age_seconds",
 ]
 
 Samples = dict[tuple[str, frozenset], float]
@@ -111,7 +112,11 @@ def test_routing_processing_depth_split_and_workers(conn) -> None:
         assert val(s, "canary_deployments_active", queue="payments",
                    status=status) == (1.0 if status == "active" else 0.0)
     assert series(s, "canary_traffic_split_percentage") == {
-        frozenset({"queue": "payments", "deployment_id": dep.id}.items()): 50.0}
+        frozenset({"queue": "payments", "deployment_id": dep.id, "lane": lane}.items()): 50.0
+        for lane in ("stable", "canary")}
+    assert series(s, "pycanary_lane_version") == {
+        frozenset({"queue": "payments", "lane": "stable", "version": "v1"}.items()): 1.0,
+        frozenset({"queue": "payments", "lane": "canary", "version": "v2"}.items()): 1.0}
     assert series(s, "canary_promotions_total") == {
         frozenset({"queue": "payments", "outcome": "completed"}.items()): 0.0}
     assert series(s, "canary_rollbacks_total") == {}
@@ -134,14 +139,14 @@ def test_routing_processing_depth_split_and_workers(conn) -> None:
 
     for version, lane in (("v1", "stable"), ("v2", "canary")):
         attempts = jobs[lane] + failing[lane]  # ok + failed
-        assert val(s, "pycanary_job_duration_seconds_count", queue="payments",
+        assert val(s, "pycanary_job_duration_seconds_count", queue="payments", lane=lane,
                    version=version) == attempts
-        assert val(s, "pycanary_job_duration_seconds_bucket", queue="payments",
+        assert val(s, "pycanary_job_duration_seconds_bucket", queue="payments", lane=lane,
                    version=version, le="+Inf") == attempts
-        assert val(s, "pycanary_job_duration_seconds_sum", queue="payments",
+        assert val(s, "pycanary_job_duration_seconds_sum", queue="payments", lane=lane,
                    version=version) > 0
         # every attempt's handler CPU time is recorded; each job had one first attempt
-        assert val(s, "pycanary_job_cpu_seconds_count", queue="payments",
+        assert val(s, "pycanary_job_cpu_seconds_count", queue="payments", lane=lane,
                    version=version) == attempts
         assert val(s, "pycanary_job_first_attempts_total", queue="payments", lane=lane,
                    version=version, outcome="all") == jobs[lane]
@@ -173,7 +178,8 @@ def test_rollback_then_promotion_counters_and_remembered_versions(conn) -> None:
         frozenset({"queue": "payments", "reason": "manual"}.items()): 1.0}
     assert val(s, "canary_promotions_total", queue="payments", outcome="completed") == 0
     assert series(s, "canary_traffic_split_percentage") == {
-        frozenset({"queue": "payments", "deployment_id": ""}.items()): 0.0}
+        frozenset({"queue": "payments", "deployment_id": "", "lane": "canary"}.items()): 0.0,
+        frozenset({"queue": "payments", "deployment_id": "", "lane": "stable"}.items()): 100.0}
     assert all(v == 0 for v in series(s, "canary_deployments_active").values())
     # the canary lane drained into stable; routed counts keep what routing decided
     assert val(s, "pycanary_queue_depth", queue="payments", lane="canary") == 0
@@ -188,7 +194,8 @@ def test_rollback_then_promotion_counters_and_remembered_versions(conn) -> None:
     assert val(s, "canary_promotions_total", queue="payments", outcome="completed") == 1
     assert val(s, "canary_rollbacks_total", queue="payments", reason="manual") == 1
     assert series(s, "canary_traffic_split_percentage") == {
-        frozenset({"queue": "payments", "deployment_id": ""}.items()): 0.0}
+        frozenset({"queue": "payments", "deployment_id": "", "lane": "canary"}.items()): 0.0,
+        frozenset({"queue": "payments", "deployment_id": "", "lane": "stable"}.items()): 100.0}
     # v1 (former stable) and v2 (rolled back) are still found with no worker naming them
     ok = {(dict(k)["version"], dict(k)["lane"]): v
           for k, v in series(s, "pycanary_jobs_processed_total").items()
@@ -202,7 +209,11 @@ def test_duration_histogram_buckets_in_seconds(conn) -> None:
     ack_direct(conn, "v1", "canary", [histogram.N_BUCKETS - 1])  # >= 10 min: only in +Inf
     s = scrape(conn)
     buckets = {dict(k)["le"]: v for k, v in series(s, "pycanary_job_duration_seconds_bucket")
-               .items()}
+               .items() if dict(k)["lane"] == "stable"}
+    canary = {dict(k)["le"]: v for k, v in series(s, "pycanary_job_duration_seconds_bucket")
+              .items() if dict(k)["lane"] == "canary"}
+    # the canary lane's one run of 10 min or more: only in +Inf
+    assert canary == {le: (1.0 if le == "+Inf" else 0.0) for le in prom.BUCKET_LE}
     les = list(buckets)
     assert les == prom.BUCKET_LE and len(les) == histogram.N_BUCKETS
     bounds = [float(le) for le in les]
@@ -211,20 +222,28 @@ def test_duration_histogram_buckets_in_seconds(conn) -> None:
     b10 = f"{histogram.bucket_bounds(10)[1] / 1e6:.6g}"
     b9 = f"{histogram.bucket_bounds(9)[1] / 1e6:.6g}"
     assert (buckets["0.0001"], buckets[b9], buckets[b10]) == (2, 2, 5)
-    assert (buckets["600.0"], buckets["+Inf"]) == (5, 6)
+    assert (buckets["600.0"], buckets["+Inf"]) == (5, 5)
     counts = list(buckets.values())
     assert all(a <= b for a, b in itertools.pairwise(counts))  # cumulative
-    assert val(s, "pycanary_job_duration_seconds_count", queue="payments", version="v1") == 6
-    expected_sum = (2 * histogram.bucket_value(0) + 3 * histogram.bucket_value(10)
-                    + histogram.bucket_value(histogram.N_BUCKETS - 1)) / 1e6
-    assert val(s, "pycanary_job_duration_seconds_sum", queue="payments",
+    assert val(s, "pycanary_job_duration_seconds_count", queue="payments", lane="stable",
+               version="v1") == 5
+    expected_sum = (2 * histogram.bucket_value(0) + 3 * histogram.bucket_value(10)) / 1e6
+    assert val(s, "pycanary_job_duration_seconds_sum", queue="payments", lane="stable",
                version="v1") == pytest.approx(expected_sum)
+    assert val(s, "pycanary_job_duration_seconds_sum", queue="payments", lane="canary",
+               version="v1") == pytest.approx(
+                   histogram.bucket_value(histogram.N_BUCKETS - 1) / 1e6)
 
 
 def test_empty_redis_exports_every_family_without_samples(conn) -> None:
     families = list(text_string_to_metric_families(prom.render(conn).decode()))
     assert [f.name for f in families] == FAMILIES
-    assert all(not f.samples for f in families)
+    # nobody leads: the leader gauges say 0 (so `== 0` alerts need no absent()), nothing else
+    leader_families = {"pycanary_controller_leader_epoch",
+                       "pycanary_controller_leader_age_seconds"}
+    assert all(not f.samples for f in families if f.name not in leader_families)
+    assert {f.name: [s.value for s in f.samples] for f in families
+            if f.name in leader_families} == {n: [0.0] for n in leader_families}
 
 
 def test_registering_reads_nothing() -> None:
@@ -233,3 +252,85 @@ def test_registering_reads_nothing() -> None:
     reg.register(prom.RedisCollector(broken))  # type: ignore[arg-type]
     with pytest.raises(AttributeError):
         list(reg.collect())
+
+
+def test_dead_letters_retries_waiting_and_the_leader(conn) -> None:
+    """DLQ length and waiting retries per queue and lane, the leader's epoch and age."""
+    from pycanary.leader import Leadership
+
+    service.configure_queue(conn, "payments", stable_version="v1")
+    producer = Producer(conn)
+    for i in range(3):
+        producer.enqueue("payments", {"i": i, "fail": True}, job_id=f"dead-{i}")
+    # one attempt each: every job goes to the DLQ
+    w = Worker(conn, ["payments"], "v1", handler, max_attempts=1, heartbeat_s=0.2)
+    run_until(w, all_finished(conn, "v1", "stable", 3))
+    for i in range(2):
+        producer.enqueue("payments", {"i": i, "fail": True}, job_id=f"retry-{i}")
+    # a backoff of an hour: both failed jobs wait in the stable lane's delayed set
+    w = Worker(conn, ["payments"], "v1", handler, max_attempts=3, backoff_s=3600,
+               backoff_max_s=3600, heartbeat_s=0.2)
+    key = conn.keys.queue("payments").metrics_total("v1", "stable")
+    run_until(w, lambda: int(conn.client.hget(key, "retried") or 0) == 2)
+
+    s = scrape(conn)
+    assert series(s, "pycanary_dlq_length") == {
+        frozenset({"queue": "payments"}.items()): 3.0}
+    assert val(s, "pycanary_retries_waiting", queue="payments", lane="stable") == 2
+    assert val(s, "pycanary_retries_waiting", queue="payments", lane="canary") == 0
+    assert val(s, "pycanary_jobs_processed_total", queue="payments", lane="stable",
+               version="v1", outcome="retried") == 2
+    assert val(s, "pycanary_controller_leader_epoch") == 0
+    assert val(s, "pycanary_controller_leader_age_seconds") == 0
+
+    lead = Leadership(conn, controller_id="c")
+    assert lead.tick()
+    since = int(conn.client.get(conn.keys.leader_since).split(":")[1])
+    conn.client.set(conn.keys.leader_since, f"1:{since - 90_000}")  # as if acquired 90 s ago
+    s = scrape(conn)
+    assert val(s, "pycanary_controller_leader_epoch") == 1
+    assert 90 <= val(s, "pycanary_controller_leader_age_seconds") < 120
+    lead.release()
+
+
+class _CountingClient:
+    """Wraps a client: counts round trips (each direct command, each pipeline execute)."""
+
+    def __init__(self, client) -> None:
+        self._client = client
+        self.round_trips = 0
+
+    def pipeline(self, *args, **kwargs):
+        pipe = self._client.pipeline(*args, **kwargs)
+        execute = pipe.execute
+
+        def counted(*a, **k):
+            self.round_trips += 1
+            return execute(*a, **k)
+
+        pipe.execute = counted
+        return pipe
+
+    def __getattr__(self, name: str):
+        attr = getattr(self._client, name)
+        if callable(attr):
+            def counted(*a, **k):
+                self.round_trips += 1
+                return attr(*a, **k)
+            return counted
+        return attr
+
+
+@pytest.mark.parametrize("n_queues", [1, 6])
+def test_a_scrape_costs_five_round_trips_whatever_the_number_of_queues(conn, n_queues) -> None:
+    producer = Producer(conn)
+    for i in range(n_queues):
+        service.configure_queue(conn, f"q{i}", stable_version="v1")
+        producer.enqueue(f"q{i}", {"i": i})
+    registry.heartbeat(conn, "w-1", version="v1", queues={"q0": "stable"},
+                       info={"state": "active"}, ttl_ms=60_000)
+    counting = _CountingClient(conn.client)
+    collector = prom.RedisCollector(SimpleNamespace(client=counting, keys=conn.keys))
+    families = {f.name: f for f in collector.collect()}
+    assert counting.round_trips == 5
+    assert len(families["pycanary_dlq_length"].samples) == n_queues

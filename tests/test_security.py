@@ -179,7 +179,7 @@ def test_controller_ramps_and_rolls_back_operator_cli(server: RedisProcess) -> N
              ["canary", "start", "sec-o", "--version", "v2", "--weight", "5",
               "--allow-schema-change", "--force"],
              ["status", "sec-o"], ["workers"], ["rollback", "sec-o", "--yes"],
-             ["queue", "show", "sec-o"]]
+             ["queue", "show", "sec-o"], ["metrics"]]
     for args in verbs:
         res = subprocess.run([sys.executable, "-m", "pycanary.cli", "--redis-url", url,
                               "--prefix", "pc", *args], capture_output=True, text=True,
