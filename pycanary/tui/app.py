@@ -12,13 +12,13 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections.abc import Callable
-from typing import Any
+from typing import Any, ClassVar
 
 import redis
 from rich.text import Text
 from textual import work
 from textual.app import App, ComposeResult
-from textual.binding import Binding
+from textual.binding import Binding, BindingType
 from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.screen import Screen
 from textual.widgets import Button, Footer, Static, TabbedContent, TabPane
@@ -33,8 +33,8 @@ from .screens import ConfigureScreen, ConfirmScreen, HelpScreen, NewCanary, NewC
 from .widgets import (
     CompareTable,
     DeploymentList,
-    DetailHeader,
     Depths,
+    DetailHeader,
     Events,
     MetricCards,
     Rules,
@@ -64,7 +64,7 @@ class PanelScreen(Screen[None]):
     when the terminal is resized). The keys live here, not on the app, so that they do
     nothing while a confirmation or a form is open."""
 
-    BINDINGS = [
+    BINDINGS: ClassVar[list[BindingType]] = [
         Binding("tab", "next_panel", "Panels", show=False),
         *[Binding(str(n), f"weight({n * 10})", f"{n * 10}%", show=False) for n in range(1, 10)],
         Binding("p", "promote", "Promote"),
@@ -95,15 +95,18 @@ class PanelScreen(Screen[None]):
         yield banner
         if self.wide:
             with Horizontal(id="panels"):
-                with Vertical(id="left", classes="panel"):
+                with Vertical(id="left", classes="panel") as left:
+                    left.border_title = "Deployments"
                     yield DeploymentList(id="deployments")
                     yield Button("New canary (Ctrl+N)", id="new", variant="primary")
-                with VerticalScroll(id="centre", classes="panel"):
+                with VerticalScroll(id="centre", classes="panel") as centre:
+                    centre.border_title = "Deployment control"
                     yield DetailHeader(id="detail")
                     yield from self._weight_and_buttons()
                     yield CompareTable(id="compare")
                     yield Rules(id="rules")
-                with VerticalScroll(id="right", classes="panel"):
+                with VerticalScroll(id="right", classes="panel") as right:
+                    right.border_title = "Live monitoring"
                     yield Sparklines(id="sparks")
                     yield Workers(id="workers")
                     yield Depths(id="depths")

@@ -304,11 +304,11 @@ def workers(row: dict[str, Any] | None) -> Text:
                  "outdated": "yellow"}.get(state, "green")
         rss = [m.get("rss_bytes") for m in members if m.get("rss_bytes")]
         busy = sum(m.get("current") or 0 for m in members)
-        t.append(f"{version:<10} {lane:<7} ", style=STABLE_STYLE if lane == "stable"
-                 else CANARY_STYLE if lane == "canary" else "")
-        t.append(f"{state:<9}", style=style)
-        t.append(f" x{len(members)}  {busy} running"
-                 + (f"  {sum(rss) / 2**20:,.0f} MiB" if rss else "") + "\n")
+        t.append(f"{shorten(version, 8):<8} {lane:<6} ", style=STABLE_STYLE
+                 if lane == "stable" else CANARY_STYLE if lane == "canary" else "")
+        t.append(f"{state:<8}", style=style)
+        t.append(f" x{len(members):<2} {busy:>3} busy"
+                 + (f" {sum(rss) / 2**20:>5,.0f}M" if rss else "") + "\n")
     t.rstrip()
     return t
 
@@ -329,7 +329,8 @@ def depths(row: dict[str, Any] | None) -> Text:
 
 
 def events(row: dict[str, Any] | None, limit: int = 20, width: int = 200) -> Text:
-    """The deployment's latest events, newest last."""
+    """The deployment's latest events, newest last (a long message wraps, up to three
+    lines)."""
     evs = (row or {}).get("events") or []
     t = Text("events\n", style="bold")
     if not evs:
@@ -341,7 +342,7 @@ def events(row: dict[str, Any] | None, limit: int = 20, width: int = 200) -> Tex
             "green" if e["type"] in ("promoted", "completed") else ""
         t.append(f"{ts} ", style="grey62")
         t.append(f"{e['type']:<12} ", style=style or "bold")
-        t.append(shorten(e.get("message", ""), max(20, width - 22)) + "\n")
+        t.append(shorten(e.get("message", ""), max(40, width * 3 - 22)) + "\n")
     t.rstrip()
     return t
 

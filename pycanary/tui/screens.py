@@ -4,9 +4,10 @@ forms, and the help overlay. They collect answers; the app acts on them."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 from textual.app import ComposeResult
-from textual.binding import Binding
+from textual.binding import Binding, BindingType
 from textual.containers import Horizontal, Vertical
 from textual.screen import ModalScreen
 from textual.widgets import Button, Checkbox, Input, Label, Static
@@ -17,7 +18,7 @@ from . import render
 class ConfirmScreen(ModalScreen[bool]):
     """States what will happen; Enter confirms, Esc cancels (nothing is written before)."""
 
-    BINDINGS = [Binding("enter", "answer(True)", "Confirm"),
+    BINDINGS: ClassVar[list[BindingType]] = [Binding("enter", "answer(True)", "Confirm"),
                 Binding("escape", "answer(False)", "Cancel")]
 
     def __init__(self, title: str, body: str) -> None:
@@ -60,7 +61,7 @@ class NewCanaryScreen(ModalScreen[NewCanary | None]):
     """Ctrl+N: queue, version, plan file or weight. Enter starts, Esc cancels. The app
     keeps the form open and shows the refusal when the service refuses."""
 
-    BINDINGS = [Binding("escape", "cancel", "Cancel")]
+    BINDINGS: ClassVar[list[BindingType]] = [Binding("escape", "cancel", "Cancel")]
 
     def __init__(self, queue: str | None) -> None:
         super().__init__()
@@ -101,7 +102,7 @@ class NewCanaryScreen(ModalScreen[NewCanary | None]):
 class ConfigureScreen(ModalScreen[str | None]):
     """The queue's max_weight guard (what `pycanary queue configure --max-weight` sets)."""
 
-    BINDINGS = [Binding("escape", "cancel", "Cancel")]
+    BINDINGS: ClassVar[list[BindingType]] = [Binding("escape", "cancel", "Cancel")]
 
     def __init__(self, queue: str, max_weight: float) -> None:
         super().__init__()
@@ -128,7 +129,7 @@ class ConfigureScreen(ModalScreen[str | None]):
 
 
 class HelpScreen(ModalScreen[None]):
-    BINDINGS = [Binding("escape,question_mark,q", "close", "Close")]
+    BINDINGS: ClassVar[list[BindingType]] = [Binding("escape,question_mark,q", "close", "Close")]
 
     def compose(self) -> ComposeResult:
         with Vertical(id="dialog"):

@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from rich.console import RenderableType
 from textual.widgets import OptionList, Static
@@ -21,6 +21,13 @@ class Viewer(Static):
     mounted, e.g. after the layout switched between wide and narrow)."""
 
     def on_mount(self) -> None:
+        self._redraw()
+
+    def on_resize(self) -> None:
+        """Bars and sparklines fit the width: drawn again once it is known or changes."""
+        self._redraw()
+
+    def _redraw(self) -> None:
         view = self.canary_app.view
         if view is not None:
             self.show(view)
@@ -89,6 +96,12 @@ class DeploymentList(OptionList):
     selects it for the other panels."""
 
     def on_mount(self) -> None:
+        self._redraw()
+
+    def on_resize(self) -> None:
+        self._redraw()
+
+    def _redraw(self) -> None:
         view = self.canary_app.view
         if view is not None:
             self.show(view)
