@@ -249,7 +249,7 @@ def test_space_pauses_and_resumes(real_conn: Connection) -> None:
     async def scenario(pilot: Any, app: CanaryApp) -> None:
         await pilot.press("space")
         await until(pilot, lambda: deployments.get(real_conn, Q).state == "paused", "pause")
-        await until(pilot, lambda: "Resume (space)" in screen_text(app), "the Resume label")
+        await until(pilot, lambda: " Resume " in screen_text(app), "the Resume label")
         await pilot.press("space")
         await until(pilot, lambda: deployments.get(real_conn, Q).state == "active", "resume")
         await until(pilot, lambda: "resumed (active)" in message(app), "the message")

@@ -136,10 +136,10 @@ class PanelScreen(Screen[None]):
             yield WeightControl(id="weight")
             yield Button("+10", id="weight-up", compact=True)
         with Horizontal(classes="buttons"):
-            yield Button("Promote (p)", id="promote", variant="success")
-            yield Button("Rollback (r)", id="rollback", variant="error")
-            yield Button("Pause (space)", id="toggle", variant="warning")
-            yield Button("Configure (c)", id="configure")
+            yield Button("Promote", id="promote", variant="success")
+            yield Button("Rollback", id="rollback", variant="error")
+            yield Button("Pause", id="toggle", variant="warning")
+            yield Button("Configure", id="configure")
 
     def on_mount(self) -> None:
         self.show_all()
@@ -169,7 +169,7 @@ class PanelScreen(Screen[None]):
         row = view.row()
         dep = (row or {}).get("deployment") or {}
         for b in self.query("#toggle").results(Button):
-            b.label = "Resume (space)" if dep.get("state") == "paused" else "Pause (space)"
+            b.label = "Resume" if dep.get("state") == "paused" else "Pause"
 
     # -- actions ---------------------------------------------------------------------------
     def on_button_pressed(self, event: Button.Pressed) -> None:

@@ -377,19 +377,19 @@ def title(view: PanelView | None, where: str) -> Text:
 
 HELP = """\
 Keys
-  Tab         next panel (wide) / next tab (narrow)
-  Up/Down     choose a deployment in the list
-  1-9         set the canary weight to 10%..90% (refused above the queue's max_weight)
-  p           promote (next stage, or to 100%): asks to confirm
-  r           roll back now (weight 0, canary lane drains): asks to confirm
-  Space       toggle automatic progression: pause / resume the deployment
-              (pycanary has no separate auto-promote switch; a paused deployment's
-              stages and weight stay, its safety checks still run)
-  Pause, s    pause the deployment (resume with Space)
-  c           configure the queue's max_weight
-  Ctrl+N      new canary: queue, version, plan file or weight
-  m           metrics view (wide: maximise the monitoring panel; narrow: Metrics tab)
-  e, Ctrl+E   event log view
-  ?           this help          q, Ctrl+Q   quit
-In a confirmation: Enter confirms, Esc cancels and changes nothing.
-Setting a weight pauses a running deployment (as `pycanary set-weight` does)."""
+  Tab        next panel (wide) / next tab (narrow)
+  Up, Down   choose a deployment in the list
+  1-9        canary weight 10%..90% (refused above the max_weight);
+             like `pycanary set-weight`, it pauses a running deployment
+  p          promote: the next stage, or 100% (asks to confirm)
+  r          roll back now: weight 0, canary lane drains (asks to confirm)
+  Space      toggle automatic progression: pause / resume the deployment
+             (there is no separate auto-promote switch; while paused the
+             stage and weight stay, and the safety checks still run)
+  Pause, s   pause the deployment (Space resumes)
+  c          configure the queue's max_weight
+  Ctrl+N     new canary: queue, version, plan file or weight
+  m          metrics view (wide: monitoring panel maximised; narrow: tab)
+  e, Ctrl+E  event log view
+  ?          this help             q, Ctrl+Q  quit
+In a confirmation, Enter confirms and Esc cancels (nothing changes)."""

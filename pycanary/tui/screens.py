@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
+from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
 from textual.containers import Horizontal, Vertical
@@ -29,7 +30,7 @@ class ConfirmScreen(ModalScreen[bool]):
     def compose(self) -> ComposeResult:
         with Vertical(id="dialog"):
             yield Label(self.title_text, id="confirm-title")
-            yield Static(self.body, id="confirm-body")
+            yield Static(self.body, id="confirm-body", markup=False)
             with Horizontal(classes="buttons"):
                 ok = Button("Confirm (Enter)", variant="error", id="confirm-yes")
                 no = Button("Cancel (Esc)", id="confirm-no")
@@ -70,14 +71,18 @@ class NewCanaryScreen(ModalScreen[NewCanary | None]):
     def compose(self) -> ComposeResult:
         with Vertical(id="dialog"):
             yield Label("New canary", id="form-title")
-            yield Input(self.queue, placeholder="queue, e.g. payments", id="f-queue")
-            yield Input(placeholder="canary version, e.g. v2", id="f-version")
-            yield Input(placeholder="plan file (YAML): a staged ramp; empty: manual canary",
-                        id="f-plan")
-            yield Input("10", placeholder="weight percent of a manual canary", id="f-weight")
+            yield Label("queue")
+            yield Input(self.queue, placeholder="e.g. payments", id="f-queue", compact=True)
+            yield Label("canary version")
+            yield Input(placeholder="e.g. v2", id="f-version", compact=True)
+            yield Label("plan file (YAML) for a staged ramp; empty: a manual canary")
+            yield Input(placeholder="e.g. examples/plans/quick.yaml", id="f-plan",
+                        compact=True)
+            yield Label("weight percent of a manual canary")
+            yield Input("10", id="f-weight", compact=True)
             yield Checkbox("force: start without a live canary worker / controller",
-                           id="f-force")
-            yield Checkbox("allow schema change", id="f-schema")
+                           id="f-force", compact=True)
+            yield Checkbox("allow schema change", id="f-schema", compact=True)
             yield Static("", id="form-error")
             yield Static("Enter starts it, Esc cancels", classes="hint")
 
@@ -93,7 +98,8 @@ class NewCanaryScreen(ModalScreen[NewCanary | None]):
             allow_schema_change=self.query_one("#f-schema", Checkbox).value))
 
     def show_error(self, text: str) -> None:
-        self.query_one("#form-error", Static).update(f"[b red]refused:[/] {text}")
+        self.query_one("#form-error", Static).update(
+            Text.assemble(("refused: ", "bold red"), text))
 
     def action_cancel(self) -> None:
         self.dismiss(None)
@@ -113,7 +119,7 @@ class ConfigureScreen(ModalScreen[str | None]):
         with Vertical(id="dialog"):
             yield Label(f"Configure {self.queue}", id="form-title")
             yield Label("max_weight: the highest canary percent this queue allows")
-            yield Input(f"{self.max_weight:g}", id="f-max-weight")
+            yield Input(f"{self.max_weight:g}", id="f-max-weight", compact=True)
             yield Static("", id="form-error")
             yield Static("Enter saves, Esc cancels", classes="hint")
 
@@ -122,7 +128,8 @@ class ConfigureScreen(ModalScreen[str | None]):
         self.app.configure_queue(self, self.queue, event.value.strip())  # type: ignore
 
     def show_error(self, text: str) -> None:
-        self.query_one("#form-error", Static).update(f"[b red]refused:[/] {text}")
+        self.query_one("#form-error", Static).update(
+            Text.assemble(("refused: ", "bold red"), text))
 
     def action_cancel(self) -> None:
         self.dismiss(None)
