@@ -311,6 +311,58 @@ def test_narrow_terminal_shows_tabs_and_wide_three_panels(real_conn: Connection)
     drive(real_conn, scenario, size=(80, 30))
 
 
+def test_choosing_a_deployment_and_tab_between_panels(real_conn: Connection) -> None:
+    start(real_conn)
+    start(real_conn, "orders", weight="25")
+
+    async def scenario(pilot: Any, app: CanaryApp) -> None:
+        assert app.selected == "orders"  # the first running deployment, by name
+        await until(pilot, lambda: "orders  v1 → v2  ACTIVE  manual" in screen_text(app),
+                    "orders in the centre")
+        app.screen.query_one("#deployments").focus()
+        await pilot.press("down")
+        await until(pilot, lambda: app.selected == Q, "payments selected")
+        await until(pilot, lambda: "payments  v1 → v2  ACTIVE  manual" in screen_text(app),
+                    "payments in the centre")
+        await pilot.press("4")  # the keys act on the chosen deployment
+        await until(pilot, lambda: queue_config.read_config(real_conn, Q).weight_bp == 4000,
+                    "payments at 40%")
+        assert queue_config.read_config(real_conn, "orders").weight_bp == 2500
+        screen = app.screen
+        await pilot.press("tab")
+        assert screen.focused is screen.query_one("#centre")
+        await pilot.press("tab")
+        assert screen.focused is screen.query_one("#right")
+        await pilot.press("tab")
+        assert screen.focused is screen.query_one("#deployments")
+        await pilot.press("m")
+        assert screen.maximized is screen.query_one("#right")
+        await pilot.press("m")
+        assert screen.maximized is None
+
+    drive(real_conn, scenario)
+
+
+def test_refresh_is_at_most_once_a_second(real_conn: Connection) -> None:
+    assert CanaryApp(real_conn, refresh_s=0.1).refresh_s == 1.0
+    assert CanaryApp(real_conn, refresh_s=2.5).refresh_s == 2.5
+    reads: list[float] = []
+
+    def reader(sel: str | None) -> panel.PanelView:
+        reads.append(time.monotonic())
+        return panel.view(real_conn, sel)
+
+    app = CanaryApp(real_conn, reader=reader)
+
+    async def go() -> None:
+        async with app.run_test(size=(160, 48)) as pilot:
+            await until(pilot, lambda: len(reads) >= 3, "three readings")
+
+    asyncio.run(go())
+    # the timer's interval, not a measured speed: readings come from a 1 s interval timer
+    assert app.refresh_s == 1.0 and app.refreshes >= 2
+
+
 def test_redis_loss_shows_banner_and_recovers(tmp_path: Path) -> None:
     srv = RedisProcess(tmp_path)
     port = srv.port

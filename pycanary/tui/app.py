@@ -79,6 +79,9 @@ class PanelScreen(Screen[None]):
         Binding("q", "app.quit", "Quit"),
     ]
 
+    #: What stays on screen while a panel is maximised (m, e).
+    ALLOW_IN_MAXIMIZED_VIEW = "#top, #message, Footer"
+
     def __init__(self) -> None:
         super().__init__()
         self.wide = True
@@ -89,10 +92,11 @@ class PanelScreen(Screen[None]):
 
     def compose(self) -> ComposeResult:
         self.wide = self.app.size.width >= WIDE_COLUMNS
-        yield Static(id="title")
-        banner = Static(UNREACHABLE, id="banner")
-        banner.display = False
-        yield banner
+        with Vertical(id="top"):
+            yield Static(id="title")
+            banner = Static(UNREACHABLE, id="banner")
+            banner.display = False
+            yield banner
         if self.wide:
             with Horizontal(id="panels"):
                 with Vertical(id="left", classes="panel") as left:
@@ -228,7 +232,8 @@ class PanelScreen(Screen[None]):
         if self.maximized is not None:
             self.minimize()
         else:
-            self.maximize(self.query_one(widget_id), container=False)
+            # set directly: maximize() only takes focusable widgets, a panel is not one
+            self.maximized = self.query_one(widget_id)
 
     def action_metrics(self) -> None:
         """m: the monitoring panel maximised (wide) or the Metrics tab (narrow)."""
@@ -274,6 +279,14 @@ class CanaryApp(App[None]):
         self.set_interval(self.refresh_s, self.refresh_data)
         self.refresh_data()
 
+    def _post(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """call_from_thread that tolerates the app having just quit (a reading or an action
+        finishing after the last screen closed has nowhere to show its result)."""
+        try:
+            return self.call_from_thread(fn, *args)
+        except RuntimeError:
+            return None
+
     def on_unmount(self) -> None:
         for fut in self._pending:  # a thread waiting on a confirmation: the answer is no
             if not fut.done():
@@ -290,12 +303,12 @@ class CanaryApp(App[None]):
             try:
                 view = self.reader(self.selected)
             except REDIS_DOWN as exc:
-                self.call_from_thread(self._lost, f"{type(exc).__name__}: {exc}")
+                self._post(self._lost, f"{type(exc).__name__}: {exc}")
                 return
             except redis.exceptions.RedisError as exc:  # answered, but with an error
-                self.call_from_thread(self._lost, f"Redis answered: {exc}")
+                self._post(self._lost, f"Redis answered: {exc}")
                 return
-            self.call_from_thread(self._apply, view)
+            self._post(self._apply, view)
         finally:
             self._reading.release()
 
@@ -366,10 +379,10 @@ class CanaryApp(App[None]):
             except Exception as exc:  # shown, never a crash of the panel
                 text, style = f"{what} failed: {type(exc).__name__}: {exc}", "bold red"
             if text:
-                self.call_from_thread(self.say, text, style)
+                self._post(self.say, text, style)
         finally:
             self._acting.release()
-        self.call_from_thread(self.refresh_data)
+        self._post(self.refresh_data)
 
     def set_weight(self, percent: float) -> None:
         queue = self._need_queue()
@@ -418,7 +431,7 @@ class CanaryApp(App[None]):
                     "as outdated until you stop them." if final else
                     f"The weight goes to the next stage's share and the controller checks "
                     f"{dep.canary_version} there.")
-            if not self.call_from_thread(self._ask, f"Promote {dep.canary_version} on "
+            if not self._post(self._ask, f"Promote {dep.canary_version} on "
                                          f"{queue} to {target}?", body):
                 raise _Cancelled
 
@@ -493,9 +506,9 @@ class CanaryApp(App[None]):
             try:
                 cfg = service.configure_queue(self.conn, queue, max_weight=max_weight)
             except PycanaryError as exc:
-                self.call_from_thread(form.show_error, str(exc))
+                self._post(form.show_error, str(exc))
                 raise
-            self.call_from_thread(form.dismiss, None)
+            self._post(form.dismiss, None)
             return f"{queue}: max_weight {cfg.max_weight_bp / 100:g}%"
 
         self._act("configure", run)
@@ -519,12 +532,12 @@ class CanaryApp(App[None]):
                                                 allow_schema_change=req.allow_schema_change,
                                                 force=req.force, actor=self.actor)
             except PlanError as exc:
-                self.call_from_thread(form.show_error, f"{exc.field}: {exc.message}")
+                self._post(form.show_error, f"{exc.field}: {exc.message}")
                 raise
             except (PycanaryError, OSError) as exc:
-                self.call_from_thread(form.show_error, str(exc))
+                self._post(form.show_error, str(exc))
                 raise
-            self.call_from_thread(form.dismiss, None)
+            self._post(form.dismiss, None)
             self.selected = req.queue
             return (f"{req.queue}: deployment {dep.id} of {dep.canary_version} started at "
                     f"{dep.weight_bp / 100:g}%")
