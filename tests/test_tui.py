@@ -283,6 +283,32 @@ def test_new_canary_form(real_conn: Connection) -> None:
                                                                         "tui:test")
 
 
+def test_new_canary_form_with_a_plan_starts_a_ramp(real_conn: Connection) -> None:
+    service.configure_queue(real_conn, Q, stable_version="v1")
+    plan = Path(__file__).resolve().parent.parent / "examples" / "plans" / "quick.yaml"
+
+    async def scenario(pilot: Any, app: CanaryApp) -> None:
+        await pilot.press("ctrl+n")
+        await until(pilot, lambda: isinstance(app.screen, NewCanaryScreen), "the form")
+        form = app.screen
+        form.query_one("#f-version").value = "v2"
+        form.query_one("#f-plan").value = "/nonexistent/plan.yaml"
+        form.query_one("#f-force").value = True
+        form.query_one("#f-plan").focus()
+        await pilot.press("enter")
+        await until(pilot, lambda: "cannot read plan" in str(
+            form.query_one("#form-error").render()), "the plan refusal")
+        assert str(form.query_one("#form-error").render()).startswith("refused: plan: ")
+        form.query_one("#f-plan").value = str(plan)
+        await pilot.press("enter")
+        await until(pilot, lambda: not isinstance(app.screen, NewCanaryScreen), "the start")
+
+    drive(real_conn, scenario)
+    dep = deployments.get(real_conn, Q)
+    assert (dep.kind, dep.canary_version, dep.state) == ("plan", "v2", "active")
+    assert dep.weight_bp == dep.plan.stages[0].weight_bp
+
+
 def test_narrow_terminal_shows_tabs_and_wide_three_panels(real_conn: Connection) -> None:
     start(real_conn)
 

@@ -317,9 +317,11 @@ class CanaryApp(App[None]):
         if self.unreachable is not None:
             self.unreachable = None
             self.say("Redis answers again", "green")
-        self.view = view
         if self.selected is None or view.row(self.selected) is None:
             self.selected = view.selected
+        elif view.selected != self.selected:  # read just before the user chose another one
+            view.selected, view.series = self.selected, {}
+        self.view = view
         self.panel_screen.show_all()
 
     def _lost(self, why: str) -> None:
