@@ -1036,6 +1036,40 @@ def metrics_cmd(ctx: typer.Context) -> None:
     sys.stdout.buffer.write(observability.metrics_text(_state(ctx).conn()))
 
 
+# -- tui (issue 14) ------------------------------------------------------------------------------
+@app.command()
+def tui(
+    ctx: typer.Context,
+    queue: Annotated[
+        str | None, typer.Option("--queue", help="Queue selected at start (default: the first "
+                                 "with a running deployment).", callback=_queue_arg)
+    ] = None,
+    refresh: Annotated[
+        float, typer.Option("--refresh", help="Seconds between refreshes, 1-60 (the panel "
+                            "reads Redis at most once a second).")
+    ] = defaults.TUI_REFRESH_S,
+) -> None:
+    """The canary panel: deployments, stable vs canary side by side, sparklines, one-key
+    weight, promote and rollback (with confirm).
+
+    Keys: 1-9 weight 10%..90%, p promote, r rollback, Space pause/resume, Ctrl+N new canary,
+    ? help, q quit. Three panels from 120 columns, tabs below. It starts even when Redis
+    does not answer, and shows "Redis unreachable, retrying" until it does.
+
+    Example: pycanary tui --queue payments
+    """
+    _finite(refresh, "refresh", defaults.TUI_MIN_REFRESH_S, 60)
+    state = _state(ctx)
+    # no ping: the panel starts and says Redis is unreachable; a socket timeout turns a hung
+    # server into the same banner instead of a frozen refresh
+    conn = connect(state.redis_url, prefix=state.prefix,
+                   socket_timeout=defaults.TUI_SOCKET_TIMEOUT_S,
+                   socket_connect_timeout=defaults.TUI_SOCKET_TIMEOUT_S)
+    from .tui import run_tui
+
+    run_tui(conn, queue=queue, refresh_s=refresh)
+
+
 # -- demo --------------------------------------------------------------------------------------
 @app.command()
 def demo(

@@ -34,6 +34,14 @@ STALL_GRACE_S = 120.0
 #: Length of one metrics slot and how long slots and running totals are kept, in seconds.
 SLOT_S = 10
 KEEP_S = 3600
+#: The TUI (`pycanary tui`): seconds between refreshes (and the shortest allowed: the panel
+#: reads Redis at most once a second), metric slots per sparkline (30 x 10 s = 5 min), events
+#: shown, and the socket timeout that turns a hung Redis into "unreachable, retrying".
+TUI_REFRESH_S = 1.0
+TUI_MIN_REFRESH_S = 1.0
+TUI_SPARK_SLOTS = 30
+TUI_EVENTS = 20
+TUI_SOCKET_TIMEOUT_S = 5.0
 
 
 def now_ms() -> int:

@@ -28,12 +28,13 @@ _SCHEMA_RE = re.compile(r'"schema":(\d+)')
 SCHEMA_SCAN_PAGE = 1000
 
 
-def operator() -> str:
+def operator(face: str = "cli") -> str:
+    """Who acts, for the event log: ``<face>:<user>@<host>`` (cli, tui, ...)."""
     try:
         user = getpass.getuser()
     except Exception:  # pragma: no cover - no passwd entry in some containers
         user = "unknown"
-    return f"cli:{user}@{socket.gethostname()}"
+    return f"{face}:{user}@{socket.gethostname()}"
 
 
 # -- safety guards -----------------------------------------------------------------------------

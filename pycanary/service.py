@@ -113,12 +113,14 @@ def enqueue(
 
 
 def set_weight(
-    conn: Connection, queue: str, percent: Any | None, *, tenant: str | None = None
+    conn: Connection, queue: str, percent: Any | None, *, tenant: str | None = None,
+    actor: str | None = None,
 ) -> queue_config.WeightChange:
     """Set a queue's (or a tenant's) canary weight in percent; ``None`` clears a tenant's.
 
     With an active deployment the change goes through it and pauses its automatic progression
-    (docs/design.md section 5), so the controller does not undo the operator's weight."""
+    (docs/design.md section 5), so the controller does not undo the operator's weight.
+    ``actor`` names who did it in the deployment's event log (default: this CLI user)."""
     from . import rollouts
 
     bp = None if percent is None else validation.percent_to_bp(percent, "weight")
@@ -132,7 +134,7 @@ def set_weight(
         raise WeightAboveMaxError(
             f"{bp / 100:g}% is above the queue's max_weight of {before.max_weight_bp / 100:g}%",
             field="weight")
-    if rollouts.set_weight_with_deployment(conn, queue, bp, tenant):
+    if rollouts.set_weight_with_deployment(conn, queue, bp, tenant, actor=actor):
         prev = before.weight_bp if tenant is None else before.tenant_weights_bp.get(tenant)
         after = queue_config.read_config(conn, queue)
         return queue_config.WeightChange(queue, tenant, prev, bp, after.rev,
