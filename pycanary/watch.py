@@ -89,7 +89,7 @@ def stage_line(dep: dict[str, Any]) -> str:
     if not stages:
         return f"stage ?/?: {state}"
     if state in ("rolled_back", "rolling_back"):
-        return f"stage {i + 1}/{n}: rolled back at {stages[i]:g}% (weight 0)"
+        return f"stage {i + 1}/{n} ({stages[i]:g}%): rolled back (weight 0)"
     if state == "promoting":
         return f"stage {n}/{n}: 100% (promoting: draining the canary lane)"
     hold = durations[i] if i < len(durations) else dep.get("stage_duration_s", 0)
@@ -101,7 +101,11 @@ def stage_line(dep: dict[str, Any]) -> str:
                                                              else "")
     else:
         timer = f"hold {_hold(hold)} passed, next passing check moves on"
-    parts = [f"stage {i + 1}/{n}: {stages[i]:g}% ({timer})"]
+    # a weight set by hand (set-weight, the TUI) is what routes now: say so beside the plan's
+    weight = dep.get("weight_percent")
+    by_hand = (f", weight {weight:g}% set by hand" if weight is not None
+               and abs(weight - stages[i]) > 1e-9 else "")
+    parts = [f"stage {i + 1}/{n}: {stages[i]:g}% ({timer}{by_hand})"]
     if i < len(gates) and gates[i]:
         parts.append("gate")
     for j in range(i + 1, len(stages)):

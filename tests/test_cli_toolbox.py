@@ -155,7 +155,12 @@ def test_stage_line_numbers_stages_from_1_and_shows_them_whole() -> None:
     assert gate_line("payments", _dep()) is None
     # no time left once it ended
     assert stage_line(_dep(state="completed")) == "stage 4/4: 100% (promoted)"
-    assert stage_line(_dep(state="rolled_back")) == "stage 2/4: rolled back at 15% (weight 0)"
+    assert stage_line(_dep(state="rolled_back")) == "stage 2/4 (15%): rolled back (weight 0)"
+    # a weight set by hand is shown beside the plan's share (it is what routes now)
+    assert stage_line(_dep(weight_percent=30)) == ("stage 2/4: 15% (hold 15m, 4m00s left, "
+                                                   "weight 30% set by hand) -> 50% -> gate -> "
+                                                   "100%")
+    assert "set by hand" not in stage_line(_dep(weight_percent=15))
     assert stage_line(_dep(state="paused")).startswith("stage 2/4: 15% (hold 15m, 4m00s "
                                                        "left, paused)")
 
