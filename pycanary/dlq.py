@@ -235,6 +235,14 @@ def requeue(conn: Connection, queue: str, job_ids: list[str] | None = None, *,
     return _run(conn, queue, "requeue", job_ids, all_, batch, now_ms)
 
 
+def purge_question(conn: Connection, queue: str, job_ids: list[str] | None, *,
+                   all_: bool = False) -> str:
+    """What a face asks before a purge (deleted for good), with how many it would delete."""
+    what = f"all {count(conn, queue):,} dead letters" if all_ else \
+        f"{len(job_ids or [])} dead letter(s)"
+    return f"Delete {what} of {queue} for good?"
+
+
 def purge(conn: Connection, queue: str, job_ids: list[str] | None = None, *,
           all_: bool = False, batch: int = BATCH) -> Report:
     """Delete dead letters (these ids, or all)."""

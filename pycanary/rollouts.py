@@ -221,8 +221,20 @@ def ramp(
 
 
 # -- operator verbs -----------------------------------------------------------------------------
+def confirm_question(verb: str, queue: str, *, version: str = "", target: str = "") -> str:
+    """What a face asks a person before a verb that is hard to undo (the CLI without --yes;
+    an HTTP call is its own confirmation). One wording for every face."""
+    if verb == "promote":
+        return f"Promote {version} on {queue} to {target}?"
+    if verb == "rollback":
+        return f"Roll back the canary on {queue}?"
+    if verb == "drain":
+        return f"Drain the canary lane of {queue} into stable?"
+    raise ValueError(f"no confirmation for {verb!r}")
+
+
 def _active(conn: Connection, queue: str) -> Deployment:
-    validation.queue_name(queue)
+    service.require_queue(conn, queue)
     dep = deployments.get(conn, queue)
     if dep is None or not dep.active:
         raise StateError(f"no active deployment on {queue}", field="queue")
@@ -278,7 +290,7 @@ def rollback(conn: Connection, queue: str, *, reason: str = "", actor: str | Non
     actor = actor or operator()
     reason = reason or f"manual rollback by {actor}"
     t0 = clock()
-    validation.queue_name(queue)
+    service.require_queue(conn, queue)
     dep = deployments.get(conn, queue)
     if dep is not None and dep.active:
         if dep.state == "promoting":
@@ -477,6 +489,7 @@ def drain(conn: Connection, queue: str, *,
           progress: Callable[[int, int], None] | None = None) -> DrainReport:
     """Move the canary lane's jobs to the head of the stable lane (manual `pycanary drain`).
     Refused while the canary lane is open: the jobs would only be replaced by new ones."""
+    service.require_queue(conn, queue)
     cfg = queue_config.read_config(conn, queue)
     if cfg.weight_bp > 0 or cfg.tenant_weights_bp:
         raise StateError(f"{queue} still routes {cfg.weight_bp / 100:g}% to canary: roll back "
