@@ -387,10 +387,7 @@ def set_weight(
         text = f"{who}: override cleared (was {_pct(change.previous_bp)})"
     else:
         text = f"{who}: canary weight {_pct(change.previous_bp)} -> {_pct(change.weight_bp)}"
-    _emit({"queue": queue, "tenant": tenant, "previous_percent":
-           None if change.previous_bp is None else change.previous_bp / 100,
-           "percent": None if change.weight_bp is None else change.weight_bp / 100,
-           "rev": change.rev}, as_json, text)
+    _emit(change.to_dict(), as_json, text)
 
 
 # -- queue -------------------------------------------------------------------------------------
@@ -692,7 +689,8 @@ def ramp(
     ctx: typer.Context,
     queue: Annotated[str, typer.Argument(help="Queue name.", callback=_queue_arg)],
     version: Annotated[str, typer.Option("--version", help="Canary version to roll out.")],
-    plan: Annotated[Path, typer.Option("--plan", help="Plan file (YAML).")],
+    plan: Annotated[Path, typer.Option("--plan", help="Plan file (YAML), or a shipped "
+                                           "plan's name: design-card, quick, ...")],
     watch: Annotated[
         bool, typer.Option("--watch", help="Follow it live; exit 0 promoted, 1 rolled back, "
                            "3 timeout.")
@@ -1328,7 +1326,7 @@ app.add_typer(plan_app, name="plan")
 
 @plan_app.command("check")
 def plan_check_cmd(
-    plan_file: Annotated[Path, typer.Argument(help="Plan YAML file.")],
+    plan_file: Annotated[Path, typer.Argument(help="Plan YAML file, or a shipped plan's name.")],
     rate: Annotated[str, typer.Option("--rate", help="Traffic the plan is for: 2000/min, "
                                       "30/s, 100000/h.")],
     error_rate: Annotated[str, typer.Option("--error-rate", help="Base error rate of first "

@@ -22,9 +22,11 @@ from .controller import finish_after_drain
 from .deployments import Deployment
 from .drain import DrainReport, drain_lane
 from .errors import StateError, ValidationError
-from .plan import Plan, PlanError, load_plan, parse_plan
+from .plan import Plan, PlanError, parse_plan, resolve_plan
 
 _SCHEMA_RE = re.compile(r'"schema":(\d+)')
+#: A Redis stream entry id (an event's ``id``).
+_EVENT_ID_RE = re.compile(r"^[0-9]{1,20}-[0-9]{1,20}$")
 SCHEMA_SCAN_PAGE = 1000
 
 
@@ -206,12 +208,13 @@ def ramp(
     now_ms: int | None = None,
     salt: str | None = None,
 ) -> Deployment:
-    """A staged rollout following a plan file (or a parsed plan). Refused (StateError) when no
+    """A staged rollout following a plan file or a shipped plan's name (`plan.resolve_plan`),
+    or a parsed plan. Refused (StateError) when no
     live worker of ``version`` would take the canary lane or no controller leads, unless
     ``force`` (see `preflight`). The sticky salt is the plan's `salt`, else ``salt``, else a
     fresh one per deployment."""
     if isinstance(plan, str | Path):
-        plan = load_plan(plan)
+        plan = resolve_plan(plan)
     elif isinstance(plan, dict):
         plan = parse_plan(plan)
     stages = " -> ".join(f"{s.percentage:g}%" for s in plan.stages)
@@ -486,7 +489,8 @@ def set_weight_with_deployment(conn: Connection, queue: str, bp: int | None,
 
 
 def drain(conn: Connection, queue: str, *,
-          progress: Callable[[int, int], None] | None = None) -> DrainReport:
+          progress: Callable[[int, int], None] | None = None,
+          actor: str | None = None) -> DrainReport:
     """Move the canary lane's jobs to the head of the stable lane (manual `pycanary drain`).
     Refused while the canary lane is open: the jobs would only be replaced by new ones."""
     service.require_queue(conn, queue)
@@ -498,7 +502,7 @@ def drain(conn: Connection, queue: str, *,
     dep = deployments.get(conn, queue)
     if report.complete and dep is not None and dep.state in ("promoting", "rolling_back"):
         # finish what a rollback or promotion started (its drain was cut short)
-        finish_after_drain(conn, dep, actor=operator(), epoch=None, clock=time.time)
+        finish_after_drain(conn, dep, actor=actor or operator(), epoch=None, clock=time.time)
     return report
 
 
@@ -726,6 +730,11 @@ def find_deployment(conn: Connection, queue: str, deployment_id: str | None = No
 def events(conn: Connection, queue: str, *, deployment_id: str | None = None,
            count: int = 100, after: str | None = None) -> tuple[Deployment, list[dict[str, Any]]]:
     """(deployment, its events oldest first); ``after`` an event id for the newer ones only."""
+    if after is not None and not _EVENT_ID_RE.match(after):
+        raise ValidationError(f"must be an event id such as 1717171717000-0, got "
+                              f"{validation.quote(after)}", field="after")
+    if isinstance(count, bool) or not isinstance(count, int) or not 1 <= count <= 10_000:
+        raise ValidationError(f"must be 1-10000, got {validation.quote(count)}", field="count")
     dep = find_deployment(conn, queue, deployment_id)
     return dep, deployments.events(conn, queue, dep.id, count=count, after=after)
 

@@ -143,7 +143,8 @@ def enqueue(
 
 
 def set_weight(
-    conn: Connection, queue: str, percent: Any | None, *, tenant: str | None = None
+    conn: Connection, queue: str, percent: Any | None, *, tenant: str | None = None,
+    actor: str | None = None,
 ) -> queue_config.WeightChange:
     """Set a queue's (or a tenant's) canary weight in percent; ``None`` clears a tenant's.
 
@@ -162,7 +163,7 @@ def set_weight(
         raise WeightAboveMaxError(
             f"{bp / 100:g}% is above the queue's max_weight of {before.max_weight_bp / 100:g}%",
             field="weight")
-    if rollouts.set_weight_with_deployment(conn, queue, bp, tenant):
+    if rollouts.set_weight_with_deployment(conn, queue, bp, tenant, actor=actor):
         prev = before.weight_bp if tenant is None else before.tenant_weights_bp.get(tenant)
         after = queue_config.read_config(conn, queue)
         return queue_config.WeightChange(queue, tenant, prev, bp, after.rev,
@@ -183,8 +184,8 @@ def parse_tenant_pairs(items: list[str] | None) -> dict[str, str]:
     return out
 
 
-def set_tenant_weights(conn: Connection, queue: str, weights: dict[str, Any | None]
-                       ) -> list[queue_config.WeightChange]:
+def set_tenant_weights(conn: Connection, queue: str, weights: dict[str, Any | None], *,
+                       actor: str | None = None) -> list[queue_config.WeightChange]:
     """Set (or, for ``None``, clear) several tenants' overrides. Every tenant name and weight
     is checked, against the queue's max_weight too, before the first is written, so a bad
     entry changes nothing; then each goes through `set_weight` (one atomic script call each;
@@ -202,7 +203,7 @@ def set_tenant_weights(conn: Connection, queue: str, weights: dict[str, Any | No
             raise WeightAboveMaxError(
                 f"{bp / 100:g}% is above the queue's max_weight of {cfg.max_weight_bp / 100:g}%",
                 field=f"tenants.{tenant}")
-    return [set_weight(conn, queue, percent, tenant=tenant)
+    return [set_weight(conn, queue, percent, tenant=tenant, actor=actor)
             for tenant, percent in weights.items()]
 
 
