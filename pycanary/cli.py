@@ -874,9 +874,7 @@ def drain(
     report = rollouts.drain(_state(ctx).conn(), queue, progress=progress)
     if show:
         typer.echo("", err=True)
-    from dataclasses import asdict
-
-    _emit(asdict(report), as_json,
+    _emit(report.to_dict(), as_json,
           f"{queue}: drained {report.moved:,} jobs in {report.seconds * 1000:.1f} ms "
           f"({report.calls} script calls, slowest {report.max_call_ms:.2f} ms)"
           + ("" if report.complete else f"; {report.remaining:,} left (run it again)"))
