@@ -20,7 +20,7 @@ from typing import Any
 
 from . import defaults, service, validation
 from .connection import Connection
-from .errors import ValidationError, raise_for_code
+from .errors import NotFoundError, ValidationError, raise_for_code
 from .job import Envelope
 
 #: Records per dead_letters call (the script accepts up to 1000).
@@ -151,7 +151,7 @@ def find(conn: Connection, queue: str, job_ids: list[str]) -> list[DeadLetter]:
         start += PAGE
     missing = [j for j in job_ids if j not in {d.job_id for d in found}]
     if missing:
-        raise ValidationError(f"no dead letter with id {validation.quote(missing[0])} in "
+        raise NotFoundError(f"no dead letter with id {validation.quote(missing[0])} in "
                               f"{queue} (see `pycanary dlq list {queue}`)", field="job_id")
     return found[::-1]
 

@@ -21,7 +21,7 @@ from .connection import Connection
 from .controller import finish_after_drain
 from .deployments import Deployment
 from .drain import DrainReport, drain_lane
-from .errors import StateError, ValidationError
+from .errors import NotFoundError, StateError, ValidationError
 from .plan import Plan, PlanError, parse_plan, resolve_plan
 
 _SCHEMA_RE = re.compile(r'"schema":(\d+)')
@@ -723,7 +723,7 @@ def find_deployment(conn: Connection, queue: str, deployment_id: str | None = No
                 return Deployment.from_hash(queue, d)
         except (ValueError, TypeError):
             continue
-    raise ValidationError(f"no deployment {validation.quote(deployment_id)} on {queue} (see "
+    raise NotFoundError(f"no deployment {validation.quote(deployment_id)} on {queue} (see "
                           f"`pycanary history {queue}`)", field="deployment")
 
 

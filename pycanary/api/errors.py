@@ -38,7 +38,7 @@ def status_of(exc: E.PycanaryError) -> int:
     for cls, status in (
         (E.PayloadTooLargeError, 413),
         (E.ValidationError, 422),
-        (E.NoSuchQueueError, 404),
+        (E.NotFoundError, 404),
         (E.PermissionDeniedError, 403),
         (E.ConflictError, 409),
         (E.StateError, 409),
