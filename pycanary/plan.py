@@ -1003,4 +1003,11 @@ def plan_from(plan: Mapping[str, Any] | str | None = None, name: str | None = No
     if (plan is None) == (name is None):
         raise PlanError(["plan: give either plan (the plan itself) or plan_name (a shipped "
                          "plan), not both or neither"], field="plan")
-    return load_named(name) if name is not None else parse_plan(plan, name="plan")
+    if name is not None:
+        return load_named(name)
+    try:
+        return parse_plan(plan, name="plan")  # type: ignore[arg-type]
+    except PlanError as exc:  # name the field inside the request: plan.stages[0].percentage
+        if exc.field and exc.field != "plan" and not exc.field.startswith("plan."):
+            exc.field = f"plan.{exc.field}"
+        raise

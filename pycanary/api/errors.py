@@ -9,6 +9,7 @@ anything unexpected is a 500 whose body says nothing about the internals.
 from __future__ import annotations
 
 import logging
+import re
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -73,8 +74,15 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
 }
 
 
+#: Entries pydantic puts in an error's location for the member of a union that failed
+#: (``percent.int``, ``plan.dict[str,any]``): not fields, so not in the envelope's field.
+_UNION_TAG = re.compile(r"^(int|float|str|bool|none|dict\[.*\]|list\[.*\]|[a-z-]+\[.*\])$")
+
+
 def _field_of(loc: tuple[Any, ...]) -> str | None:
-    parts = [str(p) for p in loc if p not in ("body", "query", "path", "header")]
+    parts = [str(p) for i, p in enumerate(loc)
+             if not (i == 0 and p in ("body", "query", "path", "header"))
+             and not (isinstance(p, str) and _UNION_TAG.match(p))]
     return ".".join(parts) or None
 
 
@@ -92,11 +100,21 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
-        errs = exc.errors()
-        first = errs[0] if errs else {"loc": (), "msg": "invalid request"}
-        msg = "; ".join(f"{_field_of(tuple(e.get('loc', ()))) or 'body'}: {e.get('msg', '')}"
-                        for e in errs[:5])
-        return envelope(422, "invalid", msg, _field_of(tuple(first.get("loc", ()))))
+        by_field: dict[str, list[str]] = {}
+        for e in exc.errors():
+            loc = tuple(e.get("loc", ()))
+            if e.get("type") == "json_invalid":  # loc is (body, character position)
+                field, text = "body", f"not valid JSON (at character {loc[-1]})"
+            else:
+                field, text = _field_of(loc) or "body", str(e.get("msg", ""))
+            msgs = by_field.setdefault(field, [])
+            if text and text not in msgs:
+                msgs.append(text)
+        if not by_field:
+            by_field["body"] = ["invalid request"]
+        msg = "; ".join(f"{f}: {' or '.join(m)}" for f, m in list(by_field.items())[:5])
+        first = next(iter(by_field))
+        return envelope(422, "invalid", msg, first)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
