@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import re
+import traceback
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -86,20 +87,28 @@ def _field_of(loc: tuple[Any, ...]) -> str | None:
     return ".".join(parts) or None
 
 
+def _redact(request: Request, text: str | None) -> str | None:
+    """Messages quote what the caller sent; a configured token never leaves in one."""
+    tokens = getattr(request.app.state, "tokens", None)
+    return text if tokens is None or text is None else tokens.redact(text)
+
+
 def install(app: FastAPI) -> None:
     """Route every exception through the envelope."""
 
     @app.exception_handler(E.PycanaryError)
-    async def _pycanary(_: Request, exc: E.PycanaryError) -> JSONResponse:
-        return envelope(status_of(exc), exc.code, exc.message, exc.field)
+    async def _pycanary(request: Request, exc: E.PycanaryError) -> JSONResponse:
+        return envelope(status_of(exc), exc.code, _redact(request, exc.message) or "",
+                        _redact(request, exc.field))
 
     @app.exception_handler(PlanError)
-    async def _plan(_: Request, exc: PlanError) -> JSONResponse:
+    async def _plan(request: Request, exc: PlanError) -> JSONResponse:
         # every defect at once, as plan loading reports them
-        return envelope(422, exc.code, "; ".join(exc.lines), exc.field or "plan")
+        return envelope(422, exc.code, _redact(request, "; ".join(exc.lines)) or "",
+                        _redact(request, exc.field) or "plan")
 
     @app.exception_handler(RequestValidationError)
-    async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
+    async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
         by_field: dict[str, list[str]] = {}
         for e in exc.errors():
             loc = tuple(e.get("loc", ()))
@@ -114,17 +123,20 @@ def install(app: FastAPI) -> None:
             by_field["body"] = ["invalid request"]
         msg = "; ".join(f"{f}: {' or '.join(m)}" for f, m in list(by_field.items())[:5])
         first = next(iter(by_field))
-        return envelope(422, "invalid", msg, first)
+        return envelope(422, "invalid", _redact(request, msg) or "", _redact(request, first))
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         code = {401: "unauthorized", 403: "forbidden", 404: "not_found",
                 405: "method_not_allowed", 413: "payload_too_large"}.get(exc.status_code,
                                                                           "http_error")
-        return envelope(exc.status_code, code, str(exc.detail), None,
+        return envelope(exc.status_code, code, _redact(request, str(exc.detail)) or "", None,
                         headers=getattr(exc, "headers", None))
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
-        log.exception("unexpected error on %s %s", request.method, request.url.path)
+        # the traceback formatted here, so that it is redacted like everything else
+        trace = "".join(traceback.format_exception(exc))
+        log.error("unexpected error on %s %s\n%s", request.method,
+                  _redact(request, request.url.path), _redact(request, trace))
         return envelope(500, "internal", "internal error (see the API server's log)")
