@@ -27,6 +27,8 @@ from .job import Envelope
 BATCH = 200
 #: Records read per LRANGE page when looking for job ids.
 PAGE = 1000
+#: Largest offset into a DLQ a listing accepts (far beyond any real DLQ).
+MAX_OFFSET = 1_000_000_000
 
 
 @dataclass
@@ -106,8 +108,8 @@ def list_dead(conn: Connection, queue: str, *, limit: int = 20,
     service.require_queue(conn, queue)
     if not 1 <= limit <= 10_000:
         raise ValidationError(f"must be 1-10000, got {limit}", field="limit")
-    if offset < 0:
-        raise ValidationError(f"must be 0 or more, got {offset}", field="offset")
+    if not 0 <= offset <= MAX_OFFSET:  # Redis refuses an index beyond a 64-bit integer
+        raise ValidationError(f"must be 0-{MAX_OFFSET:,}, got {offset}", field="offset")
     key = conn.keys.queue(queue).dlq
     pipe = conn.client.pipeline(transaction=False)
     pipe.llen(key)

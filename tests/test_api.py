@@ -356,6 +356,11 @@ def test_dead_letters_list_show_requeue_purge(api: TestClient, real_conn: Connec
     assert res.status_code == 200
     assert res.json() == cli_json(conn, "dlq", "list", "payments")
     assert res.json()["total"] == 3
+    assert_error(api.get("/v1/queues/payments/dead-letters", headers=VW,
+                         params={"offset": 2**63}), 422, "invalid", "offset")
+    res = api.get("/v1/queues/payments/dead-letters", headers=VW,
+                  params={"offset": 1, "limit": 1})
+    assert res.json()["total"] == 3 and len(res.json()["dead_letters"]) == 1
     res = api.get("/v1/queues/payments/dead-letters/job-0", headers=VW)
     assert res.status_code == 200
     assert res.json() == cli_json(conn, "dlq", "show", "payments", "job-0")

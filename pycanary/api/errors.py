@@ -127,6 +127,8 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        if exc.status_code == 400:  # FastAPI's "error parsing the body": not UTF-8 JSON
+            return envelope(422, "invalid", "body: not valid JSON (or not UTF-8)", "body")
         code = {401: "unauthorized", 403: "forbidden", 404: "not_found",
                 405: "method_not_allowed", 413: "payload_too_large"}.get(exc.status_code,
                                                                           "http_error")
