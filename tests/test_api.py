@@ -443,3 +443,15 @@ def test_malformed_and_oversized_bodies(api: TestClient, real_conn: Connection) 
                                                          "application/json"}, content=small())
     assert res.status_code == 200, res.text
     assert queue_config.read_config(real_conn, "payments").weight_bp == 300
+
+
+def test_redis_unreachable_is_503() -> None:
+    import pycanary
+    from tests.api_server import free_port
+
+    down = pycanary.connect(f"redis://127.0.0.1:{free_port()}/0", prefix="x")
+    app = create_app(down, tokens=parse_tokens(f"operator:{OPERATOR}"))
+    with TestClient(app) as client:
+        assert_error(client.get("/v1/queues", headers=OP), 503, "unavailable", None)
+        assert_error(client.put("/v1/queues/payments/weight", headers=OP,
+                                json={"percent": 1}), 503, "unavailable", None)

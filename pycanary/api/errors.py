@@ -13,6 +13,7 @@ import re
 import traceback
 from typing import Any
 
+import redis
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -134,6 +135,13 @@ def install(app: FastAPI) -> None:
                                                                           "http_error")
         return envelope(exc.status_code, code, _redact(request, str(exc.detail)) or "", None,
                         headers=getattr(exc, "headers", None))
+
+    @app.exception_handler(redis.exceptions.ConnectionError)
+    @app.exception_handler(redis.exceptions.TimeoutError)
+    async def _redis_down(request: Request, exc: Exception) -> JSONResponse:
+        log.warning("Redis unreachable on %s %s: %s", request.method,
+                    _redact(request, request.url.path), type(exc).__name__)
+        return envelope(503, "unavailable", "cannot reach Redis; try again later")
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
