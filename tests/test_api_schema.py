@@ -82,3 +82,18 @@ schema = schemathesis.pytest.from_fixture("api_schema")
           suppress_health_check=list(HealthCheck))
 def test_no_server_error_and_responses_match_the_schema(case) -> None:
     case.call_and_validate(headers=OP, checks=CHECKS)
+
+
+def test_every_operation_documents_its_error_responses(real_conn: Connection) -> None:
+    spec = create_app(real_conn, tokens=None).openapi()
+    ops = [(m, p, o) for p, item in spec["paths"].items() for m, o in item.items()]
+    assert len(ops) >= 33
+    for method, path, op in ops:
+        for status in ("401", "403", "404", "409", "413", "422", "503"):
+            schema_ref = op["responses"][status]["content"]["application/json"]["schema"]
+            assert schema_ref == {"$ref": "#/components/schemas/ErrorEnvelope"}, \
+                (method, path, status)
+    jobs = spec["paths"]["/v1/queues/{queue}/jobs"]["post"]["responses"]
+    assert {"429", "504"} <= set(jobs)
+    envelope = spec["components"]["schemas"]["ErrorBody"]
+    assert set(envelope["properties"]) == {"code", "message", "field"}
