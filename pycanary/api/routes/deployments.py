@@ -15,6 +15,7 @@ from fastapi import APIRouter, Body, Query
 from ... import rollouts, service
 from ...plan import plan_from
 from ..app import Conn, Operator, Viewer
+from ..auth import Principal
 from ..models import (
     CanaryIn,
     DeploymentOut,
@@ -32,8 +33,9 @@ from ..models import (
 router = APIRouter(tags=["deployments"])
 
 
-def _actor(who: object) -> str:
-    return f"api:{who.name}"  # type: ignore[attr-defined]
+def _actor(who: Principal) -> str:
+    """The audit name of a change made through the API (never the token itself)."""
+    return f"api:{who.name}"
 
 
 @router.get("/deployments", response_model=list[StatusRow],
