@@ -249,6 +249,14 @@ def test_manual_canary_pause_resume_promote(api: TestClient, real_conn: Connecti
     assert unclocked(status.json()) == unclocked(cli_json(conn, "status", "payments")[0])
     assert status.json()["deployment"]["id"] == dep.id and status.json()["lanes"]
     assert [r["queue"] for r in api.get("/v1/deployments", headers=VW).json()] == ["payments"]
+    # a weight set during a deployment goes through it and pauses it, as set-weight does
+    res = api.put("/v1/queues/payments/weight", headers=OP, json={"percent": 7})
+    assert res.status_code == 200 and res.json()["paused_deployment"] is True
+    paused = deployments.get(conn, "payments")
+    assert paused.state == "paused" and paused.weight_bp == 700
+    last = rollouts.events(conn, "payments")[1][-1]
+    assert last["type"] == "weight" and last["actor"] == "api:operator#1"
+    assert api.post("/v1/deployments/payments/resume", headers=OP).json()["state"] == "active"
     res = api.post("/v1/deployments/payments/pause", headers=OP)
     assert res.status_code == 200 and res.json()["state"] == "paused"
     assert deployments.get(conn, "payments").state == "paused"
