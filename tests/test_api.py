@@ -463,3 +463,22 @@ def test_redis_unreachable_is_503() -> None:
         assert_error(client.get("/v1/queues", headers=OP), 503, "unavailable", None)
         assert_error(client.put("/v1/queues/payments/weight", headers=OP,
                                 json={"percent": 1}), 503, "unavailable", None)
+
+
+def test_the_cli_and_the_api_share_plan_names(api: TestClient, tmp_path) -> None:
+    from pathlib import Path
+
+    from pycanary.plan import load_plan, named_plans, resolve_plan
+
+    root = Path(__file__).resolve().parents[1] / "examples" / "plans"
+    assert named_plans() == sorted(p.stem for p in root.glob("*.yaml"))
+    assert resolve_plan("quick") == load_plan(root / "quick.yaml")
+    res = run("plan", "check", "quick", "--rate", "12000/min", "--error-rate", "5%",
+              "--runs", "2", "--json")
+    assert res.returncode in (0, 1), res.stderr
+    cli = json.loads(res.stdout)
+    assert cli["plan"] == "quick"
+    res = api.post("/v1/plans/check", headers=VW,
+                   json={"plan_name": "quick", "rate": "12000/min", "error_rate": "5%",
+                         "runs": 2})
+    assert res.json() == cli
