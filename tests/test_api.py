@@ -465,7 +465,7 @@ def test_redis_unreachable_is_503() -> None:
                                 json={"percent": 1}), 503, "unavailable", None)
 
 
-def test_the_cli_and_the_api_share_plan_names(api: TestClient, tmp_path) -> None:
+def test_the_cli_and_the_api_share_plan_names(api: TestClient) -> None:
     from pathlib import Path
 
     from pycanary.plan import load_plan, named_plans, resolve_plan
