@@ -67,6 +67,16 @@ def _loads(raw: str) -> Any:
         return raw
 
 
+def _text(value: Any) -> str | None:
+    """A record's text field as text (a foreign writer's number shows as one), or None."""
+    return None if value is None else str(value)
+
+
+def _int(value: Any) -> int | None:
+    """A record's integer field, or None when it is missing or not an integer."""
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
 def decode(raw: str, queue: str) -> DeadLetter:
     """A DLQ record as the CLI and API show it; never raises (a garbled record is shown with
     its problem and stays where it is)."""
@@ -74,8 +84,9 @@ def decode(raw: str, queue: str) -> DeadLetter:
     if not isinstance(rec, dict):
         return DeadLetter(raw, None, "", None, None, None, None, None,
                           problem="not a JSON object")
-    dl = DeadLetter(raw, None, str(rec.get("error", "")), rec.get("version"), rec.get("lane"),
-                    rec.get("worker"), rec.get("attempts"), rec.get("failed_at"))
+    dl = DeadLetter(raw, None, str(rec.get("error", "")), _text(rec.get("version")),
+                    _text(rec.get("lane")), _text(rec.get("worker")), _int(rec.get("attempts")),
+                    _int(rec.get("failed_at")))
     env: Envelope | None = None
     try:
         if isinstance(rec.get("job"), dict):

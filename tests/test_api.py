@@ -482,3 +482,17 @@ def test_the_cli_and_the_api_share_plan_names(api: TestClient) -> None:
                    json={"plan_name": "quick", "rate": "12000/min", "error_rate": "5%",
                          "runs": 2})
     assert res.json() == cli
+
+
+def test_a_garbled_dead_letter_is_shown_not_a_500(api: TestClient, real_conn: Connection) -> None:
+    service.configure_queue(real_conn, "payments", stable_version="v1")
+    qk = real_conn.keys.queue("payments")
+    real_conn.client.lpush(qk.dlq, json.dumps({"error": 3, "version": 2, "attempts": "x",
+                                               "failed_at": None, "lane": ["stable"]}))
+    real_conn.client.lpush(qk.dlq, "not json")
+    res = api.get("/v1/queues/payments/dead-letters", headers=VW)
+    assert res.status_code == 200, res.text
+    letters = res.json()["dead_letters"]
+    assert [d["requeueable"] for d in letters] == [False, False]
+    assert letters[1]["version"] == "2" and letters[1]["attempts"] is None
+    assert letters[0]["problem"] == "not a JSON object"
