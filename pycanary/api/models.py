@@ -273,7 +273,7 @@ class StatusRow(Out):
 
 class Verdict(Out):
     verdict: str | None
-    reason: str
+    reason: str | None
     action: str | None
     stage: int
     ts: int | None
@@ -300,12 +300,13 @@ class HistoryRow(Out):
 
 
 class Event(Out):
-    id: str
+    id: str = Field(description="the stream entry id (use as after=)")
     ts: int
-    type: str
-    actor: str
+    type: str = Field(description="started, stage, verdict, paused, resumed, weight, "
+                                  "rollback, rolled_back, promoted, completed, ...")
+    actor: str | None = None
     message: str
-    data: dict[str, Any]
+    data: dict[str, Any] | None = None
 
 
 class EventsOut(Out):
