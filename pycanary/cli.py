@@ -22,7 +22,6 @@ from . import defaults, registry, rollouts, service, validation
 from .connection import Connection, connect
 from .errors import (
     ConnectionFailedError,
-    PayloadTooLargeError,
     PycanaryError,
     QueueFullError,
     ValidationError,
@@ -248,7 +247,7 @@ def _timeout_s(value: str | None, watch: bool = True) -> float | None:
 
 
 #: The largest --count of one `pycanary enqueue` (a script or a loop goes further).
-MAX_COUNT = 10_000_000
+MAX_COUNT = service.MAX_COUNT
 
 
 class State:
@@ -332,20 +331,8 @@ def enqueue(
 
     Example: pycanary enqueue payments '{"amount": 10}' --count 1000 --rate 50
     """
-    if not 1 <= count <= MAX_COUNT:
-        raise ValidationError(f"must be 1-{MAX_COUNT:,}, got {validation.quote(count)}",
-                              field="count")
-    _finite(rate, "rate", 0.001, 1_000_000)
-    limit = Settings().max_payload_bytes
-    if payload is not None and len(payload) > limit:
-        raise PayloadTooLargeError(f"is {len(payload)} characters, above the limit of {limit} "
-                                   "bytes", field="payload")
-    if payload is not None and any(0xD800 <= ord(c) <= 0xDFFF for c in payload):
-        raise ValidationError("is not valid UTF-8", field="payload")
-    try:
-        data = service.parse_payload(payload)
-    except RecursionError:
-        raise ValidationError("nested too deeply", field="payload") from None
+    service.check_enqueue_args(count, rate)
+    data = service.parse_payload(payload, max_bytes=Settings().max_payload_bytes)
     show_progress = (count >= 20_000 or rate is not None) and sys.stderr.isatty()
 
     def progress(done: int, total: int) -> None:
@@ -400,10 +387,7 @@ def set_weight(
         text = f"{who}: override cleared (was {_pct(change.previous_bp)})"
     else:
         text = f"{who}: canary weight {_pct(change.previous_bp)} -> {_pct(change.weight_bp)}"
-    _emit({"queue": queue, "tenant": tenant, "previous_percent":
-           None if change.previous_bp is None else change.previous_bp / 100,
-           "percent": None if change.weight_bp is None else change.weight_bp / 100,
-           "rev": change.rev}, as_json, text)
+    _emit(change.to_dict(), as_json, text)
 
 
 # -- queue -------------------------------------------------------------------------------------
@@ -659,16 +643,6 @@ def _confirm(question: str, yes: bool) -> None:
         raise typer.Exit(1)
 
 
-def _parse_tenants(items: list[str] | None) -> dict[str, str]:
-    out: dict[str, str] = {}
-    for item in items or []:
-        name, sep, pct = item.partition("=")
-        if not sep or not name or not pct:
-            raise PycanaryError(f"must be TENANT=PCT, got {item!r}", field="tenant")
-        out[name] = pct
-    return out
-
-
 def _dep_line(dep: Any) -> str:
     return (f"deployment {dep.id} on {dep.queue}: {dep.stable_version} -> {dep.canary_version}, "
             f"{dep.state}, {_stage_text(dep)}, weight {dep.weight_bp / 100:g}%")
@@ -715,7 +689,7 @@ def canary_start(
     Example: pycanary canary start payments --version v2 --weight 5
     """
     dep = rollouts.start_canary(_state(ctx).conn(), queue, version, weight=weight,
-                                tenants=_parse_tenants(tenant), sticky=sticky,
+                                tenants=service.parse_tenant_pairs(tenant), sticky=sticky,
                                 allow_schema_change=allow_schema_change, force=force)
     _emit(dep.to_dict(), as_json, _dep_line(dep))
 
@@ -725,7 +699,8 @@ def ramp(
     ctx: typer.Context,
     queue: Annotated[str, typer.Argument(help="Queue name.", callback=_queue_arg)],
     version: Annotated[str, typer.Option("--version", help="Canary version to roll out.")],
-    plan: Annotated[Path, typer.Option("--plan", help="Plan file (YAML).")],
+    plan: Annotated[Path, typer.Option("--plan", help="Plan file (YAML), or a shipped "
+                                           "plan's name: design-card, quick, ...")],
     watch: Annotated[
         bool, typer.Option("--watch", help="Follow it live; exit 0 promoted, 1 rolled back, "
                            "3 timeout.")
@@ -817,8 +792,8 @@ def promote(
     """
     res = rollouts.promote(
         _state(ctx).conn(), queue, full=full,
-        confirm=lambda dep, target: _confirm(
-            f"Promote {dep.canary_version} on {queue} to {target}?", yes))
+        confirm=lambda dep, target: _confirm(rollouts.confirm_question(
+            "promote", queue, version=dep.canary_version, target=target), yes))
     text = (f"{queue}: {res['stable_version']} is now stable ({res['state']})"
             if res["action"] == "promoted" else
             f"{queue}: advanced to stage {res['stage'] + 1} ({res['percent']:g}%)")
@@ -840,7 +815,7 @@ def rollback(
 
     Example: pycanary rollback payments --reason "errors spiked" --yes
     """
-    _confirm(f"Roll back the canary on {queue}?", yes)
+    _confirm(rollouts.confirm_question("rollback", queue), yes)
     res = rollouts.rollback(_state(ctx).conn(), queue, reason=reason)
     running = res.get("still_running")
     _emit(res, as_json, res["message"]  # the service says whether the drain completed
@@ -899,7 +874,7 @@ def drain(
 
     Example: pycanary drain payments --yes
     """
-    _confirm(f"Drain the canary lane of {queue} into stable?", yes)
+    _confirm(rollouts.confirm_question("drain", queue), yes)
     show = sys.stderr.isatty()
 
     def progress(moved: int, remaining: int) -> None:
@@ -909,9 +884,7 @@ def drain(
     report = rollouts.drain(_state(ctx).conn(), queue, progress=progress)
     if show:
         typer.echo("", err=True)
-    from dataclasses import asdict
-
-    _emit(asdict(report), as_json,
+    _emit(report.to_dict(), as_json,
           f"{queue}: drained {report.moved:,} jobs in {report.seconds * 1000:.1f} ms "
           f"({report.calls} script calls, slowest {report.max_call_ms:.2f} ms)"
           + ("" if report.complete else f"; {report.remaining:,} left (run it again)"))
@@ -1342,10 +1315,8 @@ def dlq_purge(
     from . import dlq
 
     conn = _state(ctx).conn()
-    what = f"all {dlq.count(conn, queue):,} dead letters" if all_ else \
-        f"{len(job_ids or [])} dead letter(s)"
     if all_ or job_ids:
-        _confirm(f"Delete {what} of {queue} for good?", yes)
+        _confirm(dlq.purge_question(conn, queue, job_ids, all_=all_), yes)
     rep = dlq.purge(conn, queue, job_ids, all_=all_)
     _emit(rep.to_dict(), as_json, _dlq_text(rep, "purged"))
 
@@ -1397,7 +1368,7 @@ app.add_typer(plan_app, name="plan")
 
 @plan_app.command("check")
 def plan_check_cmd(
-    plan_file: Annotated[Path, typer.Argument(help="Plan YAML file.")],
+    plan_file: Annotated[Path, typer.Argument(help="Plan YAML file, or a shipped plan's name.")],
     rate: Annotated[str, typer.Option("--rate", help="Traffic the plan is for: 2000/min, "
                                       "30/s, 100000/h.")],
     error_rate: Annotated[str, typer.Option("--error-rate", help="Base error rate of first "

@@ -20,13 +20,15 @@ from typing import Any
 
 from . import defaults, service, validation
 from .connection import Connection
-from .errors import ValidationError, raise_for_code
+from .errors import NotFoundError, ValidationError, raise_for_code
 from .job import Envelope
 
 #: Records per dead_letters call (the script accepts up to 1000).
 BATCH = 200
 #: Records read per LRANGE page when looking for job ids.
 PAGE = 1000
+#: Largest offset into a DLQ a listing accepts (far beyond any real DLQ).
+MAX_OFFSET = 1_000_000_000
 
 
 @dataclass
@@ -65,6 +67,16 @@ def _loads(raw: str) -> Any:
         return raw
 
 
+def _text(value: Any) -> str | None:
+    """A record's text field as text (a foreign writer's number shows as one), or None."""
+    return None if value is None else str(value)
+
+
+def _int(value: Any) -> int | None:
+    """A record's integer field, or None when it is missing or not an integer."""
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
 def decode(raw: str, queue: str) -> DeadLetter:
     """A DLQ record as the CLI and API show it; never raises (a garbled record is shown with
     its problem and stays where it is)."""
@@ -72,8 +84,9 @@ def decode(raw: str, queue: str) -> DeadLetter:
     if not isinstance(rec, dict):
         return DeadLetter(raw, None, "", None, None, None, None, None,
                           problem="not a JSON object")
-    dl = DeadLetter(raw, None, str(rec.get("error", "")), rec.get("version"), rec.get("lane"),
-                    rec.get("worker"), rec.get("attempts"), rec.get("failed_at"))
+    dl = DeadLetter(raw, None, str(rec.get("error", "")), _text(rec.get("version")),
+                    _text(rec.get("lane")), _text(rec.get("worker")), _int(rec.get("attempts")),
+                    _int(rec.get("failed_at")))
     env: Envelope | None = None
     try:
         if isinstance(rec.get("job"), dict):
@@ -106,8 +119,8 @@ def list_dead(conn: Connection, queue: str, *, limit: int = 20,
     service.require_queue(conn, queue)
     if not 1 <= limit <= 10_000:
         raise ValidationError(f"must be 1-10000, got {limit}", field="limit")
-    if offset < 0:
-        raise ValidationError(f"must be 0 or more, got {offset}", field="offset")
+    if not 0 <= offset <= MAX_OFFSET:  # Redis refuses an index beyond a 64-bit integer
+        raise ValidationError(f"must be 0-{MAX_OFFSET:,}, got {offset}", field="offset")
     key = conn.keys.queue(queue).dlq
     pipe = conn.client.pipeline(transaction=False)
     pipe.llen(key)
@@ -151,7 +164,7 @@ def find(conn: Connection, queue: str, job_ids: list[str]) -> list[DeadLetter]:
         start += PAGE
     missing = [j for j in job_ids if j not in {d.job_id for d in found}]
     if missing:
-        raise ValidationError(f"no dead letter with id {validation.quote(missing[0])} in "
+        raise NotFoundError(f"no dead letter with id {validation.quote(missing[0])} in "
                               f"{queue} (see `pycanary dlq list {queue}`)", field="job_id")
     return found[::-1]
 
@@ -233,6 +246,14 @@ def requeue(conn: Connection, queue: str, job_ids: list[str] | None = None, *,
     """Move dead letters (these ids, or all) to the tail of the stable lane, attempts reset.
     Records that cannot be requeued (undecodable, another queue's) stay and are reported."""
     return _run(conn, queue, "requeue", job_ids, all_, batch, now_ms)
+
+
+def purge_question(conn: Connection, queue: str, job_ids: list[str] | None, *,
+                   all_: bool = False) -> str:
+    """What a face asks before a purge (deleted for good), with how many it would delete."""
+    what = f"all {count(conn, queue):,} dead letters" if all_ else \
+        f"{len(job_ids or [])} dead letter(s)"
+    return f"Delete {what} of {queue} for good?"
 
 
 def purge(conn: Connection, queue: str, job_ids: list[str] | None = None, *,

@@ -124,10 +124,15 @@ class StateError(PycanaryError):
     code = "state"
 
 
-class NoSuchQueueError(PycanaryError):
-    """A read or admin command named a queue pycanary has never seen (a typo, most often)."""
+class NotFoundError(PycanaryError):
+    """A command named something that does not exist: a queue, a deployment id, a dead
+    letter's job id (the HTTP API answers 404)."""
 
     code = "not_found"
+
+
+class NoSuchQueueError(NotFoundError):
+    """A read or admin command named a queue pycanary has never seen (a typo, most often)."""
 
 
 class ScriptError(PycanaryError):

@@ -103,10 +103,14 @@ __all__ = [
     "StageSettings",
     "Statistical",
     "format_duration",
+    "load_named",
     "load_plan",
+    "named_plans",
     "parse_duration",
     "parse_plan",
     "percent_to_bp",
+    "plan_from",
+    "resolve_plan",
 ]
 
 DEFAULT_MIN_SAMPLES = 100
@@ -949,3 +953,61 @@ def load_plan(path: str | Path) -> Plan:
     except UnicodeDecodeError as exc:
         raise PlanError([f"{p}: not UTF-8 text (byte {exc.start})"], field="plan") from None
     return parse_plan(text, name=str(p))
+
+
+# -- named plans ---------------------------------------------------------------------------------
+#: A plan name: the stem of a file in the named-plans folder (design-card, quick, ...).
+PLAN_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
+
+
+def plans_dir() -> Path | None:
+    """Where the named plans live: examples/plans in a source checkout, or pycanary/plans in
+    a wheel (pyproject force-include); None if neither is there."""
+    here = Path(__file__).resolve().parent
+    for d in (here / "plans", here.parent / "examples" / "plans"):
+        if d.is_dir():
+            return d
+    return None
+
+
+def named_plans() -> list[str]:
+    """Names of the plans shipped with pycanary, sorted."""
+    d = plans_dir()
+    return sorted(p.stem for p in d.glob("*.yaml") if PLAN_NAME_RE.match(p.stem)) if d else []
+
+
+def load_named(name: str, *, field: str = "plan_name") -> Plan:
+    """A shipped plan by name. Only names listed by `named_plans` are read: a name is never
+    a path (an API client cannot make the server read a file of its choice)."""
+    known = named_plans()
+    if not isinstance(name, str) or name not in known:
+        raise PlanError([f"{field}: no plan named {quote(name)} (known: "
+                         f"{', '.join(known) or 'none'})"], field=field)
+    d = plans_dir()
+    assert d is not None  # known is not empty
+    return load_plan(d / f"{name}.yaml")
+
+
+def resolve_plan(ref: str | Path) -> Plan:
+    """The CLI's ``--plan``: a plan file, or, when no such file exists and the text is a
+    plan's name (``--plan design-card``), the shipped plan of that name."""
+    p = Path(ref)
+    if not p.exists() and PLAN_NAME_RE.match(str(ref)) and str(ref) in named_plans():
+        return load_named(str(ref), field="plan")
+    return load_plan(p)
+
+
+def plan_from(plan: Mapping[str, Any] | str | None = None, name: str | None = None) -> Plan:
+    """A plan given either whole (YAML/JSON text or a parsed mapping: an API body) or by a
+    shipped plan's name; exactly one of the two."""
+    if (plan is None) == (name is None):
+        raise PlanError(["plan: give either plan (the plan itself) or plan_name (a shipped "
+                         "plan), not both or neither"], field="plan")
+    if name is not None:
+        return load_named(name)
+    try:
+        return parse_plan(plan, name="plan")  # type: ignore[arg-type]
+    except PlanError as exc:  # name the field inside the request: plan.stages[0].percentage
+        if exc.field and exc.field != "plan" and not exc.field.startswith("plan."):
+            exc.field = f"plan.{exc.field}"
+        raise

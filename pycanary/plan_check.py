@@ -27,7 +27,7 @@ from typing import Any
 
 from .analysis.simulate import Tenant, Traffic, run_deployment, wilson
 from .errors import ValidationError
-from .plan import Plan, format_duration, load_plan
+from .plan import Plan, format_duration, resolve_plan
 
 #: Deployments simulated per scenario by default (identical versions; regressions get half).
 DEFAULT_RUNS = 100
@@ -154,17 +154,20 @@ def stage_warnings(plan: Plan, rate: float) -> list[str]:
     return out
 
 
-def check_plan(path: str | Path, rate_per_min: float, error_rate: float = 0.01, *,
+def check_plan(path: str | Path | Plan, rate_per_min: float, error_rate: float = 0.01, *,
                runs: int = DEFAULT_RUNS, seed: str = "plan-check",
-               progress: Callable[[int, int], None] | None = None) -> CheckReport:
-    """Lint (raises PlanError with every problem) and simulate ``path`` for the traffic."""
-    plan = load_plan(path)
+               progress: Callable[[int, int], None] | None = None,
+               name: str | None = None) -> CheckReport:
+    """Lint (raises PlanError with every problem) and simulate a plan for the traffic: a
+    file, a shipped plan's name (`plan.resolve_plan`) or a parsed plan (the API's body),
+    reported as ``name`` (default: the path)."""
+    plan = path if isinstance(path, Plan) else resolve_plan(path)
     if runs < 1 or runs > 100_000:
         raise ValidationError(f"must be 1-100000, got {runs}", field="runs")
     horizon = sum(st.deadline_s for st in plan.stages) + plan.interval
     if plan.deadline is not None:
         horizon = min(horizon, plan.deadline + plan.interval)
-    report = CheckReport(str(path), rate_per_min, error_rate)
+    report = CheckReport(name or str(path), rate_per_min, error_rate)
     names = sorted({*plan.tenants, *(t for st in plan.stages for t in st.tenants)})
     scs = scenarios(rate_per_min, error_rate, float(horizon), tuple(names))
     total = runs + (len(scs) - 1) * max(1, runs // 2)

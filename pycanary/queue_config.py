@@ -83,6 +83,13 @@ class WeightChange:
     rev: int
     paused_deployment: bool = False
 
+    def to_dict(self) -> dict[str, Any]:
+        """What every face reports of a weight change (percentages; None: no override)."""
+        return {"queue": self.queue, "tenant": self.tenant,
+                "previous_percent": None if self.previous_bp is None else self.previous_bp / 100,
+                "percent": None if self.weight_bp is None else self.weight_bp / 100,
+                "rev": self.rev, "paused_deployment": self.paused_deployment}
+
 
 def set_weight(
     conn: Connection,

@@ -21,10 +21,12 @@ from .connection import Connection
 from .controller import finish_after_drain
 from .deployments import Deployment
 from .drain import DrainReport, drain_lane
-from .errors import StateError, ValidationError
-from .plan import Plan, PlanError, load_plan, parse_plan
+from .errors import NotFoundError, StateError, ValidationError
+from .plan import Plan, PlanError, parse_plan, resolve_plan
 
 _SCHEMA_RE = re.compile(r'"schema":(\d+)')
+#: A Redis stream entry id (an event's ``id``).
+_EVENT_ID_RE = re.compile(r"^[0-9]{1,20}-[0-9]{1,20}$")
 SCHEMA_SCAN_PAGE = 1000
 
 
@@ -207,12 +209,13 @@ def ramp(
     now_ms: int | None = None,
     salt: str | None = None,
 ) -> Deployment:
-    """A staged rollout following a plan file (or a parsed plan). Refused (StateError) when no
+    """A staged rollout following a plan file or a shipped plan's name (`plan.resolve_plan`),
+    or a parsed plan. Refused (StateError) when no
     live worker of ``version`` would take the canary lane or no controller leads, unless
     ``force`` (see `preflight`). The sticky salt is the plan's `salt`, else ``salt``, else a
     fresh one per deployment."""
     if isinstance(plan, str | Path):
-        plan = load_plan(plan)
+        plan = resolve_plan(plan)
     elif isinstance(plan, dict):
         plan = parse_plan(plan)
     stages = " -> ".join(f"{s.percentage:g}%" for s in plan.stages)
@@ -222,8 +225,20 @@ def ramp(
 
 
 # -- operator verbs -----------------------------------------------------------------------------
+def confirm_question(verb: str, queue: str, *, version: str = "", target: str = "") -> str:
+    """What a face asks a person before a verb that is hard to undo (the CLI without --yes;
+    an HTTP call is its own confirmation). One wording for every face."""
+    if verb == "promote":
+        return f"Promote {version} on {queue} to {target}?"
+    if verb == "rollback":
+        return f"Roll back the canary on {queue}?"
+    if verb == "drain":
+        return f"Drain the canary lane of {queue} into stable?"
+    raise ValueError(f"no confirmation for {verb!r}")
+
+
 def _active(conn: Connection, queue: str) -> Deployment:
-    validation.queue_name(queue)
+    service.require_queue(conn, queue)
     dep = deployments.get(conn, queue)
     if dep is None or not dep.active:
         raise StateError(f"no active deployment on {queue}", field="queue")
@@ -279,7 +294,7 @@ def rollback(conn: Connection, queue: str, *, reason: str = "", actor: str | Non
     actor = actor or operator()
     reason = reason or f"manual rollback by {actor}"
     t0 = clock()
-    validation.queue_name(queue)
+    service.require_queue(conn, queue)
     dep = deployments.get(conn, queue)
     if dep is not None and dep.active:
         if dep.state == "promoting":
@@ -475,9 +490,11 @@ def set_weight_with_deployment(conn: Connection, queue: str, bp: int | None,
 
 
 def drain(conn: Connection, queue: str, *,
-          progress: Callable[[int, int], None] | None = None) -> DrainReport:
+          progress: Callable[[int, int], None] | None = None,
+          actor: str | None = None) -> DrainReport:
     """Move the canary lane's jobs to the head of the stable lane (manual `pycanary drain`).
     Refused while the canary lane is open: the jobs would only be replaced by new ones."""
+    service.require_queue(conn, queue)
     cfg = queue_config.read_config(conn, queue)
     if cfg.weight_bp > 0 or cfg.tenant_weights_bp:
         raise StateError(f"{queue} still routes {cfg.weight_bp / 100:g}% to canary: roll back "
@@ -486,7 +503,7 @@ def drain(conn: Connection, queue: str, *,
     dep = deployments.get(conn, queue)
     if report.complete and dep is not None and dep.state in ("promoting", "rolling_back"):
         # finish what a rollback or promotion started (its drain was cut short)
-        finish_after_drain(conn, dep, actor=operator(), epoch=None, clock=time.time)
+        finish_after_drain(conn, dep, actor=actor or operator(), epoch=None, clock=time.time)
     return report
 
 
@@ -707,13 +724,18 @@ def find_deployment(conn: Connection, queue: str, deployment_id: str | None = No
                 return Deployment.from_hash(queue, d)
         except (ValueError, TypeError):
             continue
-    raise ValidationError(f"no deployment {validation.quote(deployment_id)} on {queue} (see "
+    raise NotFoundError(f"no deployment {validation.quote(deployment_id)} on {queue} (see "
                           f"`pycanary history {queue}`)", field="deployment")
 
 
 def events(conn: Connection, queue: str, *, deployment_id: str | None = None,
            count: int = 100, after: str | None = None) -> tuple[Deployment, list[dict[str, Any]]]:
     """(deployment, its events oldest first); ``after`` an event id for the newer ones only."""
+    if after is not None and not _EVENT_ID_RE.match(after):
+        raise ValidationError(f"must be an event id such as 1717171717000-0, got "
+                              f"{validation.quote(after)}", field="after")
+    if isinstance(count, bool) or not isinstance(count, int) or not 1 <= count <= 10_000:
+        raise ValidationError(f"must be 1-10000, got {validation.quote(count)}", field="count")
     dep = find_deployment(conn, queue, deployment_id)
     return dep, deployments.events(conn, queue, dep.id, count=count, after=after)
 

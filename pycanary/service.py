@@ -7,6 +7,7 @@ logic lives here and in the domain modules below it, once.
 from __future__ import annotations
 
 import json
+import math
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -14,25 +15,54 @@ from typing import Any
 
 from . import defaults, queue_config, registry, validation
 from .connection import Connection
-from .errors import NoSuchQueueError, ValidationError, WeightAboveMaxError
+from .errors import (
+    NoSuchQueueError,
+    PayloadTooLargeError,
+    ValidationError,
+    WeightAboveMaxError,
+)
 from .keys import LANES, QueueKeys
 from .producer import EnqueueResult, Producer
 from .routing import sticky_bucket
 
 #: Jobs per enqueue_many call when a face enqueues many, so progress can be reported.
 ENQUEUE_CHUNK = 5_000
+#: The largest count of one enqueue call from a face (a script or a loop goes further).
+MAX_COUNT = 10_000_000
+#: Fastest spread-out enqueue (jobs per second) a face accepts.
+MAX_RATE = 1_000_000
 
 
-def parse_payload(text: str | None) -> Any:
-    """JSON text from a user -> payload; ``None`` means an empty object."""
+def parse_payload(text: str | None, *, max_bytes: int | None = None) -> Any:
+    """JSON text from a user -> payload; ``None`` means an empty object. Text longer than
+    ``max_bytes`` characters is refused before it is parsed (a 1 GB argument costs nothing),
+    and so is text that is not valid UTF-8 (a lone surrogate from a broken terminal)."""
     if text is None:
         return {}
+    if max_bytes is not None and len(text) > max_bytes:
+        raise PayloadTooLargeError(f"is {len(text)} characters, above the limit of {max_bytes} "
+                                   "bytes", field="payload")
+    if any(0xD800 <= ord(c) <= 0xDFFF for c in text):
+        raise ValidationError("is not valid UTF-8", field="payload")
     try:
         return json.loads(text)
     except json.JSONDecodeError as exc:
         raise ValidationError(
             f"not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}", field="payload"
         ) from None
+    except RecursionError:
+        raise ValidationError("nested too deeply", field="payload") from None
+
+
+def check_enqueue_args(count: Any, rate: Any, *, max_count: int = MAX_COUNT) -> None:
+    """The bounds of an enqueue request every face applies: ``count`` copies (1..max_count)
+    and an optional ``rate`` in jobs per second (a finite number, 0.001..MAX_RATE)."""
+    if isinstance(count, bool) or not isinstance(count, int) or not 1 <= count <= max_count:
+        raise ValidationError(f"must be 1-{max_count:,}, got {validation.quote(count)}",
+                              field="count")
+    if rate is not None and (isinstance(rate, bool) or not isinstance(rate, int | float)
+                             or not math.isfinite(rate) or not 0.001 <= rate <= MAX_RATE):
+        raise ValidationError(f"must be 0.001-{MAX_RATE:g}, got {rate!r}", field="rate")
 
 
 @dataclass
@@ -140,6 +170,42 @@ def set_weight(
         return queue_config.WeightChange(queue, tenant, prev, bp, after.rev,
                                          paused_deployment=True)
     return queue_config.set_weight(conn, queue, bp, tenant=tenant)
+
+
+def parse_tenant_pairs(items: list[str] | None) -> dict[str, str]:
+    """``["acme=5", "internal=100"]`` (repeated ``--tenant T=PCT``) -> ``{tenant: percent}``;
+    the percentages are checked by the function that uses them."""
+    out: dict[str, str] = {}
+    for item in items or []:
+        name, sep, pct = item.partition("=")
+        if not sep or not name or not pct:
+            raise ValidationError(f"must be TENANT=PCT, got {validation.quote(item)}",
+                                  field="tenant")
+        out[name] = pct
+    return out
+
+
+def set_tenant_weights(conn: Connection, queue: str, weights: dict[str, Any | None], *,
+                       actor: str | None = None) -> list[queue_config.WeightChange]:
+    """Set (or, for ``None``, clear) several tenants' overrides. Every tenant name and weight
+    is checked, against the queue's max_weight too, before the first is written, so a bad
+    entry changes nothing; then each goes through `set_weight` (one atomic script call each;
+    a deployment in force pauses as for one)."""
+    validation.queue_name(queue)
+    if not weights:
+        raise ValidationError("give at least one tenant", field="tenants")
+    cfg = queue_config.read_config(conn, queue)
+    for tenant, percent in weights.items():
+        validation.tenant(tenant, "tenants")
+        if percent is None:
+            continue
+        bp = validation.percent_to_bp(percent, f"tenants.{tenant}")
+        if bp > cfg.max_weight_bp:
+            raise WeightAboveMaxError(
+                f"{bp / 100:g}% is above the queue's max_weight of {cfg.max_weight_bp / 100:g}%",
+                field=f"tenants.{tenant}")
+    return [set_weight(conn, queue, percent, tenant=tenant, actor=actor)
+            for tenant, percent in weights.items()]
 
 
 def configure_queue(

@@ -7,12 +7,12 @@ plain ``def`` routes in a thread pool, so a slow Redis call never blocks the eve
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
 from typing import Annotated
 
 from fastapi import Depends, FastAPI, Request, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.exceptions import HTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .. import __version__, observability
 from ..connection import Connection
@@ -63,6 +63,67 @@ Operator = Annotated[Principal, Depends(operator)]
 Conn = Annotated[Connection, Depends(get_conn)]
 
 
+class BodyCap:
+    """Refuse a request body over ``limit`` bytes with 413 before the app sees it: at once
+    from Content-Length, and for a chunked body (no Content-Length) by reading it, at most
+    ``limit`` + 1 bytes, before the app runs (then replaying it). A plain ASGI middleware:
+    a body never sits in memory beyond the limit."""
+
+    def __init__(self, app: ASGIApp, limit: int) -> None:
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = dict(scope.get("headers") or [])
+        length = headers.get(b"content-length")
+        if length is not None:
+            if not length.isdigit() or int(length) > self.limit:
+                await self._refuse(scope, receive, send)
+                return
+            await self.app(scope, receive, send)
+            return
+        chunks: list[bytes] = []
+        size = 0
+        more = True
+        while more:
+            message = await receive()
+            if message["type"] != "http.request":  # the client went away
+                await self.app(scope, _replay([message]), send)
+                return
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self.limit:
+                await self._refuse(scope, receive, send)
+                return
+            chunks.append(chunk)
+            more = message.get("more_body", False)
+        body = b"".join(chunks)
+        await self.app(scope, _replay([{"type": "http.request", "body": body,
+                                        "more_body": False}], receive), send)
+
+    async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
+        response = errors.envelope(413, "payload_too_large",
+                                   f"request body over {self.limit} bytes", "body")
+        await response(scope, receive, send)
+
+
+def _replay(messages: list[Message], then: Receive | None = None) -> Receive:
+    """A receive() that gives ``messages`` first, then defers to ``then`` (a disconnect)."""
+    pending = list(messages)
+
+    async def receive() -> Message:
+        if pending:
+            return pending.pop(0)
+        if then is not None:
+            return await then()
+        return {"type": "http.disconnect"}
+
+    return receive
+
+
 def create_app(conn: Connection, *, tokens: TokenStore | None) -> FastAPI:
     """The API over ``conn``. ``tokens=None`` turns auth off (the CLI allows that only with
     ``--no-auth`` on a loopback bind)."""
@@ -74,14 +135,7 @@ def create_app(conn: Connection, *, tokens: TokenStore | None) -> FastAPI:
     app.state.tokens = tokens
     errors.install(app)
 
-    @app.middleware("http")
-    async def _cap_body(request: Request,
-                        call_next: Callable[[Request], Awaitable[Response]]) -> Response:
-        length = request.headers.get("content-length")
-        if length is not None and (not length.isdigit() or int(length) > MAX_BODY_BYTES):
-            return errors.envelope(413, "payload_too_large",
-                                   f"request body over {MAX_BODY_BYTES} bytes", "body")
-        return await call_next(request)
+    app.add_middleware(BodyCap, limit=MAX_BODY_BYTES)
 
     @app.get("/healthz", tags=["health"], summary="Redis reachability and the controller "
              "leader (no token needed: a probe must not carry secrets)")

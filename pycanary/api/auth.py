@@ -41,6 +41,15 @@ class TokenStore:
     def __bool__(self) -> bool:
         return bool(self._tokens)
 
+    def redact(self, text: str) -> str:
+        """``text`` with every configured token replaced: an error message or a log line
+        quoting what a caller sent (a token pasted as a queue name) never shows one."""
+        for _, token in self._tokens:
+            t = token.decode("utf-8", "surrogateescape")
+            if t in text:
+                text = text.replace(t, "<redacted>")
+        return text
+
     def identify(self, presented: str) -> Principal | None:
         given = presented.encode("utf-8", "surrogateescape")
         found: Principal | None = None

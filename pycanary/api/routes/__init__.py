@@ -7,7 +7,7 @@ from fastapi import FastAPI
 
 def include_all(app: FastAPI) -> None:
     """Mount every resource's router under /v1."""
-    from . import meta
+    from . import deployments, dlq, meta, plans, queues, workers
 
-    for module in (meta,):
+    for module in (meta, queues, deployments, workers, dlq, plans):
         app.include_router(module.router, prefix="/v1")
