@@ -17,6 +17,7 @@ from typing import Any
 
 from .connection import Connection
 from .errors import raise_for_code
+from .notify import plan_webhooks_json
 from .plan import Plan, parse_plan
 
 #: Deployment states (the ones the scripts write). The first five are "active": at most one
@@ -268,6 +269,8 @@ def start(
         "salt": salt, "started_at": now, "stage_started_at": now, "paused_ms": 0,
         "actor": actor, "reason": "", "manual_only": "", "analysis_state": {},
         "totals": {}, "last_data_at": {}, "meta": meta or {},
+        # copied by the scripts into every outbox entry of this deployment (pycanary/notify.py)
+        "webhooks": plan_webhooks_json(plan),
     }
     ev = event("started", message, actor=actor, now=now,
                data={"canary_version": canary_version, "weight_bp": first.weight_bp,

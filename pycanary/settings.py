@@ -22,3 +22,8 @@ class Settings(BaseSettings):
     redis_tls_ca: str | None = None
     redis_tls_cert: str | None = None
     redis_tls_key: str | None = None
+    #: Webhooks every notification goes to: ``KIND:URL`` entries separated by commas, KIND
+    #: ``json`` or ``slack`` (a bare URL is json), e.g.
+    #: ``json:http://127.0.0.1:9000/hook,slack:https://hooks.slack.com/services/...``; parsed
+    #: by ``pycanary.notify.parse_webhooks`` (errors name PYCANARY_WEBHOOKS).
+    webhooks: str = ""
