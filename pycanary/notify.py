@@ -251,7 +251,12 @@ def post(url: str, body: bytes, timeout_s: float) -> Answer:
             conn.close()
     except TimeoutError:
         return Answer(None, f"timed out after {timeout_s:g}s")
-    except (OSError, http.client.HTTPException, ValueError) as exc:
+    except ConnectionRefusedError:
+        return Answer(None, "connection refused")
+    except OSError as exc:  # strerror names the problem, never the URL
+        return Answer(None, f"{type(exc).__name__}: {exc.strerror}" if exc.strerror
+                      else type(exc).__name__)
+    except (http.client.HTTPException, ValueError) as exc:
         return Answer(None, type(exc).__name__)
 
 
