@@ -486,3 +486,32 @@ def test_docs_name_every_notification_type() -> None:
     doc = (Path(__file__).resolve().parents[1] / "docs" / "notifications.md").read_text()
     for t in defaults.NOTIFY_EVENT_TYPES:
         assert f"`{t}`" in doc, t
+
+
+def test_plan_check_lints_webhook_gates(tmp_path) -> None:
+    from pycanary.plan_check import check_plan
+
+    path = tmp_path / "gated.yaml"
+    path.write_text("""canary_config:
+  interval: 30s
+  stages:
+    - percentage: 10
+      duration: 10m
+      gate: {webhook: "http://ci.example.com/confirm/abc", timeout_s: 30}
+    - percentage: 50
+      duration: 10m
+      gate: {webhook: "https://ci.example.com/confirm/abc", timeout_s: 5}
+  notifications:
+    webhooks:
+      - {url: "http://127.0.0.1:9000/hook"}
+      - {url: "http://chat.example.com/hook", kind: slack}
+""")
+    report = check_plan(path, 10_000, 0.01, runs=2)
+    gate = [w for w in report.warnings if "gate" in w or "webhooks" in w]
+    assert gate == [
+        "stages[0].gate.timeout_s: 30s is not below the interval 30s: a slow gate makes the "
+        "stage wait at least one more check per call",
+        "stages[0].gate.webhook: plain http to a remote host; use https",
+        "notifications.webhooks[1].url: plain http to a remote host; use https"]
+    assert report.notes == ["the simulation takes the webhook gates of stages 1, 2 as "
+                            "answering 2xx at once"]
