@@ -341,6 +341,7 @@ class Sender:
         self._inflight: dict[tuple[str, str], _Delivery] = {}
         self._groups: set[str] = set()
         self._touched_at = 0.0
+        self._claimed_at: float | None = None  # last pass that looked for idle entries
 
     # -- reading ----------------------------------------------------------------------------
     def _queues(self) -> list[str]:
@@ -370,7 +371,7 @@ class Sender:
                 note, [_Attempts(t) for t in targets.values()])
             report.read += 1
 
-    def _read(self, queue: str, report: SendReport) -> None:
+    def _read(self, queue: str, report: SendReport, *, claim: bool) -> None:
         key = self.conn.keys.queue(queue).outbox
         try:
             self._ensure_group(key)
@@ -379,19 +380,21 @@ class Sender:
             return
         client = self.conn.client
         try:
-            claimed = client.xautoclaim(key, self.group, self.consumer,
-                                        min_idle_time=self.claim_idle_ms, start_id="0-0",
-                                        count=self.batch)
+            if claim:
+                claimed = client.xautoclaim(key, self.group, self.consumer,
+                                            min_idle_time=self.claim_idle_ms, start_id="0-0",
+                                            count=self.batch)
+                got = claimed[1] if isinstance(claimed, list | tuple) and len(claimed) > 1 \
+                    else []
+                before = report.read
+                self._take(queue, got, report)
+                report.claimed += report.read - before
+            res = client.xreadgroup(self.group, self.consumer, {key: ">"}, count=self.batch)
         except redis.exceptions.ResponseError as exc:
-            if "NOGROUP" in str(exc):  # the stream was deleted meanwhile
+            if "NOGROUP" in str(exc):  # the stream was deleted meanwhile: make it again
                 self._groups.discard(key)
                 return
             raise
-        got = claimed[1] if isinstance(claimed, list | tuple) and len(claimed) > 1 else []
-        before = report.read
-        self._take(queue, got, report)
-        report.claimed += report.read - before
-        res = client.xreadgroup(self.group, self.consumer, {key: ">"}, count=self.batch)
         for _stream, entries in res or []:
             self._take(queue, entries, report)
 
@@ -463,9 +466,15 @@ class Sender:
         """One pass: claim idle entries, read new ones, attempt every delivery that is due,
         acknowledge the finished ones. Never sleeps (but for the webhook calls themselves)."""
         report = SendReport()
+        # idle entries are looked for at most twice per claim_idle (XAUTOCLAIM walks the
+        # pending list), new ones on every pass
+        now = self.clock()
+        claim = self._claimed_at is None or now - self._claimed_at >= self.claim_idle_ms / 2000
+        if claim:
+            self._claimed_at = now
         for q in self._queues():
             try:
-                self._read(q, report)
+                self._read(q, report, claim=claim)
             except redis.exceptions.RedisError as exc:
                 report.errors.append(f"{q}: {exc}")
         self._touch()
