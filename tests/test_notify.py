@@ -154,6 +154,7 @@ def test_outbox_is_written_by_the_same_scripts_as_the_events(conn) -> None:
     assert [f["type"] for f in got] == ["started", "paused", "rollback", "rolled_back"]
     rb = got[2]
     assert rb["deployment"] == dep.id and rb["version"] == "v2" and rb["stable_version"] == "v1"
+    assert rb["queue"] == Q
     assert (rb["stage"], rb["weight_bp"], rb["state"]) == ("0", "0", "rolling_back")
     assert json.loads(rb["e"])["message"] == "rollback: error rate 12% above 5%"
     assert got[0]["weight_bp"] == "1000" and got[0]["webhooks"] == ""

@@ -59,8 +59,10 @@ local function add_event(events_key, event, outbox_key, dep_key)
     if kind then
       local d = rcall('HMGET', dep_key, 'id', 'canary_version', 'stable_version', 'stage',
                       'weight_bp', 'state', 'webhooks')
+      -- the queue is the key's hash tag (queue names hold no braces)
+      local queue = string.match(outbox_key, '{([^{}]*)}:outbox$') or ''
       rcall('XADD', outbox_key, 'MAXLEN', '~', OUTBOX_MAXLEN, '*', 'type', kind, 'e', event,
-            'deployment', d[1] or '', 'version', d[2] or '', 'stable_version', d[3] or '',
+            'queue', queue, 'deployment', d[1] or '', 'version', d[2] or '', 'stable_version', d[3] or '',
             'stage', d[4] or '0', 'weight_bp', d[5] or '0', 'state', d[6] or '',
             'webhooks', d[7] or '')
     end
