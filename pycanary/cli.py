@@ -993,6 +993,7 @@ def notify_cmd(
                                                  "outboxes' group (default host:pid).")] = None,
     poll: Annotated[float, typer.Option("--poll", help="Seconds between passes.")]
     = defaults.NOTIFY_POLL_S,
+    log_format: Annotated[str, typer.Option("--log-format", help="json or text.")] = "json",
     as_json: JsonOpt = False,
 ) -> None:
     """Deliver the deployments' notifications (outbox streams) to the webhooks.
@@ -1018,6 +1019,7 @@ def notify_cmd(
         raise ValidationError(f"must be 1-1000, got {max_attempts}", field="max_attempts")
     if consumer is not None:
         validation.queue_name(consumer, "consumer")
+    log_format = _choice(log_format, "log_format", ("json", "text"))
     webhooks = parse_webhooks(Settings().webhooks)
     sender = Sender(_state(ctx).conn(), webhooks=webhooks, timeout_s=timeout,
                     max_attempts=max_attempts, backoff_s=backoff, claim_idle_s=claim_idle,
@@ -1029,7 +1031,11 @@ def notify_cmd(
               f"{report.delivered}, failed {report.failed}, acknowledged "
               f"{report.acknowledged}" + "".join(f"\nwarning: {e}" for e in report.errors))
         raise typer.Exit(1 if report.failed or report.errors else 0)
-    logging.basicConfig(level=logging.INFO)
+    from .controller import JsonFormatter, TextFormatter
+
+    handler = logging.StreamHandler()
+    handler.setFormatter(JsonFormatter() if log_format == "json" else TextFormatter())
+    logging.basicConfig(level=logging.INFO, handlers=[handler])
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())

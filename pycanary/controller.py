@@ -66,7 +66,7 @@ class TextFormatter(logging.Formatter):
 
     FIELDS = (("queue", "queue"), ("canary_version", "version"), ("deployment_id", "deployment"),
               ("stage", "stage"), ("verdict", "verdict"), ("action", "action"),
-              ("reason", "reason"))
+              ("reason", "reason"), ("type", "type"), ("webhook", "webhook"))
 
     def __init__(self) -> None:
         super().__init__("%(asctime)s %(levelname)s %(message)s")

@@ -516,3 +516,24 @@ def test_plan_check_lints_webhook_gates(tmp_path) -> None:
         "notifications.webhooks[1].url: plain http to a remote host; use https"]
     assert report.notes == ["the simulation takes the webhook gates of stages 1, 2 as "
                             "answering 2xx at once"]
+
+
+def test_cli_notify_once_delivers_and_reports(real_conn, receivers, monkeypatch) -> None:
+    conn = real_conn
+    r = receiver(receivers)
+    start(conn)
+    rollouts.rollback(conn, Q, reason="canary errors")
+    monkeypatch.setenv("PYCANARY_WEBHOOKS", f"json:{r.url()}")
+    res = CliRunner().invoke(app, ["--redis-url", conn.url, "--prefix", conn.keys.prefix,
+                                   "notify", "--once", "--json"])
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.output)
+    assert (out["read"], out["delivered"], out["failed"], out["acknowledged"]) == (3, 3, 0, 3)
+    assert [b["type"] for b in r.bodies] == ["started", "rollback", "rolled_back"]
+    monkeypatch.setenv("PYCANARY_WEBHOOKS", f"json:http://127.0.0.1:{free_port()}/x")
+    rollouts.ramp(conn, Q, "v3", PLAN, allow_schema_change=True, actor="t", force=True)
+    res = CliRunner().invoke(app, ["--redis-url", conn.url, "--prefix", conn.keys.prefix,
+                                   "notify", "--once", "--max-attempts", "1"])
+    assert res.exit_code == 1
+    assert res.output.strip() == ("read 1 notifications (0 taken over), delivered 0, failed 1, "
+                                  "acknowledged 1")
