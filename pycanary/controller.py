@@ -714,6 +714,13 @@ class Controller:
         meta["gate"] = seen
         w.values["meta"] = meta
         w.label = f"waiting at the webhook gate ({seen.get('last') or 'asking'})"
+        # what status and the analysis record say: a hold at the gate, not a promotion
+        held = {**(w.values.get("last_decision") or {}), "action": "hold", "cause": "gate",
+                "reason": f"{plan.stage_label(dep.stage)} passed; waiting for its webhook "
+                          f"gate ({seen.get('last') or 'asking'}) before {where}"}
+        w.values["last_decision"] = held
+        if w.analysis is not None:
+            w.analysis = {**w.analysis, "decision": held}
         return False
 
     def _stalled(self, dep: Deployment, canary: LaneSnapshot, now: int, w: _Write) -> bool:

@@ -413,6 +413,12 @@ def test_webhook_gate_holds_on_500_and_advances_on_200(real_conn, receivers) -> 
     ctl.tick()  # sees the 500: still waiting, asks again
     d = deployments.get(conn, Q)
     assert d.stage == 0 and d.weight_bp == 1000 and d.meta["gate"]["last"] == "HTTP 500"
+    assert (d.last_decision["action"], d.last_decision["cause"]) == ("hold", "gate")
+    from pycanary.watch import gate_line
+
+    assert gate_line(Q, d.to_dict()) == (
+        "waiting at the webhook gate of stage 1: last answer HTTP 500 (asked 2 times); it "
+        f"advances at the first check after a 2xx, or `pycanary promote {Q}` now")
     wait_for(lambda: len(r.bodies) == 2 and not ctl.gates._running, what="the second call")
     r.statuses = [200]
     healthy_window(conn, 3)
