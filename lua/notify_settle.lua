@@ -35,6 +35,6 @@ for i = 5, 4 + n do
         'entry', ARGV[2], 'f', ARGV[i])
 end
 if rcall('EXISTS', outbox_key) == 0 then return 0 end
-local ok, acked = pcall(rcall, 'XACK', outbox_key, ARGV[1], ARGV[2])
-if not ok then return 0 end
+local acked = redis.pcall('XACK', outbox_key, ARGV[1], ARGV[2])
+if type(acked) ~= 'number' then return 0 end  -- no such group (the stream was recreated)
 return acked

@@ -543,3 +543,28 @@ def test_cli_notify_once_delivers_and_reports(real_conn, receivers, monkeypatch)
     assert res.exit_code == 1
     assert res.output.strip() == ("read 1 notifications (0 taken over), delivered 0, failed 1, "
                                   "acknowledged 1")
+
+
+def test_the_controller_role_may_run_the_sender(tmp_path, receivers) -> None:
+    """The least-privilege controller user (pycanary/security.py) reads the outboxes and
+    settles them: the sender's commands and notify_settle's are in its rules."""
+    import pycanary
+    from pycanary.security import acl_rules
+    from tests.redis_servers import RedisProcess
+
+    proc = RedisProcess(tmp_path)
+    try:
+        for role in ("operator", "controller"):
+            proc.client.execute_command("ACL", "SETUSER", role, "reset", "on", ">pw",
+                                        *acl_rules(role, "pc"))
+        op = pycanary.connect(f"redis://operator:pw@127.0.0.1:{proc.port}/0", prefix="pc")
+        ctl = pycanary.connect(f"redis://controller:pw@127.0.0.1:{proc.port}/0", prefix="pc")
+        start(op)
+        rollouts.rollback(op, Q, reason="x")
+        r = receiver(receivers)
+        rep = sender(ctl, [Target("json", r.url())]).run_once()
+        assert (rep.delivered, rep.acknowledged, rep.errors) == (3, 3, [])
+        op.close()
+        ctl.close()
+    finally:
+        proc.stop()
