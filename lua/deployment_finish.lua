@@ -7,6 +7,7 @@
   KEYS[3] history        list    finished deployments of the queue (JSON, newest first)
   KEYS[4] counters       hash    promotions/rollbacks counters of the queue
   KEYS[5] fence          string  highest controller epoch that wrote to the queue
+  KEYS[6] outbox         stream  the queue's notification outbox (notable events, docs/notifications.md)
 
   ARGV[1] epoch          leader epoch, or '' for an operator
   ARGV[2] now_ms         client clock
@@ -20,14 +21,15 @@
           argument (the fence is raised only by a call that writes)
 ]]
 local rcall = redis.call
-local dep_key, events_key, history_key, counters_key, fence_key =
-  KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
+local dep_key, events_key, history_key, counters_key, fence_key, outbox_key =
+  KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
 
 -- @include fence
 -- @include deployment
 -- @include guard
 
-local bad = bad_key_type({{1, 'hash'}, {2, 'stream'}, {3, 'list'}, {4, 'hash'}, {5, 'string'}})
+local bad = bad_key_type({{1, 'hash'}, {2, 'stream'}, {3, 'list'}, {4, 'hash'}, {5, 'string'},
+                          {6, 'stream'}})
 if bad then return guard_fail(-13, bad) end
 local fence_err = fence_args_error(fence_key, ARGV[1])
 if fence_err then return fence_err end
@@ -50,7 +52,7 @@ local now_ms = ARGV[2]
 local fields = read_pairs(ARGV, 4)
 rcall('HSET', dep_key, 'state', final, 'finished_at', now_ms)
 local rev = dep_write(dep_key, fields, now_ms)
-add_event(events_key, ARGV[#ARGV])
+add_event(events_key, ARGV[#ARGV], outbox_key, dep_key)
 if ARGV[3] ~= '' then rcall('HINCRBY', counters_key, ARGV[3], 1) end
 local flat = rcall('HGETALL', dep_key)
 local snapshot = {}

@@ -10,6 +10,7 @@
   KEYS[4] former_stable  zset    versions that were stable before
   KEYS[5] deployment     hash    the queue's current deployment
   KEYS[6] events         stream  this deployment's event log
+  KEYS[7] outbox         stream  the queue's notification outbox (notable events, docs/notifications.md)
 
   ARGV[1] now_ms         client clock
   ARGV[2] canary_version
@@ -28,13 +29,13 @@
 ]]
 local rcall = redis.call
 local config_key, tenant_key, rolled_back_key, former_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
-local dep_key, events_key = KEYS[5], KEYS[6]
+local dep_key, events_key, outbox_key = KEYS[5], KEYS[6], KEYS[7]
 
 -- @include deployment
 -- @include guard
 
 local bad = bad_key_type({{1, 'hash'}, {2, 'hash'}, {3, 'set'}, {4, 'zset'}, {5, 'hash'},
-                          {6, 'stream'}})
+                          {6, 'stream'}, {7, 'stream'}})
 if bad then return guard_fail(-13, bad) end
 if int_arg(ARGV[1], 0) == nil then return guard_fail(-4, 'ARGV[1] now_ms must be an integer') end
 if ARGV[2] == nil or ARGV[2] == '' then return guard_fail(-4, 'ARGV[2] canary_version is empty') end
@@ -71,5 +72,5 @@ rcall('DEL', dep_key)
 rcall('HSET', dep_key, 'stable_version', stable, 'canary_version', version, 'weight_bp', weight,
       'rev', 0)
 local rev = dep_write(dep_key, fields, now_ms)
-add_event(events_key, event)
+add_event(events_key, event, outbox_key, dep_key)
 return rev

@@ -902,10 +902,16 @@ def controller(
         float, typer.Option("--stall-grace", help="Seconds canary jobs may wait with no live "
                             "canary worker before the deployment is rolled back as stalled.")
     ] = defaults.STALL_GRACE_S,
+    notify: Annotated[
+        bool, typer.Option("--notify/--no-notify", help="Also run the notification sender "
+                           "in a thread of its own (webhooks from PYCANARY_WEBHOOKS and the "
+                           "plans); --no-notify when `pycanary notify` runs elsewhere.")
+    ] = True,
 ) -> None:
     """Run the leader-elected controller that drives every deployment's plan.
 
-    Run two for failover: one leads, the other takes over within two leases.
+    Run two for failover: one leads, the other takes over within two leases. The
+    notification sender runs beside it (never inside its tick) unless --no-notify.
 
     Example: pycanary controller --log-format text
     """
@@ -921,6 +927,9 @@ def controller(
     _finite(stall_grace, "stall_grace", 1, 86400)
     log_format = _choice(log_format, "log_format", ("json", "text"))
     log_level = _choice(log_level, "log_level", ("debug", "info", "warning", "error"))
+    from .notify import Sender, parse_webhooks
+
+    webhooks = parse_webhooks(Settings().webhooks)  # a bad entry: exit 2 before starting
 
     handler = logging.StreamHandler()
     if log_format == "json":
@@ -935,8 +944,13 @@ def controller(
         signal.signal(sig, lambda *_: stop.set())
     ctl = Controller(conn, leadership=Leadership(conn, lease_s=lease),
                      stall_grace_s=stall_grace)
-    typer.echo(f"controller {ctl.id} started (lease {lease:g}s)", err=True)
+    sender = Sender(conn, webhooks=webhooks).start(stop) if notify else None
+    typer.echo(f"controller {ctl.id} started (lease {lease:g}s"
+               + (f", notifying {len(webhooks)} webhook(s) and the plans'" if notify else
+                  ", no notifications") + ")", err=True)
     ctl.run(stop, poll_s=min(poll, lease / 5))
+    if sender is not None:
+        sender.join(timeout=defaults.NOTIFY_TIMEOUT_S + 1)
     typer.echo(f"controller {ctl.id} stopped", err=True)
 
 
@@ -993,6 +1007,80 @@ def api(
     # deployment would rather not print, and the app logs what matters itself
     uvicorn.run(create_app(conn, tokens=store), host=host, port=port, log_level=log_level,
                 access_log=False)
+
+
+@app.command("notify")
+def notify_cmd(
+    ctx: typer.Context,
+    once: Annotated[bool, typer.Option("--once", help="Deliver what the outboxes hold now "
+                                       "(retries included), then exit.")] = False,
+    timeout: Annotated[float, typer.Option("--timeout", help="Seconds a webhook call may "
+                                           "take.")] = defaults.NOTIFY_TIMEOUT_S,
+    max_attempts: Annotated[int, typer.Option("--max-attempts", help="Attempts per "
+                                              "notification and webhook before it is "
+                                              "recorded as failed.")]
+    = defaults.NOTIFY_MAX_ATTEMPTS,
+    backoff: Annotated[float, typer.Option("--backoff", help="First retry delay in seconds "
+                                           "(doubled per attempt).")]
+    = defaults.NOTIFY_BACKOFF_S,
+    claim_idle: Annotated[float, typer.Option("--claim-idle", help="Seconds another sender's "
+                                              "unacknowledged notification waits before this "
+                                              "one takes it over.")]
+    = defaults.NOTIFY_CLAIM_IDLE_S,
+    consumer: Annotated[str | None, typer.Option("--consumer", help="Consumer name in the "
+                                                 "outboxes' group (default host:pid).")] = None,
+    poll: Annotated[float, typer.Option("--poll", help="Seconds between passes.")]
+    = defaults.NOTIFY_POLL_S,
+    log_format: Annotated[str, typer.Option("--log-format", help="json or text.")] = "json",
+    as_json: JsonOpt = False,
+) -> None:
+    """Deliver the deployments' notifications (outbox streams) to the webhooks.
+
+    Webhooks: PYCANARY_WEBHOOKS (json:URL,slack:URL) and each plan's notifications.webhooks.
+    At least once: a notification is acknowledged only after every webhook answered 2xx or
+    was given up on (recorded as notify_failed). `pycanary controller` runs this already
+    unless --no-notify.
+
+    Example: PYCANARY_WEBHOOKS=json:http://127.0.0.1:9000/hook pycanary notify --once --json
+    """
+    import logging
+    import signal
+    import threading
+
+    from .notify import Sender, parse_webhooks
+
+    _finite(timeout, "timeout", 0.1, 300)
+    _finite(backoff, "backoff", 0, 3600)
+    _finite(claim_idle, "claim_idle", 0, 86400)
+    _finite(poll, "poll", 0.01, 3600)
+    if not 1 <= max_attempts <= 1000:
+        raise ValidationError(f"must be 1-1000, got {max_attempts}", field="max_attempts")
+    if consumer is not None:
+        validation.queue_name(consumer, "consumer")
+    log_format = _choice(log_format, "log_format", ("json", "text"))
+    webhooks = parse_webhooks(Settings().webhooks)
+    sender = Sender(_state(ctx).conn(), webhooks=webhooks, timeout_s=timeout,
+                    max_attempts=max_attempts, backoff_s=backoff, claim_idle_s=claim_idle,
+                    consumer=consumer)
+    if once:
+        report = sender.run_once()
+        _emit(report.to_dict(), as_json,
+              f"read {report.read} notifications ({report.claimed} taken over), delivered "
+              f"{report.delivered}, failed {report.failed}, acknowledged "
+              f"{report.acknowledged}" + "".join(f"\nwarning: {e}" for e in report.errors))
+        raise typer.Exit(1 if report.failed or report.errors else 0)
+    from .controller import JsonFormatter, TextFormatter
+
+    handler = logging.StreamHandler()
+    handler.setFormatter(JsonFormatter() if log_format == "json" else TextFormatter())
+    logging.basicConfig(level=logging.INFO, handlers=[handler])
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    typer.echo(f"notification sender {sender.consumer} started ({len(webhooks)} webhook(s) "
+               "from PYCANARY_WEBHOOKS, plus the plans')", err=True)
+    sender.run(stop, poll_s=poll)
+    typer.echo("notification sender stopped", err=True)
 
 
 @app.command("metrics")

@@ -36,7 +36,9 @@ from .errors import (
     WeightAboveMaxError,
 )
 from .leader import Leadership, run_scripts
-from .validation import NAME_RE
+from .notify import GateCalls, iso_ms
+from .plan import Gate
+from .validation import NAME_RE, redact_url
 
 log = logging.getLogger("pycanary.controller")
 
@@ -64,7 +66,7 @@ class TextFormatter(logging.Formatter):
 
     FIELDS = (("queue", "queue"), ("canary_version", "version"), ("deployment_id", "deployment"),
               ("stage", "stage"), ("verdict", "verdict"), ("action", "action"),
-              ("reason", "reason"))
+              ("reason", "reason"), ("type", "type"), ("webhook", "webhook"))
 
     def __init__(self) -> None:
         super().__init__("%(asctime)s %(levelname)s %(message)s")
@@ -152,8 +154,11 @@ class Controller:
         drain_batch: int = defaults.DRAIN_BATCH,
         heartbeat_s: float = defaults.HEARTBEAT_S,
         stall_grace_s: float = defaults.STALL_GRACE_S,
+        gates: GateCalls | None = None,
     ) -> None:
         self.conn = conn
+        #: webhook gates' calls, run in background threads (a tick only looks at them)
+        self.gates = gates or GateCalls()
         self.stall_grace_ms = int(stall_grace_s * 1000)
         self.clock = clock
         self.leadership = leadership
@@ -640,6 +645,10 @@ class Controller:
             return w
         if action is Action.PROMOTE and manual_only:
             action = Action.AWAIT_APPROVAL
+        gate = plan.stages[dep.stage].gate
+        if action is Action.PROMOTE and gate is not None and \
+                not self._gate_open(dep, gate, decision.next_stage, now, w):
+            return w
         if action is Action.PROMOTE and decision.next_stage is not None:
             nxt = decision.next_stage
             values.update({"stage": nxt, "stage_started_at": now, "state": "active",
@@ -657,6 +666,62 @@ class Controller:
             events.append(deployments.event("awaiting_promotion", why, actor=self.id, now=now))
             w.label = "awaiting promotion"
         return w
+
+    def _gate_open(self, dep: Deployment, gate: Gate, nxt: int | None, now: int,
+                   w: _Write) -> bool:
+        """The stage has passed and its plan asks a webhook first (Flagger's confirm-promotion).
+        True once the webhook answered 2xx: the promotion goes ahead in this write. Otherwise
+        the call runs (or is started) in the background, never in this tick; the first look
+        records ``gate_waiting`` (a notification), each new refusal ``gate_refused`` with the
+        status, and the stage waits: the next check looks again (and asks again after a
+        refusal). What the gate said so far is kept in ``meta.gate``."""
+        plan = dep.plan
+        where = "100%" if nxt is None else plan.stage_label(nxt)
+        shown = redact_url(gate.webhook)
+        body = {"type": "confirm_promotion", "queue": dep.queue, "deployment": dep.id,
+                "version": dep.canary_version, "stable_version": dep.stable_version,
+                "stage": dep.stage + 1, "next": where, "weight": dep.weight_bp / 100,
+                "at": iso_ms(now)}
+        look = self.gates.look((dep.id, dep.stage), gate.webhook, body, gate.timeout_s)
+        meta = dict(w.values.get("meta") or dep.meta or {})
+        seen = meta.get("gate")
+        seen = dict(seen) if isinstance(seen, dict) and seen.get("stage") == dep.stage else None
+        if look.answer is not None and look.answer.ok:
+            meta.pop("gate", None)
+            w.values["meta"] = meta
+            w.events.append(deployments.event(
+                "gate_passed", f"webhook gate of {plan.stage_label(dep.stage)} answered "
+                f"{look.answer.text}; promoting to {where}", actor=self.id, now=now,
+                data={"stage": dep.stage, "webhook": shown, "status": look.answer.status}))
+            return True
+        if seen is None:
+            seen = {"stage": dep.stage, "since": now, "asked": 0, "last": ""}
+            w.events.append(deployments.event(
+                "gate_waiting", f"{plan.stage_label(dep.stage)} passed; waiting for its webhook "
+                f"gate ({shown}) to answer 2xx before promoting to {where}", actor=self.id,
+                now=now, data={"stage": dep.stage, "webhook": shown}))
+        if look.started:
+            seen["asked"] = int(seen.get("asked", 0)) + 1
+        if look.answer is not None:
+            text = look.answer.text
+            if text != seen.get("last"):
+                w.events.append(deployments.event(
+                    "gate_refused", f"webhook gate of {plan.stage_label(dep.stage)} answered "
+                    f"{text}: the stage keeps waiting (asked again)", actor=self.id, now=now,
+                    data={"stage": dep.stage, "webhook": shown,
+                          "status": look.answer.status, "error": look.answer.error}))
+            seen["last"] = text
+        meta["gate"] = seen
+        w.values["meta"] = meta
+        w.label = f"waiting at the webhook gate ({seen.get('last') or 'asking'})"
+        # what status and the analysis record say: a hold at the gate, not a promotion
+        held = {**(w.values.get("last_decision") or {}), "action": "hold", "cause": "gate",
+                "reason": f"{plan.stage_label(dep.stage)} passed; waiting for its webhook "
+                          f"gate ({seen.get('last') or 'asking'}) before {where}"}
+        w.values["last_decision"] = held
+        if w.analysis is not None:
+            w.analysis = {**w.analysis, "decision": held}
+        return False
 
     def _stalled(self, dep: Deployment, canary: LaneSnapshot, now: int, w: _Write) -> bool:
         """A canary lane nobody reads: jobs wait in it and no live worker of the canary version

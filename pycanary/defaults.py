@@ -43,6 +43,32 @@ TUI_SPARK_SLOTS = 30
 TUI_EVENTS = 20
 TUI_SOCKET_TIMEOUT_S = 5.0
 
+#: Event types that also become notifications (the deployment scripts append them to the
+#: queue's outbox in the same call as the change). lua/includes/deployment.lua holds the same
+#: list (a test checks they agree); a FAIL "verdict" event is notified as "check_failed".
+NOTIFY_EVENT_TYPES = ("started", "check_failed", "rollback", "rolled_back", "paused",
+                      "awaiting_promotion", "gate_waiting", "stage", "promoted", "completed")
+#: Approximate cap of each outbox stream (XADD MAXLEN ~), as in the include.
+OUTBOX_MAXLEN = 10_000
+#: The sender's consumer group on every outbox.
+NOTIFY_GROUP = "pycanary-notify"
+#: Seconds a webhook call may take (connect, and each read) before it counts as failed.
+NOTIFY_TIMEOUT_S = 5.0
+#: Delivery attempts per notification and webhook before it is recorded as failed.
+NOTIFY_MAX_ATTEMPTS = 5
+#: First retry delay (doubled per attempt) and its ceiling, in seconds.
+NOTIFY_BACKOFF_S = 1.0
+NOTIFY_BACKOFF_MAX_S = 60.0
+#: Seconds a notification may sit unacknowledged with another sender (crashed, presumably)
+#: before this one claims it (XAUTOCLAIM).
+NOTIFY_CLAIM_IDLE_S = 30.0
+#: Seconds between the sender's passes over the outboxes.
+NOTIFY_POLL_S = 0.5
+#: Approximate cap of each dead outbox (notifications given up on).
+NOTIFY_DEAD_MAXLEN = 1000
+#: Seconds a webhook gate's call may take by default.
+GATE_TIMEOUT_S = 10.0
+
 
 def now_ms() -> int:
     """Wall-clock time in milliseconds since the epoch: the one clock passed to the scripts."""

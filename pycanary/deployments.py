@@ -17,6 +17,7 @@ from typing import Any
 
 from .connection import Connection
 from .errors import raise_for_code
+from .notify import plan_webhooks_json
 from .plan import Plan, parse_plan
 
 #: Deployment states (the ones the scripts write). The first five are "active": at most one
@@ -268,6 +269,8 @@ def start(
         "salt": salt, "started_at": now, "stage_started_at": now, "paused_ms": 0,
         "actor": actor, "reason": "", "manual_only": "", "analysis_state": {},
         "totals": {}, "last_data_at": {}, "meta": meta or {},
+        # copied by the scripts into every outbox entry of this deployment (pycanary/notify.py)
+        "webhooks": plan_webhooks_json(plan),
     }
     ev = event("started", message, actor=actor, now=now,
                data={"canary_version": canary_version, "weight_bp": first.weight_bp,
@@ -275,7 +278,7 @@ def start(
     res = conn.scripts.call(
         "deployment_start",
         [qk.config, qk.tenant_weights, qk.rolled_back, qk.former_stable, qk.deployment,
-         qk.events(dep_id)],
+         qk.events(dep_id), qk.outbox],
         [now, canary_version, first.weight_bp, "1" if plan.sticky else "0", salt,
          *_pairs(_tenant_pairs(first.tenants_bp)), *_pairs(encode_fields(fields)), ev],
     )
@@ -325,7 +328,7 @@ def update_call(
                                                     default=str)
     return (
         [qk.config, qk.tenant_weights, qk.deployment, qk.events(dep.id), qk.fence,
-         qk.analyses(dep.id)],
+         qk.analyses(dep.id), qk.outbox],
         [_fence_args(epoch), str(dep.rev) if check_rev else "", now,
          "" if weight_bp is None else weight_bp, "keep" if tenants_bp is None else "set",
          *_pairs(_tenant_pairs(tenants_bp)), *_pairs(encode_fields(values)), len(evs), *evs,
@@ -374,7 +377,7 @@ def rollback(conn: Connection, dep: Deployment, *, reason: str, actor: str, now:
     res = conn.scripts.call(
         "deployment_rollback",
         [qk.config, qk.tenant_weights, qk.rolled_back, qk.deployment, qk.events(dep.id),
-         qk.fence],
+         qk.fence, qk.outbox],
         [_fence_args(epoch), str(dep.rev) if check_rev else "", now,
          *_pairs(encode_fields({"reason": reason, "weight0_at": now, **(values or {})})), ev],
     )
@@ -396,7 +399,7 @@ def promote_final(conn: Connection, dep: Deployment, *, actor: str, now: int, re
     res = conn.scripts.call(
         "deployment_promote",
         [qk.config, qk.tenant_weights, qk.rolled_back, qk.former_stable, qk.deployment,
-         qk.events(dep.id), qk.fence],
+         qk.events(dep.id), qk.fence, qk.outbox],
         [_fence_args(epoch), str(dep.rev) if check_rev else "", now,
          *_pairs(encode_fields({"reason": reason})), ev],
     )
@@ -416,7 +419,7 @@ def finish(conn: Connection, dep: Deployment, *, actor: str, now: int, message: 
                now=now, data=values)
     res = conn.scripts.call(
         "deployment_finish",
-        [qk.deployment, qk.events(dep.id), qk.history, qk.counters, qk.fence],
+        [qk.deployment, qk.events(dep.id), qk.history, qk.counters, qk.fence, qk.outbox],
         [_fence_args(epoch), now, counter, *_pairs(encode_fields(values)), ev],
     )
     if isinstance(res, int) and res < 0:

@@ -105,6 +105,19 @@ class QueueKeys:
         """List: a deployment's latest analyses (JSON, newest first, capped)."""
         return f"{self.base}:analyses:{deployment_id}"
 
+    @property
+    def outbox(self) -> str:
+        """Stream: the queue's notifications (notable deployment events), appended by the
+        deployment scripts in the same call as the change and read by the sender
+        (pycanary/notify.py) through a consumer group; capped (MAXLEN ~)."""
+        return f"{self.base}:outbox"
+
+    @property
+    def outbox_dead(self) -> str:
+        """Stream: notifications the sender gave up on (``notify_failed`` entries: the
+        notification, the webhook (credentials removed), attempts and the last error)."""
+        return f"{self.base}:outbox:dead"
+
     def idem(self, record_id: str) -> str:
         """String, with a TTL: the lane(s) a job id (or a batch, by its first job id) took, so
         a retried enqueue of the same id returns that lane instead of pushing it again."""

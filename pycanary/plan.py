@@ -90,18 +90,22 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 from . import errors as _errors
-from .validation import quote
+from .defaults import GATE_TIMEOUT_S
+from .validation import WEBHOOK_KINDS, quote, redact_url, webhook_url_problem
 
 __all__ = [
     "DEFAULT_FAILURE_THRESHOLD",
     "DEFAULT_INTERVAL_S",
     "DEFAULT_MIN_SAMPLES",
     "Conditions",
+    "Gate",
+    "Notifications",
     "Plan",
     "PlanError",
     "Stage",
     "StageSettings",
     "Statistical",
+    "Webhook",
     "format_duration",
     "load_named",
     "load_plan",
@@ -134,6 +138,9 @@ MAX_NODES = 20_000
 MAX_STAGES = 100
 MAX_DURATION_S = 366 * 86_400
 MAX_ERROR_LINES = 20
+#: Longest a webhook gate's call may be allowed to take, and most webhooks per plan.
+MAX_GATE_TIMEOUT_S = 300.0
+MAX_WEBHOOKS = 10
 
 _FIELD_RE = re.compile(r"^([A-Za-z_][A-Za-z0-9_]*(?:\[\d+\]|\.[^\s:]+)*): ")
 
@@ -374,6 +381,29 @@ def _tenants(value: Any) -> dict[str, float]:
     return out
 
 
+def _webhook_url(value: Any) -> str:
+    """An http(s) URL; a refusal shows only its scheme and host (the rest may be a token)."""
+    problem = webhook_url_problem(value)
+    if problem is not None:
+        shown = redact_url(value) if isinstance(value, str) else _got(value)
+        raise PydanticCustomError("url", problem + ", got {got}", {"got": shown})
+    return str(value)
+
+
+def _webhook_kind(value: Any) -> str:
+    if value not in WEBHOOK_KINDS:
+        raise _fail("choice", f"must be one of {', '.join(WEBHOOK_KINDS)}", value)
+    return str(value)
+
+
+def _gate_timeout(value: Any) -> float:
+    x = _number(value, "seconds")
+    if not 0 < x <= MAX_GATE_TIMEOUT_S:
+        raise _fail("timeout", f"must be above 0 and at most {MAX_GATE_TIMEOUT_S:g} seconds",
+                    value)
+    return x
+
+
 def _none_as_empty(value: Any) -> Any:
     # ``conditions:`` with nothing under it is YAML null; it plainly means "no conditions".
     return {} if value is None else value
@@ -400,6 +430,7 @@ OptChecks = Annotated[int | None, BeforeValidator(_optional(_count(1, 10_000)))]
 Bool = Annotated[bool, BeforeValidator(_strict_bool)]
 Probability = Annotated[float, BeforeValidator(_probability)]
 TenantMap = Annotated[dict[str, Percent], BeforeValidator(_tenants)]
+WebhookUrl = Annotated[str, BeforeValidator(_webhook_url)]
 
 
 def percent_to_bp(pct: float) -> int:
@@ -472,6 +503,36 @@ class Statistical(_Strict):
     safety_alpha: Probability = 0.05
 
 
+class Webhook(_Strict):
+    """Where notifications go: ``kind`` json (the generic body) or slack (``{"text": ...}``)."""
+
+    url: WebhookUrl
+    kind: Annotated[str, BeforeValidator(_webhook_kind)] = "json"
+
+
+def _webhook_list(value: Any) -> Any:
+    if isinstance(value, list) and len(value) > MAX_WEBHOOKS:
+        raise _fail("webhooks", f"must list at most {MAX_WEBHOOKS} webhooks", len(value))
+    return value
+
+
+class Notifications(_Strict):
+    """The plan's own webhooks, notified on top of those in ``PYCANARY_WEBHOOKS``."""
+
+    webhooks: Annotated[list[Webhook], BeforeValidator(_webhook_list)] = Field(
+        default_factory=list)
+
+
+class Gate(_Strict):
+    """A webhook gate (Flagger's confirm-promotion): once the stage has passed, the controller
+    calls ``webhook`` (POST, in the background) and advances only after a 2xx answer; any
+    other answer or a timeout keeps the stage waiting, and the call is repeated at the next
+    check."""
+
+    webhook: WebhookUrl
+    timeout_s: Annotated[float, BeforeValidator(_gate_timeout)] = GATE_TIMEOUT_S
+
+
 class Stage(_Strict):
     """One step of the ramp: route ``percentage`` of new jobs to the canary for ``duration``."""
 
@@ -485,6 +546,8 @@ class Stage(_Strict):
     #: The stage's own deadline: when it has not passed by then, on_inconclusive applies.
     #: Default DEFAULT_STAGE_DEADLINE_FACTOR times its duration.
     deadline: OptDuration = None
+    #: A webhook that must answer 2xx before the stage advances (None: no webhook gate).
+    gate: Gate | None = None
 
     @property
     def deadline_s(self) -> int:
@@ -536,6 +599,9 @@ class Plan(_ConditionFields):
     statistical: Annotated[Statistical, BeforeValidator(_none_as_empty)] = Field(
         default_factory=Statistical
     )
+    notifications: Annotated[Notifications, BeforeValidator(_none_as_empty)] = Field(
+        default_factory=Notifications
+    )
 
     @model_validator(mode="after")
     def _cross_checks(self) -> Plan:
@@ -557,6 +623,10 @@ class Plan(_ConditionFields):
         for i, st in enumerate(self.stages):
             where = f"stages[{i}]"
             total += st.duration
+            if st.gate is not None and not st.auto_promote:
+                issues.append((f"{where}.gate", "auto_promote: false already waits for a "
+                               "person's promote; a stage has one gate (drop gate, or set "
+                               "auto_promote: true), got a webhook gate"))
             if st.percentage >= 100:
                 issues.append(
                     (
@@ -685,6 +755,8 @@ class Plan(_ConditionFields):
     def to_dict(self) -> dict[str, Any]:
         """Canonical JSON-able form (durations in seconds) that ``parse_plan`` reads back."""
         body = self.model_dump(mode="json", exclude_none=True)
+        if not body.get("notifications", {}).get("webhooks"):
+            body.pop("notifications", None)
         for st in body["stages"]:
             if not st.get("conditions"):
                 st.pop("conditions", None)
@@ -700,6 +772,8 @@ class Plan(_ConditionFields):
 _MODEL_AT: dict[str, type[BaseModel]] = {
     "conditions": Conditions,
     "statistical": Statistical,
+    "notifications": Notifications,
+    "gate": Gate,
 }
 
 
@@ -710,6 +784,8 @@ def _fields_at(loc: tuple[Any, ...]) -> list[str]:
     last = loc[-1]
     if isinstance(last, int) and len(loc) >= 2 and loc[-2] == "stages":
         return list(Stage.model_fields)
+    if isinstance(last, int) and len(loc) >= 2 and loc[-2] == "webhooks":
+        return list(Webhook.model_fields)
     if isinstance(last, str) and last in _MODEL_AT:
         return list(_MODEL_AT[last].model_fields)
     return []

@@ -24,6 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from .analysis.simulate import Tenant, Traffic, run_deployment, wilson
 from .errors import ValidationError
@@ -101,11 +102,13 @@ class CheckReport:
     error_rate: float
     results: list[dict[str, Any]] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    #: Facts about the simulation worth knowing that are no problem (webhook gates assumed).
+    notes: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return {"plan": self.plan, "rate_per_min": self.rate_per_min,
                 "error_rate": self.error_rate, "results": self.results,
-                "warnings": self.warnings, "ok": not self.warnings}
+                "warnings": self.warnings, "notes": self.notes, "ok": not self.warnings}
 
     def text(self) -> str:
         lines = [f"plan {self.plan}: valid; simulated at {self.rate_per_min:g} jobs/min, "
@@ -127,6 +130,7 @@ class CheckReport:
                     f"{pct(r['promoted'])}"
                     f"{'' if med is None else f' after a median {med:.0f} min'}; paused "
                     f"{pct(r['paused'])} ({r['runs']} runs)")
+        lines += [f"note: {n}" for n in self.notes]
         lines += [f"warning: {w}" for w in self.warnings] or ["ok: no warnings"]
         return "\n".join(lines)
 
@@ -151,6 +155,35 @@ def stage_warnings(plan: Plan, rate: float) -> list[str]:
             out.append(f"stages[{i}]: {format_duration(st.duration)} at {st.percentage:g}% of "
                        f"{rate:g} jobs/min gives ~{least:.0f} jobs to the smaller lane, below "
                        f"min_samples {cfg.min_samples}: the stage is too short for its traffic")
+    return out
+
+
+def _remote_http(url: str) -> bool:
+    """Plain http to a host that is not this machine: the body (and any token in the URL)
+    crosses the network unencrypted."""
+    parts = urlsplit(url)
+    return parts.scheme == "http" and (parts.hostname or "") not in ("127.0.0.1", "::1",
+                                                                     "localhost")
+
+
+def webhook_warnings(plan: Plan) -> list[str]:
+    """Lint of the plan's webhooks: gates whose timeout is not below the check interval (a
+    check then finds the call still running, and the stage waits a check longer each time),
+    and webhooks over plain http to a remote host."""
+    out = []
+    for i, st in enumerate(plan.stages):
+        if st.gate is None:
+            continue
+        if st.gate.timeout_s >= plan.interval:
+            out.append(f"stages[{i}].gate.timeout_s: {st.gate.timeout_s:g}s is not below the "
+                       f"interval {format_duration(plan.interval)}: a slow gate makes the stage "
+                       "wait at least one more check per call")
+        if _remote_http(st.gate.webhook):
+            out.append(f"stages[{i}].gate.webhook: plain http to a remote host; use https")
+    for j, hook in enumerate(plan.notifications.webhooks):
+        if _remote_http(hook.url):
+            out.append(f"notifications.webhooks[{j}].url: plain http to a remote host; use "
+                       "https")
     return out
 
 
@@ -213,4 +246,10 @@ def check_plan(path: str | Path | Plan, rate_per_min: float, error_rate: float =
                 f"runs (paused {r['outcomes']['paused']}, held {r['outcomes']['held']}): the "
                 "stages are too short for this traffic to show the canary safe")
     report.warnings.extend(stage_warnings(plan, rate_per_min))
+    report.warnings.extend(webhook_warnings(plan))
+    gated = [i for i, st in enumerate(plan.stages) if st.gate is not None]
+    if gated:
+        report.notes.append("the simulation takes the webhook gate"
+                            + (" of stage " if len(gated) == 1 else "s of stages ")
+                            + ", ".join(str(i + 1) for i in gated) + " as answering 2xx at once")
     return report

@@ -71,13 +71,15 @@ ROLES: dict[str, Role] = {
         "drain); reads metrics and the worker registry",
         scripts=("deployment_start", "deployment_update", "deployment_promote",
                  "deployment_rollback", "deployment_finish", "fence_queue", "drain_lane",
-                 "leader_acquire", "leader_renew", "release_lock"),
+                 "leader_acquire", "leader_renew", "release_lock", "notify_settle"),
         reads=(_Q + "mt:*", _Q + "m:*", _Q + "routed", "{workers}:*", "queues"),
         writes=(_Q + "config", _Q + "tenant_weights", _Q + "lane:*", _Q + "rolled_back",
                 _Q + "former_stable", _Q + "fence", _Q + "deployment", _Q + "events:*",
-                _Q + "analyses:*", _Q + "history", _Q + "counters", "deployments:active",
+                _Q + "analyses:*", _Q + "history", _Q + "counters", _Q + "outbox",
+                _Q + "outbox:dead", "deployments:active",
                 "{controller}:*"),
-        plain_writes=("sadd", "srem"),
+        # the notification sender (pycanary/notify.py), which runs in the controller process
+        plain_writes=("sadd", "srem", "xgroup|create", "xreadgroup", "xautoclaim", "xclaim"),
     ),
     "operator": Role(
         "operator", "every CLI verb (set-weight, queue configure, canary, ramp, promote, "
@@ -85,7 +87,8 @@ ROLES: dict[str, Role] = {
         scripts=_ALL_SCRIPTS,
         reads=(),
         writes=("*",),
-        plain_writes=("sadd", "srem", "blmove", "set"),
+        plain_writes=("sadd", "srem", "blmove", "set", "xgroup|create", "xreadgroup",
+                      "xautoclaim", "xclaim"),
     ),
 }
 

@@ -25,3 +25,8 @@ class Settings(BaseSettings):
     #: Admin API bearer tokens, ``viewer:<token>,operator:<token>`` (pycanary/api/auth.py);
     #: ``pycanary api`` refuses to start without them unless ``--no-auth`` on loopback.
     api_tokens: str | None = None
+    #: Webhooks every notification goes to: ``KIND:URL`` entries separated by commas, KIND
+    #: ``json`` or ``slack`` (a bare URL is json), e.g.
+    #: ``json:http://127.0.0.1:9000/hook,slack:https://hooks.slack.com/services/...``; parsed
+    #: by ``pycanary.notify.parse_webhooks`` (errors name PYCANARY_WEBHOOKS).
+    webhooks: str = ""

@@ -120,3 +120,48 @@ def percent_to_bp(value: Any, field: str = "weight") -> int:
     if bp != bp.to_integral_value():
         raise ValidationError(f"at most two decimals, got {_plain(value)}", field=field)
     return int(bp)
+
+
+#: Longest webhook URL accepted (plans and PYCANARY_WEBHOOKS).
+MAX_URL_LEN = 2048
+#: Webhook kinds: the generic JSON body, or Slack's ``{"text": ...}``.
+WEBHOOK_KINDS = ("json", "slack")
+
+
+def webhook_url_problem(value: Any) -> str | None:
+    """Why ``value`` is not a usable webhook URL (http or https, a host, no spaces), or None.
+    The problem never quotes the URL itself: it may carry a token (Slack's URLs are secrets)."""
+    from urllib.parse import urlsplit
+
+    if not isinstance(value, str) or not value:
+        return "must be an http:// or https:// URL"
+    if len(value) > MAX_URL_LEN:
+        return f"must be at most {MAX_URL_LEN} characters"
+    if any(c.isspace() or not c.isprintable() for c in value):
+        return "must not contain spaces or control characters"
+    try:
+        parts = urlsplit(value)
+        _ = parts.port  # a port that is not a number raises here
+    except ValueError:
+        return "is not a valid URL"
+    if parts.scheme not in ("http", "https"):
+        return "must be an http:// or https:// URL"
+    if not parts.hostname:
+        return "must name a host"
+    return None
+
+
+def redact_url(url: str) -> str:
+    """A webhook URL safe to log or store: scheme, host and port only (paths and queries of
+    webhook URLs carry tokens, and so do credentials in them)."""
+    from urllib.parse import urlsplit
+
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname or "?"
+        port = f":{parts.port}" if parts.port else ""
+    except ValueError:
+        return "<invalid url>"
+    if ":" in host:
+        host = f"[{host}]"
+    return f"{parts.scheme}://{host}{port}/..."

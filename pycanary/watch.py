@@ -117,7 +117,15 @@ def stage_line(dep: dict[str, Any]) -> str:
 
 
 def gate_line(queue: str, dep: dict[str, Any]) -> str | None:
-    """At a manual gate: the exact command that passes it."""
+    """At a manual gate: the exact command that passes it; at a webhook gate: what the
+    webhook answered so far (docs/notifications.md)."""
+    webhook = (dep.get("meta") or {}).get("gate")
+    if dep.get("state") == "active" and isinstance(webhook, dict) and \
+            webhook.get("stage") == dep.get("stage"):
+        last = webhook.get("last") or "no answer yet"
+        return (f"waiting at the webhook gate of stage {int(webhook.get('stage', 0)) + 1}: "
+                f"last answer {last} (asked {webhook.get('asked', 0)} times); it advances at "
+                f"the first check after a 2xx, or `pycanary promote {queue}` now")
     if dep.get("state") != "awaiting_promotion":
         return None
     return (f"waiting at a manual gate: run `pycanary promote {queue}` to go on "

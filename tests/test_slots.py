@@ -24,6 +24,7 @@ from pycanary import deployments, dlq, registry, rollouts, service
 from pycanary.controller import Controller
 from pycanary.job import Job
 from pycanary.leader import Leadership
+from pycanary.notify import Sender
 from pycanary.producer import Producer
 from pycanary.scripts import load_all
 from pycanary.worker import Worker
@@ -149,6 +150,8 @@ def _flows(conn: Any) -> None:
     rollouts.rollback(conn, "payments", reason="test", actor="test")
     rollouts.drain(conn, "payments")
     assert deployments.get(conn, "payments").state == "rolled_back"
+    # the notification sender acknowledges the outboxes (no webhooks: nothing to deliver)
+    assert Sender(conn).run_once().acknowledged > 0
     # a busy canary worker stopped after a rollback gives back the canary jobs it holds:
     # return_job from a closed canary lane, to stable
     service.set_weight(conn, "payments", "90")

@@ -25,9 +25,47 @@ local function dep_write(dep_key, pairs, now_ms)
   return rcall('HINCRBY', dep_key, 'rev', 1)
 end
 
-local function add_event(events_key, event)
+-- Notable event types: each one is also appended to the queue's outbox, in the same script
+-- as the state change it reports (docs/notifications.md), for the sender (pycanary/notify.py)
+-- to deliver. pycanary/defaults.py NOTIFY_EVENT_TYPES and OUTBOX_MAXLEN mirror these two (a
+-- test checks they agree). A "verdict" event whose verdict is FAIL is notified as
+-- "check_failed".
+local NOTIFY = {started = true, check_failed = true, rollback = true, rolled_back = true,
+                paused = true, awaiting_promotion = true, gate_waiting = true, stage = true,
+                promoted = true, completed = true}
+local OUTBOX_MAXLEN = 10000
+
+-- The outbox type of an event (JSON text), or nil when it is not notable. Never raises (an
+-- event that does not decode is simply not notable), so it cannot stop a script half-way.
+local function notify_kind(event)
+  local ok, decoded = pcall(cjson.decode, event)
+  if not ok or type(decoded) ~= 'table' then return nil end
+  local kind = decoded['type']
+  local data = decoded['data']
+  if kind == 'verdict' and type(data) == 'table' and data['verdict'] == 'FAIL' then
+    kind = 'check_failed'
+  end
+  if type(kind) == 'string' and NOTIFY[kind] then return kind end
+  return nil
+end
+
+-- Append an event to the deployment's log and, when it is notable, a notification to the
+-- outbox with what a receiver needs (read from the deployment hash as just written).
+-- outbox_key's type is checked by the caller's bad_key_type before its first write.
+local function add_event(events_key, event, outbox_key, dep_key)
   if event ~= nil and event ~= '' then
     rcall('XADD', events_key, 'MAXLEN', '~', 2000, '*', 'e', event)
+    local kind = notify_kind(event)
+    if kind then
+      local d = rcall('HMGET', dep_key, 'id', 'canary_version', 'stable_version', 'stage',
+                      'weight_bp', 'state', 'webhooks')
+      -- the queue is the key's hash tag (queue names hold no braces)
+      local queue = string.match(outbox_key, '{([^{}]*)}:outbox$') or ''
+      rcall('XADD', outbox_key, 'MAXLEN', '~', OUTBOX_MAXLEN, '*', 'type', kind, 'e', event,
+            'queue', queue, 'deployment', d[1] or '', 'version', d[2] or '', 'stable_version', d[3] or '',
+            'stage', d[4] or '0', 'weight_bp', d[5] or '0', 'state', d[6] or '',
+            'webhooks', d[7] or '')
+    end
   end
 end
 
