@@ -25,6 +25,8 @@ class WorkerSettings:
     redis_settings = REDIS
 
 
-class OneAtATime(WorkerSettings):
+class OneAtATime:  # arq reads the class's own __dict__: no inheritance
+    functions: ClassVar[list[Any]] = [noop]
+    redis_settings = REDIS
     max_jobs = 1
     poll_delay = 0.01

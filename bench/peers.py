@@ -382,31 +382,33 @@ PEER_CLASSES: dict[str, type[Peer]] = {c.name: c for c in (
 # ============================================================================================
 # Phases
 # ============================================================================================
-def interleaved(peers: list[Peer], phase: str, total: int) -> dict[str, dict[str, Any]]:
-    """`total` jobs per peer in ROUNDS rounds, order rotated each round; jobs/s aggregated."""
-    per = max(1, total // ROUNDS)
-    acc = {p.name: [0, 0.0] for p in peers}
-    live = [p for p in peers if phase not in p.error]
+def interleaved(peers: list[Peer], totals: dict[str, int]) -> dict[str, dict[str, Any]]:
+    """Each phase ('single', 'bulk') with totals[phase] jobs per peer, in ROUNDS rounds: every
+    round runs a slice of every (peer, phase) pair, the order rotated each round, so machine
+    noise hits all alike. Returns {phase: {peer: figures or error}}."""
+    pairs = [(p, ph) for ph in totals for p in peers]
+    acc = {(p.name, ph): [0, 0.0] for p, ph in pairs}
     for r in range(ROUNDS):
-        order = live[r % len(live):] + live[:r % len(live)] if live else []
-        for p in order:
-            if phase in p.error:
+        k = r * len(pairs) // ROUNDS
+        for p, ph in pairs[k:] + pairs[:k]:
+            if ph in p.error:
                 continue
+            per = max(1, totals[ph] // ROUNDS)
             try:
-                t = getattr(p, phase)(per)
+                t = getattr(p, ph)(per)
             except Exception as exc:
-                p.error[phase] = _short(exc)
+                p.error[ph] = _short(exc)
                 continue
-            acc[p.name][0] += per
-            acc[p.name][1] += t
-    out: dict[str, dict[str, Any]] = {}
-    for p in peers:
-        jobs, secs = acc[p.name]
-        if phase in p.error or not secs:
-            out[p.name] = {"error": p.error.get(phase, "not run")}
+            acc[p.name, ph][0] += per
+            acc[p.name, ph][1] += t
+    out: dict[str, dict[str, Any]] = {ph: {} for ph in totals}
+    for p, ph in pairs:
+        jobs, secs = acc[p.name, ph]
+        if ph in p.error or not secs:
+            out[ph][p.name] = {"error": p.error.get(ph, "not run")}
         else:
-            out[p.name] = {"jobs": jobs, "seconds": secs, "jobs_per_s": jobs / secs,
-                           "us_per_job": secs / jobs * 1e6}
+            out[ph][p.name] = {"jobs": jobs, "seconds": secs, "jobs_per_s": jobs / secs,
+                               "us_per_job": secs / jobs * 1e6}
     return out
 
 
@@ -531,7 +533,8 @@ def report(res: dict[str, Any]) -> str:
                  f"{m['redis_py']}; {m['cpus']} CPUs")
     lines.append("- versions: " + ", ".join(f"{k} {v}" for k, v in m["versions"].items()))
     lines.append(f"- N: single enqueue {m['single']:,} calls per peer, bulk {m['bulk']:,} jobs "
-                 f"per peer ({BULK_CHUNK:,} per call), {ROUNDS} interleaved rounds; drain "
+                 f"per peer ({BULK_CHUNK:,} per call), both in the same {ROUNDS} interleaved "
+                 "rounds; drain "
                  f"{m['drain']:,} no-op jobs per worker run")
     lines.append(f"- load average (1/5/15 min) at start {m['load_start']}, at end "
                  f"{m['load_end']}; run took {m['elapsed_s']:.0f}s")
@@ -643,9 +646,7 @@ def main(argv: list[str] | None = None) -> int:
                 peer.error = {"setup": why, "single": why, "bulk": why}
                 if not isinstance(exc, ImportError):
                     traceback.print_exc(file=sys.stderr)
-        res: dict[str, Any] = {}
-        res["single"] = interleaved(peers, "single", args.single)
-        res["bulk"] = interleaved(peers, "bulk", args.bulk)
+        res: dict[str, Any] = interleaved(peers, {"single": args.single, "bulk": args.bulk})
         res["drain"] = drain_phase(peers, args.drain, args.drain_timeout, args.quick)
         pyc = next(p for p in peers if p.name == "pycanary")
         canary_share = pyc.canary / pyc.routed if getattr(pyc, "routed", 0) else None
