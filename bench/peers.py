@@ -15,9 +15,11 @@ huey 5), so one peer's keys never slow another's and the server is stopped at th
 2. Bulk enqueue: each peer's API for many jobs at once, 1,000 jobs per call (see BULK_API),
    interleaved the same way.
 3. One worker process drains a backlog of N no-op jobs (filled before it starts), one job at
-   a time, started as a real subprocess with the peer's own CLI. The no-op job makes one
-   INCR on Redis (bench/_peer_done.py), the same for every peer: completions are counted
-   from Redis, and jobs/s runs from the first completion to the N-th (start-up excluded).
+   a time, started as a real subprocess with the peer's own CLI. The no-op job is the same
+   for every peer (bench/_peer_done.py): completions are counted in Redis (one INCRBY per 50
+   jobs), and jobs/s runs from the first completion to the N-th (start-up excluded). A
+   worker still running --drain-timeout s after its first completion is cut, and rated over
+   the jobs counted so far.
 
 Ratios are each peer's jobs/s over pycanary's (pycanary = 1.00x; below 1 pycanary is faster).
 A peer that is not installed or fails prints "n/a (why)" and the others go on.
