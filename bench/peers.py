@@ -569,7 +569,7 @@ def report(res: dict[str, Any]) -> str:
     for name in m["peers"]:
         d = res["drain"][name]
         best = d.get("best")
-        for r in d.get("runs", [{"label": "", "error": d.get("error", "not run")}]):
+        for r in d.get("runs", [{"label": "no worker run", "error": d.get("error", "not run")}]):
             if "error" in r:
                 out.append([name, r["label"], f"n/a ({r['error']})", ""])
             else:
