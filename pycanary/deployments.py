@@ -19,6 +19,7 @@ from .connection import Connection
 from .errors import raise_for_code
 from .notify import plan_webhooks_json
 from .plan import Plan, parse_plan
+from .validation import redact_url
 
 #: Deployment states (the ones the scripts write). The first five are "active": at most one
 #: per queue. A deployment is created "active"; it ends "completed" or "rolled_back".
@@ -61,6 +62,28 @@ class CorruptDeploymentError(ValueError):
 def _cached_plan(plan_json: str) -> Plan:
     """Plans are immutable per deployment: parse each once per process, not every tick."""
     return parse_plan(json.loads(plan_json))
+
+
+def redacted_plan(plan_raw: dict[str, Any]) -> dict[str, Any]:
+    """The plan as readers see it (status, history, the API's viewers): webhook URLs cut to
+    scheme://host:port/... A Slack or CI webhook URL is a secret (its path is the token), and
+    reading a deployment must not hand it to everyone with a viewer token."""
+    cfg = plan_raw.get("canary_config") if isinstance(plan_raw, dict) else None
+    if not isinstance(cfg, dict):
+        return plan_raw
+    cfg = dict(cfg)
+    notes = cfg.get("notifications")
+    if isinstance(notes, dict) and isinstance(notes.get("webhooks"), list):
+        cfg["notifications"] = {**notes, "webhooks": [
+            {**h, "url": redact_url(str(h["url"]))} if isinstance(h, dict) and "url" in h else h
+            for h in notes["webhooks"]]}
+    if isinstance(cfg.get("stages"), list):
+        cfg["stages"] = [
+            {**st, "gate": {**st["gate"], "webhook": redact_url(str(st["gate"]["webhook"]))}}
+            if isinstance(st, dict) and isinstance(st.get("gate"), dict)
+            and "webhook" in st["gate"] else st
+            for st in cfg["stages"]]
+    return {**plan_raw, "canary_config": cfg}
 
 
 @dataclass
@@ -118,7 +141,7 @@ class Deployment:
 
     def to_dict(self) -> dict[str, Any]:
         out = {k: v for k, v in self.__dict__.items() if not k.startswith("_")}
-        out["plan"] = out.pop("plan_raw")
+        out["plan"] = redacted_plan(out.pop("plan_raw"))
         out["weight_percent"] = self.weight_bp / 100
         out["stages"] = [s.percentage for s in self.plan.stages]
         return out

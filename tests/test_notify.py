@@ -297,6 +297,29 @@ def test_slack_body_and_plan_webhooks(real_conn, receivers) -> None:
     assert slack.paths == ["/services/x"] * 3
 
 
+def test_readers_see_webhook_urls_redacted_while_the_sender_uses_them_whole(
+        real_conn, receivers) -> None:
+    """A webhook URL's path is its secret (Slack, CI triggers): status, history and the API's
+    viewers get scheme://host:port/... only; the sender still posts to the whole URL."""
+    conn = real_conn
+    hook = receiver(receivers)
+    secret = "/services/T000/B000/XXXXsecretXXXX"
+    plan = {**PLAN, "notifications": {"webhooks": [{"url": hook.url(secret), "kind": "json"}]}}
+    plan["stages"] = [{**PLAN["stages"][0], "gate": {"webhook": hook.url(secret + "gate")}},
+                      *PLAN["stages"][1:]]
+    start(conn, plan)
+    shown = json.dumps([rollouts.status(conn, Q, growth_sample_s=0),
+                        deployments.get(conn, Q).to_dict()])
+    assert "secret" not in shown
+    cfg = deployments.get(conn, Q).to_dict()["plan"]["canary_config"]
+    assert cfg["notifications"]["webhooks"][0]["url"] == f"http://127.0.0.1:{hook.port}/..."
+    assert cfg["stages"][0]["gate"]["webhook"] == f"http://127.0.0.1:{hook.port}/..."
+    rollouts.rollback(conn, Q, reason="x")
+    assert "secret" not in json.dumps(rollouts.history(conn, Q))
+    sender(conn, []).run_once()
+    assert hook.paths and set(hook.paths) == {secret}
+
+
 def test_notification_bodies_from_an_entry() -> None:
     n = Notification.from_entry(Q, "1700000000000-0", {
         "type": "stage", "e": json.dumps({"ts": 1700000000123, "type": "stage", "actor": "c",
