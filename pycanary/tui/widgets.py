@@ -16,15 +16,17 @@ if TYPE_CHECKING:
     from .app import CanaryApp
 
 
-class Viewer(Static):
-    """A Static that redraws itself from each new view (and from the last one when it is
-    mounted, e.g. after the layout switched between wide and narrow)."""
+class Redraws:
+    """Redraw from the app's latest view when mounted (e.g. after the layout switched between
+    wide and narrow) and when resized (bars and sparklines fit the width). Mixed into every
+    widget that shows a view; each defines ``show``."""
+
+    app: CanaryApp
 
     def on_mount(self) -> None:
         self._redraw()
 
     def on_resize(self) -> None:
-        """Bars and sparklines fit the width: drawn again once it is known or changes."""
         self._redraw()
 
     def _redraw(self) -> None:
@@ -34,7 +36,14 @@ class Viewer(Static):
 
     @property
     def canary_app(self) -> CanaryApp:
-        return self.app  # type: ignore[return-value]
+        return self.app
+
+    def show(self, view: PanelView) -> None:  # pragma: no cover - overridden
+        raise NotImplementedError
+
+
+class Viewer(Redraws, Static):
+    """A Static drawn from each new view."""
 
     def show(self, view: PanelView) -> None:
         self.update(self.draw(view))
@@ -91,24 +100,9 @@ class Events(Viewer):
         return render.events(view.row(), width=self.inner_width(60))
 
 
-class DeploymentList(OptionList):
+class DeploymentList(Redraws, OptionList):
     """Every queue with its deployment's status colour and traffic split; choosing one
     selects it for the other panels."""
-
-    def on_mount(self) -> None:
-        self._redraw()
-
-    def on_resize(self) -> None:
-        self._redraw()
-
-    def _redraw(self) -> None:
-        view = self.canary_app.view
-        if view is not None:
-            self.show(view)
-
-    @property
-    def canary_app(self) -> CanaryApp:
-        return self.app  # type: ignore[return-value]
 
     def show(self, view: PanelView) -> None:
         """Redraw the entries in place (the highlight stays where the user put it); rebuild
