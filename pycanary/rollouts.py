@@ -618,9 +618,12 @@ def status(conn: Connection, queue: str | None = None, *, window_s: int = 300,
         if dep is not None:
             now = defaults.now_ms()
             try:
+                # since the deployment started, at most window_s: a rate averaged over
+                # minutes before the canary existed would read low for both lanes
                 lanes = metrics.read_lanes(conn, q, {"stable": dep.stable_version,
                                                      "canary": dep.canary_version},
-                                           now - window_s * 1000, now)
+                                           max(now - window_s * 1000, dep.started_at),
+                                           max(now, dep.started_at + 1))
             except (redis.exceptions.ResponseError, ValueError) as exc:
                 lanes = {}  # a corrupt metrics key: the rest of the row still shows
                 row["error"] = f"lane metrics unreadable: {exc}"

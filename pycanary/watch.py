@@ -75,6 +75,16 @@ def _hold(seconds: float) -> str:
     return format_duration(max(1, int(seconds)))
 
 
+def window_label(lanes: dict[str, Any]) -> str:
+    """What the side-by-side figures cover: "last 5 min", or the deployment's age while it is
+    younger than the status window."""
+    spans = [(s["end_ms"] - s["start_ms"]) / 1000 for s in lanes.values()
+             if s and "start_ms" in s and "end_ms" in s]
+    if not spans or max(spans) >= 299:
+        return "last 5 min"
+    return f"since the start, {_dur(max(spans))}"
+
+
 def stage_line(dep: dict[str, Any]) -> str:
     """``stage 2/4: 15% (hold 15m, 4m left) -> 50% -> gate -> 100%``: stages numbered from 1
     (100% is the last one, the promotion), the current one with its hold, the rest whole."""
@@ -167,7 +177,7 @@ def render_status(rows: list[dict[str, Any]], width: int | None = None) -> str:
             out += wrap(f"reason: {dep['reason']}", width, "   ", hang=4)
         lanes = row.get("lanes", {})
         out.append(f"   {'lane':<8} {'version':<12} {'done':>8} {'errors':>8} {'p50':>9} "
-                   f"{'p95':>9} {'wait p95':>9}   (last 5 min)")
+                   f"{'p95':>9} {'wait p95':>9}   ({window_label(lanes)})")
         for lane in ("stable", "canary"):
             s = lanes.get(lane)
             if not s:

@@ -270,3 +270,18 @@ def test_status_text_shows_resources_and_stable_growth_of_both_lanes() -> None:
             "2.5ms p95 9.0ms, rss 80 MiB") in text
     assert ("stable lane since the rollback: 12 jobs/s in, 10 out, net +2/s (growing faster "
             "than it is processed)") in text
+
+
+def test_side_by_side_figures_cover_the_deployment_not_minutes_before_it(real_conn) -> None:
+    """A deployment a minute old: its lane figures start when it started (a rate averaged over
+    five minutes before the canary existed reads low for both lanes), and the label says so."""
+    from pycanary import rollouts, service
+    from pycanary.watch import window_label
+
+    service.configure_queue(real_conn, "payments", stable_version="v1")
+    dep = rollouts.start_canary(real_conn, "payments", "v2", weight="10", force=True)
+    lanes = rollouts.status(real_conn, "payments", growth_sample_s=0)[0]["lanes"]
+    assert {s["start_ms"] for s in lanes.values()} == {dep.started_at}
+    assert window_label(lanes).startswith("since the start, ")
+    five_min = {"stable": {"start_ms": 0, "end_ms": 300_000}}
+    assert window_label(five_min) == "last 5 min" and window_label({}) == "last 5 min"

@@ -16,7 +16,7 @@ from rich.table import Table
 from rich.text import Text
 
 from ..panel import LaneSeries, PanelView
-from ..watch import gate_line, shorten, stage_line
+from ..watch import gate_line, shorten, stage_line, window_label
 
 #: Status colour of a deployment in the list (the issue's green / yellow / red).
 COLOURS = {"healthy": "green", "progress": "yellow", "failing": "red", "idle": "grey50"}
@@ -203,7 +203,7 @@ def compare_table(row: dict[str, Any] | None) -> RenderableType:
         return Text("no lane metrics (no deployment)", style="grey62")
     lanes = row["lanes"]
     table = Table(box=None, pad_edge=False, expand=True, title_justify="left",
-                  title="last 5 min", title_style="grey62")
+                  title=window_label(lanes), title_style="grey62")
     table.add_column("")
     table.add_column(f"stable {shorten(lanes['stable']['version'], 10)}", justify="right",
                      style=STABLE_STYLE)
