@@ -43,6 +43,19 @@ def unit_of(job_id: str, sticky_key: str | None, tenant: str | None,
     return f"{stratum}|{cluster}"
 
 
+#: Fine wait buckets per coarse one in a slot (WAIT_GROUP in lua/includes/metrics.lua).
+SLOT_WAIT_GROUP = 8
+
+
+def slot_wait_bucket(bucket: int) -> int:
+    """The wait bucket a slot records for a fine one (what count_wait in
+    lua/includes/metrics.lua computes): the middle fine bucket of its group of 8; 0 stays 0.
+    The running totals keep the fine bucket."""
+    if bucket <= 0:
+        return 0
+    return (bucket - 1) // SLOT_WAIT_GROUP * SLOT_WAIT_GROUP + 1 + SLOT_WAIT_GROUP // 2
+
+
 def slot_of(ms: int, slot_s: int = DEFAULT_SLOT_S) -> int:
     """The slot number (start of the slot in seconds since the epoch) holding time ms."""
     return (ms // 1000) // slot_s * slot_s
@@ -187,8 +200,14 @@ def decode_diff(now: Mapping[str, str | int], before: Mapping[str, Any]) -> Fiel
     """decode() of the fields that moved from ``before`` to ``now`` (each moved field's
     difference), in one pass: the controller's per-check read of the running totals. A field
     is compared as stored first (strings from Redis), so unchanged buckets cost no int();
-    fields missing from ``now`` are ignored (an expired total counts as no data)."""
+    fields missing from ``now`` are ignored (an expired total counts as no data). The fold is
+    written out here (not _fold): this loop runs for every field of every lane of every
+    deployment on each check."""
     out = Fields()
+    if now == before:  # an idle lane: one C-level comparison
+        return out
+    hists = (out.run_hist, out.wait_hist, out.cpu_hist)
+    counts, units = out.counts, out.units
     kinds = _KINDS
     get = before.get
     for name, v in now.items():
@@ -197,7 +216,16 @@ def decode_diff(now: Mapping[str, str | int], before: Mapping[str, Any]) -> Fiel
             continue
         n = int(v) - (int(b) if b is not None else 0)
         kind, key = kinds.get(name) or _kind(name)
-        _fold(out, kind, key, n)
+        if kind < 3:
+            hist = hists[kind]
+            hist[key] = hist.get(key, 0) + n
+        elif kind == 3:
+            counts[key] = counts.get(key, 0) + n
+        elif kind < 6:
+            pair = units.get(key)
+            if pair is None:
+                pair = units[key] = [0, 0]
+            pair[kind - 4] += n
     return out
 
 
