@@ -161,8 +161,6 @@ class Controller:
         #: per queue, the `ctl` field this controller last wrote and its decoded value: a
         #: deployment whose `ctl` is still that text is not decoded again (issue 15)
         self._ctl: dict[str, tuple[str, dict[str, Any]]] = {}
-        #: per queue, the analysis_state dict last written and the AnalysisState it came from
-        self._states: dict[str, tuple[dict[str, Any], AnalysisState]] = {}
 
     # -- leadership ----------------------------------------------------------------------
     @property
@@ -578,7 +576,7 @@ class Controller:
                  for lane, version in (("stable", dep.stable_version),
                                        ("canary", dep.canary_version))}
         stable, canary = lanes["stable"], lanes["canary"]
-        state = self._analysis_state(dep)
+        state = AnalysisState.from_dict(dep.analysis_state) if dep.analysis_state else None
         if _EVALUATE_TAKES_STRATA:
             analysis, st = evaluate(dep.stage, plan, stable, canary, state, now_s,
                                     strata_weights=strata_weights(dep))
@@ -590,7 +588,6 @@ class Controller:
         values: dict[str, Any] = {"totals": totals, "last_check_at": now,
                                   "analysis_state": st.to_dict(), "last_analysis": analysis_d,
                                   "last_decision": decision_d}
-        self._states[dep.queue] = (values["analysis_state"], st)
         events: list[str] = []
         last_data = dict(dep.last_data_at or {})
         for lane, stats in (("stable", stable), ("canary", canary)):
@@ -669,16 +666,6 @@ class Controller:
             events.append(deployments.event("awaiting_promotion", why, actor=self.id, now=now))
             w.label = "awaiting promotion"
         return w
-
-    def _analysis_state(self, dep: Deployment) -> AnalysisState | None:
-        """The deployment's analysis state: the object this controller made, when the stored
-        dict is the very one it wrote (the `ctl` cache hands that dict back), else decoded."""
-        if not dep.analysis_state:
-            return None
-        known = self._states.get(dep.queue)
-        if known is not None and known[0] is dep.analysis_state:
-            return known[1]
-        return AnalysisState.from_dict(dep.analysis_state)
 
     def _stalled(self, dep: Deployment, canary: LaneSnapshot, now: int, w: _Write) -> bool:
         """A canary lane nobody reads: jobs wait in it and no live worker of the canary version
