@@ -1,9 +1,10 @@
 """The controller's compact state (issue 15 item 2): the per-check fields live in one `ctl`
 field, and a controller that wrote it last does not decode it again (its analysis state is
 still rebuilt from the stored dict, as a restarted controller would: float sums then run in
-the same order, bit for bit). The shortcut must change nothing: the same traffic checked by one long-lived
-controller and by a fresh controller per tick (which decodes everything) gives the same
-records, verdicts and state, check for check, through a pause and a rollback, on real Redis."""
+the same order, bit for bit). The shortcut must change nothing: the same traffic checked by
+one long-lived controller and by a fresh controller per tick (which decodes everything) gives
+the same records, verdicts and state, check for check, through a pause and a rollback, on
+real Redis."""
 
 from __future__ import annotations
 
