@@ -70,7 +70,6 @@ from pycanary.controller import Controller
 from pycanary.deployments import Deployment
 from pycanary.leader import Leadership
 from pycanary.plan import load_plan
-from pycanary.scripts import ScriptPipeline
 
 PLAN_PATH = REPO / "examples" / "plans" / "design-card.yaml"
 SLOT_S = defaults.SLOT_S
@@ -421,7 +420,7 @@ def breakdown(conn: pycanary.Connection, ctl: Controller, clock: Clock, queues: 
     wrap(cmod, "evaluate", "analysis: evaluate + decide (pure Python)")
     wrap(cmod, "decide", "analysis: evaluate + decide (pure Python)")
     wrap(deployments, "encode_ctl", "encode the ctl field (JSON + zlib)")
-    wrap(ScriptPipeline, "execute", "fenced CAS writes with analyses (1 pipelined round trip)")
+    wrap(cmod, "run_scripts", "fenced CAS writes with analyses (1 pipelined round trip)")
     try:
         res = run_ticks(conn, ctl, clock, queues, traffic, n, interval, measure_server=False)
     finally:
