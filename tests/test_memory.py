@@ -27,8 +27,8 @@ Q = "payments"
 PLAN = Path(__file__).resolve().parents[1] / "examples" / "plans" / "design-card.yaml"
 #: The design card's ~12 KB is not reachable with this layout (docs/performance.md, memory):
 #: a stream allocates 4 KB at its first entry, the running totals the controller reads hold
-#: ~2.6 KB and the deployment hash keeps their snapshot. Measured 24-26 KB here (130 KB before
-#: issue 15); the budget leaves room for run-time buckets that vary with the machine's load.
+#: ~2.6 KB and the deployment hash keeps their snapshot. Measured 24-26 KB here (~123 KB
+#: before issue 15); the budget leaves room for run-time buckets that vary with the load.
 BUDGET_B = 30 * 1024
 HISTORY_S = 600
 JOBS_PER_SLOT = 400
