@@ -228,6 +228,9 @@ class Controller:
         if self._stepped_down:
             return TickReport(leader=False)
         report = TickReport(leader=True, deployments=len(names))
+        active = set(queues)
+        for q in [q for q in self._ctl if q not in active]:  # finished or gone: forget it
+            del self._ctl[q]
         try:
             if queues:
                 self._tick(queues, report)
