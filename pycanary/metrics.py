@@ -263,10 +263,12 @@ def read_window(
     *,
     slot_s: int = DEFAULT_SLOT_S,
 ) -> WindowStats:
-    """Sum the slots overlapping [start_ms, end_ms) of one queue, version and lane."""
-    stats = WindowStats(queue, version, lane, start_ms, end_ms)
+    """Sum the slots overlapping [start_ms, end_ms) of one queue, version and lane. The
+    window's start is that of its first slot (up to slot_s before start_ms), so rates divide
+    by the time the summed slots cover."""
     first = slot_of(start_ms, slot_s)
     last = slot_of(max(start_ms, end_ms - 1), slot_s)
+    stats = WindowStats(queue, version, lane, min(start_ms, first * 1000), end_ms)
     qk = conn.keys.queue(queue)
     slots = range(first, last + 1, slot_s)
     pipe = conn.client.pipeline(transaction=False)
