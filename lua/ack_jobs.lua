@@ -13,7 +13,8 @@
                          cpu bucket ('' = not measured), first ('1' = the job's first attempt,
                          else '0'), unit ('' or "<stratum>|<cluster>", see docs/keys.md)
 
-  Counts: ok, r<b>, w<b>, c<b>, first_attempts (slot and totals); n1|<unit> (totals only).
+  Counts: ok, r<b>, c<b>, first_attempts (slot and totals); w<b> (totals: the fine bucket;
+  slot: a coarse one, see count_wait); n1|<unit> (totals only).
   Returns {acked, late}: late counts jobs no longer in the processing list (a reaper returned
   them to a lane, or this ack was already applied before a lost reply). A late job is counted
   only as field `late`, never as `ok`, first_attempts or in the histograms: its other run (or
@@ -38,7 +39,7 @@ local bad_type = check_types({{processing_key, 'list'}, {metrics_key, 'hash'},
                               {total_key, 'hash'}, {running_key, 'hash'}})
 if bad_type then return bad_type end
 
-local m, u, acked, late = {}, {}, 0, 0
+local m, u, sw, acked, late = {}, {}, {}, 0, 0
 for i = 2, #ARGV, 6 do
   if rcall('LREM', processing_key, -1, ARGV[i]) == 0 then
     late = late + 1
@@ -46,12 +47,12 @@ for i = 2, #ARGV, 6 do
     acked = acked + 1
     rcall('HDEL', running_key, ARGV[i])
     bump(m, 'r' .. ARGV[i + 1], 1)
-    bump(m, 'w' .. ARGV[i + 2], 1)
+    count_wait(u, sw, ARGV[i + 2])
     if ARGV[i + 3] ~= '' then bump(m, 'c' .. ARGV[i + 3], 1) end
     count_first(m, u, ARGV[i + 4], ARGV[i + 5], false)
   end
 end
 if acked > 0 then bump(m, 'ok', acked) end
 if late > 0 then bump(m, 'late', late) end
-flush_metrics(metrics_key, total_key, m, ttl, u)
+flush_metrics(metrics_key, total_key, m, ttl, u, sw)
 return {acked, late}

@@ -15,8 +15,9 @@
                          due_ms (retry) or '', run bucket, wait bucket, cpu bucket ('' = not
                          measured), first ('1' | '0'), unit ('' or "<stratum>|<cluster>")
 
-  Counts: failed, retried, dead, r<b>, w<b>, c<b>, first_attempts, first_failed (slot and
-  totals); n1|<unit>, x1|<unit> (totals only).
+  Counts: failed, retried, dead, r<b>, c<b>, first_attempts, first_failed (slot and totals);
+  w<b> (totals: the fine bucket; slot: a coarse one, see count_wait); n1|<unit>, x1|<unit>
+  (totals only).
   Returns {failed, late}: a late job is no longer in the processing list (a reaper returned it
   to a lane, or this call was already applied before a lost reply), so it is neither retried
   nor dead-lettered here and is counted only as field `late`
@@ -49,7 +50,7 @@ local bad_type = check_types({{processing_key, 'list'}, {metrics_key, 'hash'},
                               {running_key, 'hash'}})
 if bad_type then return bad_type end
 
-local m, u, failed, late = {}, {}, 0, 0
+local m, u, sw, failed, late = {}, {}, {}, 0, 0
 for i = 2, #ARGV, 9 do
   if rcall('LREM', processing_key, -1, ARGV[i]) == 0 then
     late = late + 1
@@ -57,7 +58,7 @@ for i = 2, #ARGV, 9 do
     failed = failed + 1
     rcall('HDEL', running_key, ARGV[i])
     bump(m, 'r' .. ARGV[i + 4], 1)
-    bump(m, 'w' .. ARGV[i + 5], 1)
+    count_wait(u, sw, ARGV[i + 5])
     if ARGV[i + 6] ~= '' then bump(m, 'c' .. ARGV[i + 6], 1) end
     count_first(m, u, ARGV[i + 7], ARGV[i + 8], true)
     if ARGV[i + 1] == 'retry' then
@@ -71,5 +72,5 @@ for i = 2, #ARGV, 9 do
 end
 if failed > 0 then bump(m, 'failed', failed) end
 if late > 0 then bump(m, 'late', late) end
-flush_metrics(metrics_key, total_key, m, ttl, u)
+flush_metrics(metrics_key, total_key, m, ttl, u, sw)
 return {failed, late}

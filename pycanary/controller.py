@@ -91,18 +91,6 @@ class TextFormatter(logging.Formatter):
             record.msg, record.args = saved
 
 
-def _diff(now: dict[str, Any], before: dict[str, Any]) -> dict[str, int]:
-    """Fields that moved since the previous snapshot. Totals come back from Redis as strings;
-    comparing the strings first skips the int conversions of the (many) unchanged buckets."""
-    out: dict[str, int] = {}
-    get = before.get
-    for k, v in now.items():
-        b = get(k)
-        if v != b:
-            out[k] = int(v) - (int(b) if b is not None else 0)
-    return out
-
-
 @dataclass
 class LaneSnapshot:
     totals: dict[str, str]
@@ -175,6 +163,9 @@ class Controller:
         self._stepped_down = False
         #: live workers' RSS summed per (queue, lane, version), from the last worker listing
         self._rss: dict[tuple[str, str, str], int] = {}
+        #: per queue, the `ctl` field this controller last wrote and its decoded value: a
+        #: deployment whose `ctl` is still that text is not decoded again (issue 15)
+        self._ctl: dict[str, tuple[str, dict[str, Any]]] = {}
 
     # -- leadership ----------------------------------------------------------------------
     @property
@@ -242,6 +233,9 @@ class Controller:
         if self._stepped_down:
             return TickReport(leader=False)
         report = TickReport(leader=True, deployments=len(names))
+        active = set(queues)
+        for q in [q for q in self._ctl if q not in active]:  # finished or gone: forget it
+            del self._ctl[q]
         try:
             if queues:
                 self._tick(queues, report)
@@ -271,7 +265,7 @@ class Controller:
                 self.conn.client.srem(self.conn.keys.active_deployments, q)
                 continue
             try:
-                dep = Deployment.from_hash(q, raw)
+                dep = Deployment.from_hash(q, raw, ctl=self._known_ctl(q, raw.get("ctl")))
             except CorruptDeploymentError as exc:
                 self._error(q, "corrupt_deployment", str(exc), deployment_id=exc.deployment_id)
                 continue
@@ -290,6 +284,15 @@ class Controller:
         for dep in later:
             self._isolated(dep, "drain", lambda d=dep: report.actions.append(
                 f"{d.queue}: {self._drain_and_finish(d)}"))
+
+    def _known_ctl(self, queue: str, text: str | None) -> dict[str, Any] | None:
+        """The decoded `ctl` of a deployment when it is the one this controller wrote last
+        (compared as text: a write by anyone else, or a corrupt value, is decoded afresh)."""
+        known = self._ctl.get(queue)
+        if known is None or text is None or known[0] != text:
+            self._ctl.pop(queue, None)
+            return None
+        return known[1]
 
     def _read(self, queues: list[str]) -> dict[str, Any]:
         """Every deployment hash, and the errors reported last time, in one round trip; a
@@ -321,14 +324,21 @@ class Controller:
         if any(w.then or "stage" in w.values for w in writes):
             _crash_point("mid_check")
         calls = []
+        ctls: list[tuple[str, dict[str, Any]] | None] = []
         for w in writes:
+            ctl = None
+            if any(k in w.values for k in deployments.CTL_FIELDS):
+                value = deployments.ctl_values(w.values, w.dep)
+                ctl = (deployments.encode_ctl(value), value)
+            ctls.append(ctl)
             keys, args = deployments.update_call(
                 self.conn, w.dep, w.values, now=now, epoch=self.epoch,
                 weight_bp=w.weight_bp, tenants_bp=w.tenants_bp, events=w.events,
-                analysis=w.analysis)
+                analysis=w.analysis, ctl_text=ctl[0] if ctl else None)
             calls.append(("deployment_update", keys, args))
-        for w, res in zip(writes, run_scripts(self.conn, calls), strict=True):
+        for w, ctl, res in zip(writes, ctls, run_scripts(self.conn, calls), strict=True):
             q = w.dep.queue
+            self._ctl.pop(q, None)
             if isinstance(res, Exception):
                 self._error(q, "write", f"deployment_update failed: {res}", dep=w.dep)
                 continue
@@ -348,6 +358,8 @@ class Controller:
             except PycanaryError as exc:
                 self._error(q, "write", str(exc), dep=w.dep)
                 continue
+            if ctl is not None:
+                self._ctl[q] = ctl
             self._isolated(w.dep, w.then or "write", lambda w=w: self._follow_up(w, now, report))
 
     def _follow_up(self, w: _Write, now: int, report: TickReport) -> None:
@@ -532,8 +544,7 @@ class Controller:
         (counts, histograms, analysis units), jobs routed to it meanwhile, the weight in
         force and its live workers' memory. A total that went down (expired after an idle
         hour, or replaced) counts as 0, never negative."""
-        d = _diff(now, before or {})
-        f = metrics.decode(d)
+        f = metrics.decode_diff(now, before or {})
         run = {b: n for b, n in f.run_hist.items() if n > 0}
         wait = {b: n for b, n in f.wait_hist.items() if n > 0}
         cpu = {b: n for b, n in f.cpu_hist.items() if n > 0}
@@ -608,11 +619,12 @@ class Controller:
         self._log_check(dep, stable, canary, analysis.verdict.value, decision.action.value)
         # written by the same fenced script as the decision: a deposed leader's check leaves
         # no trace (invariant 4)
-        record = {"ts": now, "stage": dep.stage, "analysis": analysis_d, "decision": decision_d}
+        # compact: the full analysis is last_analysis (docs/performance.md, memory)
+        record = deployments.compact_record(now, dep.stage, analysis_d, decision_d)
         if (dep.last_analysis or {}).get("verdict") != analysis.verdict.value:
             events.append(deployments.event(
                 "verdict", f"{analysis.verdict.value}: {analysis.reason}", actor=self.id,
-                now=now, data=analysis_d))
+                now=now, data=deployments.compact_analysis(analysis_d)))
         w = _Write(dep, values, events=events, analysis=record,
                    label=f"{analysis.verdict.value.lower()} ({decision.action.value})")
         if self._stalled(dep, snaps["canary"], now, w):
@@ -766,6 +778,9 @@ class Controller:
         def p95_ms(s: LaneStats) -> float | None:
             q = histogram.quantile(s.run_hist, 0.95)
             return None if q is None else round(q / 1000, 3)
+
+        if not log.isEnabledFor(logging.INFO):  # quantiles cost more than the line
+            return
 
         log.info("canary metrics comparison", extra={"fields": {
             "deployment_id": dep.id, "queue": dep.queue, "stable_version": dep.stable_version,

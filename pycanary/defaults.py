@@ -32,7 +32,9 @@ POLL_S = 1.0
 #: deployment back as stalled (its jobs drain to stable). Longer than a worker's restart.
 STALL_GRACE_S = 120.0
 #: Length of one metrics slot and how long slots and running totals are kept, in seconds.
-SLOT_S = 10
+#: 60 s slots: 10 minutes of history are 10 hashes per lane (memory per deployment, issue 15);
+#: the controller reads only the running totals, so its windows do not depend on it.
+SLOT_S = 60
 KEEP_S = 3600
 #: The TUI (`pycanary tui`): seconds between refreshes (and the shortest allowed: the panel
 #: reads Redis at most once a second), metric slots per sparkline (30 x 10 s = 5 min), events

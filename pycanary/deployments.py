@@ -8,9 +8,11 @@ writes carry the rev they read (compare-and-set) and, from the controller, its l
 
 from __future__ import annotations
 
+import base64
 import json
 import secrets
 import time
+import zlib
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
@@ -26,7 +28,14 @@ from .validation import redact_url
 ACTIVE_STATES = ("active", "paused", "awaiting_promotion", "promoting", "rolling_back")
 FINISHED_STATES = ("completed", "rolled_back")
 STATES = ACTIVE_STATES + FINISHED_STATES
-ANALYSES_KEPT = 10
+#: Analysis records kept per deployment (compact ones, see `compact_record`): the last few
+#: checks for `history` and the views; every verdict change is also an event.
+ANALYSES_KEPT = 5
+#: The fields the controller rewrites on every check, stored together as one compact field
+#: `ctl` (see `encode_ctl`): one value to write and, when unchanged, none to decode (issue 15).
+CTL_FIELDS = ("totals", "analysis_state", "last_analysis", "last_decision", "last_data_at")
+_CTL_EMPTY: dict[str, Any] = {"totals": {}, "analysis_state": {}, "last_analysis": None,
+                              "last_decision": None, "last_data_at": {}}
 
 _JSON_FIELDS = ("plan", "tenants_bp", "analysis_state", "last_analysis", "last_decision",
                 "totals", "last_data_at", "drain", "meta")
@@ -35,6 +44,27 @@ _INT_FIELDS = ("stage", "weight_bp", "started_at", "stage_started_at", "paused_a
                "rev", "weight0_at", "drained_at", "paused_ms")
 
 
+
+
+def encode_ctl(values: dict[str, Any]) -> str:
+    """The `ctl` field: ``"z1:"`` + base64 of the zlib-compressed (level 1) compact JSON of the
+    CTL_FIELDS. The histograms and rule texts of a check compress about 2.5x, which is most of
+    a deployment hash's bytes (docs/performance.md); level 1 costs ~70 us per write."""
+    raw = json.dumps(values, separators=(",", ":"), default=str).encode()
+    return "z1:" + base64.b64encode(zlib.compress(raw, 1)).decode("ascii")
+
+
+def decode_ctl(text: str) -> dict[str, Any]:
+    """Read a `ctl` field: the compressed form, or plain JSON (a person may write one)."""
+    if not text:
+        return {}
+    if text.startswith("z1:"):
+        out = json.loads(zlib.decompress(base64.b64decode(text[3:], validate=True)))
+    else:
+        out = json.loads(text)
+    if not isinstance(out, dict):
+        raise ValueError("not a JSON object")
+    return out
 
 
 def new_id(queue: str, now: int) -> str:
@@ -147,14 +177,22 @@ class Deployment:
         return out
 
     @classmethod
-    def from_hash(cls, queue: str, raw: dict[str, str]) -> Deployment:
+    def from_hash(cls, queue: str, raw: dict[str, str],
+                  ctl: dict[str, Any] | None = None) -> Deployment:
         """Decode a deployment hash. A field that does not decode raises
         `CorruptDeploymentError` naming it (not a bare JSON or int error), and so does a plan
-        that no longer parses: every reader learns at once which deployment is unusable."""
+        that no longer parses: every reader learns at once which deployment is unusable.
+        ``ctl``: the `ctl` field already decoded (the controller's cache of what it wrote),
+        used instead of decoding it again; the CTL_FIELDS it holds override separate fields of
+        the same names (an older layout)."""
         kw: dict[str, Any] = {}
         dep_id = raw.get("id") or None
         for name, value in raw.items():
             try:
+                if name == "ctl":
+                    if ctl is None:
+                        ctl = decode_ctl(value)
+                    continue
                 if name == "plan":
                     kw["_plan_json"] = value
                 if name in _JSON_FIELDS:
@@ -167,9 +205,12 @@ class Deployment:
                     kw[name] = value == "1"
                 elif name in cls.__dataclass_fields__:
                     kw[name] = value
-            except (ValueError, TypeError) as exc:
+            except (ValueError, TypeError, zlib.error) as exc:
                 raise CorruptDeploymentError(queue, name, f"{type(exc).__name__}: {exc}",
                                              dep_id) from None
+        for name in CTL_FIELDS:
+            if ctl is not None and name in ctl:
+                kw[name] = ctl[name]
         kw.setdefault("plan_raw", {})
         for required in ("paused_ms", "stage", "weight_bp", "rev"):
             if kw.get(required) is None:
@@ -191,10 +232,33 @@ class Deployment:
         return dep
 
 
-def encode_fields(values: dict[str, Any]) -> list[str]:
-    """Field/value pairs for a deployment hash: JSON for structures, '' for None."""
+def ctl_values(values: dict[str, Any], dep: Deployment | None) -> dict[str, Any]:
+    """All CTL_FIELDS after a write of ``values``: the new ones, the others as ``dep`` holds
+    them (the write is compare-and-set on dep's rev, so they are current)."""
+    out = {}
+    for name in CTL_FIELDS:
+        if name in values:
+            out[name] = values[name]
+        elif dep is not None:
+            out[name] = getattr(dep, name)
+        else:
+            out[name] = _CTL_EMPTY[name]
+    return out
+
+
+def encode_fields(values: dict[str, Any], dep: Deployment | None = None,
+                  ctl_text: str | None = None) -> list[str]:
+    """Field/value pairs for a deployment hash: JSON for structures, '' for None; the
+    CTL_FIELDS go into the one `ctl` field (merged with ``dep``'s other CTL_FIELDS), or
+    ``ctl_text`` when the caller encoded it already."""
     out: list[str] = []
+    if ctl_text is None and any(k in values for k in CTL_FIELDS):
+        ctl_text = encode_ctl(ctl_values(values, dep))
+    if ctl_text is not None:
+        out += ["ctl", ctl_text]
     for k, v in values.items():
+        if k in CTL_FIELDS:
+            continue
         if k == "plan_raw":
             k = "plan"
         if k in _JSON_FIELDS:
@@ -341,22 +405,45 @@ def update_call(
     weight_bp: int | None = None,
     tenants_bp: dict[str, int] | None = None,
     events: list[str] | None = None,
-    analysis: dict[str, Any] | None = None,
+    analysis: dict[str, Any] | str | None = None,
     check_rev: bool = True,
+    ctl_text: str | None = None,
 ) -> tuple[list[str], list[Any]]:
-    """KEYS and ARGV of deployment_update, so a controller can pipeline many of them."""
+    """KEYS and ARGV of deployment_update, so a controller can pipeline many of them.
+    ``analysis``: the check's record (a dict, or its JSON text); ``ctl_text``: the `ctl` field
+    already encoded (see encode_fields)."""
     qk = conn.keys.queue(dep.queue)
     evs = [e for e in (events or []) if e]
-    record = "" if analysis is None else json.dumps(analysis, separators=(",", ":"),
-                                                    default=str)
+    record = "" if analysis is None else analysis if isinstance(analysis, str) else \
+        json.dumps(analysis, separators=(",", ":"), default=str)
     return (
         [qk.config, qk.tenant_weights, qk.deployment, qk.events(dep.id), qk.fence,
          qk.analyses(dep.id), qk.outbox],
         [_fence_args(epoch), str(dep.rev) if check_rev else "", now,
          "" if weight_bp is None else weight_bp, "keep" if tenants_bp is None else "set",
-         *_pairs(_tenant_pairs(tenants_bp)), *_pairs(encode_fields(values)), len(evs), *evs,
+         *_pairs(_tenant_pairs(tenants_bp)), *_pairs(encode_fields(values, dep, ctl_text)),
+         len(evs), *evs,
          record, ANALYSES_KEPT],
     )
+
+
+def compact_analysis(analysis: dict[str, Any]) -> dict[str, Any]:
+    """What a record or a verdict event keeps of a check's analysis: the verdict, its reason
+    and each rule's verdict (the full analysis, with observed values and lane summaries, is
+    the deployment's `last_analysis`)."""
+    return {"verdict": analysis.get("verdict"), "reason": analysis.get("reason", ""),
+            "decisive": analysis.get("decisive", False),
+            "fail_streak": analysis.get("fail_streak", 0),
+            "rules": {r.get("rule"): r.get("verdict") for r in analysis.get("rules") or ()}}
+
+
+def compact_record(ts: int, stage: int, analysis: dict[str, Any],
+                   decision: dict[str, Any]) -> dict[str, Any]:
+    """One entry of the analyses list: when, which stage, the compact analysis and what was
+    decided (action, reason, cause, next stage). About 0.4 KB instead of 2-3 KB."""
+    return {"ts": ts, "stage": stage, "analysis": compact_analysis(analysis),
+            "decision": {k: decision.get(k) for k in ("action", "reason", "cause",
+                                                      "next_stage")}}
 
 
 def check_update(dep: Deployment, res: Any) -> int:

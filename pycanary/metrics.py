@@ -4,7 +4,9 @@ Workers record outcomes in the ack/fail scripts, in the same atomic step as the 
 hash per (queue, version, lane, time slot): counts (`ok`, `failed`, `retried`, `dead`, `late`,
 and the job-level `first_attempts`, `first_failed`, `crashed`) and three histograms with the
 fixed buckets of `histogram.py` (`r<b>` run time, `w<b>` queue wait, `c<b>` handler CPU time).
-Slots are `slot_s` seconds long (default 10 s) and expire after `keep_s` (default 1 h). The
+In a slot the queue wait is coarse: one bucket per 8 fine ones (`count_wait` in
+lua/includes/metrics.lua), the running totals keep the fine buckets.
+Slots are `slot_s` seconds long (default 60 s) and expire after `keep_s` (default 1 h). The
 running totals also hold per analysis unit counts (`n1|<unit>` first attempts, `x1|<unit>`
 failed first attempts; unit = ``"<stratum>|<cluster>"``, see `unit_of`), which the controller
 differences into `LaneStats.units`.
@@ -39,6 +41,19 @@ def unit_of(job_id: str, sticky_key: str | None, tenant: str | None,
     cluster = fnv1a32((sticky_key or job_id).encode("utf-8")) % ANALYSIS_CLUSTERS
     stratum = tenant if tenant is not None and tenant in strata else ""
     return f"{stratum}|{cluster}"
+
+
+#: Fine wait buckets per coarse one in a slot (WAIT_GROUP in lua/includes/metrics.lua).
+SLOT_WAIT_GROUP = 8
+
+
+def slot_wait_bucket(bucket: int) -> int:
+    """The wait bucket a slot records for a fine one (what count_wait in
+    lua/includes/metrics.lua computes): the middle fine bucket of its group of 8; 0 stays 0.
+    The running totals keep the fine bucket."""
+    if bucket <= 0:
+        return 0
+    return (bucket - 1) // SLOT_WAIT_GROUP * SLOT_WAIT_GROUP + 1 + SLOT_WAIT_GROUP // 2
 
 
 def slot_of(ms: int, slot_s: int = DEFAULT_SLOT_S) -> int:
@@ -132,25 +147,85 @@ class Fields:
     units: dict[str, list[int]] = field(default_factory=dict)
 
 
+#: field name -> (kind, key): 0 run, 1 wait, 2 CPU bucket (key: the bucket), 3 a count (key:
+#: its name), 4 / 5 a unit's first attempts / failures (key: the unit), 6 unknown. The names
+#: are few (buckets, counts, units), so each is parsed once per process.
+_KINDS: dict[str, tuple[int, Any]] = {}
+_KIND_CACHE_MAX = 100_000
+
+
+def _kind(name: str) -> tuple[int, Any]:
+    k = _KINDS.get(name)
+    if k is None:
+        first = name[:1]
+        if first and first in "rwc" and name[1:].isdigit():
+            k = ("rwc".index(first), int(name[1:]))
+        elif name in COUNT_FIELDS:
+            k = (3, name)
+        elif name[:3] in ("n1|", "x1|"):
+            k = (4 if name[0] == "n" else 5, name[3:])
+        else:
+            k = (6, None)
+        if len(_KINDS) < _KIND_CACHE_MAX:
+            _KINDS[name] = k
+    return k
+
+
+def _fold(out: Fields, kind: int, key: Any, n: int) -> None:
+    if kind < 3:
+        hist = (out.run_hist, out.wait_hist, out.cpu_hist)[kind]
+        hist[key] = hist.get(key, 0) + n
+    elif kind == 3:
+        out.counts[key] = out.counts.get(key, 0) + n
+    elif kind < 6:
+        pair = out.units.setdefault(key, [0, 0])
+        pair[kind - 4] += n
+
+
 def decode(raw: Mapping[str, str | int]) -> Fields:
     """The one decoder of the metrics hash layout (`ok`.. counts, `r<b>` run, `w<b>` wait and
     `c<b>` CPU buckets, `n1|<unit>`/`x1|<unit>` unit counts); values may be the strings Redis
     returns or ints (a difference of two hashes). Fields it does not know are ignored, so a
     newer writer does not break an older reader."""
     out = Fields()
-    hists = {"r": out.run_hist, "w": out.wait_hist, "c": out.cpu_hist}
+    kinds = _KINDS
     for name, value in raw.items():
         n = int(value)
-        first = name[:1]
-        if first in hists and name[1:].isdigit():
-            hist = hists[first]
-            b = int(name[1:])
-            hist[b] = hist.get(b, 0) + n
-        elif name in COUNT_FIELDS:
-            out.counts[name] = out.counts.get(name, 0) + n
-        elif name[:3] in ("n1|", "x1|"):
-            pair = out.units.setdefault(name[3:], [0, 0])
-            pair[name[0] == "x"] += n
+        kind, key = kinds.get(name) or _kind(name)
+        _fold(out, kind, key, n)
+    return out
+
+
+def decode_diff(now: Mapping[str, str | int], before: Mapping[str, Any]) -> Fields:
+    """decode() of the fields that moved from ``before`` to ``now`` (each moved field's
+    difference), in one pass: the controller's per-check read of the running totals. A field
+    is compared as stored first (strings from Redis), so unchanged buckets cost no int();
+    fields missing from ``now`` are ignored (an expired total counts as no data). The fold is
+    written out here (not _fold): this loop runs for every field of every lane of every
+    deployment on each check."""
+    out = Fields()
+    if now == before:  # an idle lane: one C-level comparison
+        return out
+    hists = (out.run_hist, out.wait_hist, out.cpu_hist)
+    counts, units = out.counts, out.units
+    kinds = _KINDS
+    get = before.get
+    for name, v in now.items():
+        b = get(name)
+        if v == b:
+            continue
+        n = int(v) - (int(b) if b is not None else 0)
+        kind, key = kinds.get(name) or _kind(name)
+        if kind < 3:
+            hist = hists[kind]
+            hist[key] = hist.get(key, 0) + n
+        elif kind == 3:
+            counts[key] = counts.get(key, 0) + n
+        elif kind < 6:
+            pair = units.get(key)
+            if pair is None:
+                pair = units[key] = [0, 0]
+            pair[kind - 4] += n
     return out
 
 
@@ -188,10 +263,12 @@ def read_window(
     *,
     slot_s: int = DEFAULT_SLOT_S,
 ) -> WindowStats:
-    """Sum the slots overlapping [start_ms, end_ms) of one queue, version and lane."""
-    stats = WindowStats(queue, version, lane, start_ms, end_ms)
+    """Sum the slots overlapping [start_ms, end_ms) of one queue, version and lane. The
+    window's start is that of its first slot (up to slot_s before start_ms), so rates divide
+    by the time the summed slots cover."""
     first = slot_of(start_ms, slot_s)
     last = slot_of(max(start_ms, end_ms - 1), slot_s)
+    stats = WindowStats(queue, version, lane, min(start_ms, first * 1000), end_ms)
     qk = conn.keys.queue(queue)
     slots = range(first, last + 1, slot_s)
     pipe = conn.client.pipeline(transaction=False)

@@ -19,7 +19,7 @@ from .errors import (
     map_redis_error,
 )
 from .ids import uuid7, uuid7_many
-from .job import MAX_NESTING, check_nesting, encode_json, render_envelope
+from .job import MAX_NESTING, check_nesting, encode_payload, render_envelope
 from .routing import StickyHasher
 from .scripts import Scripts
 
@@ -34,7 +34,7 @@ DEFAULT_IDEMPOTENCY_TTL_S = 600.0
 MAX_RETRIES = 20
 
 _LANE_CODE = {"s": "stable", "c": "canary"}
-_encode_json = encode_json
+_encode_json = encode_payload  # payloads: the fast encoder, same text
 
 
 class EnqueueResult(NamedTuple):
@@ -94,6 +94,12 @@ class Producer:
         self._sleep = sleep
         self.client, self.scripts = self._own_client(conn)
         self._rng = rng or random.Random()
+        # the routing draw: randrange(10000) is _randbelow(10000) plus argument checks; call the
+        # latter directly (same numbers from the same seed) unless randrange is overridden
+        self._draw: Callable[[int], int] = self._rng.randrange
+        if type(self._rng).randrange is random.Random.randrange and \
+                hasattr(self._rng, "_randbelow"):
+            self._draw = self._rng._randbelow
         self._clock_ms = clock_ms or defaults.now_ms
         self._salts: dict[str, str] = {}
         # queue -> weight the script last reported for untagged jobs: at 0 (no canary, the
@@ -252,7 +258,7 @@ class Producer:
         keys = self._queue_keys(queue)
         salt = self._salts.get(queue, "")
         skip = tenant is None and self._weights.get(queue) == 0
-        args: tuple[Any, ...] = (data, key, tenant or "", self._rng.randrange(10_000),
+        args: tuple[Any, ...] = (data, key, tenant or "", self._draw(10_000),
                                  "" if skip else self._hasher.bucket(key, salt), salt)
         # An idempotency record only when a repeat can happen: the caller chose the id (it may
         # enqueue it again) or this producer retries.
@@ -301,7 +307,7 @@ class Producer:
         now = self._clock_ms()
         tenant_arg = tenant or ""
         salt = self._salts.get(queue, "")
-        randrange = self._rng.randrange
+        randrange = self._draw
         skip = tenant is None and self._weights.get(queue) == 0
         bucket = (lambda _k, _s: "") if skip else self._hasher.bucket
         if job_ids is None:

@@ -33,28 +33,41 @@ def sticky_bucket(key: str, salt: str = "") -> int:
 
 
 class StickyHasher:
-    """sticky_bucket with the FNV state of a key's prefix remembered.
+    """sticky_bucket with the FNV states of a key's prefixes remembered.
 
-    Job ids made in one batch share all but their last few characters (UUIDv7: same
-    millisecond, consecutive counters), so hashing only the changing tail gives the same bucket
-    for a fraction of the work. FNV-1a is a left fold, so state(prefix + tail) continues
-    state(prefix) exactly; splitting a str between characters splits its UTF-8 bytes too.
+    Job ids made in one batch, or by one producer in one millisecond, share all but their last
+    few characters (UUIDv7: same millisecond, consecutive counters), so hashing only the
+    changing tail gives the same bucket for a fraction of the work. FNV-1a is a left fold, so
+    state(prefix + tail) continues state(prefix) exactly; splitting a str between characters
+    splits its UTF-8 bytes too. Two levels: the state of all but the last 8 characters
+    (changes once per millisecond) and of all but the last 2 (changes every 256 ids), so most
+    keys cost two FNV rounds.
     """
 
-    __slots__ = ("_prefix", "_salt", "_state")
+    __slots__ = ("_prefix", "_prefix2", "_salt", "_state", "_state2")
 
     TAIL = 8
+    TAIL2 = 2
 
     def __init__(self) -> None:
         self._prefix: str | None = None
         self._salt = ""
         self._state = FNV_OFFSET
+        self._prefix2: str | None = None
+        self._state2 = FNV_OFFSET
 
     def bucket(self, key: str, salt: str = "") -> int:
         if len(key) <= 2 * self.TAIL:
             return fnv1a32(key.encode(), _salt_state(salt)) % BUCKETS
-        prefix = key[: -self.TAIL]
-        if prefix != self._prefix or salt != self._salt:
-            self._prefix, self._salt = prefix, salt
-            self._state = fnv1a32(prefix.encode(), _salt_state(salt))
-        return fnv1a32(key[-self.TAIL :].encode(), self._state) % BUCKETS
+        prefix2 = key[: -self.TAIL2]
+        if prefix2 != self._prefix2 or salt != self._salt:
+            prefix = key[: -self.TAIL]
+            if prefix != self._prefix or salt != self._salt:
+                self._prefix, self._salt = prefix, salt
+                self._state = fnv1a32(prefix.encode(), _salt_state(salt))
+            self._prefix2 = prefix2
+            self._state2 = fnv1a32(key[-self.TAIL : -self.TAIL2].encode(), self._state)
+        h = self._state2
+        for b in key[-self.TAIL2 :].encode():
+            h = ((h ^ b) * FNV_PRIME) & 0xFFFFFFFF
+        return h % BUCKETS

@@ -7,10 +7,23 @@ local function bump(t, field, n)
   t[field] = (t[field] or 0) + n
 end
 
+-- Queue wait: the fine bucket in the running totals (u, totals only), and in the slot (s, slot
+-- only) one coarse bucket per WAIT_GROUP fine ones, named by the middle fine bucket of its
+-- group (bucket 0, below 100 us, stays 0): a slot keeps a handful of wait fields instead of
+-- ~25, so the wait quantiles of a window are within ~1.5x (memory per deployment, issue 15).
+local WAIT_GROUP = 8
+local function count_wait(u, s, bucket)
+  bump(u, 'w' .. bucket, 1)
+  local b = tonumber(bucket)
+  if b > 0 then b = math.floor((b - 1) / WAIT_GROUP) * WAIT_GROUP + 1 + WAIT_GROUP / 2 end
+  bump(s, 'w' .. b, 1)
+end
+
 -- The slot hash serves windows (status, sparklines); the running total serves the controller,
 -- which subtracts its last snapshot to get exactly the attempts since its previous check.
--- totals_only: fields written to the running totals alone (may be nil).
-local function flush_metrics(metrics_key, total_key, t, ttl, totals_only)
+-- totals_only: fields written to the running totals alone (may be nil); slot_only: fields
+-- written to the slot alone (the coarse wait buckets; may be nil).
+local function flush_metrics(metrics_key, total_key, t, ttl, totals_only, slot_only)
   local any = false
   for field, n in pairs(t) do
     rcall('HINCRBY', metrics_key, field, n)
@@ -18,7 +31,11 @@ local function flush_metrics(metrics_key, total_key, t, ttl, totals_only)
     any = true
   end
   for field, n in pairs(totals_only or {}) do
-    rcall('HINCRBY', total_key, field, n) -- the unit counts
+    rcall('HINCRBY', total_key, field, n) -- the unit counts, the fine wait buckets
+    any = true
+  end
+  for field, n in pairs(slot_only or {}) do
+    rcall('HINCRBY', metrics_key, field, n) -- the coarse wait buckets
     any = true
   end
   if any then

@@ -1,0 +1,119 @@
+"""The controller's compact state (issue 15 item 2): the per-check fields live in one `ctl`
+field, and a controller that wrote it last does not decode it again (its analysis state is
+still rebuilt from the stored dict, as a restarted controller would: float sums then run in
+the same order, bit for bit). The shortcut must change nothing: the same traffic checked by
+one long-lived controller and by a fresh controller per tick (which decodes everything) gives
+the same records, verdicts and state, check for check, through a pause and a rollback, on
+real Redis."""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+import pytest
+
+from pycanary import deployments, metrics, registry, rollouts, service
+from pycanary.controller import Controller
+from pycanary.deployments import CorruptDeploymentError, Deployment
+from pycanary.job import Envelope
+
+PLAN = {
+    "stages": [{"percentage": 10, "duration": "2m", "auto_promote": True,
+                "conditions": {"max_error_rate": 5, "max_latency_increase": 50}},
+               {"percentage": 30, "duration": "5m", "auto_promote": False,
+                "conditions": {"max_error_rate": 5}}],
+    "interval": "30s", "min_samples": 20, "failure_threshold": 2,
+    "on_inconclusive": "pause", "inconclusive_checks": 2,
+}
+VERSIONS = {"stable": "v1", "canary": "v2"}
+
+
+class Clock:
+    def __init__(self, t: float) -> None:
+        self.t = t
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def _feed(conn, queue: str, rng: random.Random, tick: int) -> None:
+    """One interval of outcomes through the real ack/fail scripts, as a worker sends them."""
+    qk = conn.keys.queue(queue)
+    slot = metrics.slot_of(registry.now_ms())
+    for lane, n in (("stable", 90), ("canary", 10 + tick % 3)):
+        v = VERSIONS[lane]
+        wid = f"w-{v}"
+        envs = [Envelope(id=f"{lane}-{tick}-{i}", queue=queue, payload={}, tenant=None,
+                         sticky_key=None, attempts=0, enqueued_at=1).encode()
+                for i in range(n)]
+        conn.client.lpush(qk.processing(wid), *envs)
+        ok: list[Any] = [3600]
+        failed: list[Any] = [3600]
+        for i, env in enumerate(envs):
+            run_b, wait_b = rng.randrange(20, 60), rng.randrange(0, 90)
+            unit = metrics.unit_of(f"{lane}-{tick}-{i}", None, None)
+            if rng.random() < (0.5 if lane == "canary" and tick >= 10 else 0.03):
+                failed += [env, "dead", '{"dead":1}', "", run_b, wait_b, "", "1", unit]
+            else:
+                ok += [env, run_b, wait_b, rng.randrange(0, 30), "1", unit]
+        if len(ok) > 1:
+            conn.scripts.call("ack_jobs", qk.ack_keys(wid, v, lane, slot), ok)
+        if len(failed) > 1:
+            conn.scripts.call("fail_jobs", qk.fail_keys(wid, v, lane, slot), failed)
+
+
+def _run(conn, queue: str, *, fresh_each_tick: bool, ticks: int = 14) -> list[Any]:
+    service.configure_queue(conn, queue, stable_version="v1")
+    clock = Clock(1_800_000_000.0)
+    rollouts.ramp(conn, queue, "v2", PLAN, allow_schema_change=True, actor="t", force=True,
+                  now_ms=int(clock() * 1000), salt="00c0ffee")
+    for v, lane in VERSIONS.items():
+        registry.heartbeat(conn, f"w-{v}", version=v, queues={queue: lane},
+                           info={"state": "active"}, ttl_ms=600_000)
+    ctl = Controller(conn, clock=clock)
+    rng = random.Random(20)
+    seen: list[Any] = []
+    for tick in range(ticks):
+        if fresh_each_tick:
+            ctl = Controller(conn, clock=clock)
+        _feed(conn, queue, rng, tick)
+        clock.t += 30
+        ctl.tick()
+        dep = deployments.get(conn, queue)
+        assert dep is not None
+        seen.append((dep.state, dep.stage, dep.weight_bp, dep.analysis_state, dep.last_analysis,
+                     dep.last_decision, {k: v for k, v in dep.totals.items()}))
+    records = deployments.analyses(conn, queue, dep.id, count=50)
+    return [seen, records]
+
+
+def test_cached_and_fresh_controllers_decide_the_same(real_conn) -> None:
+    long_lived = _run(real_conn, "cached", fresh_each_tick=False)
+    fresh = _run(real_conn, "fresh", fresh_each_tick=True)
+    assert long_lived == fresh
+    states = [s[0] for s in long_lived[0]]
+    # checked while active, paused by on_inconclusive, rolled back once the canary fails
+    assert {"active", "paused"} <= set(states) and states[-1] == "rolled_back", states
+    rec = long_lived[1][0]
+    assert set(rec) == {"ts", "stage", "analysis", "decision"}
+    assert set(rec["analysis"]) == {"verdict", "reason", "decisive", "fail_streak", "rules"}
+    assert set(rec["decision"]) == {"action", "reason", "cause", "next_stage"}
+
+
+def test_ctl_is_one_compressed_field_and_a_corrupt_one_names_itself(real_conn) -> None:
+    conn = real_conn
+    _run(conn, "payments", fresh_each_tick=False, ticks=2)
+    qk = conn.keys.queue("payments")
+    raw = conn.client.hgetall(qk.deployment)
+    assert raw["ctl"].startswith("z1:")
+    assert not set(deployments.CTL_FIELDS) & set(raw)
+    ctl = deployments.decode_ctl(raw["ctl"])
+    assert set(ctl) == set(deployments.CTL_FIELDS)
+    assert ctl["last_analysis"]["verdict"] in ("PASS", "FAIL", "INCONCLUSIVE")
+    # plain JSON is read too (a person may write it), garbage is reported by field
+    plain = dict(raw, ctl=deployments.json.dumps(ctl))
+    assert Deployment.from_hash("payments", plain).last_analysis == ctl["last_analysis"]
+    with pytest.raises(CorruptDeploymentError) as exc:
+        Deployment.from_hash("payments", dict(raw, ctl="z1:not base64!"))
+    assert exc.value.field == "ctl"
