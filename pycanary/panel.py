@@ -2,9 +2,9 @@
 
 The panel needs what `status` shows (rollouts.status: deployment, both lanes side by side,
 rules with their evidence, workers, depths, events) plus a short history per lane for its
-sparklines: jobs/s and error rate of each 10 s metrics slot over the last few minutes. That
-history is read here, from the same per-slot hashes the workers' ack/fail scripts write
-(metrics.py decodes them), so the TUI itself never talks to Redis.
+sparklines: jobs/s and error rate of each metrics slot (defaults.SLOT_S, 60 s) over the last
+half hour. That history is read here, from the same per-slot hashes the workers' ack/fail
+scripts write (metrics.py decodes them), so the TUI itself never talks to Redis.
 """
 
 from __future__ import annotations

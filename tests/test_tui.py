@@ -83,7 +83,8 @@ def test_lane_series_reads_each_slot(conn: Connection) -> None:
                                                                       "r12": 8})
     conn.client.hset(qk.metrics_slot("v2", "canary", last - 10), mapping={"ok": 1, "failed": 3})
     conn.client.hset(qk.metrics_slot("v2", "stable", last - 10), mapping={"ok": 999})  # not ours
-    out = panel.lane_series(conn, Q, {"stable": "v1", "canary": "v2"}, now_ms=now_ms, slots=4)
+    out = panel.lane_series(conn, Q, {"stable": "v1", "canary": "v2"}, now_ms=now_ms, slots=4,
+                            slot_s=10)
     s, c = out["stable"], out["canary"]
     assert s.slots == c.slots == [last - 30, last - 20, last - 10, last]
     assert s.jobs_per_s == [0.0, 10.0, 0.0, 2.0]  # the slot in progress: 8 jobs in 4 s
