@@ -20,6 +20,9 @@ print(pycanary.Producer(conn).enqueue("payments", {{"a": 1}}).lane, len(s.load_a
 from pycanary import demo
 assert demo.card_source()[1].startswith({target!r}), demo.card_source()[1]
 assert demo.demo_plan()["canary_config"]["stages"]
+from pycanary import plan
+assert str(plan.plans_dir()).startswith({target!r}), plan.plans_dir()
+assert "quick" in plan.named_plans(), plan.named_plans()
 """
 
 
@@ -39,8 +42,9 @@ def test_wheel_ships_and_runs_lua_scripts(tmp_path: Path) -> None:
     )
     assert (target / "pycanary" / "lua" / "route_enqueue.lua").is_file()
     assert (target / "pycanary" / "lua" / "includes" / "fnv1a.lua").is_file()
-    card = target / "pycanary" / "plans" / "design-card.yaml"
-    assert card.read_text() == (ROOT / "examples" / "plans" / "design-card.yaml").read_text()
+    # every named plan travels with the package (`--plan quick`, the API's plan_name)
+    for plan in (ROOT / "examples" / "plans").glob("*.yaml"):
+        assert (target / "pycanary" / "plans" / plan.name).read_text() == plan.read_text()
     env = {**os.environ, "PYTHONPATH": str(target)}
     res = subprocess.run(
         [sys.executable, "-c", PROBE.format(target=str(target))],
