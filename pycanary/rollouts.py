@@ -619,11 +619,12 @@ def status(conn: Connection, queue: str | None = None, *, window_s: int = 300,
             now = defaults.now_ms()
             try:
                 # since the deployment started, at most window_s: a rate averaged over
-                # minutes before the canary existed would read low for both lanes
+                # minutes before the canary existed would read low for both lanes. A start
+                # "in the future" (the writer's clock ahead of this host's) clips nothing.
+                since = dep.started_at if dep.started_at <= now else 0
                 lanes = metrics.read_lanes(conn, q, {"stable": dep.stable_version,
                                                      "canary": dep.canary_version},
-                                           max(now - window_s * 1000, dep.started_at),
-                                           max(now, dep.started_at + 1))
+                                           max(now - window_s * 1000, since), now)
             except (redis.exceptions.ResponseError, ValueError) as exc:
                 lanes = {}  # a corrupt metrics key: the rest of the row still shows
                 row["error"] = f"lane metrics unreadable: {exc}"
