@@ -301,11 +301,12 @@ def _pct(bp: int | None) -> str:
     return "-" if bp is None else f"{bp / 100:g}%"
 
 
-
 YesOpt = Annotated[bool, typer.Option("--yes", "-y", help="Do not ask to confirm.")]
 
 
 def _confirm(question: str, yes: bool) -> None:
+    """Ask before a destructive command (drain, rollback, dlq purge...); never hang a script:
+    off a terminal, --yes is required."""
     if yes:
         return
     if not sys.stdin.isatty():
@@ -316,20 +317,19 @@ def _confirm(question: str, yes: bool) -> None:
         raise typer.Exit(1)
 
 
-
 def _ago(ms: int) -> str:
+    """How long ago a millisecond timestamp was (workers, status)."""
     import time as _time
 
     s = max(0.0, _time.time() - ms / 1000)
     return f"{s:.1f}s ago" if s < 120 else f"{s / 60:.0f}m ago"
 
 
-
 def _when(ms: int | None) -> str:
+    """A millisecond timestamp as local wall-clock time (history, dlq)."""
     import time as _time
 
     return "-" if not ms else _time.strftime("%Y-%m-%d %H:%M:%S", _time.localtime(ms / 1000))
-
 
 
 def main() -> None:

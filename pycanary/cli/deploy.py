@@ -21,10 +21,10 @@ from .app import (
     app,
 )
 
-# -- deployments -------------------------------------------------------------------------------
 canary_app = typer.Typer(help="Manual canaries.\n\nExample: pycanary canary start payments "
                          "--version v2 --weight 5", no_args_is_help=True, rich_markup_mode=None)
 app.add_typer(canary_app, name="canary")
+
 
 def _dep_line(dep: Any) -> str:
     return (f"deployment {dep.id} on {dep.queue}: {dep.stable_version} -> {dep.canary_version}, "

@@ -18,7 +18,6 @@ from .app import (
     app,
 )
 
-# -- dead letters --------------------------------------------------------------------------------
 dlq_app = typer.Typer(help="Dead letters: jobs that failed every attempt.\n\nExample: "
                       "pycanary dlq list payments", no_args_is_help=True,
                       rich_markup_mode=None)

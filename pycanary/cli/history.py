@@ -1,5 +1,4 @@
-"""The record of past deployments (history, events) and retry of the last
-rolled-back one."""
+"""Past deployments: history, events, and retry of the last rolled-back version."""
 
 from __future__ import annotations
 
@@ -21,7 +20,6 @@ from .app import (
 )
 from .deploy import _dep_line
 
-# -- history, events -----------------------------------------------------------------------------
 
 def _history_text(rows: list[dict[str, Any]], queue: str) -> str:
     from ..watch import _dur, term_width, wrap
@@ -107,6 +105,7 @@ def events(
             sys.stdout.flush()
     except KeyboardInterrupt:
         raise typer.Exit(130) from None
+
 
 # -- retry -------------------------------------------------------------------------------------
 @app.command()

@@ -13,7 +13,6 @@ from .app import (
     app,
 )
 
-# -- plan check (issue 10) -----------------------------------------------------------------------
 plan_app = typer.Typer(help="Check plan files.", no_args_is_help=True)
 app.add_typer(plan_app, name="plan")
 

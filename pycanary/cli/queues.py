@@ -30,6 +30,7 @@ route_app = typer.Typer(help="Inspect routing decisions.\n\nExample: pycanary ro
 app.add_typer(queue_app, name="queue")
 app.add_typer(route_app, name="route")
 
+
 # -- enqueue -----------------------------------------------------------------------------------
 @app.command()
 def enqueue(

@@ -23,7 +23,6 @@ from .app import (
 )
 
 
-# -- workers ---------------------------------------------------------------------------------
 @app.command()
 def worker(
     ctx: typer.Context,
@@ -105,6 +104,7 @@ def worker(
     typer.echo(f"worker {w.id} stopped: {stats.done} done, {stats.failed} failed attempts, "
                f"{stats.dead} dead-lettered"
                + (f"; retired ({w.exit_reason})" if w.exit_reason else ""), err=True)
+
 
 @app.command()
 def workers(
