@@ -113,7 +113,7 @@ def api(
     import uvicorn
 
     from ..api import create_app
-    from .api.auth import parse_tokens
+    from ..api.auth import parse_tokens
 
     if not 1 <= port <= 65535:
         raise ValidationError("must be 1..65535", field="port")
