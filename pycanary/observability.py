@@ -16,7 +16,6 @@ from __future__ import annotations
 import contextlib
 import threading
 import time
-import weakref
 from typing import Any
 
 from redis.backoff import NoBackoff
@@ -35,7 +34,7 @@ class _Probe:
     """The short-timeout twin of one Connection, made lazily (a cluster client reads the slot
     map when it is made, which may itself hang) and kept for the next probes."""
 
-    # No reference to the Connection itself (the cache entry must not keep it alive).
+    # No reference to the Connection itself: the connection holds its probe, not the reverse.
     def __init__(self, conn: Connection, timeout_s: float) -> None:
         self.url, self.prefix = conn.url, conn.keys.prefix
         self.timeout_s = timeout_s
@@ -61,26 +60,17 @@ class _Probe:
                 twin.close()
 
 
-_probes: dict[int, tuple[weakref.ref[Connection], _Probe]] = {}
 _probes_lock = threading.Lock()
 
 
 def _probe_for(conn: Connection, timeout_s: float) -> _Probe:
+    """The connection's probe, kept on the connection itself (it lives and dies with it)."""
     with _probes_lock:
-        got = _probes.get(id(conn))
-        if got is not None and got[0]() is conn and got[1].timeout_s == timeout_s:
-            return got[1]
-        probe = _Probe(conn, timeout_s)
-        _probes[id(conn)] = (weakref.ref(conn, _forget(id(conn))), probe)
+        probe: _Probe | None = conn.__dict__.get("_health_probe")
+        if probe is None or probe.timeout_s != timeout_s:
+            probe = _Probe(conn, timeout_s)
+            conn.__dict__["_health_probe"] = probe
         return probe
-
-
-def _forget(key: int) -> Any:
-    def drop(_ref: object) -> None:
-        probes = _probes  # None while the interpreter shuts down
-        if probes is not None:
-            probes.pop(key, None)
-    return drop
 
 
 def _check(conn: Connection, probe: _Probe, out: dict[str, Any]) -> None:
