@@ -318,14 +318,19 @@ class Worker:
             self._main_loop()
         finally:
             self._stop.set()
+            released = False
             try:
-                self._release()
+                released = self._release()
             except BaseException:  # never let cleanup hide the original exit
                 log.exception("worker %s: release at exit failed; the reaper returns its jobs",
                               self.id)
+            # heartbeats stop before the deregistration: one more beat after it would register
+            # this worker again (a ghost "stopping" record until its TTL ran out)
             self._maint_stop.set()
             if self._maint is not None:
                 self._maint.join(timeout=self.heartbeat_s + 5)
+            if released:
+                self._deregister()
             self._stop_executor()
             if handlers_installed:
                 for sig, h in previous.items():
@@ -1057,10 +1062,11 @@ class Worker:
         self._pause = ERROR_PAUSE_S
         return got
 
-    def _release(self) -> None:
-        """Exit: record what can be recorded, give back what was not started, and deregister
-        only with empty processing lists. With jobs still running (a step kept failing), the
-        registration is left to expire and the reaper returns the lists."""
+    def _release(self) -> bool:
+        """Exit: record what can be recorded and give back what was not started; True when
+        the processing lists are empty, so the worker may deregister. With jobs still running
+        (a step kept failing), the registration is left to expire and the reaper returns the
+        lists."""
         conn = self.conn
         try:
             if self._acks or self._fails:
@@ -1072,7 +1078,7 @@ class Worker:
             log.warning("worker %s exits holding %d jobs (%d running): not deregistering; "
                         "the reaper returns them once its heartbeat expires", self.id,
                         sum(self._held.values()), self._inflight)
-            return
+            return False
         try:
             remaining = 0
             for q in self.queues:
@@ -1090,8 +1096,16 @@ class Worker:
             if remaining:
                 log.warning("worker %s: %d jobs left in its lists; not deregistering",
                             self.id, remaining)
-                return
-            registry.deregister(conn, self.id)
+                return False
+        except Exception as exc:
+            log.warning("worker %s: could not return its lists (%s); the reaper cleans up",
+                        self.id, exc)
+            return False
+        return True
+
+    def _deregister(self) -> None:
+        try:
+            registry.deregister(self.conn, self.id)
         except Exception as exc:
             log.warning("worker %s: could not deregister (%s); the reaper cleans up", self.id,
                         exc)

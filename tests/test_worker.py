@@ -330,6 +330,32 @@ def test_idle_worker_takes_a_new_job_by_blocking_fetch_without_errors(conn, capl
     assert conn.client.hlen(conn.keys.queue("payments").processing_index) == 0
 
 
+def test_no_heartbeat_after_the_deregistration(conn, monkeypatch) -> None:
+    """CI once found a rolled-back worker exited cleanly but still registered ("stopping"):
+    its maintenance thread beat once more after the deregistration. Here every release is
+    followed by a heartbeat window, so a beat that is not stopped first re-registers."""
+    w = Worker(conn, ["payments"], "v1", lambda job: None, heartbeat_s=0.1, block_s=0.1)
+    release = w._release
+    beats_after: list[bool] = []
+
+    def slow_release() -> bool:
+        out = release()
+        time.sleep(0.35)  # > 3 heartbeat periods: the maintenance thread would beat here
+        return out
+
+    def deregister(c, wid: str) -> None:
+        beats_after.append(w._maint is not None and w._maint.is_alive())
+        real_deregister(c, wid)
+
+    real_deregister = registry.deregister
+    monkeypatch.setattr(w, "_release", slow_release)
+    monkeypatch.setattr(registry, "deregister", deregister)
+    run_until(w, lambda: w.ready.is_set())
+    assert beats_after == [False]  # heartbeats had stopped when it deregistered
+    assert registry.list_workers(conn, ttl_ms=60_000) == []
+    assert conn.client.zcard(conn.keys.registry) == 0
+
+
 def test_jobs_left_in_its_own_processing_list_are_adopted(conn) -> None:
     """A worker restarted under the same id, or whose fetch reply was lost (the jobs moved but
     it never heard of them), reconciles its processing list and runs what nobody runs."""
