@@ -720,7 +720,8 @@ def find_deployment(conn: Connection, queue: str, deployment_id: str | None = No
     cur = deployments.get(conn, queue)
     if deployment_id is None or (cur is not None and cur.id == deployment_id):
         if cur is None:
-            raise StateError(f"no deployment on {queue} yet", field="queue")
+            # the resource asked for does not exist (404), not a state conflict
+            raise NotFoundError(f"no deployment on {queue} yet", field="queue")
         return cur
     for raw in conn.client.lrange(conn.keys.queue(queue).history, 0, -1):
         try:

@@ -114,10 +114,12 @@ def test_weights_of_the_queue_and_its_tenants(api: TestClient, real_conn: Connec
                           "paused_deployment": False}
     assert queue_config.read_config(real_conn, "payments").weight_bp == 1250
     err = assert_error(api.put("/v1/queues/payments/weight", headers=OP, json={"percent": 60}),
-                       422, "above_max_weight", "weight")
+                       422, "above_max_weight", "percent")  # the body's name, not the CLI's
     assert "max_weight of 50%" in err["message"]
     assert_error(api.put("/v1/queues/payments/weight", headers=OP, json={"percent": 1.234}),
-                 422, "invalid", "weight")
+                 422, "invalid", "percent")
+    assert_error(api.put("/v1/queues/payments/tenants/acme", headers=OP,
+                         json={"percent": "-1"}), 422, "invalid", "percent")
     assert_error(api.put("/v1/queues/payments/weight", headers=OP, json={"percent": True}),
                  422, "invalid", "percent")
     assert queue_config.read_config(real_conn, "payments").weight_bp == 1250
@@ -275,6 +277,14 @@ def test_manual_canary_pause_resume_promote(api: TestClient, real_conn: Connecti
     types = [e["type"] for e in api.get("/v1/deployments/payments/events", headers=VW)
              .json()["events"]]
     assert types[0] == "started" and "paused" in types and "resumed" in types
+
+
+def test_events_of_a_queue_that_never_had_a_deployment_are_not_found(
+        api: TestClient, real_conn: Connection) -> None:
+    service.configure_queue(real_conn, "payments", stable_version="v1")
+    err = assert_error(api.get("/v1/deployments/payments/events", headers=VW), 404,
+                       "not_found", "queue")
+    assert err["message"] == "no deployment on payments yet"
 
 
 def test_ramp_rollback_retry_history_events(api: TestClient, real_conn: Connection) -> None:

@@ -11,6 +11,8 @@ from __future__ import annotations
 import logging
 import re
 import traceback
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import redis
@@ -34,6 +36,18 @@ class ErrorBody(BaseModel):
 
 class ErrorEnvelope(BaseModel):
     error: ErrorBody
+
+
+@contextmanager
+def field_renamed(service_name: str, body_name: str) -> Iterator[None]:
+    """The service names a bad value by its CLI argument (``weight``); a request body may call
+    it something else (``percent``): the envelope names the field the client sent."""
+    try:
+        yield
+    except E.PycanaryError as exc:
+        if exc.field == service_name:
+            exc.field = body_name
+        raise
 
 
 def status_of(exc: E.PycanaryError) -> int:

@@ -11,7 +11,7 @@ from ... import rollouts, service
 from ...errors import ValidationError
 from ...settings import Settings
 from ..app import Conn, Operator, Viewer
-from ..errors import ErrorEnvelope
+from ..errors import ErrorEnvelope, field_renamed
 from ..models import (
     API_MAX_COUNT,
     API_MAX_ENQUEUE_S,
@@ -57,7 +57,8 @@ def configure_queue(queue: str, body: QueueConfigureIn, c: Conn, _: Operator) ->
             summary="Set the queue's canary weight (pycanary set-weight QUEUE PCT); with an "
                     "active deployment it pauses its progression")
 def set_weight(queue: str, body: WeightIn, c: Conn, who: Operator) -> dict:
-    return service.set_weight(c, queue, body.percent, actor=f"api:{who.name}").to_dict()
+    with field_renamed("weight", "percent"):
+        return service.set_weight(c, queue, body.percent, actor=f"api:{who.name}").to_dict()
 
 
 @router.put("/queues/{queue}/tenants/{tenant}", response_model=WeightChangeOut,
@@ -65,8 +66,9 @@ def set_weight(queue: str, body: WeightIn, c: Conn, who: Operator) -> dict:
                     "--tenant T)")
 def set_tenant_weight(queue: str, tenant: str, body: WeightIn, c: Conn,
                       who: Operator) -> dict:
-    return service.set_weight(c, queue, body.percent, tenant=tenant,
-                              actor=f"api:{who.name}").to_dict()
+    with field_renamed("weight", "percent"):
+        return service.set_weight(c, queue, body.percent, tenant=tenant,
+                                  actor=f"api:{who.name}").to_dict()
 
 
 @router.delete("/queues/{queue}/tenants/{tenant}", response_model=WeightChangeOut,
