@@ -137,6 +137,8 @@ def _start(conn: Connection, queue: str, version: str, plan: Plan, *, kind: str,
            message: str, force: bool = False, salt: str | None = None) -> Deployment:
     validation.queue_name(queue)
     validation.version(version)
+    if salt is not None:
+        validation.salt(salt)
     refuse_if_active(conn, queue)
     check_max_weight(conn, queue, plan)
     if not allow_schema_change:
@@ -212,8 +214,8 @@ def ramp(
     """A staged rollout following a plan file or a shipped plan's name (`plan.resolve_plan`),
     or a parsed plan. Refused (StateError) when no
     live worker of ``version`` would take the canary lane or no controller leads, unless
-    ``force`` (see `preflight`). The sticky salt is the plan's `salt`, else ``salt``, else a
-    fresh one per deployment."""
+    ``force`` (see `preflight`). The sticky salt is ``salt`` (the operator's, given now), else
+    the plan's `salt`, else a fresh one per deployment."""
     if isinstance(plan, str | Path):
         plan = resolve_plan(plan)
     elif isinstance(plan, dict):
@@ -221,7 +223,7 @@ def ramp(
     stages = " -> ".join(f"{s.percentage:g}%" for s in plan.stages)
     return _start(conn, queue, version, plan, kind="plan", allow_schema_change=allow_schema_change,
                   actor=actor, now_ms=now_ms, message=f"ramp of {version}: {stages} -> 100%",
-                  force=force, salt=plan.salt or salt)
+                  force=force, salt=salt if salt is not None else (plan.salt or None))
 
 
 # -- operator verbs -----------------------------------------------------------------------------

@@ -233,9 +233,13 @@ def test_manual_canary_pause_resume_promote(api: TestClient, real_conn: Connecti
     assert "no live worker of version v2" in err["message"]
     assert deployments.get(conn, "payments") is None
     fake_worker(conn, "w2", "v2")
+    assert_error(api.post("/v1/deployments/payments/canary", headers=OP,
+                          json={"version": "v2", "salt": "a\nb"}), 422, "invalid", "salt")
     res = api.post("/v1/deployments/payments/canary", headers=OP,
-                   json={"version": "v2", "weight": 5, "tenants": {"acme": "50"}})
+                   json={"version": "v2", "weight": 5, "tenants": {"acme": "50"},
+                         "salt": "pinned"})
     assert res.status_code == 201, res.text
+    assert res.json()["salt"] == "pinned"
     dep = deployments.get(conn, "payments")
     assert dep is not None and dep.id == res.json()["id"] and dep.state == "active"
     assert dep.actor == "api:operator#1" and dep.kind == "manual"

@@ -124,3 +124,35 @@ def test_ramp_summary_counts_stages_from_one(real_conn) -> None:
     res = run("canary", "start", "orders", "--version", "v2", "--weight", "10", "--force",
               prefix=prefix)
     assert res.returncode == 0 and ", manual," in res.stdout, res.stdout
+
+
+def test_salt_pins_the_sticky_hash_and_a_bad_one_is_refused(real_conn, tmp_path: Path) -> None:
+    """--salt puts the same keys first as an earlier deployment (its salt is in --json);
+    without it each deployment draws a fresh one; the operator's salt beats the plan's."""
+    prefix = real_conn.keys.prefix
+    service.configure_queue(real_conn, "payments", stable_version="v1")
+    res = run("canary", "start", "payments", "--version", "v2", "--force", "--json",
+              prefix=prefix)
+    assert res.returncode == 0, res.stderr
+    first = json.loads(res.stdout)["salt"]
+    assert len(first) == 8
+    assert run("rollback", "payments", "--yes", prefix=prefix).returncode == 0
+    res = run("canary", "start", "payments", "--version", "v3", "--force", "--json",
+              "--salt", first, prefix=prefix)
+    assert res.returncode == 0, res.stderr
+    assert json.loads(res.stdout)["salt"] == first
+    assert deployments.get(real_conn, "payments").salt == first
+    assert run("rollback", "payments", "--yes", prefix=prefix).returncode == 0
+    plan = {"salt": "from-plan", "stages": [{"percentage": 5, "duration": "1m"}]}
+    plan_file = tmp_path / "salted.json"
+    plan_file.write_text(json.dumps(plan))
+    res = run("ramp", "payments", "--version", "v4", "--plan", str(plan_file), "--force",
+              "--json", "--salt", "operator", prefix=prefix)
+    assert res.returncode == 0, res.stderr
+    assert json.loads(res.stdout)["salt"] == "operator"
+    assert run("rollback", "payments", "--yes", prefix=prefix).returncode == 0
+    for bad in ("", "a\tb", "x" * 257):
+        res = run("ramp", "payments", "--version", "v5", "--plan", str(plan_file),
+                  "--force", "--salt", bad, prefix=prefix)
+        assert_user_error(res, "salt")
+    assert deployments.get(real_conn, "payments").state == "rolled_back"  # none started

@@ -210,6 +210,8 @@ class CanaryIn(In):
     allow_schema_change: StrictBool = False
     force: StrictBool = Field(False, description="start even if no live worker of the "
                                                  "version would take the canary lane")
+    salt: StrictStr | None = Field(None, description="sticky-hash salt (default: a fresh "
+                                   "one per deployment), e.g. an earlier deployment's")
 
 
 class RampIn(In):
@@ -223,6 +225,8 @@ class RampIn(In):
     allow_schema_change: StrictBool = False
     force: StrictBool = Field(False, description="start even without a live worker of the "
                                                  "version or a running controller")
+    salt: StrictStr | None = Field(None, description="sticky-hash salt (default: a fresh "
+                                   "one per deployment), e.g. an earlier deployment's")
 
 
 class RetryIn(In):

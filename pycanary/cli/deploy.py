@@ -62,6 +62,11 @@ def canary_start(
         bool, typer.Option("--force", help="Start even if no live worker of VERSION would take "
                            "the canary lane (recorded in the deployment's events).")
     ] = False,
+    salt: Annotated[
+        str | None, typer.Option("--salt", help="Sticky-hash salt (default: a fresh one per "
+                                 "deployment); reuse an earlier deployment's to put the same "
+                                 "keys on the canary first.")
+    ] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Start a manual canary: a share of new jobs goes to VERSION.
@@ -73,7 +78,8 @@ def canary_start(
     """
     dep = rollouts.start_canary(_state(ctx).conn(), queue, version, weight=weight,
                                 tenants=service.parse_tenant_pairs(tenant), sticky=sticky,
-                                allow_schema_change=allow_schema_change, force=force)
+                                allow_schema_change=allow_schema_change, force=force,
+                                salt=salt)
     _emit(dep.to_dict(), as_json, _dep_line(dep))
 
 
@@ -100,6 +106,11 @@ def ramp(
         bool, typer.Option("--force", help="Start even if no live worker of VERSION would take "
                            "the canary lane or no controller runs (recorded in the events).")
     ] = False,
+    salt: Annotated[
+        str | None, typer.Option("--salt", help="Sticky-hash salt (default: a fresh one per "
+                                 "deployment); reuse an earlier deployment's to put the same "
+                                 "keys on the canary first.")
+    ] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Start a staged rollout of VERSION following a plan (5% -> 15% -> 50% -> 100%, ...).
@@ -113,7 +124,7 @@ def ramp(
     conn = _state(ctx).conn()
     limit = _timeout_s(timeout, watch)
     dep = rollouts.ramp(conn, queue, version, plan, allow_schema_change=allow_schema_change,
-                        force=force)
+                        force=force, salt=salt)
     if not watch:
         _emit(dep.to_dict(), as_json, _dep_line(dep))
         return

@@ -58,7 +58,7 @@ def start_canary(queue: str, body: CanaryIn, c: Conn, who: Operator) -> dict:
     dep = rollouts.start_canary(c, queue, body.version, weight=body.weight,
                                 tenants=body.tenants, sticky=body.sticky,
                                 allow_schema_change=body.allow_schema_change,
-                                force=body.force, actor=_actor(who))
+                                force=body.force, actor=_actor(who), salt=body.salt)
     return dep.to_dict()
 
 
@@ -69,7 +69,7 @@ def ramp(queue: str, body: RampIn, c: Conn, who: Operator) -> dict:
     plan = plan_from(body.plan, body.plan_name)
     dep = rollouts.ramp(c, queue, body.version, plan,
                         allow_schema_change=body.allow_schema_change, force=body.force,
-                        actor=_actor(who))
+                        actor=_actor(who), salt=body.salt)
     return dep.to_dict()
 
 
