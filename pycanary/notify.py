@@ -526,7 +526,13 @@ class Sender:
 
 
 def failed_notifications(conn: Connection, queue: str, count: int = 100) -> list[dict[str, Any]]:
-    """The queue's ``notify_failed`` records, newest first (what the sender gave up on)."""
+    """The queue's ``notify_failed`` records, newest first: what the sender gave up on, so an
+    operator learns that a rollback's alert never reached anyone (``pycanary notifications``)."""
+    from . import service
+
+    service.require_queue(conn, queue)
+    if isinstance(count, bool) or not isinstance(count, int) or not 1 <= count <= 1000:
+        raise ValidationError(f"must be 1-1000, got {count!r}", field="limit")
     out = []
     for eid, f in conn.client.xrevrange(conn.keys.queue(queue).outbox_dead, count=count):
         try:

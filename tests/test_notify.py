@@ -26,6 +26,7 @@ from pycanary.errors import ValidationError
 from pycanary.notify import Notification, Sender, Target, parse_webhooks
 from pycanary.plan import PlanError, parse_plan
 from pycanary.scripts import lua_dir
+from tests.test_cli import assert_user_error, run
 from tests.test_controller_feeding import Clock, _env, record
 
 Q = "payments"
@@ -252,6 +253,28 @@ def test_a_receiver_that_stays_down_is_recorded_failed(real_conn) -> None:
     raw = json.dumps(conn.client.xrange(conn.keys.queue(Q).outbox_dead))
     assert SECRET not in raw and "pw" not in raw and "token" not in raw
     assert pending(conn) == 0
+    # what an operator sees: the CLI and the API list it, secrets left out
+    res = run("notifications", Q, prefix=conn.keys.prefix)
+    assert res.returncode == 0, res.stderr
+    assert f"{Q}: 1 notification(s) given up on" in res.stdout
+    assert f"started of {dep.id} to http://127.0.0.1:{port}/...: connection refused after 3" \
+        in " ".join(res.stdout.split())
+    res = run("notifications", Q, "--json", prefix=conn.keys.prefix)
+    assert json.loads(res.stdout) == failed and SECRET not in res.stdout
+    assert_user_error(run("notifications", Q, "--limit", "0", prefix=conn.keys.prefix),
+                      "limit")
+    from fastapi.testclient import TestClient
+
+    from pycanary.api.app import create_app
+    from pycanary.api.auth import parse_tokens
+    from tests.test_api import OP, OPERATOR, VIEWER, VW
+
+    app = create_app(conn, tokens=parse_tokens(f"viewer:{VIEWER},operator:{OPERATOR}"))
+    with TestClient(app) as api:
+        got = api.get(f"/v1/deployments/{Q}/notifications/failed", headers=VW)
+        assert got.status_code == 200 and got.json() == failed
+        assert api.get(f"/v1/deployments/{Q}/notifications/failed?limit=5000",
+                       headers=OP).status_code == 422
 
 
 def test_a_sender_killed_mid_delivery_is_replaced_and_it_still_delivers(real_conn,

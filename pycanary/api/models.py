@@ -313,6 +313,20 @@ class Event(Out):
     data: dict[str, Any] | None = None
 
 
+class FailedNotification(Out):
+    """A notification no webhook took after every attempt (the sender's ``notify_failed``)."""
+
+    id: str = Field(description="the record's id in the dead outbox")
+    entry: str | None = Field(None, description="the notification's id in the outbox")
+    notification: dict[str, Any] = Field(default_factory=dict,
+                                         description="the body the webhook was sent")
+    webhook: str | None = Field(None, description="scheme, host and port only")
+    kind: str | None = None
+    source: str | None = Field(None, description="settings or plan")
+    attempts: int | None = None
+    error: str | None = Field(None, description="the last attempt's error")
+
+
 class EventsOut(Out):
     queue: str
     deployment_id: str

@@ -45,6 +45,41 @@ def _history_text(rows: list[dict[str, Any]], queue: str) -> str:
     return "\n".join(out)
 
 
+def _failed_text(rows: list[dict[str, Any]], queue: str) -> str:
+    from ..watch import term_width, wrap
+
+    if not rows:
+        return f"{queue}: no notification was given up on"
+    width = term_width()
+    out = [f"{queue}: {len(rows)} notification(s) given up on, newest first"]
+    for r in rows:
+        n = r.get("notification") or {}
+        out += wrap(f"{n.get('at') or _when(int(r['id'].split('-')[0]))} "
+                    f"{n.get('type', '?')} of {n.get('deployment', '?')} to "
+                    f"{r.get('webhook', '?')}: {r.get('error', '?')} after "
+                    f"{r.get('attempts', '?')} attempt(s)", width, hang=3)
+    return "\n".join(out)
+
+
+@app.command()
+def notifications(
+    ctx: typer.Context,
+    queue: Annotated[str, typer.Argument(help="Queue name.", callback=_queue_arg)],
+    limit: Annotated[int, typer.Option("--limit", help="Records shown, newest first "
+                                       "(1-1000).")] = 20,
+    as_json: JsonOpt = False,
+) -> None:
+    """Notifications of QUEUE the sender gave up on: each with its webhook (host only), the
+    last error and the attempts (delivered ones are not kept).
+
+    Example: pycanary notifications payments --json
+    """
+    from ..notify import failed_notifications
+
+    rows = failed_notifications(_state(ctx).conn(), queue, count=limit)
+    _emit(rows, as_json, _failed_text(rows, queue))
+
+
 @app.command()
 def history(
     ctx: typer.Context,

@@ -20,6 +20,7 @@ from ..models import (
     CanaryIn,
     DeploymentOut,
     EventsOut,
+    FailedNotification,
     HistoryRow,
     PromoteIn,
     PromoteOut,
@@ -114,6 +115,17 @@ def retry(queue: str, c: Conn, who: Operator,
 def history(queue: str, c: Conn, _: Viewer,
             limit: Annotated[int, Query(description="deployments, 1-100")] = 10) -> list[dict]:
     return rollouts.history(c, queue, limit=limit)
+
+
+@router.get("/deployments/{queue}/notifications/failed", response_model=list[FailedNotification],
+            summary="Notifications the sender gave up on, newest first (pycanary "
+                    "notifications)")
+def failed_notifications(queue: str, c: Conn, _: Viewer,
+                         limit: Annotated[int, Query(description="records, 1-1000")] = 20
+                         ) -> list[dict]:
+    from ...notify import failed_notifications as failed
+
+    return failed(c, queue, count=limit)
 
 
 @router.get("/deployments/{queue}/events", response_model=EventsOut,
