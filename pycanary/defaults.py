@@ -66,6 +66,10 @@ NOTIFY_BACKOFF_MAX_S = 60.0
 NOTIFY_CLAIM_IDLE_S = 30.0
 #: Seconds between the sender's passes over the outboxes.
 NOTIFY_POLL_S = 0.5
+#: A sender's consumer that holds nothing and has not read for this long is deleted from the
+#: outbox's group (a sender that died or was replaced: host:pid names pile up otherwise).
+#: Harmless if it was alive after all: its next read creates it again.
+NOTIFY_FORGET_IDLE_S = 3600.0
 #: Approximate cap of each dead outbox (notifications given up on).
 NOTIFY_DEAD_MAXLEN = 1000
 #: Seconds a webhook gate's call may take by default.

@@ -290,10 +290,11 @@ class SendReport:
     failed: int = 0
     acknowledged: int = 0
     pending: int = 0
+    forgotten: int = 0  # consumers of gone senders deleted from the groups
     errors: list[str] = field(default_factory=list)
 
     def add(self, other: SendReport) -> None:
-        for name in ("read", "claimed", "delivered", "failed", "acknowledged"):
+        for name in ("read", "claimed", "delivered", "failed", "acknowledged", "forgotten"):
             setattr(self, name, getattr(self, name) + getattr(other, name))
         self.pending = other.pending
         self.errors += other.errors
@@ -318,6 +319,7 @@ class Sender:
         backoff_s: float = defaults.NOTIFY_BACKOFF_S,
         backoff_max_s: float = defaults.NOTIFY_BACKOFF_MAX_S,
         claim_idle_s: float = defaults.NOTIFY_CLAIM_IDLE_S,
+        forget_idle_s: float = defaults.NOTIFY_FORGET_IDLE_S,
         consumer: str | None = None,
         group: str = defaults.NOTIFY_GROUP,
         batch: int = 100,
@@ -333,6 +335,7 @@ class Sender:
         self.backoff_s = backoff_s
         self.backoff_max_s = backoff_max_s
         self.claim_idle_ms = int(claim_idle_s * 1000)
+        self.forget_idle_ms = int(forget_idle_s * 1000)
         self.consumer = consumer or f"{socket.gethostname()}:{os.getpid()}"
         self.group = group
         self.batch = batch
@@ -389,6 +392,7 @@ class Sender:
                 before = report.read
                 self._take(queue, got, report)
                 report.claimed += report.read - before
+                self._forget_gone(key, report)
             res = client.xreadgroup(self.group, self.consumer, {key: ">"}, count=self.batch)
         except redis.exceptions.ResponseError as exc:
             if "NOGROUP" in str(exc):  # the stream was deleted meanwhile: make it again
@@ -397,6 +401,17 @@ class Sender:
             raise
         for _stream, entries in res or []:
             self._take(queue, entries, report)
+
+    def _forget_gone(self, key: str, report: SendReport) -> None:
+        """Delete other consumers that hold nothing and have been idle past forget_idle
+        (their pending entries, if any, were just claimed above once idle long enough)."""
+        client = self.conn.client
+        for c in client.xinfo_consumers(key, self.group):
+            name = c.get("name")
+            if name != self.consumer and int(c.get("pending", 1)) == 0 and \
+                    int(c.get("idle", 0)) >= self.forget_idle_ms:
+                client.xgroup_delconsumer(key, self.group, name)
+                report.forgotten += 1
 
     def _touch(self) -> None:
         """Reset the idle time of the entries this sender is still retrying, so another

@@ -79,7 +79,8 @@ ROLES: dict[str, Role] = {
                 _Q + "outbox:dead", "deployments:active",
                 "{controller}:*"),
         # the notification sender (pycanary/notify.py), which runs in the controller process
-        plain_writes=("sadd", "srem", "xgroup|create", "xreadgroup", "xautoclaim", "xclaim"),
+        plain_writes=("sadd", "srem", "xgroup|create", "xreadgroup", "xautoclaim", "xclaim",
+                      "xinfo|consumers", "xgroup|delconsumer"),
     ),
     "operator": Role(
         "operator", "every CLI verb (set-weight, queue configure, canary, ramp, promote, "
@@ -88,7 +89,7 @@ ROLES: dict[str, Role] = {
         reads=(),
         writes=("*",),
         plain_writes=("sadd", "srem", "blmove", "set", "xgroup|create", "xreadgroup",
-                      "xautoclaim", "xclaim"),
+                      "xautoclaim", "xclaim", "xinfo|consumers", "xgroup|delconsumer"),
     ),
 }
 

@@ -300,6 +300,16 @@ def test_a_sender_killed_mid_delivery_is_replaced_and_it_still_delivers(real_con
     assert (rep.claimed, rep.delivered, rep.acknowledged) == (1, 1, 1)
     assert [b["type"] for b in r.bodies] == ["started"]
     assert pending(conn) == 0
+    # the dead sender's consumer name stays in the group until it has been idle long enough
+    key = conn.keys.queue(Q).outbox
+    names = lambda: sorted(c["name"] for c in conn.client.xinfo_consumers(key, second.group))  # noqa: E731
+    assert names() == ["a", "b"] and rep.forgotten == 0
+    third = sender(conn, [Target("json", r.url())], consumer="c", claim_idle_s=0.2,
+                   forget_idle_s=0.2)
+    time.sleep(0.3)
+    rep = third.run_once()
+    assert rep.forgotten == 2 and not {"a", "b"} & set(names())  # a dead, b idle and empty
+    assert (rep.read, rep.delivered) == (0, 0) and pending(conn) == 0
 
 
 def test_slack_body_and_plan_webhooks(real_conn, receivers) -> None:

@@ -171,6 +171,13 @@ def test_controller_ramps_and_rolls_back_operator_cli(server: RedisProcess) -> N
     with pytest.raises(PermissionDeniedError):  # the controller writes nothing of the workers'
         ctl_conn.scripts.call("heartbeat", ctl_conn.keys.heartbeat_keys("x"),
                               ["x", 1, 6000, "{}", "state", "active"])
+    # its notification sender reads the outbox, settles, and forgets a gone sender's consumer
+    from pycanary.notify import Sender
+
+    gone = Sender(ctl_conn, consumer="gone", claim_idle_s=0)
+    assert gone.run_once().errors == []
+    rep = Sender(ctl_conn, consumer="ctl", claim_idle_s=0, forget_idle_s=0).run_once()
+    assert rep.errors == [] and rep.forgotten == 1 and rep.acknowledged >= 0
 
     url = f"redis://operator:{PW}@127.0.0.1:{server.port}/0"
     verbs = [["set-weight", "sec-o", "5"],
