@@ -3,7 +3,8 @@
   rolling_back -> rolled_back; count the outcome for the metrics and keep a copy in history.
 
   KEYS[1] deployment     hash    the queue's current deployment
-  KEYS[2] events         stream  this deployment's event log
+  KEYS[2] events         list    this deployment's event log, newest first: "<seq> <event JSON>"
+                                 (a stream for deployments started before issue 15)
   KEYS[3] history        list    finished deployments of the queue (JSON, newest first)
   KEYS[4] counters       hash    promotions/rollbacks counters of the queue
   KEYS[5] fence          string  highest controller epoch that wrote to the queue
@@ -28,7 +29,7 @@ local dep_key, events_key, history_key, counters_key, fence_key, outbox_key =
 -- @include deployment
 -- @include guard
 
-local bad = bad_key_type({{1, 'hash'}, {2, 'stream'}, {3, 'list'}, {4, 'hash'}, {5, 'string'},
+local bad = bad_key_type({{1, 'hash'}, {2, 'list', 'stream'}, {3, 'list'}, {4, 'hash'}, {5, 'string'},
                           {6, 'stream'}})
 if bad then return guard_fail(-13, bad) end
 local fence_err = fence_args_error(fence_key, ARGV[1])

@@ -8,7 +8,8 @@
   KEYS[3] rolled_back    set     versions rolled back on this queue
   KEYS[4] former_stable  zset    versions that were stable before
   KEYS[5] deployment     hash    the queue's current deployment
-  KEYS[6] events         stream  this deployment's event log
+  KEYS[6] events         list    this deployment's event log, newest first: "<seq> <event JSON>"
+                                 (a stream for deployments started before issue 15)
   KEYS[7] fence          string  highest controller epoch that wrote to the queue
   KEYS[8] outbox         stream  the queue's notification outbox (notable events, docs/notifications.md)
 
@@ -32,7 +33,7 @@ local dep_key, events_key, fence_key, outbox_key = KEYS[5], KEYS[6], KEYS[7], KE
 -- @include canary_flip
 -- @include guard
 
-local bad = bad_key_type({{1, 'hash'}, {2, 'hash'}, {3, 'set'}, {4, 'zset'}, {5, 'hash'}, {6, 'stream'}, {7, 'string'},
+local bad = bad_key_type({{1, 'hash'}, {2, 'hash'}, {3, 'set'}, {4, 'zset'}, {5, 'hash'}, {6, 'list', 'stream'}, {7, 'string'},
                           {8, 'stream'}})
 if bad then return guard_fail(-13, bad) end
 local fence_err = fence_args_error(fence_key, ARGV[1])

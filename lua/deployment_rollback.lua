@@ -7,7 +7,8 @@
   KEYS[2] tenant_weights hash    tenant -> weight_bp overrides
   KEYS[3] rolled_back    set     versions rolled back on this queue
   KEYS[4] deployment     hash    the queue's current deployment
-  KEYS[5] events         stream  this deployment's event log
+  KEYS[5] events         list    this deployment's event log, newest first: "<seq> <event JSON>"
+                                 (a stream for deployments started before issue 15)
   KEYS[6] fence          string  highest controller epoch that wrote to the queue
   KEYS[7] outbox         stream  the queue's notification outbox (notable events, docs/notifications.md)
 
@@ -31,7 +32,7 @@ local dep_key, events_key, fence_key, outbox_key = KEYS[4], KEYS[5], KEYS[6], KE
 -- @include canary_flip
 -- @include guard
 
-local bad = bad_key_type({{1, 'hash'}, {2, 'hash'}, {3, 'set'}, {4, 'hash'}, {5, 'stream'}, {6, 'string'},
+local bad = bad_key_type({{1, 'hash'}, {2, 'hash'}, {3, 'set'}, {4, 'hash'}, {5, 'list', 'stream'}, {6, 'string'},
                           {7, 'stream'}})
 if bad then return guard_fail(-13, bad) end
 local fence_err = fence_args_error(fence_key, ARGV[1])

@@ -9,7 +9,8 @@
   KEYS[3] rolled_back    set     versions rolled back on this queue
   KEYS[4] former_stable  zset    versions that were stable before
   KEYS[5] deployment     hash    the queue's current deployment
-  KEYS[6] events         stream  this deployment's event log
+  KEYS[6] events         list    this deployment's event log, newest first: "<seq> <event JSON>"
+                                 (a stream for deployments started before issue 15)
   KEYS[7] outbox         stream  the queue's notification outbox (notable events, docs/notifications.md)
 
   ARGV[1] now_ms         client clock
@@ -35,7 +36,7 @@ local dep_key, events_key, outbox_key = KEYS[5], KEYS[6], KEYS[7]
 -- @include guard
 
 local bad = bad_key_type({{1, 'hash'}, {2, 'hash'}, {3, 'set'}, {4, 'zset'}, {5, 'hash'},
-                          {6, 'stream'}, {7, 'stream'}})
+                          {6, 'list', 'stream'}, {7, 'stream'}})
 if bad then return guard_fail(-13, bad) end
 if int_arg(ARGV[1], 0) == nil then return guard_fail(-4, 'ARGV[1] now_ms must be an integer') end
 if ARGV[2] == nil or ARGV[2] == '' then return guard_fail(-4, 'ARGV[2] canary_version is empty') end

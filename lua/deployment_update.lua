@@ -6,7 +6,8 @@
   KEYS[1] config         hash    queue routing config
   KEYS[2] tenant_weights hash    tenant -> weight_bp overrides
   KEYS[3] deployment     hash    the queue's current deployment
-  KEYS[4] events         stream  this deployment's event log
+  KEYS[4] events         list    this deployment's event log, newest first: "<seq> <event JSON>"
+                                 (a stream for deployments started before issue 15)
   KEYS[5] fence          string  highest controller epoch that wrote to the queue
   KEYS[6] analyses       list    the deployment's latest analyses (newest first, capped)
   KEYS[7] outbox         stream  the queue's notification outbox (notable events, docs/notifications.md)
@@ -37,7 +38,7 @@ local config_key, tenant_key, dep_key, events_key, fence_key, analyses_key, outb
 -- @include deployment
 -- @include guard
 
-local bad = bad_key_type({{1, 'hash'}, {2, 'hash'}, {3, 'hash'}, {4, 'stream'}, {5, 'string'}, {6, 'list'},
+local bad = bad_key_type({{1, 'hash'}, {2, 'hash'}, {3, 'hash'}, {4, 'list', 'stream'}, {5, 'string'}, {6, 'list'},
                           {7, 'stream'}})
 if bad then return guard_fail(-13, bad) end
 local fence_err = fence_args_error(fence_key, ARGV[1])

@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
 
+import redis
+
 from .connection import Connection
 from .errors import raise_for_code
 from .notify import plan_webhooks_json
@@ -29,8 +31,9 @@ ACTIVE_STATES = ("active", "paused", "awaiting_promotion", "promoting", "rolling
 FINISHED_STATES = ("completed", "rolled_back")
 STATES = ACTIVE_STATES + FINISHED_STATES
 #: Analysis records kept per deployment (compact ones, see `compact_record`): the last few
-#: checks for `history` and the views; every verdict change is also an event.
-ANALYSES_KEPT = 5
+#: checks for `history` and the views; every verdict change is also an event. 3, not 5: each
+#: record is ~0.45 KB of the ~12 KB a deployment may take (issue 15).
+ANALYSES_KEPT = 3
 #: The fields the controller rewrites on every check, stored together as one compact field
 #: `ctl` (see `encode_ctl`): one value to write and, when unchanged, none to decode (issue 15).
 CTL_FIELDS = ("totals", "analysis_state", "last_analysis", "last_decision", "last_data_at")
@@ -306,10 +309,41 @@ def active_queues(conn: Connection) -> list[str]:
 
 def events(conn: Connection, queue: str, deployment_id: str, *, count: int = 100,
            after: str | None = None) -> list[dict[str, Any]]:
-    """Oldest first; ``after`` an entry id to get only newer ones (for --watch)."""
+    """Oldest first; ``after`` an entry id to get only newer ones (for --watch).
+
+    The log is a list, newest first, of ``"<seq> <JSON>"`` entries (lua/includes/deployment.lua
+    log_event); an entry's id is ``"<ts>-<seq>"``, shaped like the stream ids of deployments
+    started before issue 15, whose stream logs are still read (XRANGE) when the key is one."""
     key = conn.keys.queue(queue).events(deployment_id)
-    entries = conn.client.xrange(key, min=f"({after}" if after else "-", count=count) \
-        if after else conn.client.xrevrange(key, count=count)[::-1]
+    c = conn.client
+    try:
+        if after is None:
+            raw = c.lrange(key, 0, count - 1)
+        else:
+            seq = int(after.rsplit("-", 1)[-1])
+            head = c.lindex(key, 0)
+            newest = int(head.split(" ", 1)[0]) if head else 0
+            # entry i holds seq newest - i: the ones after `seq`, oldest `count` of them
+            raw = [] if newest <= seq else \
+                c.lrange(key, max(0, newest - seq - count), newest - seq - 1)
+    except redis.exceptions.ResponseError as exc:
+        if "WRONGTYPE" not in str(exc):
+            raise
+        return _stream_events(conn, key, count=count, after=after)
+    out = []
+    for entry in reversed(raw):
+        seq_text, _, text = entry.partition(" ")
+        e = json.loads(text)
+        e["id"] = f"{e.get('ts', 0)}-{seq_text}"
+        out.append(e)
+    return out
+
+
+def _stream_events(conn: Connection, key: str, *, count: int,
+                   after: str | None) -> list[dict[str, Any]]:
+    """events() of a log kept as a stream (deployments started before issue 15)."""
+    entries = conn.client.xrange(key, min=f"({after}", count=count) if after else \
+        conn.client.xrevrange(key, count=count)[::-1]
     out = []
     for eid, fields in entries:
         e = json.loads(fields["e"])

@@ -49,12 +49,33 @@ local function notify_kind(event)
   return nil
 end
 
+-- The event log of a deployment: a list, newest first, each entry "<seq> <event JSON>" where
+-- seq counts the deployment's events from 1 (the entry's id, stable: pycanary/deployments.py
+-- events), capped at EVENTS_MAX. A list, not a stream: a stream allocates a 4 KB node at its
+-- first entry, more than the few events of a deployment take (issue 15). A deployment started
+-- before issue 15 keeps its stream (XADD), so its log reads on unchanged.
+local EVENTS_MAX = 2000
+local function log_event(events_key, event)
+  local t = rcall('TYPE', events_key)
+  if type(t) == 'table' then t = t['ok'] end
+  if t == 'stream' then
+    rcall('XADD', events_key, 'MAXLEN', '~', EVENTS_MAX, '*', 'e', event)
+    return
+  end
+  local head = rcall('LINDEX', events_key, 0)
+  local seq = 1
+  if head then seq = (tonumber(string.match(head, '^(%d+) ')) or 0) + 1 end
+  rcall('LPUSH', events_key, seq .. ' ' .. event)
+  if seq > EVENTS_MAX then rcall('LTRIM', events_key, 0, EVENTS_MAX - 1) end
+end
+
 -- Append an event to the deployment's log and, when it is notable, a notification to the
 -- outbox with what a receiver needs (read from the deployment hash as just written).
--- outbox_key's type is checked by the caller's bad_key_type before its first write.
+-- The types of events_key (list, or stream before issue 15) and outbox_key are checked by the
+-- caller's bad_key_type before its first write.
 local function add_event(events_key, event, outbox_key, dep_key)
   if event ~= nil and event ~= '' then
-    rcall('XADD', events_key, 'MAXLEN', '~', 2000, '*', 'e', event)
+    log_event(events_key, event)
     local kind = notify_kind(event)
     if kind then
       local d = rcall('HMGET', dep_key, 'id', 'canary_version', 'stable_version', 'stage',
