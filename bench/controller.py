@@ -96,12 +96,15 @@ class Job:
 
 
 def to_slot(fields: Counter) -> Counter:
-    """The slot's form of totals fields: wait buckets coarse (metrics.slot_wait_bucket), the
-    rest as is, as ack_jobs.lua / fail_jobs.lua write them."""
+    """The slot's form of totals fields: wait buckets coarse (metrics.slot_wait_bucket), run
+    and CPU buckets by pairs (metrics.slot_pair_bucket), the rest as is, as ack_jobs.lua /
+    fail_jobs.lua write them."""
     out: Counter = Counter()
     for f, n in fields.items():
         if f[0] == "w" and f[1:].isdigit():
             out[f"w{metrics.slot_wait_bucket(int(f[1:]))}"] += n
+        elif f[0] in "rc" and f[1:].isdigit():
+            out[f"{f[0]}{metrics.slot_pair_bucket(int(f[1:]))}"] += n
         else:
             out[f] += n
     return out

@@ -119,12 +119,12 @@ def test_ten_minutes_of_a_deployment_fit_in_12_kb(real_conn, monkeypatch) -> Non
     detail = ", ".join(f"{k} {v}" for k, v in sorted(sizes.items(), key=lambda kv: -kv[1]))
     print(f"\n{total} bytes per deployment: {detail}")
     slots = {k: v for k, v in sizes.items() if k.startswith("m:")}
-    assert len(slots) == 2 * n_slots == 20, sorted(slots)  # 60 s slots: 10 per lane
+    assert len(slots) == 2 * n_slots == 10, sorted(slots)  # 120 s slots: 5 per lane
     c = conn.client
     for key in slots:  # a coarse wait histogram: at most one field per 8 fine buckets
         waits = [f for f in c.hkeys(f"{qk.base}:{key}") if f[0] == "w"]
         assert len(waits) <= 12, (key, waits)
-    assert c.llen(qk.analyses(dep.id)) == deployments.ANALYSES_KEPT == 5
+    assert c.llen(qk.analyses(dep.id)) == deployments.ANALYSES_KEPT == 3
     assert sizes[f"analyses:{dep.id}"] <= 3_500, detail  # compact records
     raw = c.hgetall(qk.deployment)
     assert raw["ctl"].startswith("z1:") and not {"totals", "analysis_state",
@@ -137,7 +137,7 @@ def test_ten_minutes_of_a_deployment_fit_in_12_kb(real_conn, monkeypatch) -> Non
 @pytest.mark.parametrize("bucket", [0, 1, 5, 8, 9, 16, 17, 40, 211])
 def test_slot_wait_bucket_is_the_middle_of_its_group(real_conn, bucket: int) -> None:
     """The slot keeps one wait bucket per 8 fine ones (named by the middle one), the totals
-    the fine one; the run bucket is fine in both."""
+    the fine one; the run bucket is one per pair in the slot, fine in the totals."""
     conn = real_conn
     qk = conn.keys.queue(Q)
     conn.client.lpush(qk.processing("w"), "e1")
@@ -148,4 +148,22 @@ def test_slot_wait_bucket_is_the_middle_of_its_group(real_conn, bucket: int) -> 
     coarse = 0 if bucket == 0 else (bucket - 1) // 8 * 8 + 5
     assert {f: v for f, v in slot.items() if f[0] == "w"} == {f"w{coarse}": "1"}
     assert {f: v for f, v in total.items() if f[0] == "w"} == {f"w{bucket}": "1"}
-    assert slot["r30"] == total["r30"] == "1"
+    assert slot["r29"] == total["r30"] == "1"  # run (and CPU): one slot bucket per pair
+
+
+@pytest.mark.parametrize("bucket", [0, 1, 2, 3, 30, 31, 164, 165])
+def test_slot_run_and_cpu_buckets_are_pairs_named_by_the_lower(real_conn, bucket: int) -> None:
+    """ack_jobs keeps one run and one CPU bucket per pair of fine ones in a slot (what
+    metrics.slot_pair_bucket says), the fine ones in the totals the analysis reads."""
+    conn = real_conn
+    qk = conn.keys.queue(Q)
+    conn.client.lpush(qk.processing("w"), "e1")
+    assert conn.scripts.call("ack_jobs", qk.ack_keys("w", "v1", "stable", 60),
+                             [60, "e1", bucket, 0, str(bucket), "0", ""]) == [1, 0]
+    slot = conn.client.hgetall(qk.metrics_slot("v1", "stable", 60))
+    total = conn.client.hgetall(qk.metrics_total("v1", "stable"))
+    pair = metrics.slot_pair_bucket(bucket)
+    assert pair == (0 if bucket == 0 else bucket - (bucket + 1) % 2)
+    assert {f: v for f, v in slot.items() if f[0] in "rc"} == {f"r{pair}": "1", f"c{pair}": "1"}
+    assert {f: v for f, v in total.items() if f[0] in "rc"} == {f"r{bucket}": "1",
+                                                                f"c{bucket}": "1"}
