@@ -49,19 +49,80 @@ _INT_FIELDS = ("stage", "weight_bp", "started_at", "stage_started_at", "paused_a
 
 
 
+def _words(text: str) -> list[str]:
+    """The words of a literal (the dictionary below is written as prose-like lists)."""
+    return text.split()
+
+
+def _ctl_zdict_v2() -> bytes:
+    """The preset dictionary of the ``z2:`` form of `ctl`: the names and snippets a `ctl` value
+    repeats (metric fields, state and analysis keys, rule names, verdicts), so that the ~7 KB
+    of JSON of one check compresses against them instead of only against itself (-13% at
+    level 3, and faster than level 1 without it; docs/performance.md). FROZEN: a stored value
+    decodes only with the dictionary it was written with (tests/test_controller_ctl.py pins
+    its digest); a change needs a new prefix (z3:) and this one kept for reading."""
+    counts = _words("ok failed retried dead late first_attempts first_failed crashed")
+    state = _words(
+        "v started_s stage stage_started_s checks fail_streak last_verdict canary_attempts "
+        "canary_failed stable_attempts stable_failed err_s err_v safe_s safe_v err_clusters "
+        "err_v_plain safe_v_plain error_max_log_lr run_s run_v run_max_log_lr stage_canary "
+        "stage_stable last_backlog_canary last_backlog_stable late_inconclusive "
+        "stage_groups stage_rule_max")
+    lane = _words("ok failed dead run_hist wait_hist jobs jobs_failed crashed cpu_hist routed "
+                  "routed_finished")
+    summary = _words(
+        "version attempts ok failed dead error_rate_pct run_p50_us run_p95_us "
+        "run_p99_us wait_p95_us jobs_per_s_per_worker workers backlog "
+        "deployment_attempts first_attempts first_failed crashed cpu_p95_us rss_bytes")
+    analysis = _words(
+        "verdict stage now_s reason decisive fail_streak failure_threshold rules "
+        "stable canary rule observed threshold action cause next_stage")
+    rules = _words(
+        "data sample_ratio max_error_rate max_latency_increase max_p95_latency "
+        "stat_error_rate stat_run_time min_samples max_cpu_increase max_memory_increase "
+        "stage_time deadline")
+    words = _words(
+        "PASS FAIL INCONCLUSIVE hold promote rollback pause await_approval analysis "
+        "true false null canary stable routed and finished jobs match the weight "
+        "no finished canary attempts in the last on_no_data: hold within threshold "
+        "evidence p-value samples")
+    parts = [f'"n1||{i}":"' for i in range(32)] + [f'"x1||{i}":"' for i in range(32)]
+    parts += [f'"{p}{i}":"' for p in "wcr" for i in range(100)]
+    parts += [f'"{c}":"' for c in counts]
+    parts += [f'"{i}":' for i in range(100)]
+    parts += [f'"{k}":' for k in state + lane + summary + analysis]
+    parts += [f'"rule":"{r}","verdict":"' for r in rules]
+    parts += words
+    parts += ['{"totals":{"stable":{', '},"canary":{', '},"routed":{"stable":', ',"canary":',
+              '"analysis_state":{"v":2,', '"last_analysis":{"verdict":"',
+              '"last_decision":{"action":"', '"last_data_at":{"stable":',
+              '"stage_canary":{"ok":', '"stage_stable":{"ok":']
+    return "".join(parts).encode()
+
+
+_CTL_ZDICT_V2 = _ctl_zdict_v2()
+
+
 def encode_ctl(values: dict[str, Any]) -> str:
-    """The `ctl` field: ``"z1:"`` + base64 of the zlib-compressed (level 1) compact JSON of the
-    CTL_FIELDS. The histograms and rule texts of a check compress about 2.5x, which is most of
-    a deployment hash's bytes (docs/performance.md); level 1 costs ~70 us per write."""
+    """The `ctl` field: ``"z2:"`` + base64 of the compact JSON of the CTL_FIELDS, deflated at
+    level 3 against a preset dictionary (`_ctl_zdict_v2`). A check's histograms, baselines and
+    rule texts shrink ~2x, and the value stays under 3.5 KB, so its allocation is one jemalloc
+    size class below the ``z1:`` form's (docs/performance.md); ~70 us per write."""
     raw = json.dumps(values, separators=(",", ":"), default=str).encode()
-    return "z1:" + base64.b64encode(zlib.compress(raw, 1)).decode("ascii")
+    c = zlib.compressobj(3, zlib.DEFLATED, 15, 8, zlib.Z_DEFAULT_STRATEGY, _CTL_ZDICT_V2)
+    return "z2:" + base64.b64encode(c.compress(raw) + c.flush()).decode("ascii")
 
 
 def decode_ctl(text: str) -> dict[str, Any]:
-    """Read a `ctl` field: the compressed form, or plain JSON (a person may write one)."""
+    """Read a `ctl` field: ``z2:`` (preset dictionary), ``z1:`` (plain zlib, written before
+    the dictionary), or plain JSON (a person may write one)."""
     if not text:
         return {}
-    if text.startswith("z1:"):
+    if text.startswith("z2:"):
+        d = zlib.decompressobj(15, _CTL_ZDICT_V2)
+        packed = base64.b64decode(text[3:], validate=True)
+        out = json.loads(d.decompress(packed) + d.flush())
+    elif text.startswith("z1:"):
         out = json.loads(zlib.decompress(base64.b64decode(text[3:], validate=True)))
     else:
         out = json.loads(text)

@@ -127,7 +127,7 @@ def test_ten_minutes_of_a_deployment_fit_in_12_kb(real_conn, monkeypatch) -> Non
     assert c.llen(qk.analyses(dep.id)) == deployments.ANALYSES_KEPT == 3
     assert sizes[f"analyses:{dep.id}"] <= 3_500, detail  # compact records
     raw = c.hgetall(qk.deployment)
-    assert raw["ctl"].startswith("z1:") and not {"totals", "analysis_state",
+    assert raw["ctl"].startswith("z2:") and not {"totals", "analysis_state",
                                                  "last_analysis"} & set(raw), sorted(raw)
     assert sizes["deployment"] <= 8_500, detail
     assert sizes[f"events:{dep.id}"] <= 4_900, detail  # one stream node: compact events
