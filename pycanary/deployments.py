@@ -351,17 +351,44 @@ def event(kind: str, message: str, *, actor: str, now: int, data: dict | None = 
 
 
 # -- reads -------------------------------------------------------------------------------------
+def read_on(pipe: Any, qk: Any) -> None:
+    """Queue on a pipeline the two reads of a deployment (its hash, then its large values,
+    see Keys.deployment_large); `merged` puts the two replies together."""
+    pipe.hgetall(qk.deployment)
+    pipe.hgetall(qk.deployment_large)
+
+
+def merged(small: Any, large: Any) -> Any:
+    """One deployment's fields from the replies of `read_on`: the hash's own fields win over
+    the large ones (the scripts keep each field in one of the two; a field written into the
+    hash by hand, as before issue 15, is read as written). {} when there is no deployment; a
+    failed reply (an exception) is passed on."""
+    if isinstance(small, Exception) or not small:
+        return small
+    if isinstance(large, Exception):
+        return large
+    if large:
+        return {**large, **small}
+    return small
+
+
 def get(conn: Connection, queue: str) -> Deployment | None:
-    raw = conn.client.hgetall(conn.keys.queue(queue).deployment)
+    pipe = conn.client.pipeline(transaction=False)
+    read_on(pipe, conn.keys.queue(queue))
+    raw = merged(*pipe.execute())
     return Deployment.from_hash(queue, raw) if raw else None
 
 
 def get_many(conn: Connection, queues: list[str]) -> dict[str, Deployment | None]:
     pipe = conn.client.pipeline(transaction=False)
     for q in queues:
-        pipe.hgetall(conn.keys.queue(q).deployment)
-    return {q: (Deployment.from_hash(q, raw) if raw else None)
-            for q, raw in zip(queues, pipe.execute(), strict=True)}
+        read_on(pipe, conn.keys.queue(q))
+    res = pipe.execute()
+    out: dict[str, Deployment | None] = {}
+    for i, q in enumerate(queues):
+        raw = merged(res[2 * i], res[2 * i + 1])
+        out[q] = Deployment.from_hash(q, raw) if raw else None
+    return out
 
 
 def active_queues(conn: Connection) -> list[str]:
@@ -460,7 +487,7 @@ def start(
     res = conn.scripts.call(
         "deployment_start",
         [qk.config, qk.tenant_weights, qk.rolled_back, qk.former_stable, qk.deployment,
-         qk.events(dep_id), qk.outbox],
+         qk.events(dep_id), qk.outbox, qk.deployment_large],
         [now, canary_version, first.weight_bp, "1" if plan.sticky else "0", salt,
          *_pairs(_tenant_pairs(first.tenants_bp)), *_pairs(encode_fields(fields)), ev],
     )
@@ -513,7 +540,7 @@ def update_call(
         json.dumps(analysis, separators=(",", ":"), default=str)
     return (
         [qk.config, qk.tenant_weights, qk.deployment, qk.events(dep.id), qk.fence,
-         qk.analyses(dep.id), qk.outbox],
+         qk.analyses(dep.id), qk.outbox, qk.deployment_large],
         [_fence_args(epoch), str(dep.rev) if check_rev else "", now,
          "" if weight_bp is None else weight_bp, "keep" if tenants_bp is None else "set",
          *_pairs(_tenant_pairs(tenants_bp)), *_pairs(encode_fields(values, dep, ctl_text)),
@@ -582,7 +609,7 @@ def rollback(conn: Connection, dep: Deployment, *, reason: str, actor: str, now:
     res = conn.scripts.call(
         "deployment_rollback",
         [qk.config, qk.tenant_weights, qk.rolled_back, qk.deployment, qk.events(dep.id),
-         qk.fence, qk.outbox],
+         qk.fence, qk.outbox, qk.deployment_large],
         [_fence_args(epoch), str(dep.rev) if check_rev else "", now,
          *_pairs(encode_fields({"reason": reason, "weight0_at": now, **(values or {})})), ev],
     )
@@ -604,7 +631,7 @@ def promote_final(conn: Connection, dep: Deployment, *, actor: str, now: int, re
     res = conn.scripts.call(
         "deployment_promote",
         [qk.config, qk.tenant_weights, qk.rolled_back, qk.former_stable, qk.deployment,
-         qk.events(dep.id), qk.fence, qk.outbox],
+         qk.events(dep.id), qk.fence, qk.outbox, qk.deployment_large],
         [_fence_args(epoch), str(dep.rev) if check_rev else "", now,
          *_pairs(encode_fields({"reason": reason})), ev],
     )
@@ -624,7 +651,8 @@ def finish(conn: Connection, dep: Deployment, *, actor: str, now: int, message: 
                now=now, data=values)
     res = conn.scripts.call(
         "deployment_finish",
-        [qk.deployment, qk.events(dep.id), qk.history, qk.counters, qk.fence, qk.outbox],
+        [qk.deployment, qk.events(dep.id), qk.history, qk.counters, qk.fence, qk.outbox,
+         qk.deployment_large],
         [_fence_args(epoch), now, counter, *_pairs(encode_fields(values)), ev],
     )
     if isinstance(res, int) and res < 0:

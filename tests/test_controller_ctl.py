@@ -105,7 +105,12 @@ def test_ctl_is_one_compressed_field_and_a_corrupt_one_names_itself(real_conn) -
     conn = real_conn
     _run(conn, "payments", fresh_each_tick=False, ticks=2)
     qk = conn.keys.queue("payments")
-    raw = conn.client.hgetall(qk.deployment)
+    small, large = conn.client.hgetall(qk.deployment), conn.client.hgetall(qk.deployment_large)
+    # the long values (plan, ctl) live in deployment:large: the deployment hash is a listpack
+    assert {"plan", "ctl"} <= set(large) and not set(large) & set(small), (small, large)
+    assert all(len(v) <= 64 for v in small.values())
+    assert conn.client.object("encoding", qk.deployment) == "listpack"
+    raw = deployments.merged(small, large)
     assert raw["ctl"].startswith("z2:")
     assert not set(deployments.CTL_FIELDS) & set(raw)
     ctl = deployments.decode_ctl(raw["ctl"])
@@ -140,3 +145,29 @@ def test_ctl_forms_z1_and_z2_read_the_same_and_the_dictionary_is_frozen() -> Non
         "914247153e08ec5b6863bef48a0716c234a1e33bae2507e65dd2827f3463a84b"
     with pytest.raises(zlib.error):  # a z2 value is not plain zlib
         zlib.decompress(base64.b64decode(z2[3:]))
+
+
+def test_a_deployment_written_before_the_split_moves_its_long_values_on_the_next_write(
+        real_conn) -> None:
+    """Before issue 15 plan and ctl sat in the deployment hash itself: such a hash reads as
+    before, and its next write moves a long value to deployment:large (and a value that became
+    short back), each field in one of the two."""
+    conn = real_conn
+    _run(conn, "payments", fresh_each_tick=False, ticks=2)
+    qk = conn.keys.queue("payments")
+    c = conn.client
+    before = deployments.get(conn, "payments")
+    old = deployments.merged(c.hgetall(qk.deployment), c.hgetall(qk.deployment_large))
+    c.delete(qk.deployment_large)
+    c.hset(qk.deployment, mapping=old)  # the old layout: one hash
+    dep = deployments.get(conn, "payments")
+    assert dep is not None and dep.plan_raw == before.plan_raw
+    assert dep.last_analysis == before.last_analysis
+    deployments.update(conn, dep, {"reason": "r" * 80, "last_decision": {"action": "hold"}},
+                       now=1)
+    small, large = c.hgetall(qk.deployment), c.hgetall(qk.deployment_large)
+    assert {"ctl", "reason"} <= set(large) and "ctl" not in small and "reason" not in small
+    deployments.update(conn, dep, {"reason": "short"}, now=2)
+    small, large = c.hgetall(qk.deployment), c.hgetall(qk.deployment_large)
+    assert small["reason"] == "short" and "reason" not in large
+    assert deployments.get(conn, "payments").last_decision == {"action": "hold"}

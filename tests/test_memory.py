@@ -126,10 +126,11 @@ def test_ten_minutes_of_a_deployment_fit_in_12_kb(real_conn, monkeypatch) -> Non
         assert len(waits) <= 12, (key, waits)
     assert c.llen(qk.analyses(dep.id)) == deployments.ANALYSES_KEPT == 3
     assert sizes[f"analyses:{dep.id}"] <= 3_500, detail  # compact records
-    raw = c.hgetall(qk.deployment)
+    raw = deployments.merged(c.hgetall(qk.deployment), c.hgetall(qk.deployment_large))
     assert raw["ctl"].startswith("z2:") and not {"totals", "analysis_state",
                                                  "last_analysis"} & set(raw), sorted(raw)
-    assert sizes["deployment"] <= 8_500, detail
+    assert c.object("encoding", qk.deployment) == "listpack"  # long values: deployment:large
+    assert sizes["deployment"] + sizes["deployment:large"] <= 5_500, detail
     assert sizes[f"events:{dep.id}"] <= 4_900, detail  # one stream node: compact events
     assert total <= BUDGET_B, f"{total} bytes > {BUDGET_B}: {detail}"
 

@@ -19,10 +19,38 @@ local function read_pairs(args, i)
   return out, i + 1 + 2 * n
 end
 
-local function dep_write(dep_key, pairs, now_ms)
-  if #pairs > 0 then rcall('HSET', dep_key, unpack(pairs)) end
+-- A deployment is two hashes: `deployment` holds the values of at most LARGE_VALUE bytes,
+-- `deployment:large` the longer ones (plan, ctl, a long reason): each field lives in one of
+-- the two (the other's copy is removed when it is written), so the deployment hash stays a
+-- listpack (~0.5 KB) instead of a hashtable (~2 KB of overhead for ~22 fields; issue 15).
+-- 64 is Redis' default hash-max-listpack-value. Readers merge the two (pycanary/deployments.py).
+local LARGE_VALUE = 64
+local function dep_write(dep_key, large_key, pairs, now_ms)
+  local small, large, moved, shrunk = {}, {}, {}, {}
+  for j = 1, #pairs, 2 do
+    local f, v = pairs[j], pairs[j + 1]
+    if #v > LARGE_VALUE then
+      large[#large + 1] = f; large[#large + 1] = v; moved[#moved + 1] = f
+    else
+      small[#small + 1] = f; small[#small + 1] = v; shrunk[#shrunk + 1] = f
+    end
+  end
+  if #moved > 0 then rcall('HDEL', dep_key, unpack(moved)) end
+  if #large > 0 then rcall('HSET', large_key, unpack(large)) end
+  if #shrunk > 0 and rcall('EXISTS', large_key) == 1 then rcall('HDEL', large_key, unpack(shrunk)) end
+  if #small > 0 then rcall('HSET', dep_key, unpack(small)) end
   rcall('HSET', dep_key, 'updated_at', now_ms)
   return rcall('HINCRBY', dep_key, 'rev', 1)
+end
+
+-- Every field of the deployment, the two hashes merged (deployment_finish's history copy).
+local function dep_all(dep_key, large_key)
+  local out = {}
+  for _, key in ipairs({large_key, dep_key}) do
+    local flat = rcall('HGETALL', key)
+    for j = 1, #flat, 2 do out[flat[j]] = flat[j + 1] end
+  end
+  return out
 end
 
 -- Notable event types: each one is also appended to the queue's outbox, in the same script
@@ -70,16 +98,17 @@ local function log_event(events_key, event)
 end
 
 -- Append an event to the deployment's log and, when it is notable, a notification to the
--- outbox with what a receiver needs (read from the deployment hash as just written).
+-- outbox with what a receiver needs (read from the deployment's two hashes as just written).
 -- The types of events_key (list, or stream before issue 15) and outbox_key are checked by the
 -- caller's bad_key_type before its first write.
-local function add_event(events_key, event, outbox_key, dep_key)
+local function add_event(events_key, event, outbox_key, dep_key, large_key)
   if event ~= nil and event ~= '' then
     log_event(events_key, event)
     local kind = notify_kind(event)
     if kind then
       local d = rcall('HMGET', dep_key, 'id', 'canary_version', 'stable_version', 'stage',
                       'weight_bp', 'state', 'webhooks')
+      if not d[7] then d[7] = rcall('HGET', large_key, 'webhooks') end -- a long list of them
       -- the queue is the key's hash tag (queue names hold no braces)
       local queue = string.match(outbox_key, '{([^{}]*)}:outbox$') or ''
       rcall('XADD', outbox_key, 'MAXLEN', '~', OUTBOX_MAXLEN, '*', 'type', kind, 'e', event,
