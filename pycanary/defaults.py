@@ -39,7 +39,7 @@ STALL_GRACE_S = 120.0
 SLOT_S = 120
 KEEP_S = 3600
 #: The TUI (`pycanary tui`): seconds between refreshes (and the shortest allowed: the panel
-#: reads Redis at most once a second), metric slots per sparkline (30 x 10 s = 5 min), events
+#: reads Redis at most once a second), metric slots per sparkline (30 x 120 s = 1 h), events
 #: shown, and the socket timeout that turns a hung Redis into "unreachable, retrying".
 TUI_REFRESH_S = 1.0
 TUI_MIN_REFRESH_S = 1.0
