@@ -34,6 +34,8 @@ STATES = ACTIVE_STATES + FINISHED_STATES
 #: checks for `history` and the views; every verdict change is also an event. 3, not 5: each
 #: record is ~0.45 KB of the ~12 KB a deployment may take (issue 15).
 ANALYSES_KEPT = 3
+#: Events kept per deployment (EVENTS_MAX in lua/includes/deployment.lua).
+EVENTS_KEPT = 2000
 #: The fields the controller rewrites on every check, stored together as one compact field
 #: `ctl` (see `encode_ctl`): one value to write and, when unchanged, none to decode (issue 15).
 CTL_FIELDS = ("totals", "analysis_state", "last_analysis", "last_decision", "last_data_at")
@@ -411,9 +413,10 @@ def events(conn: Connection, queue: str, deployment_id: str, *, count: int = 100
             seq = int(after.rsplit("-", 1)[-1])
             head = c.lindex(key, 0)
             newest = int(head.split(" ", 1)[0]) if head else 0
-            # entry i holds seq newest - i: the ones after `seq`, oldest `count` of them
-            raw = [] if newest <= seq else \
-                c.lrange(key, max(0, newest - seq - count), newest - seq - 1)
+            # entry i holds seq newest - i: the ones after `seq`, oldest `count` of them (or
+            # from the oldest kept, when the cap dropped some since `seq`)
+            end = min(newest - seq, EVENTS_KEPT) - 1
+            raw = [] if end < 0 else c.lrange(key, max(0, end - count + 1), end)
     except redis.exceptions.ResponseError as exc:
         if "WRONGTYPE" not in str(exc):
             raise

@@ -103,8 +103,8 @@ class QueueKeys:
 
     @property
     def deployment_large(self) -> str:
-        """Hash: the values of the `deployment` hash longer than 64 bytes (`plan`, `ctl`, a
-        long `reason`...), each field in one of the two: the deployment hash stays a listpack
+        """Hash: the deployment's free-form values longer than 64 bytes (`plan`, `ctl`, a long
+        `reason`...), each field in one of the two: the deployment hash stays a listpack
         (issue 15). Written by the deployment scripts' dep_write, read merged with it."""
         return f"{self.base}:deployment:large"
 

@@ -268,3 +268,36 @@ def test_event_log_of_an_older_deployment_stream_is_still_read_and_written(queue
     assert [e["type"] for e in evs] == ["started", "note"]
     assert deployments.events(conn, "payments", dep.id, after=evs[0]["id"])[0]["message"] == \
         "later"
+
+
+def test_event_log_after_an_id_the_cap_dropped_resumes_at_the_oldest_kept(queue) -> None:
+    """A follower whose last id was trimmed away (more than 2000 events since) gets the oldest
+    kept ones next, in order, never nothing forever."""
+    conn = queue
+    dep = rollouts.ramp(conn, "payments", "v2", PLAN, actor="test", force=True)
+    key = conn.keys.queue("payments").events(dep.id)
+    kept = deployments.EVENTS_KEPT
+    conn.client.delete(key)
+    entries = [f'{n} {{"ts":{n},"type":"note","message":"m{n}"}}'
+               for n in range(1000 + kept, 1000, -1)]
+    for i in range(0, len(entries), 500):
+        conn.client.rpush(key, *entries[i:i + 500])  # newest first, seq 1001..3000 kept
+    got = deployments.events(conn, "payments", dep.id, after="5-5", count=3)
+    assert [e["message"] for e in got] == ["m1001", "m1002", "m1003"]
+    got = deployments.events(conn, "payments", dep.id, after=got[-1]["id"], count=2)
+    assert [e["id"] for e in got] == ["1004-1004", "1005-1005"]
+    assert deployments.events(conn, "payments", dep.id, after="3000-3000") == []
+
+
+def test_a_long_deployment_id_stays_in_the_deployment_hash(queue) -> None:
+    """Only free-form values move to deployment:large: the id (long with a long queue name)
+    stays where the scripts, /metrics and status read it, and the outbox entry names it."""
+    conn = queue
+    q = "q" * 120
+    service.configure_queue(conn, q, stable_version="v1")
+    dep = rollouts.ramp(conn, q, "v2", PLAN, actor="test", force=True)
+    qk = conn.keys.queue(q)
+    assert len(dep.id) > 64 and conn.client.hget(qk.deployment, "id") == dep.id
+    assert "plan" in conn.client.hgetall(qk.deployment_large)
+    (entry,) = conn.client.xrange(qk.outbox)
+    assert entry[1]["deployment"] == dep.id

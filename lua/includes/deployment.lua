@@ -23,13 +23,18 @@ end
 -- `deployment:large` the longer ones (plan, ctl, a long reason): each field lives in one of
 -- the two (the other's copy is removed when it is written), so the deployment hash stays a
 -- listpack (~0.5 KB) instead of a hashtable (~2 KB of overhead for ~22 fields; issue 15).
--- 64 is Redis' default hash-max-listpack-value. Readers merge the two (pycanary/deployments.py).
+-- 64 is Redis' default hash-max-listpack-value. Only the fields of free-form values move (the
+-- ones below); id, state, rev, versions, stage and the weights stay in the deployment hash
+-- whatever their length, for the readers that HGET them there (these scripts, /metrics).
+-- Readers of whole deployments merge the two (pycanary/deployments.py).
 local LARGE_VALUE = 64
+local MOVABLE = {plan = true, ctl = true, meta = true, drain = true, reason = true,
+                 manual_only = true, webhooks = true, tenants_bp = true}
 local function dep_write(dep_key, large_key, pairs, now_ms)
   local small, large, moved, shrunk = {}, {}, {}, {}
   for j = 1, #pairs, 2 do
     local f, v = pairs[j], pairs[j + 1]
-    if #v > LARGE_VALUE then
+    if #v > LARGE_VALUE and MOVABLE[f] then
       large[#large + 1] = f; large[#large + 1] = v; moved[#moved + 1] = f
     else
       small[#small + 1] = f; small[#small + 1] = v; shrunk[#shrunk + 1] = f
