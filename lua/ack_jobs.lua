@@ -13,8 +13,9 @@
                          cpu bucket ('' = not measured), first ('1' = the job's first attempt,
                          else '0'), unit ('' or "<stratum>|<cluster>", see docs/keys.md)
 
-  Counts: ok, r<b>, c<b>, first_attempts (slot and totals); w<b> (totals: the fine bucket;
-  slot: a coarse one, see count_wait); n1|<unit> (totals only).
+  Counts: ok, first_attempts (slot and totals); r<b>, c<b> (totals: the fine bucket; slot:
+  one per pair, see count_pair); w<b> (totals: the fine bucket; slot: a coarse one, see
+  count_wait); n1|<unit> (totals only).
   Returns {acked, late}: late counts jobs no longer in the processing list (a reaper returned
   them to a lane, or this ack was already applied before a lost reply). A late job is counted
   only as field `late`, never as `ok`, first_attempts or in the histograms: its other run (or
@@ -46,9 +47,9 @@ for i = 2, #ARGV, 6 do
   else
     acked = acked + 1
     rcall('HDEL', running_key, ARGV[i])
-    bump(m, 'r' .. ARGV[i + 1], 1)
+    count_pair(u, sw, 'r', ARGV[i + 1])
     count_wait(u, sw, ARGV[i + 2])
-    if ARGV[i + 3] ~= '' then bump(m, 'c' .. ARGV[i + 3], 1) end
+    if ARGV[i + 3] ~= '' then count_pair(u, sw, 'c', ARGV[i + 3]) end
     count_first(m, u, ARGV[i + 4], ARGV[i + 5], false)
   end
 end

@@ -7,9 +7,12 @@
   KEYS[2] tenant_weights hash    tenant -> weight_bp overrides
   KEYS[3] rolled_back    set     versions rolled back on this queue
   KEYS[4] deployment     hash    the queue's current deployment
-  KEYS[5] events         stream  this deployment's event log
+  KEYS[5] events         list    this deployment's event log, newest first: "<seq> <event JSON>"
+                                 (a stream for deployments started before issue 15)
   KEYS[6] fence          string  highest controller epoch that wrote to the queue
   KEYS[7] outbox         stream  the queue's notification outbox (notable events, docs/notifications.md)
+  KEYS[8] deployment:large hash the deployment's values over 64 bytes (plan, ctl, ...): see
+                                 dep_write in lua/includes/deployment.lua
 
   ARGV[1] epoch          leader epoch, or '' for an operator
   ARGV[2] expected_rev   rev the writer read, or ''
@@ -25,14 +28,15 @@
 local rcall = redis.call
 local config_key, tenant_key, rolled_back_key = KEYS[1], KEYS[2], KEYS[3]
 local dep_key, events_key, fence_key, outbox_key = KEYS[4], KEYS[5], KEYS[6], KEYS[7]
+local large_key = KEYS[8]
 
 -- @include fence
 -- @include deployment
 -- @include canary_flip
 -- @include guard
 
-local bad = bad_key_type({{1, 'hash'}, {2, 'hash'}, {3, 'set'}, {4, 'hash'}, {5, 'stream'}, {6, 'string'},
-                          {7, 'stream'}})
+local bad = bad_key_type({{1, 'hash'}, {2, 'hash'}, {3, 'set'}, {4, 'hash'}, {5, 'list', 'stream'}, {6, 'string'},
+                          {7, 'stream'}, {8, 'hash'}})
 if bad then return guard_fail(-13, bad) end
 local fence_err = fence_args_error(fence_key, ARGV[1])
 if fence_err then return fence_err end
@@ -54,6 +58,6 @@ local fields = read_pairs(ARGV, 4)
 local version = rcall('HGET', dep_key, 'canary_version') or ''
 local prev = close_canary_rollback(config_key, tenant_key, rolled_back_key, version, now_ms)
 rcall('HSET', dep_key, 'state', 'rolling_back', 'weight_bp', 0, 'rollback_at', now_ms)
-local rev = dep_write(dep_key, fields, now_ms)
-add_event(events_key, ARGV[#ARGV], outbox_key, dep_key)
+local rev = dep_write(dep_key, large_key, fields, now_ms)
+add_event(events_key, ARGV[#ARGV], outbox_key, dep_key, large_key)
 return {1, rev, prev}

@@ -9,8 +9,11 @@
   KEYS[3] rolled_back    set     versions rolled back on this queue
   KEYS[4] former_stable  zset    versions that were stable before
   KEYS[5] deployment     hash    the queue's current deployment
-  KEYS[6] events         stream  this deployment's event log
+  KEYS[6] events         list    this deployment's event log, newest first: "<seq> <event JSON>"
+                                 (a stream for deployments started before issue 15)
   KEYS[7] outbox         stream  the queue's notification outbox (notable events, docs/notifications.md)
+  KEYS[8] deployment:large hash the deployment's values over 64 bytes (plan, ctl, ...): see
+                                 dep_write in lua/includes/deployment.lua
 
   ARGV[1] now_ms         client clock
   ARGV[2] canary_version
@@ -29,13 +32,13 @@
 ]]
 local rcall = redis.call
 local config_key, tenant_key, rolled_back_key, former_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
-local dep_key, events_key, outbox_key = KEYS[5], KEYS[6], KEYS[7]
+local dep_key, events_key, outbox_key, large_key = KEYS[5], KEYS[6], KEYS[7], KEYS[8]
 
 -- @include deployment
 -- @include guard
 
 local bad = bad_key_type({{1, 'hash'}, {2, 'hash'}, {3, 'set'}, {4, 'zset'}, {5, 'hash'},
-                          {6, 'stream'}, {7, 'stream'}})
+                          {6, 'list', 'stream'}, {7, 'stream'}, {8, 'hash'}})
 if bad then return guard_fail(-13, bad) end
 if int_arg(ARGV[1], 0) == nil then return guard_fail(-4, 'ARGV[1] now_ms must be an integer') end
 if ARGV[2] == nil or ARGV[2] == '' then return guard_fail(-4, 'ARGV[2] canary_version is empty') end
@@ -68,9 +71,9 @@ rcall('HINCRBY', config_key, 'rev', 1)
 set_tenants(tenant_key, tenants)
 rcall('SREM', rolled_back_key, version)
 rcall('ZREM', former_key, version)
-rcall('DEL', dep_key)
+rcall('DEL', dep_key, large_key)
 rcall('HSET', dep_key, 'stable_version', stable, 'canary_version', version, 'weight_bp', weight,
       'rev', 0)
-local rev = dep_write(dep_key, fields, now_ms)
-add_event(events_key, event, outbox_key, dep_key)
+local rev = dep_write(dep_key, large_key, fields, now_ms)
+add_event(events_key, event, outbox_key, dep_key, large_key)
 return rev

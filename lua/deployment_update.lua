@@ -6,10 +6,13 @@
   KEYS[1] config         hash    queue routing config
   KEYS[2] tenant_weights hash    tenant -> weight_bp overrides
   KEYS[3] deployment     hash    the queue's current deployment
-  KEYS[4] events         stream  this deployment's event log
+  KEYS[4] events         list    this deployment's event log, newest first: "<seq> <event JSON>"
+                                 (a stream for deployments started before issue 15)
   KEYS[5] fence          string  highest controller epoch that wrote to the queue
   KEYS[6] analyses       list    the deployment's latest analyses (newest first, capped)
   KEYS[7] outbox         stream  the queue's notification outbox (notable events, docs/notifications.md)
+  KEYS[8] deployment:large hash the deployment's values over 64 bytes (plan, ctl, ...): see
+                                 dep_write in lua/includes/deployment.lua
 
   ARGV[1] epoch          leader epoch, or '' for an operator
   ARGV[2] expected_rev   rev the writer read, or '' to skip the check
@@ -32,13 +35,14 @@
 local rcall = redis.call
 local config_key, tenant_key, dep_key, events_key, fence_key, analyses_key, outbox_key =
   KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7]
+local large_key = KEYS[8]
 
 -- @include fence
 -- @include deployment
 -- @include guard
 
-local bad = bad_key_type({{1, 'hash'}, {2, 'hash'}, {3, 'hash'}, {4, 'stream'}, {5, 'string'}, {6, 'list'},
-                          {7, 'stream'}})
+local bad = bad_key_type({{1, 'hash'}, {2, 'hash'}, {3, 'hash'}, {4, 'list', 'stream'}, {5, 'string'}, {6, 'list'},
+                          {7, 'stream'}, {8, 'hash'}})
 if bad then return guard_fail(-13, bad) end
 local fence_err = fence_args_error(fence_key, ARGV[1])
 if fence_err then return fence_err end
@@ -78,8 +82,8 @@ if weight ~= nil then
   rcall('HSET', dep_key, 'weight_bp', weight)
 end
 if ARGV[5] == 'set' then set_tenants(tenant_key, tenants) end
-local rev = dep_write(dep_key, fields, now_ms)
-for k = j + 1, j + n_events do add_event(events_key, ARGV[k], outbox_key, dep_key) end
+local rev = dep_write(dep_key, large_key, fields, now_ms)
+for k = j + 1, j + n_events do add_event(events_key, ARGV[k], outbox_key, dep_key, large_key) end
 if analysis ~= '' then
   rcall('LPUSH', analyses_key, analysis)
   rcall('LTRIM', analyses_key, 0, keep - 1)

@@ -15,9 +15,9 @@
                          due_ms (retry) or '', run bucket, wait bucket, cpu bucket ('' = not
                          measured), first ('1' | '0'), unit ('' or "<stratum>|<cluster>")
 
-  Counts: failed, retried, dead, r<b>, c<b>, first_attempts, first_failed (slot and totals);
-  w<b> (totals: the fine bucket; slot: a coarse one, see count_wait); n1|<unit>, x1|<unit>
-  (totals only).
+  Counts: failed, retried, dead, first_attempts, first_failed (slot and totals); r<b>, c<b>
+  (totals: the fine bucket; slot: one per pair, see count_pair), w<b> (totals: the fine
+  bucket; slot: a coarse one, see count_wait); n1|<unit>, x1|<unit> (totals only).
   Returns {failed, late}: a late job is no longer in the processing list (a reaper returned it
   to a lane, or this call was already applied before a lost reply), so it is neither retried
   nor dead-lettered here and is counted only as field `late`
@@ -57,9 +57,9 @@ for i = 2, #ARGV, 9 do
   else
     failed = failed + 1
     rcall('HDEL', running_key, ARGV[i])
-    bump(m, 'r' .. ARGV[i + 4], 1)
+    count_pair(u, sw, 'r', ARGV[i + 4])
     count_wait(u, sw, ARGV[i + 5])
-    if ARGV[i + 6] ~= '' then bump(m, 'c' .. ARGV[i + 6], 1) end
+    if ARGV[i + 6] ~= '' then count_pair(u, sw, 'c', ARGV[i + 6]) end
     count_first(m, u, ARGV[i + 7], ARGV[i + 8], true)
     if ARGV[i + 1] == 'retry' then
       rcall('ZADD', delayed_key, tonumber(ARGV[i + 3]), ARGV[i + 2])

@@ -300,12 +300,13 @@ class Controller:
         alone."""
         pipe = self.conn.client.pipeline(transaction=False)
         for q in queues:
-            pipe.hgetall(self.conn.keys.queue(q).deployment)
+            deployments.read_on(pipe, self.conn.keys.queue(q))
         pipe.hgetall(self.conn.keys.controller_errors)
         res = pipe.execute(raise_on_error=False)
         stored = res[-1]
         self._stored_errors = stored if isinstance(stored, dict) else {}
-        return dict(zip(queues, res[:-1], strict=True))
+        return {q: deployments.merged(res[2 * i], res[2 * i + 1])
+                for i, q in enumerate(queues)}
 
     def _checks(self, due: list[Deployment], now_s: float, report: TickReport) -> None:
         now = int(now_s * 1000)

@@ -32,12 +32,14 @@ POLL_S = 1.0
 #: deployment back as stalled (its jobs drain to stable). Longer than a worker's restart.
 STALL_GRACE_S = 120.0
 #: Length of one metrics slot and how long slots and running totals are kept, in seconds.
-#: 60 s slots: 10 minutes of history are 10 hashes per lane (memory per deployment, issue 15);
-#: the controller reads only the running totals, so its windows do not depend on it.
-SLOT_S = 60
+#: 120 s slots: 10 minutes of history are 5 hashes per lane (memory per deployment, issue 15:
+#: a slot of 2 minutes holds few more fields than one of 1, so bytes per minute nearly halve);
+#: the controller reads only the running totals, so its windows do not depend on it. Status
+#: reads the last 5 minutes (3 slots), the TUI's sparklines one bar per slot.
+SLOT_S = 120
 KEEP_S = 3600
 #: The TUI (`pycanary tui`): seconds between refreshes (and the shortest allowed: the panel
-#: reads Redis at most once a second), metric slots per sparkline (30 x 10 s = 5 min), events
+#: reads Redis at most once a second), metric slots per sparkline (30 x 120 s = 1 h), events
 #: shown, and the socket timeout that turns a hung Redis into "unreachable, retrying".
 TUI_REFRESH_S = 1.0
 TUI_MIN_REFRESH_S = 1.0

@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
 
+import redis
+
 from .connection import Connection
 from .errors import raise_for_code
 from .notify import plan_webhooks_json
@@ -29,8 +31,11 @@ ACTIVE_STATES = ("active", "paused", "awaiting_promotion", "promoting", "rolling
 FINISHED_STATES = ("completed", "rolled_back")
 STATES = ACTIVE_STATES + FINISHED_STATES
 #: Analysis records kept per deployment (compact ones, see `compact_record`): the last few
-#: checks for `history` and the views; every verdict change is also an event.
-ANALYSES_KEPT = 5
+#: checks for `history` and the views; every verdict change is also an event. 3, not 5: each
+#: record is ~0.45 KB of the ~12 KB a deployment may take (issue 15).
+ANALYSES_KEPT = 3
+#: Events kept per deployment (EVENTS_MAX in lua/includes/deployment.lua).
+EVENTS_KEPT = 2000
 #: The fields the controller rewrites on every check, stored together as one compact field
 #: `ctl` (see `encode_ctl`): one value to write and, when unchanged, none to decode (issue 15).
 CTL_FIELDS = ("totals", "analysis_state", "last_analysis", "last_decision", "last_data_at")
@@ -46,19 +51,80 @@ _INT_FIELDS = ("stage", "weight_bp", "started_at", "stage_started_at", "paused_a
 
 
 
+def _words(text: str) -> list[str]:
+    """The words of a literal (the dictionary below is written as prose-like lists)."""
+    return text.split()
+
+
+def _ctl_zdict_v2() -> bytes:
+    """The preset dictionary of the ``z2:`` form of `ctl`: the names and snippets a `ctl` value
+    repeats (metric fields, state and analysis keys, rule names, verdicts), so that the ~7 KB
+    of JSON of one check compresses against them instead of only against itself (-13% at
+    level 3, and faster than level 1 without it; docs/performance.md). FROZEN: a stored value
+    decodes only with the dictionary it was written with (tests/test_controller_ctl.py pins
+    its digest); a change needs a new prefix (z3:) and this one kept for reading."""
+    counts = _words("ok failed retried dead late first_attempts first_failed crashed")
+    state = _words(
+        "v started_s stage stage_started_s checks fail_streak last_verdict canary_attempts "
+        "canary_failed stable_attempts stable_failed err_s err_v safe_s safe_v err_clusters "
+        "err_v_plain safe_v_plain error_max_log_lr run_s run_v run_max_log_lr stage_canary "
+        "stage_stable last_backlog_canary last_backlog_stable late_inconclusive "
+        "stage_groups stage_rule_max")
+    lane = _words("ok failed dead run_hist wait_hist jobs jobs_failed crashed cpu_hist routed "
+                  "routed_finished")
+    summary = _words(
+        "version attempts ok failed dead error_rate_pct run_p50_us run_p95_us "
+        "run_p99_us wait_p95_us jobs_per_s_per_worker workers backlog "
+        "deployment_attempts first_attempts first_failed crashed cpu_p95_us rss_bytes")
+    analysis = _words(
+        "verdict stage now_s reason decisive fail_streak failure_threshold rules "
+        "stable canary rule observed threshold action cause next_stage")
+    rules = _words(
+        "data sample_ratio max_error_rate max_latency_increase max_p95_latency "
+        "stat_error_rate stat_run_time min_samples max_cpu_increase max_memory_increase "
+        "stage_time deadline")
+    words = _words(
+        "PASS FAIL INCONCLUSIVE hold promote rollback pause await_approval analysis "
+        "true false null canary stable routed and finished jobs match the weight "
+        "no finished canary attempts in the last on_no_data: hold within threshold "
+        "evidence p-value samples")
+    parts = [f'"n1||{i}":"' for i in range(32)] + [f'"x1||{i}":"' for i in range(32)]
+    parts += [f'"{p}{i}":"' for p in "wcr" for i in range(100)]
+    parts += [f'"{c}":"' for c in counts]
+    parts += [f'"{i}":' for i in range(100)]
+    parts += [f'"{k}":' for k in state + lane + summary + analysis]
+    parts += [f'"rule":"{r}","verdict":"' for r in rules]
+    parts += words
+    parts += ['{"totals":{"stable":{', '},"canary":{', '},"routed":{"stable":', ',"canary":',
+              '"analysis_state":{"v":2,', '"last_analysis":{"verdict":"',
+              '"last_decision":{"action":"', '"last_data_at":{"stable":',
+              '"stage_canary":{"ok":', '"stage_stable":{"ok":']
+    return "".join(parts).encode()
+
+
+_CTL_ZDICT_V2 = _ctl_zdict_v2()
+
+
 def encode_ctl(values: dict[str, Any]) -> str:
-    """The `ctl` field: ``"z1:"`` + base64 of the zlib-compressed (level 1) compact JSON of the
-    CTL_FIELDS. The histograms and rule texts of a check compress about 2.5x, which is most of
-    a deployment hash's bytes (docs/performance.md); level 1 costs ~70 us per write."""
+    """The `ctl` field: ``"z2:"`` + base64 of the compact JSON of the CTL_FIELDS, deflated at
+    level 3 against a preset dictionary (`_ctl_zdict_v2`). A check's histograms, baselines and
+    rule texts shrink ~2x, and the value stays under 3.5 KB, so its allocation is one jemalloc
+    size class below the ``z1:`` form's (docs/performance.md); ~70 us per write."""
     raw = json.dumps(values, separators=(",", ":"), default=str).encode()
-    return "z1:" + base64.b64encode(zlib.compress(raw, 1)).decode("ascii")
+    c = zlib.compressobj(3, zlib.DEFLATED, 15, 8, zlib.Z_DEFAULT_STRATEGY, _CTL_ZDICT_V2)
+    return "z2:" + base64.b64encode(c.compress(raw) + c.flush()).decode("ascii")
 
 
 def decode_ctl(text: str) -> dict[str, Any]:
-    """Read a `ctl` field: the compressed form, or plain JSON (a person may write one)."""
+    """Read a `ctl` field: ``z2:`` (preset dictionary), ``z1:`` (plain zlib, written before
+    the dictionary), or plain JSON (a person may write one)."""
     if not text:
         return {}
-    if text.startswith("z1:"):
+    if text.startswith("z2:"):
+        d = zlib.decompressobj(15, _CTL_ZDICT_V2)
+        packed = base64.b64decode(text[3:], validate=True)
+        out = json.loads(d.decompress(packed) + d.flush())
+    elif text.startswith("z1:"):
         out = json.loads(zlib.decompress(base64.b64decode(text[3:], validate=True)))
     else:
         out = json.loads(text)
@@ -287,17 +353,44 @@ def event(kind: str, message: str, *, actor: str, now: int, data: dict | None = 
 
 
 # -- reads -------------------------------------------------------------------------------------
+def read_on(pipe: Any, qk: Any) -> None:
+    """Queue on a pipeline the two reads of a deployment (its hash, then its large values,
+    see Keys.deployment_large); `merged` puts the two replies together."""
+    pipe.hgetall(qk.deployment)
+    pipe.hgetall(qk.deployment_large)
+
+
+def merged(small: Any, large: Any) -> Any:
+    """One deployment's fields from the replies of `read_on`: the hash's own fields win over
+    the large ones (the scripts keep each field in one of the two; a field written into the
+    hash by hand, as before issue 15, is read as written). {} when there is no deployment; a
+    failed reply (an exception) is passed on."""
+    if isinstance(small, Exception) or not small:
+        return small
+    if isinstance(large, Exception):
+        return large
+    if large:
+        return {**large, **small}
+    return small
+
+
 def get(conn: Connection, queue: str) -> Deployment | None:
-    raw = conn.client.hgetall(conn.keys.queue(queue).deployment)
+    pipe = conn.client.pipeline(transaction=False)
+    read_on(pipe, conn.keys.queue(queue))
+    raw = merged(*pipe.execute())
     return Deployment.from_hash(queue, raw) if raw else None
 
 
 def get_many(conn: Connection, queues: list[str]) -> dict[str, Deployment | None]:
     pipe = conn.client.pipeline(transaction=False)
     for q in queues:
-        pipe.hgetall(conn.keys.queue(q).deployment)
-    return {q: (Deployment.from_hash(q, raw) if raw else None)
-            for q, raw in zip(queues, pipe.execute(), strict=True)}
+        read_on(pipe, conn.keys.queue(q))
+    res = pipe.execute()
+    out: dict[str, Deployment | None] = {}
+    for i, q in enumerate(queues):
+        raw = merged(res[2 * i], res[2 * i + 1])
+        out[q] = Deployment.from_hash(q, raw) if raw else None
+    return out
 
 
 def active_queues(conn: Connection) -> list[str]:
@@ -306,10 +399,42 @@ def active_queues(conn: Connection) -> list[str]:
 
 def events(conn: Connection, queue: str, deployment_id: str, *, count: int = 100,
            after: str | None = None) -> list[dict[str, Any]]:
-    """Oldest first; ``after`` an entry id to get only newer ones (for --watch)."""
+    """Oldest first; ``after`` an entry id to get only newer ones (for --watch).
+
+    The log is a list, newest first, of ``"<seq> <JSON>"`` entries (lua/includes/deployment.lua
+    log_event); an entry's id is ``"<ts>-<seq>"``, shaped like the stream ids of deployments
+    started before issue 15, whose stream logs are still read (XRANGE) when the key is one."""
     key = conn.keys.queue(queue).events(deployment_id)
-    entries = conn.client.xrange(key, min=f"({after}" if after else "-", count=count) \
-        if after else conn.client.xrevrange(key, count=count)[::-1]
+    c = conn.client
+    try:
+        if after is None:
+            raw = c.lrange(key, 0, count - 1)
+        else:
+            seq = int(after.rsplit("-", 1)[-1])
+            head = c.lindex(key, 0)
+            newest = int(head.split(" ", 1)[0]) if head else 0
+            # entry i holds seq newest - i: the ones after `seq`, oldest `count` of them (or
+            # from the oldest kept, when the cap dropped some since `seq`)
+            end = min(newest - seq, EVENTS_KEPT) - 1
+            raw = [] if end < 0 else c.lrange(key, max(0, end - count + 1), end)
+    except redis.exceptions.ResponseError as exc:
+        if "WRONGTYPE" not in str(exc):
+            raise
+        return _stream_events(conn, key, count=count, after=after)
+    out = []
+    for entry in reversed(raw):
+        seq_text, _, text = entry.partition(" ")
+        e = json.loads(text)
+        e["id"] = f"{e.get('ts', 0)}-{seq_text}"
+        out.append(e)
+    return out
+
+
+def _stream_events(conn: Connection, key: str, *, count: int,
+                   after: str | None) -> list[dict[str, Any]]:
+    """events() of a log kept as a stream (deployments started before issue 15)."""
+    entries = conn.client.xrange(key, min=f"({after}", count=count) if after else \
+        conn.client.xrevrange(key, count=count)[::-1]
     out = []
     for eid, fields in entries:
         e = json.loads(fields["e"])
@@ -365,7 +490,7 @@ def start(
     res = conn.scripts.call(
         "deployment_start",
         [qk.config, qk.tenant_weights, qk.rolled_back, qk.former_stable, qk.deployment,
-         qk.events(dep_id), qk.outbox],
+         qk.events(dep_id), qk.outbox, qk.deployment_large],
         [now, canary_version, first.weight_bp, "1" if plan.sticky else "0", salt,
          *_pairs(_tenant_pairs(first.tenants_bp)), *_pairs(encode_fields(fields)), ev],
     )
@@ -418,7 +543,7 @@ def update_call(
         json.dumps(analysis, separators=(",", ":"), default=str)
     return (
         [qk.config, qk.tenant_weights, qk.deployment, qk.events(dep.id), qk.fence,
-         qk.analyses(dep.id), qk.outbox],
+         qk.analyses(dep.id), qk.outbox, qk.deployment_large],
         [_fence_args(epoch), str(dep.rev) if check_rev else "", now,
          "" if weight_bp is None else weight_bp, "keep" if tenants_bp is None else "set",
          *_pairs(_tenant_pairs(tenants_bp)), *_pairs(encode_fields(values, dep, ctl_text)),
@@ -487,7 +612,7 @@ def rollback(conn: Connection, dep: Deployment, *, reason: str, actor: str, now:
     res = conn.scripts.call(
         "deployment_rollback",
         [qk.config, qk.tenant_weights, qk.rolled_back, qk.deployment, qk.events(dep.id),
-         qk.fence, qk.outbox],
+         qk.fence, qk.outbox, qk.deployment_large],
         [_fence_args(epoch), str(dep.rev) if check_rev else "", now,
          *_pairs(encode_fields({"reason": reason, "weight0_at": now, **(values or {})})), ev],
     )
@@ -509,7 +634,7 @@ def promote_final(conn: Connection, dep: Deployment, *, actor: str, now: int, re
     res = conn.scripts.call(
         "deployment_promote",
         [qk.config, qk.tenant_weights, qk.rolled_back, qk.former_stable, qk.deployment,
-         qk.events(dep.id), qk.fence, qk.outbox],
+         qk.events(dep.id), qk.fence, qk.outbox, qk.deployment_large],
         [_fence_args(epoch), str(dep.rev) if check_rev else "", now,
          *_pairs(encode_fields({"reason": reason})), ev],
     )
@@ -529,7 +654,8 @@ def finish(conn: Connection, dep: Deployment, *, actor: str, now: int, message: 
                now=now, data=values)
     res = conn.scripts.call(
         "deployment_finish",
-        [qk.deployment, qk.events(dep.id), qk.history, qk.counters, qk.fence, qk.outbox],
+        [qk.deployment, qk.events(dep.id), qk.history, qk.counters, qk.fence, qk.outbox,
+         qk.deployment_large],
         [_fence_args(epoch), now, counter, *_pairs(encode_fields(values)), ev],
     )
     if isinstance(res, int) and res < 0:

@@ -98,8 +98,15 @@ class QueueKeys:
         return [self.dlq, self.lane_stable]
 
     def events(self, deployment_id: str) -> str:
-        """Stream: one deployment's event log."""
+        """List (a stream before issue 15): one deployment's event log, newest first."""
         return f"{self.base}:events:{deployment_id}"
+
+    @property
+    def deployment_large(self) -> str:
+        """Hash: the deployment's free-form values longer than 64 bytes (`plan`, `ctl`, a long
+        `reason`...), each field in one of the two: the deployment hash stays a listpack
+        (issue 15). Written by the deployment scripts' dep_write, read merged with it."""
+        return f"{self.base}:deployment:large"
 
     def analyses(self, deployment_id: str) -> str:
         """List: a deployment's latest analyses (JSON, newest first, capped)."""
@@ -135,7 +142,8 @@ class QueueKeys:
         """Fixed keys of the queue (not per-worker or per-slot ones)."""
         return [self.config, self.tenant_weights, self.lane_stable, self.lane_canary, self.routed,
                 self.delayed_stable, self.delayed_canary, self.dlq, self.rolled_back,
-                self.former_stable, self.fence, self.deployment, self.history, self.counters]
+                self.former_stable, self.fence, self.deployment, self.deployment_large,
+                self.history, self.counters]
 
 
 class Keys:

@@ -5,8 +5,9 @@ hash per (queue, version, lane, time slot): counts (`ok`, `failed`, `retried`, `
 and the job-level `first_attempts`, `first_failed`, `crashed`) and three histograms with the
 fixed buckets of `histogram.py` (`r<b>` run time, `w<b>` queue wait, `c<b>` handler CPU time).
 In a slot the queue wait is coarse: one bucket per 8 fine ones (`count_wait` in
-lua/includes/metrics.lua), the running totals keep the fine buckets.
-Slots are `slot_s` seconds long (default 60 s) and expire after `keep_s` (default 1 h). The
+lua/includes/metrics.lua), run and CPU times one per 2 (`count_pair`); the running totals keep
+the fine buckets.
+Slots are `slot_s` seconds long (default 120 s) and expire after `keep_s` (default 1 h). The
 running totals also hold per analysis unit counts (`n1|<unit>` first attempts, `x1|<unit>`
 failed first attempts; unit = ``"<stratum>|<cluster>"``, see `unit_of`), which the controller
 differences into `LaneStats.units`.
@@ -54,6 +55,16 @@ def slot_wait_bucket(bucket: int) -> int:
     if bucket <= 0:
         return 0
     return (bucket - 1) // SLOT_WAIT_GROUP * SLOT_WAIT_GROUP + 1 + SLOT_WAIT_GROUP // 2
+
+
+def slot_pair_bucket(bucket: int) -> int:
+    """The run or CPU bucket a slot records for a fine one (count_pair in
+    lua/includes/metrics.lua): one per pair of fine buckets, named by the lower one (1-2 -> 1,
+    3-4 -> 3); 0 stays 0. Growth 1.21 is fine for status's quantiles; the running totals, which
+    the analysis reads, keep the fine bucket (issue 15)."""
+    if bucket <= 0:
+        return 0
+    return (bucket - 1) // 2 * 2 + 1
 
 
 def slot_of(ms: int, slot_s: int = DEFAULT_SLOT_S) -> int:

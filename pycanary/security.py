@@ -25,8 +25,8 @@ _CALL = re.compile(r"""(?:rcall|redis\.call|redis\.pcall)\(\s*['"]([A-Za-z]+)['"
 
 #: Read commands the Python side issues outside scripts (status, worker lane refresh, controller
 #: reads, registry reads). Key patterns decide on which keys they are allowed.
-_PLAIN_READS = ("get", "hget", "hmget", "hgetall", "llen", "lrange", "smembers", "sismember",
-                "zcard", "zscore", "zrange", "zrangebyscore", "xrange", "xrevrange")
+_PLAIN_READS = ("get", "hget", "hmget", "hgetall", "llen", "lindex", "lrange", "smembers",
+                "sismember", "zcard", "zscore", "zrange", "zrangebyscore", "xrange", "xrevrange")
 
 #: Per-queue key suffixes (after ``P:{q}:``) and global keys (after ``P:``), as in keys.py.
 _Q = "{*}:"
@@ -74,7 +74,8 @@ ROLES: dict[str, Role] = {
                  "leader_acquire", "leader_renew", "release_lock", "notify_settle"),
         reads=(_Q + "mt:*", _Q + "m:*", _Q + "routed", "{workers}:*", "queues"),
         writes=(_Q + "config", _Q + "tenant_weights", _Q + "lane:*", _Q + "rolled_back",
-                _Q + "former_stable", _Q + "fence", _Q + "deployment", _Q + "events:*",
+                _Q + "former_stable", _Q + "fence", _Q + "deployment", _Q + "deployment:large",
+                _Q + "events:*",
                 _Q + "analyses:*", _Q + "history", _Q + "counters", _Q + "outbox",
                 _Q + "outbox:dead", "deployments:active",
                 "{controller}:*"),

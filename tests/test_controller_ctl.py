@@ -105,8 +105,13 @@ def test_ctl_is_one_compressed_field_and_a_corrupt_one_names_itself(real_conn) -
     conn = real_conn
     _run(conn, "payments", fresh_each_tick=False, ticks=2)
     qk = conn.keys.queue("payments")
-    raw = conn.client.hgetall(qk.deployment)
-    assert raw["ctl"].startswith("z1:")
+    small, large = conn.client.hgetall(qk.deployment), conn.client.hgetall(qk.deployment_large)
+    # the long values (plan, ctl) live in deployment:large: the deployment hash is a listpack
+    assert {"plan", "ctl"} <= set(large) and not set(large) & set(small), (small, large)
+    assert all(len(v) <= 64 for v in small.values())
+    assert conn.client.object("encoding", qk.deployment) == "listpack"
+    raw = deployments.merged(small, large)
+    assert raw["ctl"].startswith("z2:")
     assert not set(deployments.CTL_FIELDS) & set(raw)
     ctl = deployments.decode_ctl(raw["ctl"])
     assert set(ctl) == set(deployments.CTL_FIELDS)
@@ -115,5 +120,54 @@ def test_ctl_is_one_compressed_field_and_a_corrupt_one_names_itself(real_conn) -
     plain = dict(raw, ctl=deployments.json.dumps(ctl))
     assert Deployment.from_hash("payments", plain).last_analysis == ctl["last_analysis"]
     with pytest.raises(CorruptDeploymentError) as exc:
-        Deployment.from_hash("payments", dict(raw, ctl="z1:not base64!"))
+        Deployment.from_hash("payments", dict(raw, ctl="z2:not base64!"))
     assert exc.value.field == "ctl"
+
+
+def test_ctl_forms_z1_and_z2_read_the_same_and_the_dictionary_is_frozen() -> None:
+    """z2 (preset dictionary, issue 15) is what is written; z1 (plain zlib, written before it)
+    is still read. The dictionary is part of the stored format: changing it would make every
+    stored z2 value unreadable, so its digest is pinned here."""
+    import base64
+    import hashlib
+    import json
+    import zlib
+
+    value = {"totals": {"stable": {"r12": "40", "n1||3": "7"}, "routed": {"stable": 9}},
+             "analysis_state": {"v": 2, "err_s": -1.043053188641424, "checks": 19},
+             "last_analysis": {"verdict": "PASS", "rules": []}, "last_decision": None,
+             "last_data_at": {"stable": 1}}
+    z2 = deployments.encode_ctl(value)
+    z1 = "z1:" + base64.b64encode(zlib.compress(json.dumps(value).encode(), 1)).decode()
+    assert z2.startswith("z2:") and len(z2) < len(z1)
+    assert deployments.decode_ctl(z2) == deployments.decode_ctl(z1) == value
+    assert hashlib.sha256(deployments._CTL_ZDICT_V2).hexdigest() == \
+        "914247153e08ec5b6863bef48a0716c234a1e33bae2507e65dd2827f3463a84b"
+    with pytest.raises(zlib.error):  # a z2 value is not plain zlib
+        zlib.decompress(base64.b64decode(z2[3:]))
+
+
+def test_a_deployment_written_before_the_split_moves_its_long_values_on_the_next_write(
+        real_conn) -> None:
+    """Before issue 15 plan and ctl sat in the deployment hash itself: such a hash reads as
+    before, and its next write moves a long value to deployment:large (and a value that became
+    short back), each field in one of the two."""
+    conn = real_conn
+    _run(conn, "payments", fresh_each_tick=False, ticks=2)
+    qk = conn.keys.queue("payments")
+    c = conn.client
+    before = deployments.get(conn, "payments")
+    old = deployments.merged(c.hgetall(qk.deployment), c.hgetall(qk.deployment_large))
+    c.delete(qk.deployment_large)
+    c.hset(qk.deployment, mapping=old)  # the old layout: one hash
+    dep = deployments.get(conn, "payments")
+    assert dep is not None and dep.plan_raw == before.plan_raw
+    assert dep.last_analysis == before.last_analysis
+    deployments.update(conn, dep, {"reason": "r" * 80, "last_decision": {"action": "hold"}},
+                       now=1)
+    small, large = c.hgetall(qk.deployment), c.hgetall(qk.deployment_large)
+    assert {"ctl", "reason"} <= set(large) and "ctl" not in small and "reason" not in small
+    deployments.update(conn, dep, {"reason": "short"}, now=2)
+    small, large = c.hgetall(qk.deployment), c.hgetall(qk.deployment_large)
+    assert small["reason"] == "short" and "reason" not in large
+    assert deployments.get(conn, "payments").last_decision == {"action": "hold"}

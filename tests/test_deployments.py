@@ -229,3 +229,75 @@ def test_each_deployment_draws_its_own_salt_and_a_key_keeps_its_lane(queue) -> N
     rollouts.rollback(conn, "payments", actor="test")
     assert rollouts.start_canary(conn, "payments", "v5", salt="", actor="test",
                                  allow_schema_change=True, force=True).salt == ""
+
+
+def test_event_log_is_a_capped_list_with_stable_ids(queue) -> None:
+    """Issue 15: the event log is a list ("<seq> <JSON>", newest first), not a stream (4 KB at
+    its first entry); ids stay stable and ``after`` returns exactly the newer events, in order,
+    ``count`` at a time."""
+    conn = queue
+    dep = rollouts.ramp(conn, "payments", "v2", PLAN, actor="test", force=True)
+    for i in range(6):
+        deployments.update(conn, dep, {}, now=1_000 + i, ev=deployments.event(
+            "note", f"n{i}", actor="t", now=1_000 + i))
+    key = conn.keys.queue("payments").events(dep.id)
+    assert conn.client.type(key) == "list" and conn.client.llen(key) == 7
+    evs = deployments.events(conn, "payments", dep.id)
+    assert [e["message"] for e in evs[1:]] == [f"n{i}" for i in range(6)]
+    assert [e["id"].split("-")[1] for e in evs] == [str(i) for i in range(1, 8)]
+    assert evs[3]["id"] == "1002-4"
+    newer = deployments.events(conn, "payments", dep.id, after=evs[3]["id"], count=2)
+    assert [e["message"] for e in newer] == ["n3", "n4"]
+    assert deployments.events(conn, "payments", dep.id, after=evs[-1]["id"]) == []
+    assert deployments.events(conn, "payments", dep.id, count=2) == evs[-2:]
+
+
+def test_event_log_of_an_older_deployment_stream_is_still_read_and_written(queue) -> None:
+    """A deployment started before issue 15 keeps its stream log: read by XRANGE, appended to
+    by XADD."""
+    conn = queue
+    dep = rollouts.ramp(conn, "payments", "v2", PLAN, actor="test", force=True)
+    key = conn.keys.queue("payments").events(dep.id)
+    first = conn.client.lindex(key, 0).split(" ", 1)[1]
+    conn.client.delete(key)
+    conn.client.xadd(key, {"e": first})
+    deployments.update(conn, dep, {}, now=5, ev=deployments.event("note", "later", actor="t",
+                                                                  now=5))
+    assert conn.client.type(key) == "stream"
+    evs = deployments.events(conn, "payments", dep.id)
+    assert [e["type"] for e in evs] == ["started", "note"]
+    assert deployments.events(conn, "payments", dep.id, after=evs[0]["id"])[0]["message"] == \
+        "later"
+
+
+def test_event_log_after_an_id_the_cap_dropped_resumes_at_the_oldest_kept(queue) -> None:
+    """A follower whose last id was trimmed away (more than 2000 events since) gets the oldest
+    kept ones next, in order, never nothing forever."""
+    conn = queue
+    dep = rollouts.ramp(conn, "payments", "v2", PLAN, actor="test", force=True)
+    key = conn.keys.queue("payments").events(dep.id)
+    kept = deployments.EVENTS_KEPT
+    conn.client.delete(key)
+    entries = [f'{n} {{"ts":{n},"type":"note","message":"m{n}"}}'
+               for n in range(1000 + kept, 1000, -1)]
+    for i in range(0, len(entries), 500):
+        conn.client.rpush(key, *entries[i:i + 500])  # newest first, seq 1001..3000 kept
+    got = deployments.events(conn, "payments", dep.id, after="5-5", count=3)
+    assert [e["message"] for e in got] == ["m1001", "m1002", "m1003"]
+    got = deployments.events(conn, "payments", dep.id, after=got[-1]["id"], count=2)
+    assert [e["id"] for e in got] == ["1004-1004", "1005-1005"]
+    assert deployments.events(conn, "payments", dep.id, after="3000-3000") == []
+
+
+def test_a_long_deployment_id_stays_in_the_deployment_hash(queue) -> None:
+    """Only free-form values move to deployment:large: the id (long with a long queue name)
+    stays where the scripts, /metrics and status read it, and the outbox entry names it."""
+    conn = queue
+    q = "q" * 120
+    service.configure_queue(conn, q, stable_version="v1")
+    dep = rollouts.ramp(conn, q, "v2", PLAN, actor="test", force=True)
+    qk = conn.keys.queue(q)
+    assert len(dep.id) > 64 and conn.client.hget(qk.deployment, "id") == dep.id
+    assert "plan" in conn.client.hgetall(qk.deployment_large)
+    (entry,) = conn.client.xrange(qk.outbox)
+    assert entry[1]["deployment"] == dep.id

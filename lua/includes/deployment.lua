@@ -19,10 +19,43 @@ local function read_pairs(args, i)
   return out, i + 1 + 2 * n
 end
 
-local function dep_write(dep_key, pairs, now_ms)
-  if #pairs > 0 then rcall('HSET', dep_key, unpack(pairs)) end
+-- A deployment is two hashes: `deployment` holds the values of at most LARGE_VALUE bytes,
+-- `deployment:large` the longer ones (plan, ctl, a long reason): each field lives in one of
+-- the two (the other's copy is removed when it is written), so the deployment hash stays a
+-- listpack (~0.5 KB) instead of a hashtable (~2 KB of overhead for ~22 fields; issue 15).
+-- 64 is Redis' default hash-max-listpack-value. Only the fields of free-form values move (the
+-- ones below); id, state, rev, versions, stage and the weights stay in the deployment hash
+-- whatever their length, for the readers that HGET them there (these scripts, /metrics).
+-- Readers of whole deployments merge the two (pycanary/deployments.py).
+local LARGE_VALUE = 64
+local MOVABLE = {plan = true, ctl = true, meta = true, drain = true, reason = true,
+                 manual_only = true, webhooks = true, tenants_bp = true}
+local function dep_write(dep_key, large_key, pairs, now_ms)
+  local small, large, moved, shrunk = {}, {}, {}, {}
+  for j = 1, #pairs, 2 do
+    local f, v = pairs[j], pairs[j + 1]
+    if #v > LARGE_VALUE and MOVABLE[f] then
+      large[#large + 1] = f; large[#large + 1] = v; moved[#moved + 1] = f
+    else
+      small[#small + 1] = f; small[#small + 1] = v; shrunk[#shrunk + 1] = f
+    end
+  end
+  if #moved > 0 then rcall('HDEL', dep_key, unpack(moved)) end
+  if #large > 0 then rcall('HSET', large_key, unpack(large)) end
+  if #shrunk > 0 and rcall('EXISTS', large_key) == 1 then rcall('HDEL', large_key, unpack(shrunk)) end
+  if #small > 0 then rcall('HSET', dep_key, unpack(small)) end
   rcall('HSET', dep_key, 'updated_at', now_ms)
   return rcall('HINCRBY', dep_key, 'rev', 1)
+end
+
+-- Every field of the deployment, the two hashes merged (deployment_finish's history copy).
+local function dep_all(dep_key, large_key)
+  local out = {}
+  for _, key in ipairs({large_key, dep_key}) do
+    local flat = rcall('HGETALL', key)
+    for j = 1, #flat, 2 do out[flat[j]] = flat[j + 1] end
+  end
+  return out
 end
 
 -- Notable event types: each one is also appended to the queue's outbox, in the same script
@@ -49,16 +82,38 @@ local function notify_kind(event)
   return nil
 end
 
+-- The event log of a deployment: a list, newest first, each entry "<seq> <event JSON>" where
+-- seq counts the deployment's events from 1 (the entry's id, stable: pycanary/deployments.py
+-- events), capped at EVENTS_MAX. A list, not a stream: a stream allocates a 4 KB node at its
+-- first entry, more than the few events of a deployment take (issue 15). A deployment started
+-- before issue 15 keeps its stream (XADD), so its log reads on unchanged.
+local EVENTS_MAX = 2000
+local function log_event(events_key, event)
+  local t = rcall('TYPE', events_key)
+  if type(t) == 'table' then t = t['ok'] end
+  if t == 'stream' then
+    rcall('XADD', events_key, 'MAXLEN', '~', EVENTS_MAX, '*', 'e', event)
+    return
+  end
+  local head = rcall('LINDEX', events_key, 0)
+  local seq = 1
+  if head then seq = (tonumber(string.match(head, '^(%d+) ')) or 0) + 1 end
+  rcall('LPUSH', events_key, seq .. ' ' .. event)
+  if seq > EVENTS_MAX then rcall('LTRIM', events_key, 0, EVENTS_MAX - 1) end
+end
+
 -- Append an event to the deployment's log and, when it is notable, a notification to the
--- outbox with what a receiver needs (read from the deployment hash as just written).
--- outbox_key's type is checked by the caller's bad_key_type before its first write.
-local function add_event(events_key, event, outbox_key, dep_key)
+-- outbox with what a receiver needs (read from the deployment's two hashes as just written).
+-- The types of events_key (list, or stream before issue 15) and outbox_key are checked by the
+-- caller's bad_key_type before its first write.
+local function add_event(events_key, event, outbox_key, dep_key, large_key)
   if event ~= nil and event ~= '' then
-    rcall('XADD', events_key, 'MAXLEN', '~', 2000, '*', 'e', event)
+    log_event(events_key, event)
     local kind = notify_kind(event)
     if kind then
       local d = rcall('HMGET', dep_key, 'id', 'canary_version', 'stable_version', 'stage',
                       'weight_bp', 'state', 'webhooks')
+      if not d[7] then d[7] = rcall('HGET', large_key, 'webhooks') end -- a long list of them
       -- the queue is the key's hash tag (queue names hold no braces)
       local queue = string.match(outbox_key, '{([^{}]*)}:outbox$') or ''
       rcall('XADD', outbox_key, 'MAXLEN', '~', OUTBOX_MAXLEN, '*', 'type', kind, 'e', event,
