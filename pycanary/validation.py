@@ -88,8 +88,9 @@ def _printable_text(value: Any, field: str, max_len: int) -> str:
 
 def salt(value: Any, field: str = "salt") -> str:
     """A sticky-hash salt given by hand (to put the same keys first as an earlier deployment):
-    printable, 1-256 characters, as a plan's `salt`."""
-    return _printable_text(value, field, 256)
+    printable, at most 256 characters, as a plan's `salt`; "" is no salt (the bare hash of
+    the key, the same keys first in every deployment)."""
+    return "" if value == "" else _printable_text(value, field, 256)
 
 
 def job_id(value: Any, field: str = "job_id") -> str:

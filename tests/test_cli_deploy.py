@@ -151,7 +151,7 @@ def test_salt_pins_the_sticky_hash_and_a_bad_one_is_refused(real_conn, tmp_path:
     assert res.returncode == 0, res.stderr
     assert json.loads(res.stdout)["salt"] == "operator"
     assert run("rollback", "payments", "--yes", prefix=prefix).returncode == 0
-    for bad in ("", "a\tb", "x" * 257):
+    for bad in ("a\tb", "x" * 257):
         res = run("ramp", "payments", "--version", "v5", "--plan", str(plan_file),
                   "--force", "--salt", bad, prefix=prefix)
         assert_user_error(res, "salt")
