@@ -33,7 +33,7 @@ canary.install()
 _r = redis.Redis.from_url(URL, decode_responses=True)
 
 
-@app.task(name="integ.charge", bind=True, autoretry_for=(RuntimeError,), max_retries=20,
+@app.task(name="integ.charge", bind=True, autoretry_for=(RuntimeError,), max_retries=None,
           default_retry_delay=0.05)
 def charge(self, order_id: str, n: int) -> str:
     version = os.environ.get("PYCANARY_VERSION", "?")

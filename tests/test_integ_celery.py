@@ -1,0 +1,183 @@
+"""An existing Celery application (tests/integ_celery_app.py) gets a staged canary rollout and
+an automatic rollback, driven by `pycanary ramp`, with real Celery workers of two versions on
+real Redis, and every task accounted for (issue 17)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+from pycanary import queue_config, registry
+from tests.conftest import REAL_URL
+from tests.processes import ROOT, child_env, start_controller, wait_until
+from tests.test_worker_processes import stop_all
+
+PLAN = """
+canary_config:
+  interval: 1s
+  min_samples: 20
+  statistical: {enabled: false}  # a healthy build has no failures to compare; thresholds judge
+  stages:
+    - percentage: 20
+      duration: 4s
+      conditions: {max_error_rate: 10}
+    - percentage: 50
+      duration: 4s
+      conditions: {max_error_rate: 10}
+"""
+
+
+def start_worker(conn, version: str, queue: str, log: Path, *, fail: bool = False
+                 ) -> subprocess.Popen:
+    env = child_env()
+    env.update(PYCANARY_PREFIX=conn.keys.prefix, PYCANARY_VERSION=version,
+               PYCANARY_TEST_REDIS_URL=REAL_URL, INTEG_FAIL="1" if fail else "0")
+    with log.open("w") as fh:
+        return subprocess.Popen(
+            [sys.executable, "-m", "celery", "-A", "tests.integ_celery_app", "worker", "-Q",
+             queue, "--pool", "solo", "-n", f"{version}-{uuid.uuid4().hex[:6]}@%h",
+             "--without-gossip", "--without-mingle", "-l", "warning"],
+            cwd=ROOT, env=env, stdout=fh, stderr=subprocess.STDOUT)
+
+
+class Publisher:
+    """The application's producer (tests/integ_celery_publish.py) in its own process."""
+
+    def __init__(self, conn, log: Path) -> None:
+        self.conn = conn
+        env = child_env()
+        env.update(PYCANARY_PREFIX=conn.keys.prefix, PYCANARY_TEST_REDIS_URL=REAL_URL)
+        with log.open("w") as fh:
+            self.proc = subprocess.Popen([sys.executable, "-m", "tests.integ_celery_publish",
+                                          "150"], cwd=ROOT, env=env, stdout=fh,
+                                         stderr=subprocess.STDOUT)
+        self.sent: list[tuple[str, str]] = []
+
+    def stop(self) -> None:
+        p = self.conn.keys.prefix
+        self.conn.client.set(f"{p}:integ:stop", 1)
+        wait_until(lambda: self.conn.client.exists(f"{p}:integ:stopped"), 20,
+                   "the publisher stopped")
+        self.proc.wait(10)
+        self.sent = [tuple(x.split(" ", 1)) for x in  # type: ignore[misc]
+                     self.conn.client.lrange(f"{p}:integ:sent", 0, -1)]
+
+
+def ramp(conn, plan: Path, log: Path) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "pycanary.cli", "--redis-url", REAL_URL, "--prefix",
+         conn.keys.prefix, "ramp", "payments", "--version", "v2", "--plan", str(plan),
+         "--watch", "--timeout", "60s", "--json"],
+        cwd=ROOT, env=child_env(), capture_output=True, text=True, timeout=90)
+
+
+def setup(conn, tmp_path: Path, *, fail: bool) -> tuple[list, Publisher, Path]:
+    queue_config.configure(conn, "payments", stable_version="v1")
+    procs = [start_worker(conn, "v1", "payments", tmp_path / "v1.log"),
+             start_worker(conn, "v2", "payments.canary", tmp_path / "v2.log", fail=fail),
+             start_controller(conn, tmp_path / "ctl.log", lease=3.0, poll=0.2)]
+
+    def diag() -> str:
+        return "\n".join(f"--- {p.name}\n{p.read_text()[-3000:]}"
+                         for p in tmp_path.glob("*.log"))
+
+    wait_until(lambda: {w.version for w in registry.list_workers(conn, ttl_ms=10_000)}
+               >= {"v1", "v2"}, 40, "both Celery workers registered", diag)
+    plan = tmp_path / "plan.yaml"
+    plan.write_text(PLAN)
+    pub = Publisher(conn, tmp_path / "publisher.log")
+    procs.append(pub.proc)
+    return procs, pub, plan
+
+
+def account(conn, pub: Publisher, tmp_path: Path) -> tuple[dict[str, int], dict[str, set[str]]]:
+    """Wait until every published task ran to success once; returns runs per task id and the
+    ids each version completed."""
+    p = conn.keys.prefix
+    r = conn.client
+    ids = [tid for tid, _ in pub.sent]
+
+    def missing() -> list[str]:
+        runs = r.hgetall(f"{p}:integ:runs")
+        return [t for t in ids if t not in runs]
+
+    wait_until(lambda: not missing(), 40, "every task run to success",
+               lambda: f"{len(missing())} of {len(ids)} missing; lists: "
+                       f"{r.llen(p + ':celery:payments')} / "
+                       f"{r.llen(p + ':celery:payments.canary')}")
+    runs = {k: int(v) for k, v in r.hgetall(f"{p}:integ:runs").items()}
+    done = {v: r.smembers(f"{p}:integ:done:{v}") for v in ("v1", "v2")}
+    return runs, done
+
+
+@pytest.mark.slow
+def test_celery_healthy_ramp_is_promoted_sticky_and_loses_nothing(real_conn, tmp_path
+                                                                   ) -> None:
+    conn = real_conn
+    procs, pub, plan = setup(conn, tmp_path, fail=False)
+    try:
+        out = ramp(conn, plan, tmp_path / "ramp.log")
+        pub.stop()
+        assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+        runs, done = account(conn, pub, tmp_path)
+        lost = [t for t, _ in pub.sent if t not in runs]
+        dups = sum(n - 1 for n in runs.values() if n > 1)
+        print(f"celery healthy: {len(pub.sent)} tasks, lost {len(lost)}, duplicates {dups}, "
+              f"v1 {len(done['v1'])}, v2 {len(done['v2'])}")
+        assert not lost
+        assert done["v2"], "the canary ran nothing"
+        cfg = queue_config.read_config(conn, "payments")
+        assert cfg.stable_version == "v2"
+        # sticky: during the ramp an order that reached v2 never went back to v1
+        by_order: dict[str, list[str]] = {}
+        for tid, order in pub.sent:
+            by_order.setdefault(order, []).append("v2" if tid in done["v2"] else "v1")
+        for order, seq in by_order.items():
+            if "v2" in seq:
+                first = seq.index("v2")
+                # after promotion (v2 stable, weight 0) new tasks go to the stable list
+                # (v1 workers, outdated): cut at the last v2 run
+                last = len(seq) - 1 - seq[::-1].index("v2")
+                assert "v1" not in seq[first:last + 1], (order, seq)
+        routed = conn.client.hgetall(conn.keys.queue("payments").routed)
+        assert int(routed["canary"]) == len(done["v2"]) + 0  # no retries on a healthy build
+    finally:
+        stop_all(procs)
+
+
+@pytest.mark.slow
+def test_celery_failing_canary_rolled_back_nothing_lost(real_conn, tmp_path) -> None:
+    conn = real_conn
+    procs, pub, plan = setup(conn, tmp_path, fail=True)
+    try:
+        out = ramp(conn, plan, tmp_path / "ramp.log")
+        assert out.returncode == 1, out.stdout[-2000:] + out.stderr[-2000:]
+        time.sleep(1.0)  # traffic after the rollback: all to stable
+        pub.stop()
+        runs, done = account(conn, pub, tmp_path)
+        lost = [t for t, _ in pub.sent if t not in runs]
+        dups = sum(n - 1 for n in runs.values() if n > 1)
+        failed = conn.client.hgetall(f"{conn.keys.prefix}:integ:failed")
+        print(f"celery rollback: {len(pub.sent)} tasks, lost {len(lost)}, duplicates {dups}, "
+              f"v2 failed attempts {failed}, v1 {len(done['v1'])}, v2 {len(done['v2'])}")
+        assert not lost
+        assert not done["v2"]
+        assert int(failed.get("v2", 0)) > 0
+        cfg = queue_config.read_config(conn, "payments")
+        assert cfg.stable_version == "v1" and cfg.weight_bp == 0
+        assert conn.client.llen(f"{conn.keys.prefix}:celery:payments.canary") == 0
+        states = {w.version: w.state for w in registry.list_workers(conn, ttl_ms=10_000)}
+        assert states.get("v2") == "retiring", states
+        history = json.loads(subprocess.run(
+            [sys.executable, "-m", "pycanary.cli", "--redis-url", REAL_URL, "--prefix",
+             conn.keys.prefix, "history", "payments", "--json"], cwd=ROOT, env=child_env(),
+            capture_output=True, text=True, timeout=30).stdout)
+        assert "rolled_back" in json.dumps(history)
+    finally:
+        stop_all(procs)
