@@ -18,26 +18,30 @@
   r<b>, w<b>, c<b>, first_attempts, first_failed (slot and totals, as ack_jobs and fail_jobs);
   n1|<unit>, x1|<unit> (totals only).
   Returns the number of attempts counted
-  Errors  -4 a bad argument; WRONGTYPE error reply if a key has the wrong type (no change)
+  Errors  (error reply "PYCANARY <code> why", before any write) -13 a key has the wrong type,
+          -4 a malformed argument
 ]]
 local rcall = redis.call
 local metrics_key, total_key = KEYS[1], KEYS[2]
 
 -- @include metrics
 -- @include worker_guard
+-- @include guard
 
 local OUTCOMES = {ok = true, retry = true, dead = true, crashed = true}
 local ttl = as_uint(ARGV[1])
-if not ttl or ttl < 1 or #ARGV < 7 or (#ARGV - 1) % 6 ~= 0 or not total_key then return -4 end
+if not ttl or ttl < 1 or #ARGV < 7 or (#ARGV - 1) % 6 ~= 0 or not total_key then
+  return guard_fail(-4, 'expected ttl, then 6 ARGV per attempt')
+end
 for i = 2, #ARGV, 6 do
   if not OUTCOMES[ARGV[i]] or (ARGV[i + 1] ~= '' and not is_int(ARGV[i + 1])) or
       (ARGV[i + 2] ~= '' and not is_int(ARGV[i + 2])) or
       not job_fields_ok(ARGV[i + 4], ARGV[i + 5], ARGV[i + 3]) then
-    return -4
+    return guard_fail(-4, 'attempt at ARGV[' .. i .. '] is malformed')
   end
 end
-local bad_type = check_types({{metrics_key, 'hash'}, {total_key, 'hash'}})
-if bad_type then return bad_type end
+local bad = bad_key_type({{1, 'hash'}, {2, 'hash'}})
+if bad then return guard_fail(-13, bad) end
 
 local m, u, sw, n = {}, {}, {}, 0
 for i = 2, #ARGV, 6 do
