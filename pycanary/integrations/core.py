@@ -20,7 +20,7 @@ import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
-from .. import defaults, metrics, registry, validation
+from .. import defaults, drain, metrics, registry, validation
 from ..connection import Connection
 from ..errors import raise_for_code
 from ..worker import LaneAssignment, assign_lane
@@ -180,6 +180,8 @@ class Agent:
                          f" ({a.reason})" if a.reason else "")
                 if self.on_change is not None:
                     self.on_change(q, a)
+            if lane == "canary" and a.lane is None:
+                self._sweep(q)
         info = {
             "host": socket.gethostname(), "pid": os.getpid(), "version": self.version,
             "state": "stopping" if self._stop.is_set() else self.state(),
@@ -191,6 +193,20 @@ class Agent:
         }
         registry.heartbeat(self.conn, self.worker_id, version=self.version,
                            queues=dict(self.consumes), info=info, ttl_ms=self.ttl_ms)
+
+    def _sweep(self, queue: str) -> None:
+        """A message that reached the canary list after its lane closed (a publish that
+        decided 'canary' just before the rollback and pushed after the drain) is drained to
+        stable by the next heartbeat of a canary worker: no message waits in a lane nobody
+        reads. Only while the lane is closed (no canary version, weight 0)."""
+        qk = self.conn.keys.queue(queue)
+        canary, weight = self.conn.client.hmget(qk.config, ["canary_version", "weight_bp"])
+        if canary or int(weight or 0) > 0 or self.conn.client.hlen(qk.tenant_weights):
+            return
+        report = drain.drain_lane(self.conn, queue, max_seconds=1.0)
+        if report.moved:
+            log.warning("%s worker %s: moved %d late message(s) of the closed canary lane of "
+                        "%s to stable", self.kind, self.worker_id, report.moved, queue)
 
     def start(self) -> None:
         """The first heartbeat now (so a ramp started right after sees this worker), then one
