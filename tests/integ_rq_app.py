@@ -27,7 +27,7 @@ def charge(order_id: str, n: int) -> str:
 
     job = get_current_job()
     version = os.environ.get("PYCANARY_VERSION", "?")
-    time.sleep(0.002)
+    time.sleep(float(os.environ.get("INTEG_SLEEP", "0.002")))
     if os.environ.get("INTEG_FAIL") == "1":
         _r.hincrby(f"{PREFIX}:integ:failed", version, 1)
         raise RuntimeError("v2 cannot reach the gateway")

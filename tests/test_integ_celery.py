@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from pycanary import queue_config, registry
+from pycanary import deployments, queue_config, registry
 from tests.conftest import REAL_URL
 from tests.processes import ROOT, child_env, start_controller, wait_until
 from tests.test_worker_processes import stop_all
@@ -33,11 +33,12 @@ canary_config:
 """
 
 
-def start_worker(conn, version: str, queue: str, log: Path, *, fail: bool = False
-                 ) -> subprocess.Popen:
+def start_worker(conn, version: str, queue: str, log: Path, *, fail: bool = False,
+                 sleep: float = 0.002) -> subprocess.Popen:
     env = child_env()
     env.update(PYCANARY_PREFIX=conn.keys.prefix, PYCANARY_VERSION=version,
-               PYCANARY_TEST_REDIS_URL=REAL_URL, INTEG_FAIL="1" if fail else "0")
+               PYCANARY_TEST_REDIS_URL=REAL_URL, INTEG_FAIL="1" if fail else "0",
+               INTEG_SLEEP=str(sleep))
     with log.open("w") as fh:
         return subprocess.Popen(
             [sys.executable, "-m", "celery", "-A", "tests.integ_celery_app", "worker", "-Q",
@@ -80,7 +81,10 @@ def ramp(conn, plan: Path, log: Path) -> subprocess.CompletedProcess:
 def setup(conn, tmp_path: Path, *, fail: bool) -> tuple[list, Publisher, Path]:
     queue_config.configure(conn, "payments", stable_version="v1")
     procs = [start_worker(conn, "v1", "payments", tmp_path / "v1.log"),
-             start_worker(conn, "v2", "payments.canary", tmp_path / "v2.log", fail=fail),
+             # a failing v2 is also slow (50 ms a task, fewer than its lane receives): its
+             # list has a backlog when it is rolled back, which the drain moves to stable
+             start_worker(conn, "v2", "payments.canary", tmp_path / "v2.log", fail=fail,
+                          sleep=0.05 if fail else 0.002),
              start_controller(conn, tmp_path / "ctl.log", lease=3.0, poll=0.2)]
 
     def diag() -> str:
@@ -179,5 +183,10 @@ def test_celery_failing_canary_rolled_back_nothing_lost(real_conn, tmp_path) -> 
              conn.keys.prefix, "history", "payments", "--json"], cwd=ROOT, env=child_env(),
             capture_output=True, text=True, timeout=30).stdout)
         assert "rolled_back" in json.dumps(history)
+        record = deployments.history(conn, "payments")[0]
+        drain = record["drain"]
+        drained = (json.loads(drain) if isinstance(drain, str) else drain)["moved"]
+        print(f"celery rollback: the drain moved {drained} kombu messages to payments")
+        assert drained > 0, "the slow v2 left no backlog: the drain was not exercised"
     finally:
         stop_all(procs)

@@ -5,6 +5,7 @@ redis-server of its own."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import uuid
@@ -14,7 +15,7 @@ from pathlib import Path
 import pytest
 
 import pycanary
-from pycanary import queue_config, registry
+from pycanary import deployments, queue_config, registry
 from tests.processes import ROOT, child_env, wait_until
 from tests.redis_servers import RedisProcess
 from tests.test_integ_celery import PLAN
@@ -46,12 +47,14 @@ def _start(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:
 def run_rollout(conn, url: str, tmp_path: Path, *, fail: bool) -> tuple[int, str, list, dict]:
     queue_config.configure(conn, "payments", stable_version="v1")
     worker = ["-m", "rq.cli", "worker", "-w", "pycanary.integrations.rq.SimpleWorker",
-              "--url", url, "--burst"][:-1]
+              "--url", url]
     procs = [
         _start([*worker, "payments"], _env(conn, url, PYCANARY_VERSION="v1"),
                tmp_path / "v1.log"),
         _start([*worker, "payments.canary"],
-               _env(conn, url, PYCANARY_VERSION="v2", INTEG_FAIL="1" if fail else "0"),
+               # a failing v2 is slow too: a backlog in its list for the drain to move
+               _env(conn, url, PYCANARY_VERSION="v2", INTEG_FAIL="1" if fail else "0",
+                    INTEG_SLEEP="0.05" if fail else "0.002"),
                tmp_path / "v2.log"),
         _start(["-m", "pycanary.cli", "--redis-url", url, "--prefix", conn.keys.prefix,
                 "controller", "--lease", "3", "--poll", "0.2", "--log-format", "json"],
@@ -125,3 +128,7 @@ def test_rq_failing_canary_rolled_back_nothing_lost(private, tmp_path) -> None:
     cfg = queue_config.read_config(conn, "payments")
     assert cfg.stable_version == "v1" and cfg.weight_bp == 0
     assert conn.client.llen("rq:queue:payments.canary") == 0
+    drain = deployments.history(conn, "payments")[0]["drain"]
+    moved = (json.loads(drain) if isinstance(drain, str) else drain)["moved"]
+    print(f"rq rollback: the drain moved {moved} job ids to payments")
+    assert moved > 0
