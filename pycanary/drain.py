@@ -95,17 +95,41 @@ class _Leg:
     remaining: int = -1  # unknown until the first call answers
 
 
+def bound_lists(bound: Any) -> dict[str, str]:
+    """{lane: broker list key} of a queue's binding (the HGETALL of its ``broker`` key), empty
+    for a queue that is not bound to a Celery or RQ application."""
+    if not isinstance(bound, dict) or bound.get("kind") not in ("celery", "rq"):
+        return {}
+    return {lane: bound[lane] for lane in LANES if bound.get(lane)}
+
+
+def broker_backlogs(conn: Connection, bindings: dict[str, Any]) -> dict[tuple[str, str], int]:
+    """{(queue, lane): messages waiting in the broker's list} for the bound queues among
+    ``bindings`` ({queue: HGETALL of its broker key}), one round trip (none if none is bound):
+    an integrated queue's backlog is in the broker's lists, not in pycanary's lanes."""
+    wanted = [(q, lane, key) for q, b in bindings.items() for lane, key in bound_lists(b).items()]
+    if not wanted:
+        return {}
+    pipe = conn.client.pipeline(transaction=False)
+    for _q, _lane, key in wanted:
+        pipe.llen(key)
+    replies = pipe.execute(raise_on_error=False)
+    return {(q, lane): int(n) for (q, lane, _k), n in zip(wanted, replies, strict=True)
+            if isinstance(n, int)}
+
+
 def broker_leg(conn: Connection, queue: str, from_lane: str, to_lane: str, batch: int
                ) -> tuple[str, list[str], tuple[Any, ...]] | None:
     """The second leg of a drain of a queue bound to a Celery or RQ application
     (pycanary/integrations/, bind_broker.lua): the broker's own canary list into its stable
     list, by drain_broker.lua. None for a queue of pycanary's own workers only."""
     bound = conn.client.hgetall(conn.keys.queue(queue).broker)
-    kind = bound.get("kind") if isinstance(bound, dict) else None
-    if kind not in ("celery", "rq") or not bound.get(from_lane) or not bound.get(to_lane):
+    lists = bound_lists(bound)
+    if from_lane not in lists or to_lane not in lists:
         return None
-    return ("drain_broker", [bound[from_lane], bound[to_lane]],
-            (batch, kind, bound.get(f"{from_lane}_name", ""), bound.get(f"{to_lane}_name", "")))
+    return ("drain_broker", [lists[from_lane], lists[to_lane]],
+            (batch, bound["kind"], bound.get(f"{from_lane}_name", ""),
+             bound.get(f"{to_lane}_name", "")))
 
 
 def _drain_leg(conn: Connection, script: str, keys: list[str], args: tuple[Any, ...],

@@ -141,3 +141,22 @@ def test_a_worker_state_follows_the_rollout(conn) -> None:
 def test_an_unconfigured_queue_adopts_a_stable_worker_version(conn) -> None:
     assert core.assignment(conn, "payments", "v7", consumes="stable").state == "active"
     assert queue_config.read_config(conn, "payments").stable_version == "v7"
+
+
+def test_a_bound_queue_reports_the_broker_backlog(conn) -> None:
+    """status / `queue show` depths (and the controller's backlog, through the same helper)
+    count the messages waiting in the broker's lists."""
+    from pycanary import service
+
+    queue_config.configure(conn, "payments", stable_version="v1")
+    p = conn.keys.prefix
+    core.bind(conn, "payments", kind="rq", stable_key=f"{p}:rq:s", canary_key=f"{p}:rq:c",
+              stable_name="payments", canary_name="payments.canary")
+    conn.client.rpush(f"{p}:rq:s", "a", "b", "c")
+    conn.client.rpush(f"{p}:rq:c", "d")
+    conn.client.lpush(conn.keys.queue("payments").lane_stable, "{}")
+    depth, _ = service.lanes_of(conn, "payments")
+    assert depth == {"stable": 4, "canary": 1}
+    assert drain.broker_backlogs(conn, {"payments": conn.client.hgetall(
+        conn.keys.queue("payments").broker), "other": {}}) == {
+        ("payments", "stable"): 3, ("payments", "canary"): 1}
