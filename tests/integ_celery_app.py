@@ -44,6 +44,6 @@ def charge(self, order_id: str, n: int) -> str:
     pipe = _r.pipeline(transaction=False)
     pipe.hincrby(f"{PREFIX}:integ:runs", self.request.id, 1)
     pipe.sadd(f"{PREFIX}:integ:done:{version}", self.request.id)
-    pipe.hset(f"{PREFIX}:integ:order_version", order_id, version)
+    pipe.hset(f"{PREFIX}:integ:ran_at", self.request.id, int(time.time() * 1000))
     pipe.execute()
     return version

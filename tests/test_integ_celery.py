@@ -70,6 +70,23 @@ class Publisher:
                      self.conn.client.lrange(f"{p}:integ:sent", 0, -1)]
 
 
+def consumed_by(conn, version: str) -> list[str] | None:
+    """The queues the Celery worker of ``version`` consumes now (`celery inspect`)."""
+    env = child_env()
+    env.update(PYCANARY_PREFIX=conn.keys.prefix, PYCANARY_TEST_REDIS_URL=REAL_URL)
+    out = subprocess.run([sys.executable, "-m", "celery", "-A", "tests.integ_celery_app",
+                          "inspect", "active_queues", "--json", "--timeout", "2"],
+                         cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+    try:
+        replies = json.loads(out.stdout.strip().splitlines()[-1])
+    except (ValueError, IndexError):
+        return None
+    for name, queues in replies.items():
+        if name.startswith(f"{version}-"):
+            return sorted(q["name"] for q in queues)
+    return None
+
+
 def ramp(conn, plan: Path, log: Path) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "pycanary.cli", "--redis-url", REAL_URL, "--prefix",
@@ -138,19 +155,32 @@ def test_celery_healthy_ramp_is_promoted_sticky_and_loses_nothing(real_conn, tmp
         assert done["v2"], "the canary ran nothing"
         cfg = queue_config.read_config(conn, "payments")
         assert cfg.stable_version == "v2"
-        # sticky: during the ramp an order that reached v2 never went back to v1
+        # sticky: until the promotion, an order that reached v2 never went back to v1 (the
+        # tasks that ran before it, each on its routed lane's version)
+        promoted_at = int(deployments.history(conn, "payments")[0]["promoted_at"])
+        ran_at = {k: int(v) for k, v in
+                  conn.client.hgetall(f"{conn.keys.prefix}:integ:ran_at").items()}
         by_order: dict[str, list[str]] = {}
         for tid, order in pub.sent:
-            by_order.setdefault(order, []).append("v2" if tid in done["v2"] else "v1")
-        for order, seq in by_order.items():
-            if "v2" in seq:
-                first = seq.index("v2")
-                # after promotion (v2 stable, weight 0) new tasks go to the stable list
-                # (v1 workers, outdated): cut at the last v2 run
-                last = len(seq) - 1 - seq[::-1].index("v2")
-                assert "v1" not in seq[first:last + 1], (order, seq)
+            if ran_at[tid] < promoted_at:
+                by_order.setdefault(order, []).append("v2" if tid in done["v2"] else "v1")
+        moved = [o for o, seq in by_order.items() if "v2" in seq]
+        assert len(moved) >= 10, by_order  # 50% of 60 orders at the last stage
+        for order in moved:
+            seq = by_order[order]
+            assert "v1" not in seq[seq.index("v2"):], (order, seq)
+        # promoted, the canary worker moves to the stable list, as a pycanary worker does
+        wait_until(lambda: consumed_by(conn, "v2") == ["payments"], 20,
+                   "the promoted v2 worker to consume payments",
+                   lambda: str(consumed_by(conn, "v2")))
+        wait_until(lambda: {(w.version, w.state, w.to_dict()["lanes"].get("payments"))
+                            for w in registry.list_workers(conn, ttl_ms=10_000)} ==
+                   {("v2", "active", "stable"), ("v1", "outdated", "stable")}, 10,
+                   "v2 active and v1 outdated on stable")
         routed = conn.client.hgetall(conn.keys.queue("payments").routed)
-        assert int(routed["canary"]) == len(done["v2"]) + 0  # no retries on a healthy build
+        # every canary decision ran on v2, except what the promotion drained to stable
+        assert int(routed["canary"]) >= sum(
+            1 for t in done["v2"] if ran_at[t] < promoted_at)
     finally:
         stop_all(procs)
 
@@ -178,6 +208,10 @@ def test_celery_failing_canary_rolled_back_nothing_lost(real_conn, tmp_path) -> 
         assert conn.client.llen(f"{conn.keys.prefix}:celery:payments.canary") == 0
         states = {w.version: w.state for w in registry.list_workers(conn, ttl_ms=10_000)}
         assert states.get("v2") == "retiring", states
+        # the retiring canary worker no longer consumes payments.canary (remote control)
+        wait_until(lambda: consumed_by(conn, "v2") == [], 20, "v2 to stop consuming",
+                   lambda: str(consumed_by(conn, "v2")))
+        assert consumed_by(conn, "v1") == ["payments"]
         history = json.loads(subprocess.run(
             [sys.executable, "-m", "pycanary.cli", "--redis-url", REAL_URL, "--prefix",
              conn.keys.prefix, "history", "payments", "--json"], cwd=ROOT, env=child_env(),

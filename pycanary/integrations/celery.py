@@ -179,25 +179,36 @@ class Canary:
 
     def _consumer_control(self, hostname: str | None, lane: str
                           ) -> Callable[[str, Any], None]:
-        """A canary worker whose version was rolled back stops consuming the canary list
-        (and starts again when the version is ramped again), through Celery's remote
-        control, which the worker's own event loop applies."""
+        """What a canary worker consumes follows its version, through Celery's remote control
+        (applied by the worker's own event loop): rolled back (`retiring`), it stops consuming
+        the canary list, and starts again when the version is ramped again; promoted (its
+        version is stable now), it moves to the stable list, as a pycanary worker does."""
         canary = core.canary_name(self.queue)
-        state = {"consuming": True}
+        state = {"on": canary if lane == "canary" else None}
 
-        def change(_queue: str, a: Any) -> None:
-            if lane != "canary" or not hostname:
+        def move(to: str | None) -> None:
+            if to is not None:
+                self.app.control.add_consumer(to, destination=[hostname], reply=True,
+                                              timeout=5)
+            if state["on"] is not None and state["on"] != to:
+                self.app.control.cancel_consumer(state["on"], destination=[hostname],
+                                                 reply=True, timeout=5)
+            state["on"] = to
+
+        def change(_queue: str, b: Any) -> None:
+            if lane != "canary" or not hostname or self._agent is None:
                 return
             try:
-                if a.state == "retiring" and state["consuming"]:
-                    self.app.control.cancel_consumer(canary, destination=[hostname])
-                    state["consuming"] = False
-                elif a.state == "active" and not state["consuming"]:
-                    self.app.control.add_consumer(canary, destination=[hostname])
-                    state["consuming"] = True
+                if b.state == "retiring" and state["on"] == canary:
+                    move(None)
+                elif b.lane == "canary" and state["on"] != canary:
+                    move(canary)
+                    self._agent.consumes[self.queue] = "canary"
+                elif b.lane == "stable" and state["on"] != self.queue:
+                    move(self.queue)
+                    self._agent.consumes[self.queue] = "stable"
             except Exception as exc:
-                log.warning("could not change consumer of %s on %s: %s", canary, hostname,
-                            exc)
+                log.warning("could not change what %s consumes: %s", hostname, exc)
         return change
 
     def _on_shutdown(self, **_kw: Any) -> None:

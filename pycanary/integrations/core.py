@@ -102,26 +102,39 @@ def record(conn: Connection, queue: str, version: str, lane: str,
 
 def assignment(conn: Connection, queue: str, version: str, *, consumes: str,
                adopt: bool = True) -> LaneAssignment:
-    """What a worker of ``version`` that consumes the broker list of lane ``consumes`` is on
-    ``queue`` now (the rule pycanary's own workers follow, worker.assign_lane). A worker that
-    consumes the stable list of a queue with no stable version yet makes its own version
-    stable, as a pycanary worker does. A worker on the wrong list (a v1 worker reading the
-    canary list) is on standby: it consumes, but pycanary does not count it for that lane."""
+    """See `belongs`; a worker on the other lane's list than the one its version belongs on is
+    on standby there."""
+    return on_list(belongs(conn, queue, version, consumes=consumes, adopt=adopt), version,
+                   consumes)
+
+
+def on_list(a: LaneAssignment, version: str, consumes: str) -> LaneAssignment:
+    """What a worker whose version belongs as ``a`` says is on the list of lane ``consumes``."""
+    if a.lane is not None and a.lane != consumes:
+        return LaneAssignment(None, "standby", f"version {version} belongs on the {a.lane} "
+                              f"lane, but this worker consumes the {consumes} list")
+    return a
+
+
+def belongs(conn: Connection, queue: str, version: str, *, consumes: str,
+            adopt: bool = True) -> LaneAssignment:
+    """The lane a worker of ``version`` belongs on now, whatever list it consumes (the rule
+    pycanary's own workers follow, worker.assign_lane). A worker that consumes the stable list
+    of a queue with no stable version yet makes its own version stable, as a pycanary worker
+    does. (`on_list`: a worker on the wrong list, a v1 worker reading the canary list, is on
+    standby: it consumes, but pycanary does not count it for that lane.)"""
     qk = conn.keys.queue(queue)
     pipe = conn.client.pipeline(transaction=False)
     pipe.hmget(qk.config, ["stable_version", "canary_version"])
     pipe.sismember(qk.rolled_back, version)
     pipe.zscore(qk.former_stable, version)
     (stable, canary), rolled_back, former = pipe.execute()
+    # (the rule pycanary's own workers follow: worker.assign_lane)
     if not stable and adopt and consumes == "stable":
         stable = conn.scripts.call("adopt_stable_version", [qk.config],
                                    [version, defaults.now_ms()])
-    a = assign_lane(version, stable_version=stable or None, canary_version=canary or None,
-                    rolled_back=bool(rolled_back), former_stable=former is not None)
-    if a.lane is not None and a.lane != consumes:
-        return LaneAssignment(None, "standby", f"version {version} belongs on the {a.lane} "
-                              f"lane, but this worker consumes the {consumes} list")
-    return a
+    return assign_lane(version, stable_version=stable or None, canary_version=canary or None,
+                       rolled_back=bool(rolled_back), former_stable=former is not None)
 
 
 @dataclass
@@ -135,8 +148,9 @@ class Agent:
     """The registry presence of one Celery or RQ worker process: a heartbeat thread that
     advertises its version, the lane it consumes and its state (active, outdated, standby,
     retiring), so `pycanary workers`, the ramp's preflight and the controller's live-worker
-    count see it. ``on_change(queue, assignment)`` is called when a queue's state changes
-    (Celery uses it to stop consuming a rolled-back canary list)."""
+    count see it. ``on_change(queue, belongs)`` is called when the lane its version belongs
+    on changes (Celery uses it to stop consuming a rolled-back canary list, and to move a
+    promoted canary worker to the stable list: it may update ``consumes``)."""
 
     conn: Connection
     version: str
@@ -161,6 +175,7 @@ class Agent:
         self.started_at = defaults.now_ms()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._belongs: dict[str, LaneAssignment] = {}
 
     def state(self) -> str:
         states = {a.state for a in self.assignments.values()}
@@ -171,16 +186,21 @@ class Agent:
 
     def beat(self) -> None:
         """One refresh of every queue's assignment, then one heartbeat."""
-        for q, lane in self.consumes.items():
-            a = assignment(self.conn, q, self.version, consumes=lane)
+        for q in list(self.consumes):
+            b = belongs(self.conn, q, self.version, consumes=self.consumes[q])
+            old = self._belongs.get(q)
+            self._belongs[q] = b
+            if (old is None or (old.lane, old.state) != (b.lane, b.state)) and \
+                    self.on_change is not None:
+                self.on_change(q, b)
+            lane = self.consumes[q]
+            a = on_list(b, self.version, lane)
             old = self.assignments.get(q)
             self.assignments[q] = a
             if old is None or (old.lane, old.state) != (a.lane, a.state):
                 log.info("%s worker %s, queue %s: %s%s", self.kind, self.worker_id, q, a.state,
                          f" ({a.reason})" if a.reason else "")
-                if self.on_change is not None:
-                    self.on_change(q, a)
-            if lane == "canary" and a.lane is None:
+            if lane == "canary" and b.lane != "canary":
                 self._sweep(q)
         info = {
             "host": socket.gethostname(), "pid": os.getpid(), "version": self.version,
