@@ -47,3 +47,12 @@ def charge(self, order_id: str, n: int) -> str:
     pipe.hset(f"{PREFIX}:integ:ran_at", self.request.id, int(time.time() * 1000))
     pipe.execute()
     return version
+
+
+@app.task(name="integ.crash", bind=True)
+def crash(self, order_id: str) -> None:
+    """A task whose pool process dies under it (OOM killer, segfault): kill -9 of itself."""
+    import signal
+
+    _r.sadd(f"{PREFIX}:integ:crash_started", self.request.id)
+    os.kill(os.getpid(), signal.SIGKILL)

@@ -34,7 +34,7 @@ canary_config:
 
 
 def start_worker(conn, version: str, queue: str, log: Path, *, fail: bool = False,
-                 sleep: float = 0.002) -> subprocess.Popen:
+                 sleep: float = 0.002, pool: str = "solo") -> subprocess.Popen:
     env = child_env()
     env.update(PYCANARY_PREFIX=conn.keys.prefix, PYCANARY_VERSION=version,
                PYCANARY_TEST_REDIS_URL=REAL_URL, INTEG_FAIL="1" if fail else "0",
@@ -42,7 +42,7 @@ def start_worker(conn, version: str, queue: str, log: Path, *, fail: bool = Fals
     with log.open("w") as fh:
         return subprocess.Popen(
             [sys.executable, "-m", "celery", "-A", "tests.integ_celery_app", "worker", "-Q",
-             queue, "--pool", "solo", "-n", f"{version}-{uuid.uuid4().hex[:6]}@%h",
+             queue, "--pool", pool, "-c", "1", "-n", f"{version}-{uuid.uuid4().hex[:6]}@%h",
              "--without-gossip", "--without-mingle", "-l", "warning"],
             cwd=ROOT, env=env, stdout=fh, stderr=subprocess.STDOUT)
 
@@ -224,3 +224,30 @@ def test_celery_failing_canary_rolled_back_nothing_lost(real_conn, tmp_path) -> 
         assert drained > 0, "the slow v2 left no backlog: the drain was not exercised"
     finally:
         stop_all(procs)
+
+
+def test_celery_pool_child_killed_mid_task_is_a_crashed_attempt(real_conn, tmp_path) -> None:
+    """A prefork child SIGKILLed under its task (WorkerLostError in the main process) is
+    counted as a crashed attempt of the worker's version and lane, as pycanary's reaper
+    counts a dead worker's started jobs."""
+    conn = real_conn
+    queue_config.configure(conn, "payments", stable_version="v1")
+    queue_config.set_weight(conn, "payments", 10_000)  # everything to canary
+    proc = start_worker(conn, "v2", "payments.canary", tmp_path / "v2.log", pool="prefork")
+    try:
+        log = tmp_path / "v2.log"
+        wait_until(lambda: any(w.version == "v2" for w in
+                               registry.list_workers(conn, ttl_ms=10_000)), 40,
+                   "the prefork worker registered", lambda: log.read_text()[-3000:])
+        env = child_env()
+        env.update(PYCANARY_PREFIX=conn.keys.prefix, PYCANARY_TEST_REDIS_URL=REAL_URL)
+        subprocess.run([sys.executable, "-c", "from tests.integ_celery_app import crash; "
+                        "crash.delay(order_id='o-1')"], cwd=ROOT, env=env, check=True,
+                       timeout=60)
+        totals = conn.keys.queue("payments").metrics_total("v2", "canary")
+        wait_until(lambda: conn.client.hget(totals, "crashed") == "1", 30,
+                   "the crashed attempt counted", lambda: log.read_text()[-3000:])
+        assert conn.client.hget(totals, "failed") == "1"
+        assert conn.client.scard(f"{conn.keys.prefix}:integ:crash_started") == 1
+    finally:
+        stop_all([proc])
