@@ -251,3 +251,23 @@ def test_celery_pool_child_killed_mid_task_is_a_crashed_attempt(real_conn, tmp_p
         assert conn.client.scard(f"{conn.keys.prefix}:integ:crash_started") == 1
     finally:
         stop_all([proc])
+
+
+def test_a_killed_celery_worker_is_reaped_from_the_registry(real_conn, tmp_path) -> None:
+    """kill -9 of a Celery worker: it never deregisters, so the live worker's agent reaps it
+    once its own deadline (3 heartbeats) has passed; `pycanary workers` stops listing it."""
+    conn = real_conn
+    queue_config.configure(conn, "payments", stable_version="v1")
+    procs = [start_worker(conn, "v1", "payments", tmp_path / "v1.log"),
+             start_worker(conn, "v2", "payments.canary", tmp_path / "v2.log")]
+    try:
+        def versions() -> set[str]:
+            return {w.version for w in registry.list_workers(conn, ttl_ms=10_000)}
+
+        wait_until(lambda: versions() == {"v1", "v2"}, 40, "both workers registered")
+        procs[1].kill()
+        procs[1].wait(10)
+        wait_until(lambda: versions() == {"v1"}, 20, "the killed v2 worker reaped",
+                   lambda: str(registry.list_workers(conn, ttl_ms=10_000)))
+    finally:
+        stop_all(procs)

@@ -213,6 +213,10 @@ class Agent:
         }
         registry.heartbeat(self.conn, self.worker_id, version=self.version,
                            queues=dict(self.consumes), info=info, ttl_ms=self.ttl_ms)
+        # a Celery/RQ worker killed with -9 never deregisters: the live ones reap it, as
+        # pycanary's workers reap each other (under the registry's lock, once per heartbeat)
+        registry.reap(self.conn, ttl_ms=max(self.ttl_ms, defaults.TTL_MS),
+                      queues=list(self.consumes))
 
     def _sweep(self, queue: str) -> None:
         """A message that reached the canary list after its lane closed (a publish that
