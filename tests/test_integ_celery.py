@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from pycanary import deployments, queue_config, registry
+from pycanary import deployments, queue_config, registry, rollouts
 from tests.conftest import REAL_URL
 from tests.processes import ROOT, child_env, start_controller, wait_until
 from tests.test_worker_processes import stop_all
@@ -222,6 +222,11 @@ def test_celery_failing_canary_rolled_back_nothing_lost(real_conn, tmp_path) -> 
         drained = (json.loads(drain) if isinstance(drain, str) else drain)["moved"]
         print(f"celery rollback: the drain moved {drained} kombu messages to payments")
         assert drained > 0, "the slow v2 left no backlog: the drain was not exercised"
+        # a new canary of the same version (a retry) puts the worker back on its list
+        rollouts.start_canary(conn, "payments", "v2", weight="10")
+        wait_until(lambda: consumed_by(conn, "v2") == ["payments.canary"], 20,
+                   "v2 to consume payments.canary again", lambda: str(consumed_by(conn, "v2")))
+        rollouts.rollback(conn, "payments", reason="end of test")
     finally:
         stop_all(procs)
 
