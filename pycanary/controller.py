@@ -27,7 +27,7 @@ from . import defaults, deployments, histogram, metrics, registry
 from .analysis import Action, AnalysisState, LaneStats, decide, evaluate
 from .connection import Connection
 from .deployments import CorruptDeploymentError, Deployment
-from .drain import drain_lane
+from .drain import broker_backlogs, drain_lane
 from .errors import (
     ConflictError,
     FencedError,
@@ -513,8 +513,10 @@ class Controller:
                 metrics.read_totals_on(pipe, qk, version, lane)
                 pipe.llen(qk.lane(lane))
             pipe.hgetall(qk.routed)
+            pipe.hgetall(qk.broker)
         res = iter(pipe.execute(raise_on_error=False))
         out: dict[str, dict[str, LaneSnapshot]] = {}
+        bindings: dict[str, Any] = {}
         for dep in deps:
             lanes: dict[str, LaneSnapshot] = {}
             problem = ""
@@ -529,6 +531,7 @@ class Controller:
                     lanes[lane] = LaneSnapshot(totals, int(backlog), workers.get(k, 0),
                                                rss_bytes=self._rss.get(k))
             routed = next(res)
+            bindings[dep.queue] = next(res)  # a Celery or RQ queue's broker lists
             # the routed counts only feed the sample-ratio check: unreadable = unknown
             for lane, snap in lanes.items():
                 snap.routed = _count(routed.get(lane, 0)) if isinstance(routed, dict) else None
@@ -536,6 +539,10 @@ class Controller:
                 self._error(dep.queue, "snapshot", problem, dep=dep)
             else:
                 out[dep.queue] = lanes
+        # an integrated queue's jobs wait in its broker's lists (pycanary/integrations/)
+        for (q, lane), n in broker_backlogs(self.conn, bindings).items():
+            if q in out and lane in out[q]:
+                out[q][lane].backlog += n
         return out
 
     def _lane_stats(self, lane: str, version: str, now: dict[str, int],

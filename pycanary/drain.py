@@ -85,6 +85,83 @@ def _check(
                               field="calls_per_round_trip")
 
 
+@dataclass
+class _Leg:
+    moved: int = 0
+    calls: int = 0
+    round_trips: int = 0
+    max_call: float = 0.0
+    max_rt: float = 0.0
+    remaining: int = -1  # unknown until the first call answers
+
+
+def bound_lists(bound: Any) -> dict[str, str]:
+    """{lane: broker list key} of a queue's binding (the HGETALL of its ``broker`` key), empty
+    for a queue that is not bound to a Celery or RQ application."""
+    if not isinstance(bound, dict) or bound.get("kind") not in ("celery", "rq"):
+        return {}
+    return {lane: bound[lane] for lane in LANES if bound.get(lane)}
+
+
+def broker_backlogs(conn: Connection, bindings: dict[str, Any]) -> dict[tuple[str, str], int]:
+    """{(queue, lane): messages waiting in the broker's list} for the bound queues among
+    ``bindings`` ({queue: HGETALL of its broker key}), one round trip (none if none is bound):
+    an integrated queue's backlog is in the broker's lists, not in pycanary's lanes."""
+    wanted = [(q, lane, key) for q, b in bindings.items() for lane, key in bound_lists(b).items()]
+    if not wanted:
+        return {}
+    pipe = conn.client.pipeline(transaction=False)
+    for _q, _lane, key in wanted:
+        pipe.llen(key)
+    replies = pipe.execute(raise_on_error=False)
+    return {(q, lane): int(n) for (q, lane, _k), n in zip(wanted, replies, strict=True)
+            if isinstance(n, int)}
+
+
+def broker_leg(conn: Connection, queue: str, from_lane: str, to_lane: str, batch: int
+               ) -> tuple[str, list[str], tuple[Any, ...]] | None:
+    """The second leg of a drain of a queue bound to a Celery or RQ application
+    (pycanary/integrations/, bind_broker.lua): the broker's own canary list into its stable
+    list, by drain_broker.lua. None for a queue of pycanary's own workers only."""
+    bound = conn.client.hgetall(conn.keys.queue(queue).broker)
+    lists = bound_lists(bound)
+    if from_lane not in lists or to_lane not in lists:
+        return None
+    return ("drain_broker", [lists[from_lane], lists[to_lane]],
+            (batch, bound["kind"], bound.get(f"{from_lane}_name", ""),
+             bound.get(f"{to_lane}_name", "")))
+
+
+def _drain_leg(conn: Connection, script: str, keys: list[str], args: tuple[Any, ...],
+               batch: int, leg: _Leg, progress: Callable[[int, int], None] | None,
+               clock: Callable[[], float], start: float, max_seconds: float,
+               calls_per_round_trip: int, moved_before: int) -> None:
+    """Repeat one drain script until its source is empty or the time is up."""
+    while True:
+        left = leg.remaining
+        n = 1 if left < 0 else min(calls_per_round_trip, -(-left // batch))
+        pipe = conn.scripts.pipeline()
+        for _ in range(n):
+            pipe.call(script, keys, args)
+        t0 = clock()
+        results = pipe.execute()
+        rt = clock() - t0
+        leg.calls += n
+        leg.round_trips += 1
+        leg.max_rt = max(leg.max_rt, rt)
+        leg.max_call = max(leg.max_call, rt / n)
+        for res in results:
+            if isinstance(res, int):  # a negative code: refused, nothing moved by this call
+                raise_for_code(res, script=script, field="batch")
+            got, rest = res
+            leg.moved += int(got)
+            leg.remaining = int(rest)  # the last call's answer is the current state
+        if progress is not None:
+            progress(moved_before + leg.moved, leg.remaining)
+        if leg.remaining == 0 or clock() - start >= max_seconds:
+            return
+
+
 def drain_lane(
     conn: Connection,
     queue: str,
@@ -109,32 +186,25 @@ def drain_lane(
     """
     _check(queue, from_lane, to_lane, batch, max_seconds, calls_per_round_trip)
     qk = conn.keys.queue(queue)
-    keys = [qk.lane(from_lane), qk.lane(to_lane)]
-    moved = calls = round_trips = 0
-    remaining = -1  # unknown until the first call answers
-    max_call = max_rt = 0.0
     start = clock()
-    while True:
-        n = 1 if remaining < 0 else min(calls_per_round_trip, -(-remaining // batch))
-        pipe = conn.scripts.pipeline()
-        for _ in range(n):
-            pipe.call("drain_lane", keys, (batch,))
-        t0 = clock()
-        results = pipe.execute()
-        rt = clock() - t0
-        calls += n
-        round_trips += 1
-        max_rt = max(max_rt, rt)
-        max_call = max(max_call, rt / n)
-        for res in results:
-            if isinstance(res, int):  # a negative code: refused, nothing moved by this call
-                raise_for_code(res, script="drain_lane", field="batch")
-            got, left = res
-            moved += int(got)
-            remaining = int(left)  # the last call's answer is the current state
-        if progress is not None:
-            progress(moved, remaining)
-        if remaining == 0 or clock() - start >= max_seconds:
+    legs = [("drain_lane", [qk.lane(from_lane), qk.lane(to_lane)], (batch,))]
+    broker = broker_leg(conn, queue, from_lane, to_lane, batch)
+    if broker is not None:
+        legs.append(broker)
+    moved = calls = round_trips = remaining = 0
+    max_call = max_rt = 0.0
+    for script, keys, args in legs:
+        leg = _Leg()
+        _drain_leg(conn, script, keys, args, batch, leg, progress, clock, start, max_seconds,
+                   calls_per_round_trip, moved)
+        moved += leg.moved
+        calls += leg.calls
+        round_trips += leg.round_trips
+        max_call, max_rt = max(max_call, leg.max_call), max(max_rt, leg.max_rt)
+        remaining += leg.remaining
+        if leg.remaining:
+            # stopped by max_seconds: what the next legs hold is left too (unknown here, at
+            # least what this one left); a later drain resumes
             break
     return DrainReport(
         queue=queue, from_lane=from_lane, to_lane=to_lane, moved=moved, calls=calls,

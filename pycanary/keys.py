@@ -130,6 +130,22 @@ class QueueKeys:
         a retried enqueue of the same id returns that lane instead of pushing it again."""
         return f"{self.base}:idem:{record_id}"
 
+    @property
+    def broker(self) -> str:
+        """Hash: the broker lists a Celery or RQ application keeps this queue's lanes in
+        (``kind``, ``stable``, ``canary``: full Redis key names, written by bind_broker), so
+        that every drain also moves the broker's own messages (pycanary/integrations/)."""
+        return f"{self.base}:broker"
+
+    def route_decide_keys(self) -> list[str]:
+        """KEYS of route_decide (the integrations' lane decision, nothing pushed)."""
+        return [self.config, self.tenant_weights, self.routed]
+
+    def outcome_keys(self, version: str, lane: str, slot: int) -> list[str]:
+        """KEYS of record_outcomes: the attempts of a Celery task or RQ job, counted like
+        ack_jobs / fail_jobs count pycanary's own."""
+        return [self.metrics_slot(version, lane, slot), self.metrics_total(version, lane)]
+
     def routing(self) -> list[str]:
         """KEYS of route_enqueue / route_enqueue_many, in their order."""
         return [self.config, self.tenant_weights, self.lane_stable, self.lane_canary, self.routed]
@@ -143,7 +159,7 @@ class QueueKeys:
         return [self.config, self.tenant_weights, self.lane_stable, self.lane_canary, self.routed,
                 self.delayed_stable, self.delayed_canary, self.dlq, self.rolled_back,
                 self.former_stable, self.fence, self.deployment, self.deployment_large,
-                self.history, self.counters]
+                self.history, self.counters, self.broker]
 
 
 class Keys:

@@ -71,8 +71,10 @@ ROLES: dict[str, Role] = {
         "drain); reads metrics and the worker registry",
         scripts=("deployment_start", "deployment_update", "deployment_promote",
                  "deployment_rollback", "deployment_finish", "fence_queue", "drain_lane",
-                 "leader_acquire", "leader_renew", "release_lock", "notify_settle"),
-        reads=(_Q + "mt:*", _Q + "m:*", _Q + "routed", "{workers}:*", "queues"),
+                 "drain_broker", "leader_acquire", "leader_renew", "release_lock", "notify_settle"),
+        # broker: a Celery or RQ queue's binding (docs/integrations.md: its broker lists
+        # need key patterns of their own)
+        reads=(_Q + "mt:*", _Q + "m:*", _Q + "routed", _Q + "broker", "{workers}:*", "queues"),
         writes=(_Q + "config", _Q + "tenant_weights", _Q + "lane:*", _Q + "rolled_back",
                 _Q + "former_stable", _Q + "fence", _Q + "deployment", _Q + "deployment:large",
                 _Q + "events:*",

@@ -15,6 +15,7 @@ from typing import Any
 
 from . import defaults, queue_config, registry, validation
 from .connection import Connection
+from .drain import broker_backlogs
 from .errors import (
     NoSuchQueueError,
     PayloadTooLargeError,
@@ -247,7 +248,13 @@ def lanes_of(conn: Connection, queue: str) -> tuple[dict[str, int], dict[str, in
     validation.queue_name(queue)
     pipe = conn.client.pipeline(transaction=False)
     read_lanes(pipe, conn.keys.queue(queue))
-    return decode_lanes(iter(pipe.execute()))
+    pipe.hgetall(conn.keys.queue(queue).broker)
+    replies = iter(pipe.execute())
+    depth, routed = decode_lanes(replies)
+    # a Celery or RQ queue (pycanary/integrations/): its jobs wait in the broker's lists
+    for (_q, lane), n in broker_backlogs(conn, {queue: next(replies)}).items():
+        depth[lane] += n
+    return depth, routed
 
 
 def read_lanes(pipe: Any, qk: QueueKeys) -> None:
