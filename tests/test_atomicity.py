@@ -120,6 +120,17 @@ def _script_keys(keys: Keys, queue: str) -> dict[str, list[str]]:
         "drain_lane": [qk.lane_canary, qk.lane_stable],
         "notify_settle": [qk.outbox, qk.outbox_dead],
         "dead_letters": qk.dead_letter_keys(),
+        # the Streams backend (pycanary/backends/streams.py)
+        "route_xadd": [*qk.stream_routing(), qk.idem("j-1")],
+        "fetch_stream": qk.stream_fetch_keys("canary"),
+        "ack_stream": qk.stream_ack_keys("v2", "canary", 1_700_000_000),
+        "fail_stream": qk.stream_fail_keys("v2", "canary", 1_700_000_000),
+        "promote_delayed_stream": qk.stream_promote_keys(),
+        "touch_stream": [qk.stream_canary],
+        "reclaim_stream": qk.stream_reclaim_keys("canary"),
+        "return_stream": qk.stream_move_keys("canary"),
+        "drain_stream": qk.stream_drain_keys(),
+        "set_backend": qk.backend_keys(),
         # global scripts: one slot of their own ({workers}, {controller})
         "heartbeat": keys.heartbeat_keys("w:1"),
         "forget_worker": keys.heartbeat_keys("w:1"),
