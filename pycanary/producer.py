@@ -21,6 +21,7 @@ from .errors import (
 from .ids import uuid7, uuid7_many
 from .job import MAX_NESTING, check_nesting, encode_payload, render_envelope
 from .routing import StickyHasher
+from .backends import streams as streams_backend
 from .scripts import Scripts
 
 DEFAULT_MAX_PAYLOAD_BYTES = 1024 * 1024
@@ -107,6 +108,7 @@ class Producer:
         # computes it itself and reports the new weight.
         self._weights: dict[str, int] = {}
         self._queues: dict[str, list[str]] = {}  # validated and registered -> routing KEYS
+        self._streams: dict[str, bool] = {}  # queue -> uses the Streams backend
         self._hasher = StickyHasher()
 
     @staticmethod
@@ -151,6 +153,11 @@ class Producer:
                 raise QueueUnavailableError(f"Redis did not answer; nothing enqueued: {exc}") \
                     from None
             keys = self._queues[queue] = self.conn.keys.queue(queue).routing()
+            # the backend is chosen before first use (set_backend refuses a change once the
+            # queue holds jobs), so it is read once per queue and process
+            self._streams[queue] = self._with_retries(
+                lambda: self.client.hget(self.conn.keys.queue(queue).config, "backend"),
+                [], idempotent=True) == "streams"
         return keys
 
     def _with_retries(self, send: Callable[[], Any], job_ids: list[str], *,
@@ -266,9 +273,14 @@ class Producer:
         if idem:
             keys = [*keys, self.conn.keys.queue(queue).idem(jid)]
             args = (*args, self._idem_ttl_ms)
+        script = "route_enqueue"
+        if self._streams.get(queue):  # Streams backend: the same contract, XADD to a stream
+            script, args = "route_xadd", tuple(streams_backend.route_args(
+                args[:6], args[6] if idem else None))
+            keys = [*self.conn.keys.queue(queue).stream_routing(), *keys[5:]]
         call_keys = keys
         lane, weight, salt_now, _n, *_dup = self._with_retries(
-            lambda: self.scripts.call("route_enqueue", call_keys, args), [jid],
+            lambda: self.scripts.call(script, call_keys, args), [jid],
             idempotent=idem)
         if salt_now != salt:
             self._salts[queue] = salt_now
@@ -304,6 +316,15 @@ class Producer:
         payloads = list(payloads)
         if sticky_keys is not None and len(sticky_keys) != len(payloads):
             raise ValidationError("must have one key per payload", field="sticky_keys")
+        if job_ids is not None and len(job_ids) != len(payloads):
+            raise ValidationError("must have one id per payload", field="job_ids")
+        self._queue_keys(queue)
+        if self._streams.get(queue):
+            # Streams backend: one route_xadd per job (no batched script yet), each atomic
+            return [self.enqueue(queue, p, tenant=tenant, schema=schema,
+                                 sticky_key=None if sticky_keys is None else sticky_keys[i],
+                                 job_id=None if job_ids is None else job_ids[i])
+                    for i, p in enumerate(payloads)]
         now = self._clock_ms()
         tenant_arg = tenant or ""
         salt = self._salts.get(queue, "")

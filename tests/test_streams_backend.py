@@ -8,6 +8,7 @@ import threading
 import pytest
 
 from pycanary import metrics, queue_config
+from pycanary.producer import Producer
 from pycanary.backends import streams
 from pycanary.errors import ValidationError
 from pycanary.keys import STREAM_GROUP
@@ -37,7 +38,7 @@ def test_route_xadd_follows_the_routing_contract(real_conn) -> None:
     lanes = {"stable": 0, "canary": 0}
     for i in range(300):
         key = f"order-{i}"
-        lane, weight, _salt, n, dup, entry_id = _xadd(conn, Q, key)
+        lane, weight, _salt, _n, dup, entry_id = _xadd(conn, Q, key)
         expected = "canary" if hasher.bucket(key, salt) < 3000 else "stable"
         assert (lane, int(weight), int(dup)) == (expected, 3000, 0)
         assert entry_id
@@ -226,3 +227,24 @@ def test_drain_while_producers_keep_adding_loses_and_duplicates_nothing(real_con
     drained = [r for r in stable if r.startswith('{"id":"c')]
     assert drained == [f'{{"id":"c{i}"}}' for i in range(2000)]  # in order
     assert first.moved + last.moved >= 2000
+
+
+def test_producer_enqueues_to_streams_on_a_streams_queue(real_conn) -> None:
+    conn = real_conn
+    qk = conn.keys.queue(Q)
+    queue_config.configure(conn, Q, backend="streams", stable_version="v1")
+    queue_config.set_weight(conn, Q, 5000)
+    producer = Producer(conn)
+    one = producer.enqueue(Q, {"n": 1}, job_id="j-1")
+    again = producer.enqueue(Q, {"n": 1}, job_id="j-1")  # idempotent: not added twice
+    assert again.lane == one.lane
+    many = producer.enqueue_many(Q, [{"n": i} for i in range(50)], sticky_keys=[
+        f"k{i}" for i in range(50)])
+    assert len(many) == 50
+    lanes = [r.lane for r in many] + [one.lane]
+    assert conn.client.xlen(qk.stream_canary) == lanes.count("canary") > 0
+    assert conn.client.xlen(qk.stream_stable) == lanes.count("stable") > 0
+    assert conn.client.llen(qk.lane_stable) + conn.client.llen(qk.lane_canary) == 0
+    # a lists queue is untouched by any of this
+    assert producer.enqueue("other", {}).lane == "stable"
+    assert conn.client.llen(conn.keys.queue("other").lane_stable) == 1
