@@ -8,6 +8,7 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Any, NamedTuple
 
 from . import defaults, validation
+from .backends import streams as streams_backend
 from .connection import Connection
 from .errors import (
     EnqueueTimeoutError,
@@ -21,7 +22,6 @@ from .errors import (
 from .ids import uuid7, uuid7_many
 from .job import MAX_NESTING, check_nesting, encode_payload, render_envelope
 from .routing import StickyHasher
-from .backends import streams as streams_backend
 from .scripts import Scripts
 
 DEFAULT_MAX_PAYLOAD_BYTES = 1024 * 1024

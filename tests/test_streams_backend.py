@@ -8,10 +8,10 @@ import threading
 import pytest
 
 from pycanary import metrics, queue_config
-from pycanary.producer import Producer
 from pycanary.backends import streams
 from pycanary.errors import ValidationError
 from pycanary.keys import STREAM_GROUP
+from pycanary.producer import Producer
 from pycanary.routing import StickyHasher
 
 Q = "payments"
