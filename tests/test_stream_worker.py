@@ -1,0 +1,109 @@
+"""StreamWorker on real Redis: every job accounted for (done, retried, dead-lettered), rollback
+stops canary work within a heartbeat, a dead worker's jobs are taken over."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+from pycanary import queue_config
+from pycanary.backends import streams
+from pycanary.backends.stream_worker import StreamWorker
+from pycanary.keys import STREAM_GROUP
+from pycanary.producer import Producer
+
+Q = "payments"
+
+
+def _streams_queue(conn, weight_bp: int = 0, canary: str | None = None) -> None:
+    queue_config.configure(conn, Q, backend="streams", stable_version="v1",
+                           canary_version=canary)
+    if weight_bp:
+        queue_config.set_weight(conn, Q, weight_bp)
+
+
+def _run(worker: StreamWorker) -> threading.Thread:
+    t = threading.Thread(target=worker.run, daemon=True)
+    t.start()
+    assert worker.ready.wait(10)
+    return t
+
+
+def _until(cond, timeout: float = 20.0) -> None:
+    end = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < end, "timed out"
+        time.sleep(0.02)
+
+
+def test_every_job_is_done_retried_or_dead_lettered(real_conn) -> None:
+    conn = real_conn
+    _streams_queue(conn)
+    seen: list[tuple[str, int]] = []
+    lock = threading.Lock()
+
+    def handler(job) -> None:
+        with lock:
+            seen.append((job.id, job.attempt))
+        n = job.payload["n"]
+        if n % 10 == 0:
+            raise RuntimeError("poison")  # every attempt fails: dead-lettered
+        if n % 7 == 0 and job.attempt == 1:
+            raise RuntimeError("flaky")  # retried once, then ok
+
+    ids = [r.job_id for r in Producer(conn).enqueue_many(Q, [{"n": i} for i in range(200)])]
+    w = StreamWorker(conn, [Q], "v1", handler, concurrency=4, heartbeat_s=0.25,
+                     max_attempts=3, backoff_s=0.01, backoff_max_s=0.02)
+    t = _run(w)
+    poison = sum(1 for i in range(200) if i % 10 == 0)
+    _until(lambda: w.stats.done + w.stats.dead == 200 and w.stats.dead == poison)
+    w.stop()
+    t.join(10)
+    assert not t.is_alive()
+    qk = conn.keys.queue(Q)
+    assert conn.client.llen(qk.dlq) == poison
+    assert streams.depth(conn, Q, "stable") == 0
+    assert conn.client.zcard(qk.delayed_stable) == 0
+    assert {jid for jid, _a in seen} == set(ids)
+    flaky = sum(1 for i in range(200) if i % 7 == 0 and i % 10 != 0)
+    assert w.stats.retried == flaky + 2 * poison
+    # deregistered: the worker left no consumer holding anything
+    assert conn.client.xpending(qk.stream_stable, STREAM_GROUP)["pending"] == 0
+
+
+def test_rollback_stops_canary_work_and_unstarted_jobs_go_to_stable(real_conn) -> None:
+    conn = real_conn
+    _streams_queue(conn, 10_000, canary="v2")
+    started = threading.Event()
+    release = threading.Event()
+    ran: dict[str, list[str]] = {"v1": [], "v2": []}
+
+    def handler_for(version: str):
+        def handler(job) -> None:
+            ran[version].append(job.id)
+            if version == "v2":
+                started.set()
+                release.wait(10)
+        return handler
+
+    ids = [r.job_id for r in Producer(conn).enqueue_many(Q, [{"n": i} for i in range(30)])]
+    canary = StreamWorker(conn, [Q], "v2", handler_for("v2"), concurrency=1, prefetch=5,
+                          heartbeat_s=0.25)
+    stable = StreamWorker(conn, [Q], "v1", handler_for("v1"), concurrency=2, heartbeat_s=0.25)
+    tc, ts = _run(canary), _run(stable)
+    assert started.wait(10)
+    from pycanary.rollouts import rollback  # the same call the CLI's rollback makes
+
+    rollback(conn, Q)
+    t0 = time.monotonic()
+    _until(lambda: canary.state == "retiring", 5)
+    assert time.monotonic() - t0 < 1.0  # within one heartbeat-ish tick
+    release.set()
+    _until(lambda: len(ran["v1"]) + len(ran["v2"]) >= 30)
+    _until(lambda: streams.depth(conn, Q, "canary") == 0 and streams.depth(conn, Q, "stable") == 0)
+    canary.stop()
+    stable.stop()
+    tc.join(10)
+    ts.join(10)
+    assert len(ran["v2"]) == 1  # only the job running at the rollback
+    assert sorted(ran["v1"] + ran["v2"]) == sorted(ids)  # nothing lost or run twice
