@@ -22,9 +22,9 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from . import defaults, validation
+from .backends import streams
 from .connection import Connection
 from .errors import ValidationError, raise_for_code
-from .backends import streams
 from .keys import LANES, STREAM_GROUP
 
 DEFAULT_BATCH = defaults.DRAIN_BATCH
