@@ -26,7 +26,8 @@ _CALL = re.compile(r"""(?:rcall|redis\.call|redis\.pcall)\(\s*['"]([A-Za-z]+)['"
 #: Read commands the Python side issues outside scripts (status, worker lane refresh, controller
 #: reads, registry reads). Key patterns decide on which keys they are allowed.
 _PLAIN_READS = ("get", "hget", "hmget", "hgetall", "llen", "lrange", "smembers", "sismember",
-                "zcard", "zscore", "zrange", "zrangebyscore", "xrange", "xrevrange")
+                "zcard", "zscore", "zrange", "zrangebyscore", "xrange", "xrevrange", "xlen",
+                "xpending", "xinfo")
 
 #: Per-queue key suffixes (after ``P:{q}:``) and global keys (after ``P:``), as in keys.py.
 _Q = "{*}:"

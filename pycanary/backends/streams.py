@@ -104,6 +104,11 @@ def set_backend(conn: Connection, queue: str, backend: str, *, now_ms: int | Non
     """Choose the queue's backend; True if it changed. Refused (ValidationError naming
     ``backend``, with how many jobs and where) while the queue holds jobs."""
     validation.queue_name(queue)
+    if backend == "streams" and conn.is_memory:
+        raise ValidationError(
+            "the Streams backend needs a Redis server: the embedded memory:// server "
+            "(fakeredis) cannot run its scripts (XREADGROUP and XAUTOCLAIM replies inside Lua)",
+            field="backend")
     try:
         changed, _rev = conn.scripts.call(
             "set_backend", conn.keys.queue(queue).backend_keys(),
