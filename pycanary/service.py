@@ -229,6 +229,13 @@ def configure_queue(
     )
 
 
+def worker_class(conn: Connection, queues: list[str]) -> type:
+    """Worker or StreamWorker, from the queues' backend (faces pick the engine through here)."""
+    from .backends.stream_worker import worker_class as pick
+
+    return pick(conn, [validation.queue_name(q) for q in queues])
+
+
 def queue_info(conn: Connection, queue: str) -> dict[str, Any]:
     """Config, lane depths and routed counts of one queue."""
     cfg = queue_config.read_config(conn, queue)

@@ -330,3 +330,17 @@ class StreamWorker(Worker):
                         left)
             return False
         return True
+
+
+def worker_class(conn: Any, queues: list[str]) -> type[Worker]:
+    """The engine for these queues: StreamWorker when every queue uses the Streams backend,
+    Worker when none does; a mix is refused (one process serves one backend)."""
+    kinds = {q: streams.backend_of(conn, q) for q in queues}
+    if all(k == "streams" for k in kinds.values()):
+        return StreamWorker
+    if all(k == "lists" for k in kinds.values()):
+        return Worker
+    from ..errors import ValidationError
+
+    raise ValidationError("mixes backends (" + ", ".join(f"{q}: {k}" for q, k in kinds.items())
+                          + "); run one worker per backend", field="queues")
