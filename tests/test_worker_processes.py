@@ -143,22 +143,37 @@ def test_second_signal_exits_at_once_and_reaper_recovers(real_conn) -> None:
         stop_all([p])
 
 
-def test_rolled_back_version_stops_fetching_within_one_heartbeat(real_conn) -> None:
+def waiting(conn, queue: str, lane: str) -> int:
+    """Jobs of a lane no worker has taken yet: the list's length, or on streams the entries
+    after the consumer group's last-delivered id."""
+    qk = conn.keys.queue(queue)
+    c = conn.client
+    if queue_config.read_config(conn, queue).backend == "lists":
+        return c.llen(qk.lane(lane))
+    key = qk.stream(lane)
+    groups = c.xinfo_groups(key) if c.exists(key) else []
+    last = groups[0]["last-delivered-id"] if groups else "0-0"
+    return len(c.xrange(key, f"({last}", "+"))
+
+
+@pytest.mark.parametrize("backend", ["lists", "streams"])
+def test_rolled_back_version_stops_fetching_within_one_heartbeat(real_conn, backend) -> None:
     conn = real_conn
-    queue_config.configure(conn, "payments", stable_version="v1", canary_version="v2")
+    queue_config.configure(conn, "payments", stable_version="v1", canary_version="v2",
+                           backend=backend)
     queue_config.set_weight(conn, "payments", 10_000)
     Producer(conn).enqueue_many("payments", [{"n": i} for i in range(400)])
     p = start_worker(conn, "payments", "--version", "v2", "--handler", "tests.handlers:slow",
                      "--concurrency", "2", env={"SLOW_S": "0.05"})
     qk = conn.keys.queue("payments")
     try:
-        wait_for(lambda: conn.client.llen(qk.lane_canary) < 390, 30, "canary work to start")
+        wait_for(lambda: waiting(conn, "payments", "canary") < 390, 30, "canary work to start")
         conn.scripts.call("rollback_canary", [qk.config, qk.tenant_weights, qk.rolled_back],
                           ["", 1])
         time.sleep(HEARTBEAT)
-        left = conn.client.llen(qk.lane_canary)
+        left = waiting(conn, "payments", "canary")
         time.sleep(3 * HEARTBEAT)
-        assert conn.client.llen(qk.lane_canary) == left, "still fetching after a heartbeat"
+        assert waiting(conn, "payments", "canary") == left, "still fetching after a heartbeat"
         wait_for(lambda: any(w["state"] == "retiring" for w in service.list_workers(conn)),
                  5, "state retiring")
         assert p.poll() is None  # it retires, it does not exit
