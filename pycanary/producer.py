@@ -316,15 +316,7 @@ class Producer:
         payloads = list(payloads)
         if sticky_keys is not None and len(sticky_keys) != len(payloads):
             raise ValidationError("must have one key per payload", field="sticky_keys")
-        if job_ids is not None and len(job_ids) != len(payloads):
-            raise ValidationError("must have one id per payload", field="job_ids")
-        self._queue_keys(queue)
-        if self._streams.get(queue):
-            # Streams backend: one route_xadd per job (no batched script yet), each atomic
-            return [self.enqueue(queue, p, tenant=tenant, schema=schema,
-                                 sticky_key=None if sticky_keys is None else sticky_keys[i],
-                                 job_id=None if job_ids is None else job_ids[i])
-                    for i, p in enumerate(payloads)]
+
         now = self._clock_ms()
         tenant_arg = tenant or ""
         salt = self._salts.get(queue, "")
@@ -357,6 +349,9 @@ class Producer:
         keys = self._queue_keys(queue)
         qk = self.conn.keys.queue(queue)
         ttl = self._idem_ttl_ms
+        script = "route_enqueue_many"
+        if self._streams.get(queue):  # Streams backend: same ARGV and replies, XADD per job
+            script, keys = "route_xadd_many", qk.stream_routing()
 
         # Every batch carries an idempotency record (one SET per batch, keyed by its first job
         # id): a batch re-sent after a lost reply returns its first lanes, so what landed is
@@ -371,7 +366,7 @@ class Producer:
         def send(round_: list[tuple[int, list[str], list[Any]]]) -> list[Any]:
             pipe = self.scripts.pipeline()
             for _first, bkeys, bargs in round_:
-                pipe.call("route_enqueue_many", bkeys, bargs)
+                pipe.call(script, bkeys, bargs)
             return pipe.execute(raise_on_error=False)
 
         for r0 in range(0, n_batches, BATCHES_PER_ROUND_TRIP):

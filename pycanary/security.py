@@ -50,7 +50,7 @@ _ALL_SCRIPTS = tuple(sorted(load_all()))
 ROLES: dict[str, Role] = {
     "producer": Role(
         "producer", "enqueue jobs; reads routing config, never changes it",
-        scripts=("route_enqueue", "route_enqueue_many", "route_xadd"),
+        scripts=("route_enqueue", "route_enqueue_many", "route_xadd", "route_xadd_many"),
         reads=(_Q + "config", _Q + "tenant_weights"),
         writes=(_Q + "lane:stable", _Q + "lane:canary", _Q + "stream:stable",
                 _Q + "stream:canary", _Q + "routed", _Q + "idem:*", "queues"),

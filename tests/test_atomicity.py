@@ -122,6 +122,7 @@ def _script_keys(keys: Keys, queue: str) -> dict[str, list[str]]:
         "dead_letters": qk.dead_letter_keys(),
         # the Streams backend (pycanary/backends/streams.py)
         "route_xadd": [*qk.stream_routing(), qk.idem("j-1")],
+        "route_xadd_many": [*qk.stream_routing(), qk.idem("j-1")],
         "fetch_stream": qk.stream_fetch_keys("canary"),
         "ack_stream": qk.stream_ack_keys("v2", "canary", 1_700_000_000),
         "fail_stream": qk.stream_fail_keys("v2", "canary", 1_700_000_000),

@@ -3,13 +3,14 @@ recovery of dead consumers (XAUTOCLAIM), consumer deletion, returns and the drai
 
 from __future__ import annotations
 
+import json
 import threading
 
 import pytest
 
 from pycanary import metrics, queue_config
 from pycanary.backends import streams
-from pycanary.errors import ValidationError
+from pycanary.errors import QueueFullError, ValidationError
 from pycanary.keys import STREAM_GROUP
 from pycanary.producer import Producer
 from pycanary.routing import StickyHasher
@@ -248,3 +249,27 @@ def test_producer_enqueues_to_streams_on_a_streams_queue(real_conn) -> None:
     # a lists queue is untouched by any of this
     assert producer.enqueue("other", {}).lane == "stable"
     assert conn.client.llen(conn.keys.queue("other").lane_stable) == 1
+
+
+def test_the_group_name_is_the_same_in_lua_and_python() -> None:
+    from pycanary.scripts import lua_dir
+
+    text = (lua_dir() / "includes" / "streams.lua").read_text()
+    assert f"local STREAM_GROUP = '{STREAM_GROUP}'" in text
+
+
+def test_enqueue_many_batches_are_atomic_and_ordered_per_lane(real_conn) -> None:
+    conn = real_conn
+    qk = conn.keys.queue(Q)
+    queue_config.configure(conn, Q, backend="streams", max_backlog=250)
+    queue_config.set_weight(conn, Q, 5000)
+    producer = Producer(conn)
+    res = producer.enqueue_many(Q, [{"n": i} for i in range(200)], batch_size=50)
+    for lane in ("stable", "canary"):
+        ids = [json.loads(f["e"])["id"] for _i, f in conn.client.xrange(qk.stream(lane))]
+        assert ids == [r.job_id for r in res if r.lane == lane]  # input order per lane
+    # a batch that would overfill a lane is refused whole
+    before = conn.client.xlen(qk.stream_stable) + conn.client.xlen(qk.stream_canary)
+    with pytest.raises(QueueFullError):
+        producer.enqueue_many(Q, [{}] * 300, batch_size=300)
+    assert conn.client.xlen(qk.stream_stable) + conn.client.xlen(qk.stream_canary) == before

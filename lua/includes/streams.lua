@@ -3,6 +3,11 @@
 -- `e` = the envelope; an acked entry is deleted (XACK + XDEL in the same script), so a stream
 -- holds only jobs that are waiting or running and no trimming can drop one.
 
+-- The one consumer group of every lane stream (pycanary/keys.py STREAM_GROUP; a test checks
+-- they agree). Scripts called per worker take it in ARGV; route_xadd_many keeps
+-- route_enqueue_many's ARGV and uses this.
+local STREAM_GROUP = 'pycanary-workers'
+
 -- The group exists, from the stream's first entry ('0'): created (with the stream) if missing.
 local function ensure_group(key, group)
   if rcall('EXISTS', key) == 1 then
