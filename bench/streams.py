@@ -3,6 +3,8 @@ route cost, worker throughput and drain, so the ratios are comparable even on a 
 
   .venv/bin/python bench/streams.py [--redis-url URL] [--jobs N] [--quick] [--json]
 
+Without --redis-url it starts a private redis-server (server times are then only its own).
+
 1. Route: Producer.enqueue (one job per call) and Producer.enqueue_many (100 per call) on a
    lists queue and on a streams queue at weight 10% sticky: client-side µs per job, and server
    time per job from INFO commandstats (EVALSHA). On streams enqueue_many sends one route_xadd
@@ -23,7 +25,7 @@ import threading
 import time
 from typing import Any
 
-from _common import commandstats, default_redis_url, delete_prefix, md_table, unique_prefix
+from _common import PrivateRedis, commandstats, delete_prefix, md_table, unique_prefix
 
 import pycanary
 from pycanary import queue_config
@@ -67,7 +69,7 @@ def route(conn: pycanary.Connection, backend: str, n: int, tag: str) -> dict[str
         calls1, us1 = b.get("evalsha", (0, 0))
         return (us1 - us0) / jobs if calls1 - calls0 == calls else float("nan")
 
-    many_calls = n // 100 * (100 if backend == "streams" else 1)
+    many_calls = n // 100  # one script call per batch of 100 on both backends
     return {"enqueue_us": single, "enqueue_server_us": server_us(s0, s1, n, n),
             "enqueue_many_us": batched,
             "enqueue_many_server_us": server_us(s1, s2, n // 100 * 100, many_calls)}
@@ -112,7 +114,9 @@ def drain(conn: pycanary.Connection, backend: str, n: int, tag: str) -> dict[str
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--redis-url", default=default_redis_url())
+    ap.add_argument("--redis-url", default=None,
+                    help="default: a private redis-server on a free loopback port, so INFO "
+                         "commandstats (server time) counts only this run's calls")
     ap.add_argument("--jobs", type=int, default=20_000)
     ap.add_argument("--quick", action="store_true", help="2,000 jobs per measurement")
     ap.add_argument("--rounds", type=int, default=3, help="alternating rounds per figure")
@@ -120,7 +124,8 @@ def main() -> None:
     a = ap.parse_args()
     n = 2_000 if a.quick else a.jobs
     prefix = unique_prefix("pycanary-bench-streams")
-    conn = pycanary.connect(a.redis_url, prefix=prefix)
+    server = None if a.redis_url else PrivateRedis()
+    conn = pycanary.connect(a.redis_url or server.url, prefix=prefix)
     out: dict[str, Any] = {"jobs": n, "rounds": a.rounds, "route": {}, "worker": {},
                            "drain": {}}
     try:
@@ -142,6 +147,8 @@ def main() -> None:
     finally:
         delete_prefix(conn.client, prefix)
         conn.close()
+        if server is not None:
+            server.stop()
     if a.json:
         print(json.dumps(out, indent=2))
         return

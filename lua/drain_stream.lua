@@ -55,6 +55,8 @@ end
 local start = ARGV[3] == '-' and '-' or '(' .. ARGV[3]
 local entries = rcall('XRANGE', from_key, start, '+', 'COUNT', max)
 local moved, skipped = 0, 0
+local gone, acked = {}, {}
+if #entries > 0 then ensure_stream(to_key, group) end
 for _, entry in ipairs(entries) do
   local id = entry[1]
   local take = id_after(id, last_delivered)
@@ -65,14 +67,21 @@ for _, entry in ipairs(entries) do
     take = owner == nil or retired[owner] == true
   end
   if take then
-    ensure_stream(to_key, group)
     rcall('XADD', to_key, '*', unpack(entry[2]))
-    if pending then rcall('XACK', from_key, group, id) end
-    rcall('XDEL', from_key, id)
+    if pending then acked[#acked + 1] = id end
+    gone[#gone + 1] = id
     moved = moved + 1
   else
     skipped = skipped + 1
   end
+end
+-- one XACK and one XDEL per chunk rather than per entry (unpack() of a whole batch could
+-- exceed the Lua stack)
+for i = 1, #acked, 500 do
+  rcall('XACK', from_key, group, unpack(acked, i, math.min(i + 499, #acked)))
+end
+for i = 1, #gone, 500 do
+  rcall('XDEL', from_key, unpack(gone, i, math.min(i + 499, #gone)))
 end
 local cursor = ''
 if #entries == max then cursor = entries[#entries][1] end
