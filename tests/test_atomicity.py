@@ -132,6 +132,7 @@ def _script_keys(keys: Keys, queue: str) -> dict[str, list[str]]:
         "return_stream": qk.stream_move_keys("canary"),
         "drain_stream": qk.stream_drain_keys(),
         "set_backend": qk.backend_keys(),
+        "dead_letters_stream": [qk.dlq, qk.stream_stable],
         # global scripts: one slot of their own ({workers}, {controller})
         "heartbeat": keys.heartbeat_keys("w:1"),
         "forget_worker": keys.heartbeat_keys("w:1"),

@@ -107,3 +107,28 @@ def test_rollback_stops_canary_work_and_unstarted_jobs_go_to_stable(real_conn) -
     ts.join(10)
     assert len(ran["v2"]) == 1  # only the job running at the rollback
     assert sorted(ran["v1"] + ran["v2"]) == sorted(ids)  # nothing lost or run twice
+
+
+def test_dead_letters_are_requeued_to_the_stable_stream(real_conn) -> None:
+    from pycanary import dlq
+
+    conn = real_conn
+    _streams_queue(conn)
+    fixed = threading.Event()
+
+    def handler(job) -> None:
+        if not fixed.is_set():
+            raise RuntimeError("bug")
+
+    [jid] = [r.job_id for r in Producer(conn).enqueue_many(Q, [{}])]
+    w = StreamWorker(conn, [Q], "v1", handler, heartbeat_s=0.25, max_attempts=1)
+    t = _run(w)
+    _until(lambda: w.stats.dead == 1)
+    fixed.set()
+    report = dlq.requeue(conn, Q, [jid])
+    assert report.done == 1
+    _until(lambda: w.stats.done == 1)
+    w.stop()
+    t.join(10)
+    assert conn.client.llen(conn.keys.queue(Q).lane_stable) == 0  # not to the list lane
+    assert dlq.count(conn, Q) == 0
