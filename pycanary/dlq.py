@@ -19,9 +19,9 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from . import defaults, service, validation
+from .backends import streams
 from .connection import Connection
 from .errors import NotFoundError, ValidationError, raise_for_code
-from .backends import streams
 from .job import Envelope
 
 #: Records per dead_letters call (the script accepts up to 1000).
