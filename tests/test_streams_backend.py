@@ -261,15 +261,26 @@ def test_the_group_name_is_the_same_in_lua_and_python() -> None:
 def test_enqueue_many_batches_are_atomic_and_ordered_per_lane(real_conn) -> None:
     conn = real_conn
     qk = conn.keys.queue(Q)
-    queue_config.configure(conn, Q, backend="streams", max_backlog=250)
+    queue_config.configure(conn, Q, backend="streams", max_backlog=200)
     queue_config.set_weight(conn, Q, 5000)
     producer = Producer(conn)
     res = producer.enqueue_many(Q, [{"n": i} for i in range(200)], batch_size=50)
     for lane in ("stable", "canary"):
         ids = [json.loads(f["e"])["id"] for _i, f in conn.client.xrange(qk.stream(lane))]
         assert ids == [r.job_id for r in res if r.lane == lane]  # input order per lane
-    # a batch that would overfill a lane is refused whole
+    # a batch that would overfill a lane is refused whole (500 jobs cannot fit in 2 x 200)
     before = conn.client.xlen(qk.stream_stable) + conn.client.xlen(qk.stream_canary)
     with pytest.raises(QueueFullError):
         producer.enqueue_many(Q, [{}] * 300, batch_size=300)
     assert conn.client.xlen(qk.stream_stable) + conn.client.xlen(qk.stream_canary) == before
+
+
+def test_schema_guard_reads_the_streams(real_conn) -> None:
+    from pycanary import rollouts
+
+    conn = real_conn
+    queue_config.configure(conn, Q, backend="streams")
+    producer = Producer(conn)
+    producer.enqueue(Q, {}, schema=1)
+    producer.enqueue_many(Q, [{}] * 3, schema=3)
+    assert rollouts.schemas_in_queue(conn, Q) == {1, 3}
