@@ -8,7 +8,7 @@ import pytest
 from redis.crc import key_slot
 
 from pycanary import queue_config
-from pycanary.keys import Keys
+from pycanary.keys import STREAM_GROUP, Keys
 from pycanary.producer import Producer
 from pycanary.scripts import load_all
 
@@ -227,6 +227,23 @@ def _typed_calls(keys: Keys) -> dict[str, tuple[list[tuple[str, str]], list]]:
                                (qk.fence, "string"), (qk.outbox, "stream")],
                               ["", 1, "promotions:completed", 0, ev]),
         "drain_lane": ([(qk.lane_canary, "list"), (qk.lane_stable, "list")], [100]),
+        # the Streams backend's owned scripts
+        "route_xadd": ([(qk.config, "hash"), (qk.tenant_weights, "hash"),
+                        (qk.stream_stable, "stream"), (qk.stream_canary, "stream"),
+                        (qk.routed, "hash"), (qk.idem("j1"), "string")],
+                       ["{}", "k", "", 5, "", "", STREAM_GROUP, 60_000]),
+        "route_xadd_many": ([(qk.config, "hash"), (qk.tenant_weights, "hash"),
+                             (qk.stream_stable, "stream"), (qk.stream_canary, "stream"),
+                             (qk.routed, "hash"), (qk.idem("j1"), "string")],
+                            ["", 60_000, "{}", "k", "", 5, "", "{}", "k2", "", 7, ""]),
+        "drain_stream": ([(qk.stream_canary, "stream"), (qk.stream_stable, "stream")],
+                         [STREAM_GROUP, 100, "-"]),
+        "set_backend": ([(qk.config, "hash"), (qk.lane_stable, "list"), (qk.lane_canary, "list"),
+                         (qk.stream_stable, "stream"), (qk.stream_canary, "stream"),
+                         (qk.delayed_stable, "zset"), (qk.delayed_canary, "zset")],
+                        [1, "lists"]),
+        "dead_letters_stream": ([(qk.dlq, "list"), (qk.stream_stable, "stream")],
+                                ["requeue", '{"id":"j1"}', '{"id":"j1","attempts":0}']),
         "notify_settle": ([(qk.outbox, "stream"), (qk.outbox_dead, "stream")],
                           ["g", "1-0", 1000, 1, '{"f":1}']),
         "dead_letters": ([(qk.dlq, "list"), (qk.lane_stable, "list")],
@@ -262,6 +279,11 @@ _BAD_ARGS = [
     ("deployment_promote", 0, "e"), ("deployment_promote", 3, "-1"),
     ("deployment_finish", 1, "x"), ("deployment_finish", 3, "3"),
     ("drain_lane", 0, "0"), ("drain_lane", 0, "5001"),
+    ("route_xadd", 3, "x"), ("route_xadd", 6, "bad name"), ("route_xadd", 7, "0"),
+    ("route_xadd", 0, ""), ("route_xadd_many", 1, "0"), ("route_xadd_many", 7, ""),
+    ("drain_stream", 1, "0"), ("drain_stream", 1, "5001"), ("drain_stream", 2, "x"),
+    ("drain_stream", 0, ""), ("set_backend", 1, "kafka"), ("set_backend", 0, "x"),
+    ("dead_letters_stream", 0, "move"), ("dead_letters_stream", 2, ""),
     ("notify_settle", 0, ""), ("notify_settle", 1, "x"), ("notify_settle", 2, "0"),
     ("notify_settle", 3, "2"),
     ("dead_letters", 0, "move"), ("dead_letters", 1, ""), ("dead_letters", 2, ""),
@@ -329,7 +351,7 @@ def test_every_owned_script_refuses_wrong_key_types_changing_nothing(real_conn) 
             checked += 1
             for k, _ in typed:
                 conn.client.delete(k)
-    assert checked == sum(len(t) for t, _ in calls.values()) == 73
+    assert checked == sum(len(t) for t, _ in calls.values()) == 96
 
 
 @pytest.mark.parametrize(("name", "index", "value"), _BAD_ARGS)
