@@ -132,3 +132,28 @@ def test_dead_letters_are_requeued_to_the_stable_stream(real_conn) -> None:
     t.join(10)
     assert conn.client.llen(conn.keys.queue(Q).lane_stable) == 0  # not to the list lane
     assert dlq.count(conn, Q) == 0
+
+
+def test_a_job_running_longer_than_the_ttl_is_not_taken_by_another_worker(real_conn) -> None:
+    """Live workers touch every entry they hold, running ones included: XAUTOCLAIM's idle
+    time singles out dead workers only, so a long job runs once."""
+    conn = real_conn
+    _streams_queue(conn)
+    runs: list[str] = []
+
+    def slow(job) -> None:
+        runs.append(job.id)
+        time.sleep(2.0)  # > 2 TTLs at heartbeat 0.25 s (TTL 0.75 s)
+
+    ids = [r.job_id for r in Producer(conn).enqueue_many(Q, [{}])]
+    a = StreamWorker(conn, [Q], "v1", slow, heartbeat_s=0.25)
+    ta = _run(a)
+    _until(lambda: runs)
+    b = StreamWorker(conn, [Q], "v1", slow, heartbeat_s=0.25)
+    tb = _run(b)
+    _until(lambda: a.stats.done == 1, 10)
+    time.sleep(0.5)
+    for w, t in ((a, ta), (b, tb)):
+        w.stop()
+        t.join(10)
+    assert runs == ids and b.stats.done == 0

@@ -57,10 +57,25 @@ class StreamWorker(Worker):
 
     max_deliveries = MAX_DELIVERIES
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        #: (queue, entry id) -> lane of every held entry (pending, running or unrecorded):
+        #: what the heartbeat touches, so no live worker's entry looks idle to XAUTOCLAIM
+        self._lanes_held: dict[tuple[str, str], str] = {}
+
     # -- held jobs are named by entry id -------------------------------------------------
     def _hold(self, r: _Running) -> None:
         with self._lock:
             self._held[(r.queue, r.entry_id)] += 1
+            self._lanes_held[(r.queue, r.entry_id)] = r.lane
+
+    def _unhold(self, queue: str, raw: str) -> None:
+        """``raw`` is the entry id here. Once released, the entry is no longer touched."""
+        with self._lock:
+            super()._unhold(queue, raw)
+            if (queue, raw) not in self._held:
+                self._lanes_held.pop((queue, raw), None)
+
 
     def _accept_entry(self, queue: str, lane: str, entry: streams.Entry) -> None:
         """An entry now pending here: held, bounced, or dead-lettered."""
@@ -280,12 +295,10 @@ class StreamWorker(Worker):
     def _touch_and_reclaim(self) -> None:
         """Keep held entries fresh; take over entries idle past this worker's TTL (their
         workers stopped touching them), for lanes this worker serves."""
-        with self._lock:
+        with self._lock:  # every held entry: pending, running (long jobs!) and unrecorded
             held: dict[tuple[str, str], list[str]] = {}
-            for r in self._pending:
-                held.setdefault((r.queue, r.lane), []).append(r.entry_id)
-        for o in [*self._acks, *self._fails]:
-            held.setdefault((o.running.queue, o.running.lane), []).append(o.running.entry_id)
+            for (q, eid), lane in self._lanes_held.items():
+                held.setdefault((q, lane), []).append(eid)
         for (q, lane), ids in held.items():
             streams.touch(self.conn, q, lane, self.id, ids)
         if self._stop.is_set() or not self.ready.is_set():
