@@ -7,6 +7,8 @@
   KEYS[1] stream         stream  the lane's stream
   KEYS[2] metrics        hash    metrics slot of (version, lane, slot)
   KEYS[3] totals         hash    running totals of (version, lane)
+  KEYS[4] running        hash    entry id -> "<first> <unit>" of started entries of the lane
+                                 (what reclaim_stream counts as crashed); the ack removes it
 
   ARGV[1] ttl            seconds to keep the metrics slot (and idle totals)
   ARGV[2] group          the consumer group
@@ -20,7 +22,7 @@
   Errors  -4 a bad argument; WRONGTYPE error reply if a key has the wrong type (no change)
 ]]
 local rcall = redis.call
-local stream_key, metrics_key, total_key = KEYS[1], KEYS[2], KEYS[3]
+local stream_key, metrics_key, total_key, running_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 
 -- @include metrics
 -- @include worker_guard
@@ -28,7 +30,7 @@ local stream_key, metrics_key, total_key = KEYS[1], KEYS[2], KEYS[3]
 
 local ttl = as_uint(ARGV[1])
 if not ttl or ttl < 1 or (#ARGV - 3) % 6 ~= 0 or #ARGV < 9 or not name_ok(ARGV[2]) or
-    not name_ok(ARGV[3]) or not total_key then
+    not name_ok(ARGV[3]) or not running_key then
   return -4
 end
 for i = 4, #ARGV, 6 do
@@ -38,7 +40,7 @@ for i = 4, #ARGV, 6 do
   end
 end
 local bad_type = check_types({{stream_key, 'stream'}, {metrics_key, 'hash'},
-                              {total_key, 'hash'}})
+                              {total_key, 'hash'}, {running_key, 'hash'}})
 if bad_type then return bad_type end
 local group, consumer = ARGV[2], ARGV[3]
 local exists = rcall('EXISTS', stream_key) == 1
@@ -51,6 +53,7 @@ for i = 4, #ARGV, 6 do
     acked = acked + 1
     rcall('XACK', stream_key, group, ARGV[i])
     rcall('XDEL', stream_key, ARGV[i])
+    rcall('HDEL', running_key, ARGV[i])
     bump(m, 'r' .. ARGV[i + 1], 1)
     count_wait(u, sw, ARGV[i + 2])
     if ARGV[i + 3] ~= '' then bump(m, 'c' .. ARGV[i + 3], 1) end

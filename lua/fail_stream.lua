@@ -9,6 +9,7 @@
   KEYS[3] delayed        zset    retries of this lane, scored by due time (ms)
   KEYS[4] dlq            list    dead letters of the queue (newest at the left)
   KEYS[5] totals         hash    running totals of (version, lane)
+  KEYS[6] running        hash    entry id -> "<first> <unit>" of started entries (removed)
 
   ARGV[1] ttl            seconds to keep the metrics slot
   ARGV[2] group          the consumer group
@@ -25,7 +26,7 @@
 ]]
 local rcall = redis.call
 local stream_key, metrics_key, delayed_key, dlq_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
-local total_key = KEYS[5]
+local total_key, running_key = KEYS[5], KEYS[6]
 
 -- @include metrics
 -- @include worker_guard
@@ -33,7 +34,7 @@ local total_key = KEYS[5]
 
 local ttl = as_uint(ARGV[1])
 if not ttl or ttl < 1 or (#ARGV - 3) % 9 ~= 0 or #ARGV < 12 or not name_ok(ARGV[2]) or
-    not name_ok(ARGV[3]) or not total_key then
+    not name_ok(ARGV[3]) or not running_key then
   return -4
 end
 for i = 4, #ARGV, 9 do
@@ -49,7 +50,8 @@ for i = 4, #ARGV, 9 do
   end
 end
 local bad_type = check_types({{stream_key, 'stream'}, {metrics_key, 'hash'},
-                              {delayed_key, 'zset'}, {dlq_key, 'list'}, {total_key, 'hash'}})
+                              {delayed_key, 'zset'}, {dlq_key, 'list'}, {total_key, 'hash'},
+                              {running_key, 'hash'}})
 if bad_type then return bad_type end
 local group, consumer = ARGV[2], ARGV[3]
 local exists = rcall('EXISTS', stream_key) == 1
@@ -62,6 +64,7 @@ for i = 4, #ARGV, 9 do
     failed = failed + 1
     rcall('XACK', stream_key, group, ARGV[i])
     rcall('XDEL', stream_key, ARGV[i])
+    rcall('HDEL', running_key, ARGV[i])
     bump(m, 'r' .. ARGV[i + 4], 1)
     count_wait(u, sw, ARGV[i + 5])
     if ARGV[i + 6] ~= '' then bump(m, 'c' .. ARGV[i + 6], 1) end

@@ -120,24 +120,33 @@ class QueueKeys:
         """KEYS of fetch_stream."""
         return [self.stream(lane), self.rolled_back]
 
+    def stream_running(self, lane: str) -> str:
+        """Hash entry id -> "<first> <unit>" of the lane's entries a worker started and has not
+        recorded (Streams backend): what reclaim_stream counts as crashed attempts."""
+        if lane not in LANES:
+            raise ValueError(f"unknown lane {lane!r}")
+        return f"{self.base}:stream_running:{lane}"
+
     def stream_ack_keys(self, version: str, lane: str, slot: int) -> list[str]:
         """KEYS of ack_stream."""
         return [self.stream(lane), self.metrics_slot(version, lane, slot),
-                self.metrics_total(version, lane)]
+                self.metrics_total(version, lane), self.stream_running(lane)]
 
     def stream_fail_keys(self, version: str, lane: str, slot: int) -> list[str]:
         """KEYS of fail_stream."""
         return [self.stream(lane), self.metrics_slot(version, lane, slot), self.delayed(lane),
-                self.dlq, self.metrics_total(version, lane)]
+                self.dlq, self.metrics_total(version, lane), self.stream_running(lane)]
 
     def stream_promote_keys(self) -> list[str]:
         """KEYS of promote_delayed_stream."""
         return [self.delayed_stable, self.delayed_canary, self.stream_stable,
                 self.stream_canary, self.config]
 
-    def stream_reclaim_keys(self, lane: str) -> list[str]:
-        """KEYS of reclaim_stream (XAUTOCLAIM of dead consumers' entries)."""
-        return [self.stream(lane), self.dlq]
+    def stream_reclaim_keys(self, version: str, lane: str, slot: int) -> list[str]:
+        """KEYS of reclaim_stream (XAUTOCLAIM of dead consumers' entries; their started jobs
+        counted as crashed attempts of ``version``, the lane's version the claimer runs)."""
+        return [self.stream(lane), self.dlq, self.stream_running(lane),
+                self.metrics_slot(version, lane, slot), self.metrics_total(version, lane)]
 
     def stream_move_keys(self, lane: str) -> list[str]:
         """KEYS of return_stream (an entry back to its lane, or to stable when closed)."""

@@ -128,7 +128,7 @@ def _script_keys(keys: Keys, queue: str) -> dict[str, list[str]]:
         "fail_stream": qk.stream_fail_keys("v2", "canary", 1_700_000_000),
         "promote_delayed_stream": qk.stream_promote_keys(),
         "touch_stream": [qk.stream_canary],
-        "reclaim_stream": qk.stream_reclaim_keys("canary"),
+        "reclaim_stream": qk.stream_reclaim_keys("v2", "canary", 1_700_000_000),
         "return_stream": qk.stream_move_keys("canary"),
         "drain_stream": qk.stream_drain_keys(),
         "set_backend": qk.backend_keys(),

@@ -125,9 +125,16 @@ def test_dead_consumer_entries_are_reclaimed_live_ones_are_not(real_conn) -> Non
     # so wait just past the threshold, then the live worker touches its own entries
     threading.Event().wait(0.12)
     assert streams.touch(conn, Q, "stable", "live", [e.id for e in live]) == (2, [])
-    got = streams.reclaim(conn, Q, "stable", "rescuer", min_idle_ms=100, max_deliveries=5)
+    conn.client.hset(qk.stream_running("stable"), dead[0].id, "1 |7")  # it had started one
+    got = streams.reclaim(conn, Q, "stable", "rescuer", min_idle_ms=100, max_deliveries=5,
+                          version="v1")
     assert sorted(e.id for e in got.entries) == sorted(e.id for e in dead)
     assert got.dead == 0 and got.consumers_deleted == 1  # 'dead' holds nothing now
+    # the started one is a crashed attempt of v1 (the other was only prefetched)
+    assert got.crashed == 1 and conn.client.hlen(qk.stream_running("stable")) == 0
+    c = metrics.decode(conn.client.hgetall(qk.metrics_total("v1", "stable")))
+    assert (c.counts["crashed"], c.counts["failed"], c.counts["first_attempts"],
+            c.counts["first_failed"], c.units) == (1, 1, 1, 1, {"|7": [1, 1]})
     consumers = {c["name"] for c in conn.client.xinfo_consumers(qk.stream_stable, STREAM_GROUP)}
     assert consumers == {"live", "rescuer"}
     # the dead worker's late ack changes nothing; the rescuer's counts

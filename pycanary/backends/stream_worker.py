@@ -14,8 +14,9 @@ executors, retries with backoff, heartbeats, stop and exit paths. What differs:
   idle longer than its TTL (``reclaim_stream``: XAUTOCLAIM of dead workers' jobs, deleting
   consumers that are gone); the list reaper has nothing to return for it.
 
-Not yet on streams: the running hash (crashed attempts are not counted in the metrics; a
-reclaimed job's extra delivery is its only trace) and blocking reads (an idle worker polls).
+Started jobs are marked in the lane's ``stream_running`` hash before they start, so a dead
+worker's started jobs count as crashed attempts when they are reclaimed (of the claimer's
+version: it serves the same lane). Not yet on streams: blocking reads (an idle worker polls).
 """
 
 from __future__ import annotations
@@ -116,12 +117,28 @@ class StreamWorker(Worker):
         log.warning("worker %s: dead-lettered a poison envelope on %s: %s", self.id, queue, exc)
 
     def _write_marks(self, todo: list[_Running]) -> None:
-        """No running hash on streams (yet): the analysis fields are fixed here only."""
+        """Before jobs start, one HSET per (queue, lane) marks them in the lane's
+        ``stream_running`` hash (entry id -> "<first> <unit>"): if this process dies mid-job,
+        reclaim_stream counts exactly those as crashed attempts. On failure none counts as
+        marked (the step is retried)."""
+        by_key: dict[str, list[str]] = {}
         for r in todo:
             e = r.envelope
-            r.first = "1" if e.attempts == 0 else "0"
-            r.unit = metrics.unit_of(e.id, e.sticky_key, e.tenant,
-                                     self._strata.get(r.queue, frozenset()))
+            first = "1" if e.attempts == 0 else "0"
+            unit = metrics.unit_of(e.id, e.sticky_key, e.tenant,
+                                   self._strata.get(r.queue, frozenset()))
+            by_key.setdefault(self.conn.keys.queue(r.queue).stream_running(r.lane), []).extend(
+                (r.entry_id, f"{first} {unit}"))
+            r.first, r.unit = first, unit
+        try:
+            pipe = self.conn.client.pipeline(transaction=False)
+            for key, pairs in by_key.items():
+                pipe.execute_command("HSET", key, *pairs)
+            pipe.execute()
+        except BaseException:
+            for r in todo:
+                r.first = r.unit = ""
+            raise
 
     # -- fetching and settling -----------------------------------------------------------
     def _block_fetch(self) -> int:
@@ -305,7 +322,8 @@ class StreamWorker(Worker):
             return
         for q, lane in self._active_lanes():
             got = streams.reclaim(self.conn, q, lane, self.id, min_idle_ms=self.ttl_ms,
-                                  max_deliveries=self.max_deliveries, max_calls=10)
+                                  max_deliveries=self.max_deliveries, version=self.version,
+                                  max_calls=10, slot_s=self.slot_s, keep_s=self.keep_s)
             self.stats.dead += got.dead
             for entry in got.entries:
                 self._accept_entry(q, lane, entry)

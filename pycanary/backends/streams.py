@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from .. import defaults, validation
+from .. import defaults, metrics, validation
 from ..connection import Connection
 from ..errors import ScriptError, ValidationError
 from ..keys import LANES, STREAM_GROUP
@@ -48,12 +48,14 @@ class Settled:
 
 @dataclass
 class Reclaimed:
-    """reclaim_stream over a whole stream: entries now held by the claimer (crashed attempts to
-    run again), dead-lettered entries (delivered too often) and deleted idle consumers."""
+    """reclaim_stream over a whole stream: entries now held by the claimer (to run again),
+    dead-lettered entries (delivered too often), deleted idle consumers, and the started ones
+    counted as crashed attempts."""
 
     entries: list[Entry] = field(default_factory=list)
     dead: int = 0
     consumers_deleted: int = 0
+    crashed: int = 0
     calls: int = 0
 
 
@@ -203,20 +205,26 @@ def touch(conn: Connection, queue: str, lane: str, consumer: str,
 
 
 def reclaim(conn: Connection, queue: str, lane: str, claimer: str, *, min_idle_ms: int,
-            max_deliveries: int, count: int = 100, max_calls: int = 100,
-            now_ms: int | None = None) -> Reclaimed:
+            max_deliveries: int, version: str = "", count: int = 100, max_calls: int = 100,
+            now_ms: int | None = None, slot_s: int = metrics.DEFAULT_SLOT_S,
+            keep_s: int = metrics.DEFAULT_KEEP_S) -> Reclaimed:
     """XAUTOCLAIM the lane's entries idle at least ``min_idle_ms`` (their workers stopped
     touching them) for ``claimer``, dead-lettering those delivered over ``max_deliveries``
-    times, and delete idle consumers that hold nothing. Bounded: ``max_calls`` calls."""
+    times, and delete idle consumers that hold nothing. Entries the dead worker had started
+    count as crashed attempts of ``version`` (the claimer's: it serves the same lane).
+    Bounded: ``max_calls`` calls."""
     qk = conn.keys.queue(queue)
     out = Reclaimed()
     cursor = "0-0"
     now = now_ms if now_ms is not None else defaults.now_ms()
+    keys = qk.stream_reclaim_keys(version or "unknown", _lane(lane),
+                                  metrics.slot_of(now, slot_s))
     while out.calls < max_calls:
-        nxt, flat, dead, deleted = _check(conn.scripts.call(
-            "reclaim_stream", qk.stream_reclaim_keys(_lane(lane)),
-            [STREAM_GROUP, claimer, min_idle_ms, cursor, count, max_deliveries, now, lane]),
-            "reclaim_stream")
+        nxt, flat, dead, deleted, crashed = _check(conn.scripts.call(
+            "reclaim_stream", keys,
+            [STREAM_GROUP, claimer, min_idle_ms, cursor, count, max_deliveries, now, lane,
+             keep_s]), "reclaim_stream")
+        out.crashed += int(crashed)
         out.calls += 1
         out.entries += _entries(flat, lane)
         out.dead += int(dead)
