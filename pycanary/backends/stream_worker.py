@@ -16,7 +16,8 @@ executors, retries with backoff, heartbeats, stop and exit paths. What differs:
 
 Started jobs are marked in the lane's ``stream_running`` hash before they start, so a dead
 worker's started jobs count as crashed attempts when they are reclaimed (of the claimer's
-version: it serves the same lane). Not yet on streams: blocking reads (an idle worker polls).
+version: it serves the same lane). An idle worker blocks in XREADGROUP BLOCK, as a list
+worker blocks in BLMOVE.
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ from ..worker import (
     _job_fields,
     _Outcome,
     _Running,
+    _text,
 )
 from . import streams
 
@@ -48,7 +50,7 @@ log = logging.getLogger("pycanary.worker")
 #: Deliveries without an outcome (each worker holding it died) before an entry is
 #: dead-lettered by the reclaim: a job that kills its workers must not kill every worker.
 MAX_DELIVERIES = 5
-#: An idle worker's poll interval (fetch_stream does not block).
+#: Pause before fetch_stream when the lane's stream does not exist yet (it creates it).
 IDLE_POLL_S = 0.02
 
 
@@ -142,13 +144,37 @@ class StreamWorker(Worker):
 
     # -- fetching and settling -----------------------------------------------------------
     def _block_fetch(self) -> int:
-        """Idle: poll the only active lane (fetch_stream does not block), else sleep a little."""
+        """Idle: wait for one entry on the only active lane (XREADGROUP BLOCK, a plain
+        command: scripts cannot block), or sleep a little. Read as bytes, like the lists'
+        BLMOVE, so an envelope that is not UTF-8 is dead-lettered rather than failing the
+        read. As there, the rolled-back check is the maintenance thread's: an entry read just
+        after a rollback is given back unstarted."""
         lanes = self._active_lanes()
         if len(lanes) != 1:
             self._stop.wait(0.05 if lanes else min(0.5, self.heartbeat_s / 2))
             return 0
-        self._stop.wait(IDLE_POLL_S)
-        return self._sync(self.prefetch - len(self._pending) - self._inflight)
+        q, lane = lanes[0]
+        key = self.conn.keys.queue(q).stream(lane)
+        try:
+            res = self._raw_command(key, "XREADGROUP", "GROUP", STREAM_GROUP, self.id,
+                                    "COUNT", 1, "BLOCK", max(1, int(self.block_s * 1000)),
+                                    "STREAMS", key, ">")
+        except redis.exceptions.ResponseError as exc:
+            if "NOGROUP" not in str(exc):
+                raise
+            self._stop.wait(IDLE_POLL_S)  # no stream yet: fetch_stream creates it and its group
+            return self._sync(1)
+        if not res:
+            return 0
+        got = 0
+        for _key, entries in res:
+            for entry_id, fields in entries:
+                raw = dict(zip(fields[::2], fields[1::2], strict=True)).get(b"e", b"") \
+                    if fields else b""
+                self._accept_entry(q, lane, streams.Entry(
+                    entry_id.decode(), _text(raw), lane))
+                got += 1
+        return got
 
     def _sync(self, want: int) -> int:
         """One pipeline: ack_stream and fail_stream what finished, fetch_stream up to
