@@ -6,6 +6,8 @@ from __future__ import annotations
 import threading
 import time
 
+import pytest
+
 from pycanary import queue_config
 from pycanary.backends import streams
 from pycanary.backends.stream_worker import StreamWorker
@@ -157,3 +159,17 @@ def test_a_job_running_longer_than_the_ttl_is_not_taken_by_another_worker(real_c
         w.stop()
         t.join(10)
     assert runs == ids and b.stats.done == 0
+
+
+def test_the_worker_engine_follows_the_queues_backend(real_conn) -> None:
+    from pycanary import service
+    from pycanary.errors import ValidationError
+    from pycanary.worker import Worker
+
+    conn = real_conn
+    _streams_queue(conn)
+    assert service.worker_class(conn, [Q]) is StreamWorker
+    assert service.worker_class(conn, ["other"]) is Worker
+    with pytest.raises(ValidationError) as err:
+        service.worker_class(conn, [Q, "other"])
+    assert err.value.field == "queues" and "payments: streams, other: lists" in str(err.value)
