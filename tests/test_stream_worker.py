@@ -173,3 +173,49 @@ def test_the_worker_engine_follows_the_queues_backend(real_conn) -> None:
     with pytest.raises(ValidationError) as err:
         service.worker_class(conn, [Q, "other"])
     assert err.value.field == "queues" and "payments: streams, other: lists" in str(err.value)
+
+
+def test_a_canary_worker_dying_after_the_drain_strands_nothing(real_conn) -> None:
+    """Registered (alive) at the rollback's drain, so its entries were left to it; it dies
+    later. A stable worker moves them from the closed canary stream to stable and runs them."""
+    from pycanary import registry, rollouts
+
+    conn = real_conn
+    _streams_queue(conn, 10_000, canary="v2")
+    ids = [r.job_id for r in Producer(conn).enqueue_many(Q, [{"n": i} for i in range(5)])]
+    held = streams.fetch(conn, Q, "canary", "v2", "ghost", 3)  # a canary worker holds 3
+    registry.heartbeat(conn, "ghost", version="v2", queues={Q: "canary"},
+                       info={"state": "active"}, ttl_ms=1000)  # beats no more: dead in 1 s
+    rollouts.rollback(conn, Q)
+    assert streams.depth(conn, Q, "canary") == len(held)  # left to the live worker
+    ran: list[str] = []
+    w = StreamWorker(conn, [Q], "v1", lambda job: ran.append(job.id), heartbeat_s=0.25)
+    t = _run(w)
+    _until(lambda: sorted(ran) == sorted(ids), 15)  # the ghost never touches: idle > TTL
+    w.stop()
+    t.join(10)
+    assert streams.depth(conn, Q, "canary") == 0 and streams.depth(conn, Q, "stable") == 0
+
+
+def test_a_live_worker_with_a_longer_heartbeat_keeps_its_entries(real_conn) -> None:
+    """Reclaim waits for the longest TTL the live consumers advertise: a worker beating every
+    2 s (TTL 6 s) is not robbed by one beating every 0.25 s (TTL 0.75 s)."""
+    conn = real_conn
+    _streams_queue(conn)
+    runs: list[str] = []
+
+    def slow(job) -> None:
+        runs.append(job.id)
+        time.sleep(3.0)
+
+    ids = [r.job_id for r in Producer(conn).enqueue_many(Q, [{}])]
+    a = StreamWorker(conn, [Q], "v1", slow, heartbeat_s=2.0)
+    ta = _run(a)
+    _until(lambda: runs)
+    b = StreamWorker(conn, [Q], "v1", slow, heartbeat_s=0.25)
+    tb = _run(b)
+    _until(lambda: a.stats.done == 1, 10)
+    for w, t in ((a, ta), (b, tb)):
+        w.stop()
+        t.join(10)
+    assert runs == ids and b.stats.done == 0

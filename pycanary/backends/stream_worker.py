@@ -22,6 +22,7 @@ worker blocks in BLMOVE.
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections import Counter
@@ -347,7 +348,8 @@ class StreamWorker(Worker):
         if self._stop.is_set() or not self.ready.is_set():
             return
         for q, lane in self._active_lanes():
-            got = streams.reclaim(self.conn, q, lane, self.id, min_idle_ms=self.ttl_ms,
+            got = streams.reclaim(self.conn, q, lane, self.id,
+                                  min_idle_ms=self._min_idle_ms(q, lane),
                                   max_deliveries=self.max_deliveries, version=self.version,
                                   max_calls=10, slot_s=self.slot_s, keep_s=self.keep_s)
             self.stats.dead += got.dead
@@ -357,6 +359,63 @@ class StreamWorker(Worker):
                 log.warning("worker %s: took over %d job(s) of dead workers on %s/%s "
                             "(%d dead-lettered after %d deliveries)", self.id,
                             len(got.entries), q, lane, got.dead, self.max_deliveries)
+        for q, lane in self._active_lanes():
+            if lane == "stable":
+                self._rescue_closed_canary(q)
+
+    def _min_idle_ms(self, queue: str, lane: str, consumers: list | None = None) -> int:
+        """The idle time after which a pending entry's worker counts as dead: the longest TTL
+        advertised by the live (registered, deadline not passed) consumers of the lane's
+        group, and this worker's own. A live worker touches its entries every heartbeat, well
+        within its TTL, so whatever heartbeat the others run, only dead ones' entries get that
+        idle."""
+        key = self.conn.keys.queue(queue).stream(lane)
+        if consumers is None:
+            try:
+                consumers = self.conn.client.xinfo_consumers(key, STREAM_GROUP)
+            except redis.exceptions.ResponseError:
+                return self.ttl_ms
+        names = [c["name"] for c in consumers if c["name"] != self.id]
+        if not names:
+            return self.ttl_ms
+        keys = self.conn.keys
+        pipe = self.conn.client.pipeline(transaction=False)
+        pipe.hmget(keys.worker_meta, names)
+        for n in names:
+            pipe.zscore(keys.worker_deadlines, n)
+        metas, *deadlines = pipe.execute()
+        now = defaults.now_ms()
+        ttl = self.ttl_ms
+        for meta, deadline in zip(metas, deadlines, strict=True):
+            if deadline is None or deadline < now or not meta:
+                continue  # not registered, or past its own deadline: dead
+            try:
+                ttl = max(ttl, int(json.loads(meta).get("ttl_ms") or defaults.TTL_MS))
+            except (ValueError, TypeError, AttributeError):
+                ttl = max(ttl, defaults.TTL_MS)
+        return ttl
+
+    def _rescue_closed_canary(self, queue: str) -> None:
+        """A canary worker that died after the rollback's drain leaves entries pending in a
+        closed canary stream, which no worker reads any more: a stable worker moves them to
+        stable (drain_stream for those consumers: pending entries idle past the TTL, so
+        untouched by a live worker), as the lists' reaper returns such jobs to stable."""
+        qk = self.conn.keys.queue(queue)
+        cfg = self.conn.client.hmget(qk.config, ["canary_version", "weight_bp"])
+        if (cfg[0] or "") or int(cfg[1] or 0) > 0:
+            return  # the canary lane is open: its own workers reclaim it
+        try:
+            consumers = self.conn.client.xinfo_consumers(qk.stream_canary, STREAM_GROUP)
+        except redis.exceptions.ResponseError:  # no canary stream or group: nothing held
+            return
+        min_idle = self._min_idle_ms(queue, "canary", consumers)
+        dead = [c["name"] for c in consumers
+                if int(c["pending"]) > 0 and int(c["idle"]) >= min_idle]
+        if dead:
+            rep = streams.drain(self.conn, queue, retired=dead, max_seconds=1.0)
+            if rep.moved:
+                log.warning("worker %s: moved %d job(s) held by dead canary workers of %s "
+                            "to the stable lane", self.id, rep.moved, queue)
 
     def _promote_due(self) -> None:
         for q in self.queues:
