@@ -512,6 +512,7 @@ class Controller:
                                   ("canary", dep.canary_version)):
                 metrics.read_totals_on(pipe, qk, version, lane)
                 pipe.llen(qk.lane(lane))
+                pipe.xlen(qk.stream(lane))  # Streams backend: one of the two is empty
             pipe.hgetall(qk.routed)
             pipe.hgetall(qk.broker)
         res = iter(pipe.execute(raise_on_error=False))
@@ -522,13 +523,15 @@ class Controller:
             problem = ""
             for lane, version in (("stable", dep.stable_version),
                                   ("canary", dep.canary_version)):
-                totals, backlog = next(res), next(res)  # totals: strings, as stored
-                for what, r in (("totals", totals), ("backlog", backlog)):
+                totals, backlog, streamed = next(res), next(res), next(res)  # as stored
+                for what, r in (("totals", totals), ("backlog", backlog),
+                                ("backlog", streamed)):
                     if isinstance(r, Exception) and not problem:
                         problem = f"reading the {lane} lane's {what} failed: {r}"
                 if not problem:
                     k = (dep.queue, lane, version)
-                    lanes[lane] = LaneSnapshot(totals, int(backlog), workers.get(k, 0),
+                    lanes[lane] = LaneSnapshot(totals, int(backlog) + int(streamed),
+                                               workers.get(k, 0),
                                                rss_bytes=self._rss.get(k))
             routed = next(res)
             bindings[dep.queue] = next(res)  # a Celery or RQ queue's broker lists

@@ -236,6 +236,7 @@ def run_demo(
     seed: int = 7,
     timeout_s: float = 180.0,
     log: Callable[[str], None] | None = None,
+    backend: str = "lists",
 ) -> DemoResult:
     if scenario not in ("healthy", "regression"):
         raise service.ValidationError(f"must be healthy or regression, got {quote(scenario)}",
@@ -270,8 +271,9 @@ def run_demo(
     enqueued: list[str] = []
     t_start = time.monotonic()
     try:
-        service.configure_queue(conn, QUEUE, stable_version="v1")
-        workers = [Worker(conn, [QUEUE], v, fleet.handler(v), concurrency=4, heartbeat_s=0.25,
+        service.configure_queue(conn, QUEUE, stable_version="v1", backend=backend)
+        engine = service.worker_class(conn, [QUEUE])
+        workers = [engine(conn, [QUEUE], v, fleet.handler(v), concurrency=4, heartbeat_s=0.25,
                           backoff_s=0.05, block_s=0.2) for v in ("v1", "v2")]
         for w in workers:
             threads.append(threading.Thread(target=w.run, daemon=True, name=f"worker-{w.version}"))

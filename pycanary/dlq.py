@@ -19,6 +19,7 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from . import defaults, service, validation
+from .backends import streams
 from .connection import Connection
 from .errors import NotFoundError, ValidationError, raise_for_code
 from .job import Envelope
@@ -201,7 +202,11 @@ def _apply(conn: Connection, queue: str, action: str, letters: list[DeadLetter],
             args += [dl.raw, ""]
     if len(args) == 1:
         return
-    res = conn.scripts.call("dead_letters", conn.keys.queue(queue).dead_letter_keys(), args)
+    qk = conn.keys.queue(queue)
+    script, keys = "dead_letters", qk.dead_letter_keys()
+    if streams.backend_of(conn, queue) == "streams":  # requeued to the stable stream
+        script, keys = "dead_letters_stream", [qk.dlq, qk.stream_stable]
+    res = conn.scripts.call(script, keys, args)
     if isinstance(res, int) and res < 0:
         raise_for_code(res, script="dead_letters", field="queue")
     report.done += int(res[0])

@@ -22,9 +22,10 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from . import defaults, validation
+from .backends import streams
 from .connection import Connection
 from .errors import ValidationError, raise_for_code
-from .keys import LANES
+from .keys import LANES, STREAM_GROUP
 
 DEFAULT_BATCH = defaults.DRAIN_BATCH
 #: The script refuses more per call: 5,000 jobs stay within a few ms of server time.
@@ -185,6 +186,8 @@ def drain_lane(
     empty lane costs one call and a static lane exactly ceil(jobs / batch).
     """
     _check(queue, from_lane, to_lane, batch, max_seconds, calls_per_round_trip)
+    if streams.backend_of(conn, queue) == "streams":
+        return _drain_streams(conn, queue, from_lane, to_lane, batch, progress, max_seconds)
     qk = conn.keys.queue(queue)
     start = clock()
     legs = [("drain_lane", [qk.lane(from_lane), qk.lane(to_lane)], (batch,))]
@@ -210,4 +213,37 @@ def drain_lane(
         queue=queue, from_lane=from_lane, to_lane=to_lane, moved=moved, calls=calls,
         round_trips=round_trips, seconds=clock() - start, max_call_ms=max_call * 1000,
         max_round_trip_ms=max_rt * 1000, remaining=remaining,
+    )
+
+
+def retired_consumers(conn: Connection, queue: str) -> list[str]:
+    """Consumers of the canary stream's group that are not live registered workers: their
+    pending entries will never be acked, so the drain moves them too."""
+    key = conn.keys.queue(queue).stream_canary
+    try:
+        names = [c["name"] for c in conn.client.xinfo_consumers(key, STREAM_GROUP)]
+    except Exception:  # no stream or no group yet: nobody holds anything
+        return []
+    from .registry import list_workers  # registry imports worker-side modules
+
+    alive = {w.id for w in list_workers(conn, ttl_ms=defaults.TTL_MS) if w.state != "dead"}
+    return [n for n in names if n not in alive]
+
+
+def _drain_streams(conn: Connection, queue: str, from_lane: str, to_lane: str, batch: int,
+                   progress: Callable[[int, int], None] | None,
+                   max_seconds: float) -> DrainReport:
+    """The Streams backend's drain (drain_stream.lua, via backends/streams.drain): the canary
+    stream's undelivered entries and those of retired consumers, to the stable stream."""
+    if (from_lane, to_lane) != ("canary", "stable"):
+        raise ValidationError("the Streams backend drains canary into stable only",
+                              field="from_lane")
+    rep = streams.drain(conn, queue, retired=retired_consumers(conn, queue), batch=batch,
+                        max_seconds=max_seconds)
+    if progress is not None:
+        progress(rep.moved, rep.remaining)
+    return DrainReport(
+        queue=queue, from_lane=from_lane, to_lane=to_lane, moved=rep.moved, calls=rep.calls,
+        round_trips=rep.calls, seconds=rep.seconds, max_call_ms=rep.max_call_ms,
+        max_round_trip_ms=rep.max_call_ms, remaining=rep.remaining,
     )

@@ -10,6 +10,9 @@ from dataclasses import dataclass
 
 DEFAULT_PREFIX = "pycanary"
 LANES = ("stable", "canary")
+#: The one consumer group of every lane stream (Streams backend): each entry is delivered to
+#: one worker of the lane's version, never to a second group (docs/strategies.md).
+STREAM_GROUP = "pycanary-workers"
 
 
 @dataclass(frozen=True)
@@ -92,6 +95,71 @@ class QueueKeys:
         return [self.processing(worker_id), self.metrics_slot(version, lane, slot),
                 self.delayed(lane), self.dlq, self.metrics_total(version, lane),
                 self.running(worker_id)]
+
+    # -- Streams backend (docs/strategies.md): one stream per lane, one consumer group each --
+    def stream(self, lane: str) -> str:
+        """Stream of a lane (Streams backend): entries ``e`` = the envelope; acked = deleted."""
+        if lane not in LANES:
+            raise ValueError(f"unknown lane {lane!r}")
+        return f"{self.base}:stream:{lane}"
+
+    @property
+    def stream_stable(self) -> str:
+        return self.stream("stable")
+
+    @property
+    def stream_canary(self) -> str:
+        return self.stream("canary")
+
+    def stream_routing(self) -> list[str]:
+        """KEYS of route_xadd, in its order (route_enqueue's, streams instead of lists)."""
+        return [self.config, self.tenant_weights, self.stream_stable, self.stream_canary,
+                self.routed]
+
+    def stream_fetch_keys(self, lane: str) -> list[str]:
+        """KEYS of fetch_stream."""
+        return [self.stream(lane), self.rolled_back]
+
+    def stream_running(self, lane: str) -> str:
+        """Hash entry id -> "<first> <unit>" of the lane's entries a worker started and has not
+        recorded (Streams backend): what reclaim_stream counts as crashed attempts."""
+        if lane not in LANES:
+            raise ValueError(f"unknown lane {lane!r}")
+        return f"{self.base}:stream_running:{lane}"
+
+    def stream_ack_keys(self, version: str, lane: str, slot: int) -> list[str]:
+        """KEYS of ack_stream."""
+        return [self.stream(lane), self.metrics_slot(version, lane, slot),
+                self.metrics_total(version, lane), self.stream_running(lane)]
+
+    def stream_fail_keys(self, version: str, lane: str, slot: int) -> list[str]:
+        """KEYS of fail_stream."""
+        return [self.stream(lane), self.metrics_slot(version, lane, slot), self.delayed(lane),
+                self.dlq, self.metrics_total(version, lane), self.stream_running(lane)]
+
+    def stream_promote_keys(self) -> list[str]:
+        """KEYS of promote_delayed_stream."""
+        return [self.delayed_stable, self.delayed_canary, self.stream_stable,
+                self.stream_canary, self.config]
+
+    def stream_reclaim_keys(self, version: str, lane: str, slot: int) -> list[str]:
+        """KEYS of reclaim_stream (XAUTOCLAIM of dead consumers' entries; their started jobs
+        counted as crashed attempts of ``version``, the lane's version the claimer runs)."""
+        return [self.stream(lane), self.dlq, self.stream_running(lane),
+                self.metrics_slot(version, lane, slot), self.metrics_total(version, lane)]
+
+    def stream_move_keys(self, lane: str) -> list[str]:
+        """KEYS of return_stream (an entry back to its lane, or to stable when closed)."""
+        return [self.stream(lane), self.stream_stable, self.config]
+
+    def stream_drain_keys(self) -> list[str]:
+        """KEYS of drain_stream."""
+        return [self.stream_canary, self.stream_stable]
+
+    def backend_keys(self) -> list[str]:
+        """KEYS of set_backend: the config, then every key that holds a queue's jobs."""
+        return [self.config, self.lane_stable, self.lane_canary, self.stream_stable,
+                self.stream_canary, self.delayed_stable, self.delayed_canary]
 
     def dead_letter_keys(self) -> list[str]:
         """KEYS of dead_letters (requeue or purge dead letters)."""

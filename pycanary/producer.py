@@ -8,6 +8,7 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Any, NamedTuple
 
 from . import defaults, validation
+from .backends import streams as streams_backend
 from .connection import Connection
 from .errors import (
     EnqueueTimeoutError,
@@ -107,6 +108,7 @@ class Producer:
         # computes it itself and reports the new weight.
         self._weights: dict[str, int] = {}
         self._queues: dict[str, list[str]] = {}  # validated and registered -> routing KEYS
+        self._streams: dict[str, bool] = {}  # queue -> uses the Streams backend
         self._hasher = StickyHasher()
 
     @staticmethod
@@ -151,6 +153,11 @@ class Producer:
                 raise QueueUnavailableError(f"Redis did not answer; nothing enqueued: {exc}") \
                     from None
             keys = self._queues[queue] = self.conn.keys.queue(queue).routing()
+            # the backend is chosen before first use (set_backend refuses a change once the
+            # queue holds jobs), so it is read once per queue and process
+            self._streams[queue] = self._with_retries(
+                lambda: self.client.hget(self.conn.keys.queue(queue).config, "backend"),
+                [], idempotent=True) == "streams"
         return keys
 
     def _with_retries(self, send: Callable[[], Any], job_ids: list[str], *,
@@ -266,9 +273,14 @@ class Producer:
         if idem:
             keys = [*keys, self.conn.keys.queue(queue).idem(jid)]
             args = (*args, self._idem_ttl_ms)
+        script = "route_enqueue"
+        if self._streams.get(queue):  # Streams backend: the same contract, XADD to a stream
+            script, args = "route_xadd", tuple(streams_backend.route_args(
+                args[:6], args[6] if idem else None))
+            keys = [*self.conn.keys.queue(queue).stream_routing(), *keys[5:]]
         call_keys = keys
         lane, weight, salt_now, _n, *_dup = self._with_retries(
-            lambda: self.scripts.call("route_enqueue", call_keys, args), [jid],
+            lambda: self.scripts.call(script, call_keys, args), [jid],
             idempotent=idem)
         if salt_now != salt:
             self._salts[queue] = salt_now
@@ -304,6 +316,7 @@ class Producer:
         payloads = list(payloads)
         if sticky_keys is not None and len(sticky_keys) != len(payloads):
             raise ValidationError("must have one key per payload", field="sticky_keys")
+
         now = self._clock_ms()
         tenant_arg = tenant or ""
         salt = self._salts.get(queue, "")
@@ -336,6 +349,9 @@ class Producer:
         keys = self._queue_keys(queue)
         qk = self.conn.keys.queue(queue)
         ttl = self._idem_ttl_ms
+        script = "route_enqueue_many"
+        if self._streams.get(queue):  # Streams backend: same ARGV and replies, XADD per job
+            script, keys = "route_xadd_many", qk.stream_routing()
 
         # Every batch carries an idempotency record (one SET per batch, keyed by its first job
         # id): a batch re-sent after a lost reply returns its first lanes, so what landed is
@@ -350,7 +366,7 @@ class Producer:
         def send(round_: list[tuple[int, list[str], list[Any]]]) -> list[Any]:
             pipe = self.scripts.pipeline()
             for _first, bkeys, bargs in round_:
-                pipe.call("route_enqueue_many", bkeys, bargs)
+                pipe.call(script, bkeys, bargs)
             return pipe.execute(raise_on_error=False)
 
         for r0 in range(0, n_batches, BATCHES_PER_ROUND_TRIP):

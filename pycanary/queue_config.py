@@ -153,6 +153,7 @@ def configure(
     back on its producers instead of growing without bound. The drain ignores it."""
     validation.queue_name(queue)
     pairs: list[str] = []
+    want_backend: str | None = None
     if max_weight_bp is not None:
         if isinstance(max_weight_bp, bool) or not 0 <= max_weight_bp <= MAX_WEIGHT_BP:
             raise ValidationError(f"must be 0-10000 basis points, got {max_weight_bp!r}",
@@ -167,7 +168,7 @@ def configure(
         if backend not in BACKENDS:
             raise ValidationError(f"must be one of {', '.join(BACKENDS)}, got {backend!r}",
                                   field="backend")
-        pairs += ["backend", backend]
+        want_backend = backend
     if sticky is not None:
         pairs += ["sticky", "1" if sticky else "0"]
     if salt is not None:
@@ -182,8 +183,16 @@ def configure(
             raise ValidationError(f"must be an integer 0-{MAX_BACKLOG:,} jobs (0 = no limit), "
                                   f"got {validation.quote(max_backlog)}", field="max_backlog")
         pairs += ["max_backlog", str(max_backlog)]
-    if not pairs:
+    if not pairs and want_backend is None:
         raise ValidationError("nothing to change: give at least one option", field="options")
+    if want_backend is not None:
+        # its own script: a backend is chosen before first use, refused while jobs are held
+        from .backends.streams import set_backend
+
+        set_backend(conn, queue, want_backend, now_ms=now_ms)
+        if not pairs:
+            conn.client.sadd(conn.keys.queues, queue)
+            return read_config(conn, queue)
     res = conn.scripts.call(
         "configure_queue",
         conn.keys.queue(queue).config_keys(),

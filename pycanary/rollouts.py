@@ -57,6 +57,16 @@ def schemas_in_queue(conn: Connection, queue: str) -> set[int]:
             if len(page) < SCHEMA_SCAN_PAGE:
                 break
             start += SCHEMA_SCAN_PAGE
+    for lane in ("stable", "canary"):  # Streams backend: XRANGE pages from a cursor
+        cursor = "-"
+        while True:
+            rows = conn.client.xrange(qk.stream(lane), cursor, "+", count=SCHEMA_SCAN_PAGE)
+            for _id, fields in rows:
+                m = _SCHEMA_RE.search(fields.get("e", ""))
+                found.add(int(m.group(1)) if m else 1)
+            if len(rows) < SCHEMA_SCAN_PAGE:
+                break
+            cursor = "(" + rows[-1][0]
     return found
 
 

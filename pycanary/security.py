@@ -26,7 +26,8 @@ _CALL = re.compile(r"""(?:rcall|redis\.call|redis\.pcall)\(\s*['"]([A-Za-z]+)['"
 #: Read commands the Python side issues outside scripts (status, worker lane refresh, controller
 #: reads, registry reads). Key patterns decide on which keys they are allowed.
 _PLAIN_READS = ("get", "hget", "hmget", "hgetall", "llen", "lindex", "lrange", "smembers",
-                "sismember", "zcard", "zscore", "zrange", "zrangebyscore", "xrange", "xrevrange")
+                "sismember", "zcard", "zscore", "zrange", "zrangebyscore", "xrange", "xrevrange",
+                "xlen", "xpending", "xinfo")
 
 #: Per-queue key suffixes (after ``P:{q}:``) and global keys (after ``P:``), as in keys.py.
 _Q = "{*}:"
@@ -49,9 +50,10 @@ _ALL_SCRIPTS = tuple(sorted(load_all()))
 ROLES: dict[str, Role] = {
     "producer": Role(
         "producer", "enqueue jobs; reads routing config, never changes it",
-        scripts=("route_enqueue", "route_enqueue_many"),
+        scripts=("route_enqueue", "route_enqueue_many", "route_xadd", "route_xadd_many"),
         reads=(_Q + "config", _Q + "tenant_weights"),
-        writes=(_Q + "lane:stable", _Q + "lane:canary", _Q + "routed", _Q + "idem:*", "queues"),
+        writes=(_Q + "lane:stable", _Q + "lane:canary", _Q + "stream:stable",
+                _Q + "stream:canary", _Q + "routed", _Q + "idem:*", "queues"),
         plain_writes=("sadd",),
     ),
     "worker": Role(
@@ -59,10 +61,12 @@ ROLES: dict[str, Role] = {
         "version with `queue configure --stable-version` first: adopting it is a config write)",
         scripts=("fetch_jobs", "ack_jobs", "fail_jobs", "bounce_job", "return_job",
                  "promote_delayed", "requeue_jobs", "heartbeat", "forget_worker",
-                 "release_lock"),
+                 "release_lock", "fetch_stream", "ack_stream", "fail_stream",
+                 "promote_delayed_stream", "touch_stream", "reclaim_stream", "return_stream"),
         reads=(_Q + "config", _Q + "rolled_back", _Q + "former_stable", _Q + "tenant_weights"),
-        writes=(_Q + "lane:*", _Q + "processing:*", _Q + "running:*", _Q + "processing_index",
-                _Q + "delayed:*",
+        writes=(_Q + "lane:*", _Q + "stream:*", _Q + "stream_running:*", _Q + "processing:*",
+                _Q + "running:*",
+                _Q + "processing_index", _Q + "delayed:*",
                 _Q + "dlq", _Q + "m:*", _Q + "mt:*", "{workers}:*"),
         plain_writes=("blmove", "set", "hset"),
     ),
@@ -71,11 +75,13 @@ ROLES: dict[str, Role] = {
         "drain); reads metrics and the worker registry",
         scripts=("deployment_start", "deployment_update", "deployment_promote",
                  "deployment_rollback", "deployment_finish", "fence_queue", "drain_lane",
-                 "drain_broker", "leader_acquire", "leader_renew", "release_lock", "notify_settle"),
+                 "drain_broker", "drain_stream", "leader_acquire", "leader_renew",
+                 "release_lock", "notify_settle"),
         # broker: a Celery or RQ queue's binding (docs/integrations.md: its broker lists
         # need key patterns of their own)
         reads=(_Q + "mt:*", _Q + "m:*", _Q + "routed", _Q + "broker", "{workers}:*", "queues"),
-        writes=(_Q + "config", _Q + "tenant_weights", _Q + "lane:*", _Q + "rolled_back",
+        writes=(_Q + "config", _Q + "tenant_weights", _Q + "lane:*", _Q + "stream:*",
+                _Q + "rolled_back",
                 _Q + "former_stable", _Q + "fence", _Q + "deployment", _Q + "deployment:large",
                 _Q + "events:*",
                 _Q + "analyses:*", _Q + "history", _Q + "counters", _Q + "outbox",

@@ -223,16 +223,18 @@ def configure_queue(
     max_backlog: int | str | None = None,
 ) -> queue_config.QueueConfig:
     bp = None if max_weight is None else validation.percent_to_bp(max_weight, "max_weight")
-    if isinstance(backend, str) and backend.strip().lower() == "streams":
-        # the config accepts the name (the Streams backend is designed), but no worker or
-        # producer implements it yet: a queue set to it would silently keep using lists
-        raise ValidationError("the Streams backend is not implemented yet; queues use lists "
-                              "(the default)", field="backend")
     return queue_config.configure(
         conn, queue, max_weight_bp=bp, stable_version=stable_version, backend=backend,
         sticky=sticky, salt=salt, enabled=enabled, canary_version=canary_version,
         max_backlog=queue_config.parse_max_backlog(max_backlog),
     )
+
+
+def worker_class(conn: Connection, queues: list[str]) -> type:
+    """Worker or StreamWorker, from the queues' backend (faces pick the engine through here)."""
+    from .backends.stream_worker import worker_class as pick
+
+    return pick(conn, [validation.queue_name(q) for q in queues])
 
 
 def queue_info(conn: Connection, queue: str) -> dict[str, Any]:
@@ -262,12 +264,13 @@ def read_lanes(pipe: Any, qk: QueueKeys) -> None:
     that knows where they live (status, `queue show` and /metrics all go through it)."""
     for lane in LANES:
         pipe.llen(qk.lane(lane))
+        pipe.xlen(qk.stream(lane))  # Streams backend: one of the two is always empty
     pipe.hgetall(qk.routed)
 
 
 def decode_lanes(replies: Iterator[Any]) -> tuple[dict[str, int], dict[str, int]]:
     """({lane: depth}, {lane: jobs routed}) from the replies read_lanes queued, in order."""
-    depth = {lane: int(next(replies)) for lane in LANES}
+    depth = {lane: int(next(replies)) + int(next(replies)) for lane in LANES}
     routed = next(replies)
     return depth, {lane: int(routed.get(lane, 0)) for lane in LANES}
 
@@ -284,6 +287,8 @@ def outstanding(conn: Connection, queue: str) -> dict[str, int]:
         pipe.llen(qk.lane(lane))
     for lane in LANES:
         pipe.zcard(qk.delayed(lane))
+    for lane in LANES:
+        pipe.xlen(qk.stream(lane))  # Streams backend: waiting and in flight (acked = deleted)
     pipe.hkeys(qk.processing_index)
     *counts, workers = pipe.execute()
     pipe = conn.client.pipeline(transaction=False)
@@ -291,8 +296,8 @@ def outstanding(conn: Connection, queue: str) -> dict[str, int]:
         pipe.llen(qk.processing(wid))
     held = sum(int(n) for n in pipe.execute()) if workers else 0
     n = len(LANES)
-    return {"waiting": sum(int(x) for x in counts[:n]),
-            "delayed": sum(int(x) for x in counts[n:]), "in_flight": held}
+    return {"waiting": sum(int(x) for x in counts[:n]) + sum(int(x) for x in counts[2 * n:]),
+            "delayed": sum(int(x) for x in counts[n:2 * n]), "in_flight": held}
 
 
 def require_queue(conn: Connection, queue: str) -> str:

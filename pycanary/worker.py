@@ -154,6 +154,8 @@ class _Running:
     # analysis fields, fixed when the job is marked started (metrics.unit_of)
     first: str = ""
     unit: str = ""
+    # Streams backend (backends/stream_worker.py): the entry id that names the held job
+    entry_id: str = ""
 
 
 @dataclass(eq=False)

@@ -17,6 +17,7 @@ from pycanary.api.auth import parse_tokens
 from pycanary.api.models import API_MAX_COUNT, API_MAX_RUNS
 from pycanary.connection import Connection
 from pycanary.plan_check import check_plan
+from pycanary.producer import Producer
 from tests.test_cli import run
 from tests.test_dlq import _dead_letters
 
@@ -94,8 +95,11 @@ def test_configure_show_list_match_the_cli(api: TestClient, real_conn: Connectio
     assert queue_config.read_config(real_conn, "payments").max_weight_bp == 5000
     assert_error(api.patch("/v1/queues/payments", headers=OP, json={}), 422, "invalid",
                  "options")
-    assert_error(api.patch("/v1/queues/payments", headers=OP, json={"backend": "streams"}),
-                 422, "invalid", "backend")
+    # a backend is chosen before first use: refused once the queue holds a job
+    Producer(real_conn).enqueue("payments", {"n": 1})
+    err = assert_error(api.patch("/v1/queues/payments", headers=OP, json={"backend": "streams"}),
+                       422, "invalid", "backend")
+    assert "holds jobs (1 in lists" in err["message"]
     assert_error(api.patch("/v1/queues/payments", headers=OP, json={"max_wieght": 5}),
                  422, "invalid", "max_wieght")
     assert_error(api.patch("/v1/queues/payments", headers=OP,

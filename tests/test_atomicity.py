@@ -8,7 +8,7 @@ import pytest
 from redis.crc import key_slot
 
 from pycanary import queue_config
-from pycanary.keys import Keys
+from pycanary.keys import STREAM_GROUP, Keys
 from pycanary.producer import Producer
 from pycanary.scripts import load_all
 
@@ -127,6 +127,19 @@ def _script_keys(keys: Keys, queue: str) -> dict[str, list[str]]:
         "drain_broker": ["payments.canary", "payments"],
         "notify_settle": [qk.outbox, qk.outbox_dead],
         "dead_letters": qk.dead_letter_keys(),
+        # the Streams backend (pycanary/backends/streams.py)
+        "route_xadd": [*qk.stream_routing(), qk.idem("j-1")],
+        "route_xadd_many": [*qk.stream_routing(), qk.idem("j-1")],
+        "fetch_stream": qk.stream_fetch_keys("canary"),
+        "ack_stream": qk.stream_ack_keys("v2", "canary", 1_700_000_000),
+        "fail_stream": qk.stream_fail_keys("v2", "canary", 1_700_000_000),
+        "promote_delayed_stream": qk.stream_promote_keys(),
+        "touch_stream": [qk.stream_canary],
+        "reclaim_stream": qk.stream_reclaim_keys("v2", "canary", 1_700_000_000),
+        "return_stream": qk.stream_move_keys("canary"),
+        "drain_stream": qk.stream_drain_keys(),
+        "set_backend": qk.backend_keys(),
+        "dead_letters_stream": [qk.dlq, qk.stream_stable],
         # global scripts: one slot of their own ({workers}, {controller})
         "heartbeat": keys.heartbeat_keys("w:1"),
         "forget_worker": keys.heartbeat_keys("w:1"),
@@ -237,6 +250,23 @@ def _typed_calls(keys: Keys) -> dict[str, tuple[list[tuple[str, str]], list]]:
                             [3600, "retry", "40", "", "", "1", ""]),
         "drain_broker": ([(qk.lane_canary, "list"), (qk.lane_stable, "list")],
                          [100, "celery", "payments.canary", "payments"]),
+        # the Streams backend's owned scripts
+        "route_xadd": ([(qk.config, "hash"), (qk.tenant_weights, "hash"),
+                        (qk.stream_stable, "stream"), (qk.stream_canary, "stream"),
+                        (qk.routed, "hash"), (qk.idem("j1"), "string")],
+                       ["{}", "k", "", 5, "", "", STREAM_GROUP, 60_000]),
+        "route_xadd_many": ([(qk.config, "hash"), (qk.tenant_weights, "hash"),
+                             (qk.stream_stable, "stream"), (qk.stream_canary, "stream"),
+                             (qk.routed, "hash"), (qk.idem("j1"), "string")],
+                            ["", 60_000, "{}", "k", "", 5, "", "{}", "k2", "", 7, ""]),
+        "drain_stream": ([(qk.stream_canary, "stream"), (qk.stream_stable, "stream")],
+                         [STREAM_GROUP, 100, "-"]),
+        "set_backend": ([(qk.config, "hash"), (qk.lane_stable, "list"), (qk.lane_canary, "list"),
+                         (qk.stream_stable, "stream"), (qk.stream_canary, "stream"),
+                         (qk.delayed_stable, "zset"), (qk.delayed_canary, "zset")],
+                        [1, "lists"]),
+        "dead_letters_stream": ([(qk.dlq, "list"), (qk.stream_stable, "stream")],
+                                ["requeue", '{"id":"j1"}', '{"id":"j1","attempts":0}']),
         "notify_settle": ([(qk.outbox, "stream"), (qk.outbox_dead, "stream")],
                           ["g", "1-0", 1000, 1, '{"f":1}']),
         "dead_letters": ([(qk.dlq, "list"), (qk.lane_stable, "list")],
@@ -276,6 +306,11 @@ _BAD_ARGS = [
     ("bind_broker", 0, "kafka"), ("bind_broker", 2, "a"), ("bind_broker", 4, ""),
     ("record_outcomes", 1, "maybe"), ("record_outcomes", 2, "x"), ("record_outcomes", 5, "2"),
     ("drain_broker", 0, "0"), ("drain_broker", 1, "kafka"), ("drain_broker", 2, ""),
+    ("route_xadd", 3, "x"), ("route_xadd", 6, "bad name"), ("route_xadd", 7, "0"),
+    ("route_xadd", 0, ""), ("route_xadd_many", 1, "0"), ("route_xadd_many", 7, ""),
+    ("drain_stream", 1, "0"), ("drain_stream", 1, "5001"), ("drain_stream", 2, "x"),
+    ("drain_stream", 0, ""), ("set_backend", 1, "kafka"), ("set_backend", 0, "x"),
+    ("dead_letters_stream", 0, "move"), ("dead_letters_stream", 2, ""),
     ("notify_settle", 0, ""), ("notify_settle", 1, "x"), ("notify_settle", 2, "0"),
     ("notify_settle", 3, "2"),
     ("dead_letters", 0, "move"), ("dead_letters", 1, ""), ("dead_letters", 2, ""),
@@ -343,7 +378,7 @@ def test_every_owned_script_refuses_wrong_key_types_changing_nothing(real_conn) 
             checked += 1
             for k, _ in typed:
                 conn.client.delete(k)
-    assert checked == sum(len(t) for t, _ in calls.values()) == 86
+    assert checked == sum(len(t) for t, _ in calls.values()) == 109
 
 
 @pytest.mark.parametrize(("name", "index", "value"), _BAD_ARGS)

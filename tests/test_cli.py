@@ -89,12 +89,25 @@ def test_queue_configure_and_guard(prefix: str) -> None:
         (("enqueue", "payments", "--count", "0"), "count"),
         (("enqueue", "payments", "--count", "2", "--job-id", "x"), "job_id"),
         (("queue", "configure", "payments", "--backend", "kafka"), "backend"),
-        (("queue", "configure", "payments", "--backend", "streams"), "backend"),
         (("queue", "configure", "payments"), "options"),
     ],
 )
 def test_user_mistakes_exit_2_with_one_line(prefix: str, args: tuple, field: str) -> None:
     assert_user_error(run(*args, prefix=prefix), field)
+
+
+def test_streams_backend_refusals_are_user_errors(prefix: str) -> None:
+    """The embedded memory:// server cannot run the Streams scripts; a queue with jobs keeps
+    its backend. Both: exit 2, one line naming `backend`."""
+    res = run("queue", "configure", "payments", "--backend", "streams", url="memory://cli")
+    assert_user_error(res, "backend")
+    assert "memory://" in res.stderr
+    assert run("enqueue", "payments", "{}", prefix=prefix).returncode == 0
+    res = run("queue", "configure", "payments", "--backend", "streams", prefix=prefix)
+    assert_user_error(res, "backend")
+    assert "holds jobs" in res.stderr
+    assert run("queue", "configure", "fresh", "--backend", "streams", prefix=prefix
+               ).returncode == 0
 
 
 def test_unreachable_redis_exits_1_without_traceback() -> None:

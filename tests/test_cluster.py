@@ -54,3 +54,46 @@ def test_noscript_reload_on_cluster(cluster: RedisCluster3) -> None:
     for node in cluster.nodes:
         node.client.script_flush()
     assert len(producer.enqueue_many("emails", [{}] * 300)) == 300
+
+
+def test_streams_backend_on_cluster(cluster: RedisCluster3) -> None:
+    """The Streams backend over queues spread on three nodes: route_xadd, a StreamWorker per
+    queue set, rollback drain (drain_stream) and every job processed once."""
+    import threading
+    import time
+
+    from pycanary import rollouts
+    from pycanary.backends import streams
+    from pycanary.backends.stream_worker import StreamWorker
+
+    conn = pycanary.connect(cluster.url, prefix="streams-cluster")
+    queues = ["s-payments", "s-emails", "s-images"]
+    assert len({conn.client.get_node_from_key(f"{{{q}}}").port for q in queues}) > 1
+    producer = Producer(conn)
+    seen: list[str] = []
+    lock = threading.Lock()
+
+    def handler(job) -> None:
+        with lock:
+            seen.append(job.id)
+
+    ids: list[str] = []
+    for q in queues:
+        service.configure_queue(conn, q, backend="streams", stable_version="v1",
+                                canary_version="v2")
+        queue_config.set_weight(conn, q, 5000)
+        ids += [r.job_id for r in producer.enqueue_many(q, [{}] * 200)]
+        assert sum(service.queue_info(conn, q)["depth"].values()) == 200
+    for q in queues:  # no canary worker ran: rollback drains the whole canary stream
+        report = rollouts.rollback(conn, q)
+        assert report["drain_complete"] and streams.depth(conn, q, "canary") == 0
+    w = StreamWorker(conn, queues, "v1", handler, concurrency=4, heartbeat_s=0.25)
+    t = threading.Thread(target=w.run, daemon=True)
+    t.start()
+    deadline = time.monotonic() + 60
+    while len(seen) < len(ids) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    w.stop()
+    t.join(10)
+    assert sorted(seen) == sorted(ids)  # every job once
+    assert all(streams.depth(conn, q, lane) == 0 for q in queues for lane in ("stable", "canary"))

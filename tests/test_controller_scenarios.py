@@ -64,12 +64,13 @@ def behave(conn, version: str, *, fail: float = 0.01, sleep_ms: float = 5.0) -> 
                      mapping={"fail": fail, "sleep_ms": sleep_ms})
 
 
-@pytest.fixture
-def fleet(real_conn) -> Iterator:
+@pytest.fixture(params=["lists", "streams"])
+def fleet(real_conn, request: pytest.FixtureRequest) -> Iterator:
     """A stable v1 and a canary v2 worker process on `payments` (v2 waits in standby), alike
-    in concurrency so that run times compare the versions, not the hosts."""
+    in concurrency so that run times compare the versions, not the hosts. Once per backend:
+    everything above it (controller, analysis, rollouts) runs unchanged."""
     conn = real_conn
-    service.configure_queue(conn, "payments", stable_version="v1")
+    service.configure_queue(conn, "payments", stable_version="v1", backend=request.param)
     behave(conn, "v1")
     behave(conn, "v2")
     # --prefetch 32: a batch per fetch, so the two worker processes keep up with the 300 jobs
@@ -132,7 +133,8 @@ def settle_and_check_no_loss(conn, ids: list[str]) -> tuple[int, int]:
     def finished() -> bool:
         c = conn.client
         if c.llen(qk.lane_stable) or c.llen(qk.lane_canary) or c.zcard(qk.delayed_stable) or \
-                c.zcard(qk.delayed_canary):
+                c.zcard(qk.delayed_canary) or c.xlen(qk.stream_stable) or \
+                c.xlen(qk.stream_canary):
             return False
         dead = {json.loads(x)["job"]["id"] for x in c.lrange(qk.dlq, 0, -1)}
         return set(ids) <= set(c.lrange(done_key, 0, -1)) | dead

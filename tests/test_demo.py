@@ -29,11 +29,14 @@ def demo_keys(client, prefix: str) -> list[str]:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("url", ["memory://", REAL_URL], ids=["memory", "redis"])
+@pytest.mark.parametrize(("url", "backend"), [("memory://", "lists"), (REAL_URL, "lists"),
+                                              (REAL_URL, "streams")],
+                         ids=["memory", "redis", "redis-streams"])
 @pytest.mark.parametrize(("scenario", "outcome"), [("healthy", "completed"),
                                                    ("regression", "rolled_back")])
-def test_demo_outcome_and_nothing_lost(url: str, scenario: str, outcome: str) -> None:
-    result = run_demo(url, scenario=scenario, speed=300, rate=150)
+def test_demo_outcome_and_nothing_lost(url: str, backend: str, scenario: str,
+                                       outcome: str) -> None:
+    result = run_demo(url, scenario=scenario, speed=300, rate=150, backend=backend)
     assert result.outcome == outcome, result.summary()
     assert result.lost == 0
     assert result.enqueued > 300
@@ -59,6 +62,12 @@ def test_demo_outcome_and_nothing_lost(url: str, scenario: str, outcome: str) ->
         assert result.regression_to_rollback_s is not None
         assert result.weight_zero_ms is not None and 0 <= result.weight_zero_ms < 1000
         assert f"weight 0       {result.weight_zero_ms:.0f} ms after" in result.summary()
+
+
+def test_demo_streams_on_the_embedded_server_is_refused_with_the_reason() -> None:
+    with pytest.raises(pycanary.ValidationError) as err:
+        run_demo("memory://", backend="streams")
+    assert err.value.field == "backend" and "memory://" in str(err.value)
 
 
 def test_demo_cli_json_and_bad_scenario() -> None:

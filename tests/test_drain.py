@@ -254,3 +254,80 @@ def test_after_rollback_and_drain_no_enqueue_lands_in_canary(conn) -> None:
     assert conn.client.llen(stable) == 301 + 1 + len(after)
     cfg = queue_config.read_config(conn, Q)
     assert cfg.weight_bp == 0 and cfg.tenant_weights_bp == {}
+
+
+# -- the same two stories on the Streams backend (real Redis: fakeredis cannot run them) -------
+def _stream_ids(conn, lane: str) -> list[str]:
+    """Job ids in the order the lane's consumer group would deliver them."""
+    key = conn.keys.queue(Q).stream(lane)
+    return [json.loads(fields["e"])["id"] for _id, fields in conn.client.xrange(key)]
+
+
+def _subsequence(part: list[str], whole: list[str]) -> bool:
+    it = iter(whole)
+    return all(x in it for x in part)
+
+
+def test_streams_drain_while_producer_enqueues_loses_and_duplicates_nothing(real_conn) -> None:
+    """As on lists, through the same drain_lane call: every id exactly once; the drained jobs
+    in their order and the producer's in theirs. A stream only appends, so drained jobs queue
+    behind what stable held, interleaved with what producers add meanwhile."""
+    conn = real_conn
+    queue_config.configure(conn, Q, backend="streams")
+    queue_config.set_weight(conn, Q, 10_000)
+    producer = Producer(conn)
+    drained = [r.job_id for r in producer.enqueue_many(Q, [{"c": i} for i in range(3_000)])]
+    _rollback(conn)
+    before = [r.job_id for r in producer.enqueue_many(Q, [{"s": i} for i in range(200)])]
+    assert len(_stream_ids(conn, "canary")) == 3_000 and len(_stream_ids(conn, "stable")) == 200
+
+    produced: list[str] = []
+    lanes: set[str] = set()
+    started, stop = threading.Event(), threading.Event()
+
+    def produce() -> None:
+        p = Producer(conn)
+        while not stop.is_set():
+            res = p.enqueue_many(Q, [{"p": len(produced)}] * 10)
+            lanes.update(r.lane for r in res)
+            produced.extend(r.job_id for r in res)
+            started.set()
+
+    t = threading.Thread(target=produce)
+    t.start()
+    try:
+        assert started.wait(10)
+        n0 = len(produced)
+        report = drain_lane(conn, Q, batch=25)
+        n1 = len(produced)
+    finally:
+        stop.set()
+        t.join()
+    assert report.moved == 3_000 and report.complete
+    assert lanes == {"stable"} and n1 > n0, "the producer did not enqueue while the drain ran"
+    assert _stream_ids(conn, "canary") == []
+    ids = _stream_ids(conn, "stable")
+    assert len(ids) == len(set(ids)), "a job was duplicated"
+    assert set(ids) == set(drained) | set(before) | set(produced), "a job was lost"
+    assert ids[:200] == before
+    assert _subsequence(drained, ids) and _subsequence(produced, ids)
+
+
+def test_streams_after_rollback_and_drain_no_enqueue_lands_in_canary(real_conn) -> None:
+    conn = real_conn
+    queue_config.configure(conn, Q, backend="streams")
+    queue_config.set_weight(conn, Q, 10_000)
+    queue_config.set_weight(conn, Q, 10_000, tenant="acme")
+    producer = Producer(conn)
+    assert {r.lane for r in producer.enqueue_many(Q, [{}] * 300)} == {"canary"}
+    assert producer.enqueue(Q, {}, tenant="acme").lane == "canary"
+    prev_weight, _version = _rollback(conn)
+    assert int(prev_weight) == 10_000
+    assert producer.enqueue(Q, {}).lane == "stable"  # the very next enqueue
+    report = drain_lane(conn, Q, batch=64)
+    assert report.moved == 301 and report.complete
+    after = producer.enqueue_many(Q, [{}] * 100, tenant="acme")
+    after += [producer.enqueue(Q, {}, sticky_key=f"order-{i}") for i in range(50)]
+    assert {r.lane for r in after} == {"stable"}
+    assert _stream_ids(conn, "canary") == []
+    assert len(_stream_ids(conn, "stable")) == 301 + 1 + len(after)

@@ -18,6 +18,7 @@ from collections import Counter
 import pytest
 
 from pycanary import metrics, queue_config, registry
+from pycanary.keys import STREAM_GROUP
 from pycanary.producer import Producer
 from tests.conftest import REAL_URL
 from tests.test_worker_processes import HEARTBEAT, ROOT, start_worker, stop_all, wait_for
@@ -43,7 +44,8 @@ def canary_queue(conn, n: int) -> list[str]:
     queue_config.set_weight(conn, "payments", 10_000)  # every job to the canary lane
     ids = [r.job_id for r in Producer(conn).enqueue_many("payments", [{"n": i}
                                                                       for i in range(n)])]
-    assert conn.client.llen(conn.keys.queue("payments").lane_canary) == n
+    qk = conn.keys.queue("payments")
+    assert conn.client.llen(qk.lane_canary) + conn.client.xlen(qk.stream_canary) == n
     return ids
 
 
@@ -191,3 +193,58 @@ def test_prefetch_one_holds_at_most_one_job(real_conn) -> None:
         assert most == 1  # the running job only: nothing unstarted held
     finally:
         stop_all([canary])
+
+
+def test_streams_busy_canary_worker_starts_nothing_a_heartbeat_after_the_rollback(
+        real_conn) -> None:
+    """The same rollback on the Streams backend: the 7 entries a busy canary worker holds
+    unstarted are given back (to the stable stream) within a heartbeat, nothing starts on v2
+    after it, and every job runs exactly once."""
+    conn = real_conn
+    qk = conn.keys.queue("payments")
+    queue_config.configure(conn, "payments", backend="streams")
+    ids = canary_queue(conn, 40)
+    canary = canary_worker(conn, "--prefetch", "8")
+    procs = [canary]
+
+    def held_ids() -> set[str]:
+        """Job ids of the entries pending on the canary worker (its processing list)."""
+        wid = registry.list_workers(conn, ttl_ms=60_000)[0].id
+        rows = conn.client.xpending_range(qk.stream_canary, STREAM_GROUP, "-", "+", 100,
+                                          consumername=wid)
+        out = set()
+        for r in rows:
+            for _id, fields in conn.client.xrange(qk.stream_canary, r["message_id"],
+                                                  r["message_id"]):
+                out.add(json.loads(fields["e"])["id"])
+        return out
+
+    def held() -> int:
+        return len(held_ids())
+
+    try:
+        wait_for(lambda: len(records(conn, "starts")) >= 2 and held() == 8, 30,
+                 "a busy canary worker")
+        res = cli(conn, "rollback", "payments", "--yes", "--json")
+        assert res.returncode == 0, res.stderr
+        rolled_back_at = int(conn.client.hget(qk.config, "updated_at"))
+        # what stays pending are jobs it started: the running one, one not yet acknowledged
+        wait_for(lambda: not held_ids() - {s[0] for s in records(conn, "starts")},
+                 max(0.0, (rolled_back_at + HEARTBEAT_MS) / 1000 - time.time()) + 0.05,
+                 "unstarted entries given back within a heartbeat of the rollback")
+        procs.append(start_worker(conn, "payments", "--version", "v1", "--handler",
+                                  "tests.handlers:versioned", "--concurrency", "4",
+                                  env={"SLOW_S": "0.02"}))
+        wait_for(lambda: {r[0] for r in records(conn, "finishes")} == set(ids), 60,
+                 "every job to finish")
+        starts, finishes = records(conn, "starts"), records(conn, "finishes")
+        on_v2 = [s for s in starts if s[1] == "v2"]
+        late = [s for s in on_v2 if s[3] > rolled_back_at + HEARTBEAT_MS]
+        assert not late, f"started on v2 more than a heartbeat after the rollback: {late}"
+        assert Counter(s[0] for s in starts) == Counter(ids)
+        assert Counter(f[0] for f in finishes) == Counter(ids)
+        wait_for(lambda: conn.client.xlen(qk.stream_canary) == 0 and
+                 conn.client.xlen(qk.stream_stable) == 0, 10, "both streams empty")
+        assert conn.client.llen(qk.lane_canary) == conn.client.llen(qk.lane_stable) == 0
+    finally:
+        stop_all(procs)

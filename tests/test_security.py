@@ -193,3 +193,39 @@ def test_controller_ramps_and_rolls_back_operator_cli(server: RedisProcess) -> N
                              timeout=60)
         assert res.returncode == 0, (args, res.stderr)
         assert PW not in res.stdout + res.stderr
+
+
+def test_streams_backend_runs_under_the_producer_worker_and_controller_acls(
+        server: RedisProcess, caplog: pytest.LogCaptureFixture) -> None:
+    """The generated ACLs cover the Streams scripts: the producer XADDs through route_xadd(_many),
+    a StreamWorker fetches, acks, fails, touches and reclaims, the controller drains."""
+    from pycanary.backends.stream_worker import StreamWorker
+    from pycanary.drain import drain_lane
+
+    op, prod, wconn, ctl = (as_role(server, r) for r in
+                            ("operator", "producer", "worker", "controller"))
+    service.configure_queue(op, "sec-s", stable_version="v1", backend="streams")
+    service.set_weight(op, "sec-s", 50)
+    service.enqueue(prod, "sec-s", {"ok": True}, count=20)
+    service.enqueue(prod, "sec-s", {"ok": False})
+    service.set_weight(op, "sec-s", 0)
+    assert drain_lane(ctl, "sec-s").complete
+    assert server.client.xlen("pc:{sec-s}:stream:canary") == 0
+
+    def handler(job):
+        if not job.payload["ok"]:
+            raise RuntimeError("boom")
+
+    w = StreamWorker(wconn, ["sec-s"], "v1", handler, max_attempts=1, heartbeat_s=0.5)
+    t = threading.Thread(target=w.run, daemon=True)
+    t.start()
+    deadline = time.monotonic() + 20
+    while w.stats.done + w.stats.dead < 21 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.6)  # one heartbeat: touch and reclaim ran under the worker's ACL
+    w.stop()
+    t.join(15)
+    assert (w.stats.done, w.stats.dead) == (20, 1)
+    assert "failed" not in caplog.text and "NOPERM" not in caplog.text, caplog.text
+    assert server.client.xlen("pc:{sec-s}:stream:stable") == 0
+    assert server.client.llen("pc:{sec-s}:dlq") == 1

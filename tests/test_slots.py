@@ -172,6 +172,50 @@ def _flows(conn: Any) -> None:
     t3.join(15)
     assert not t3.is_alive()
     assert conn.client.llen(qk.lane_canary) == 0
+    _stream_flows(conn)
+
+
+def _stream_flows(conn: Any) -> None:
+    """The Streams backend's flows on its own queue: set_backend, route_xadd(_many), a
+    StreamWorker's fetch/ack/fail/retry/dead letter/touch/reclaim/give-back, dlq requeue,
+    rollback drain."""
+    from pycanary.backends.stream_worker import StreamWorker
+
+    q = "orders"
+    qs = conn.keys.queue(q)
+    service.configure_queue(conn, q, backend="streams", stable_version="v1",
+                            canary_version="v2")
+    p = Producer(conn)
+    p.enqueue(q, {"i": 0})
+    p.enqueue_many(q, [{"i": i} for i in range(1, 40)])  # weight 0: all on stable
+
+    def handler(job: Job) -> None:
+        if job.payload.get("i", 0) % 10 == 0:
+            raise ValueError("bad")
+
+    w = StreamWorker(conn, [q], "v1", handler, backoff_s=0.001, heartbeat_s=0.2,
+                     max_attempts=2)
+    run_until(w, lambda: conn.client.llen(qs.dlq) >= 2 and conn.client.zcard(
+        qs.delayed_stable) == 0)
+    dlq.requeue(conn, q, all_=True)
+    service.set_weight(conn, q, "100")
+    p.enqueue_many(q, [{}] * 10)  # to the canary lane, for v2
+    gate, started = threading.Event(), threading.Event()
+
+    def blocked(job: Job) -> None:
+        started.set()
+        gate.wait(10)
+
+    w2 = StreamWorker(conn, [q], "v2", blocked, prefetch=5, heartbeat_s=0.2)
+    t = threading.Thread(target=w2.run, daemon=True)
+    t.start()
+    assert started.wait(10)
+    time.sleep(0.5)  # heartbeats: touch_stream (a running job), reclaim_stream
+    rollouts.rollback(conn, q, actor="test")  # rollback_canary, drain_stream; give back
+    w2.stop()
+    gate.set()
+    t.join(15)
+    assert not t.is_alive()
 
 
 @pytest.fixture

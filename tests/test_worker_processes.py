@@ -40,11 +40,14 @@ def wait_for(cond, timeout: float, what: str) -> None:
 
 
 def queue_empty(conn, queue: str) -> bool:
+    """Nothing waiting, delayed or held, on either backend (a stream entry is deleted when it
+    is acked, so its length counts waiting and held entries)."""
     qk = conn.keys.queue(queue)
     c = conn.client
     held = sum(c.llen(qk.processing(w["id"])) for w in service.list_workers(conn))
     return (c.llen(qk.lane_stable) == 0 and c.llen(qk.lane_canary) == 0
             and c.zcard(qk.delayed_stable) == 0 and c.zcard(qk.delayed_canary) == 0
+            and c.xlen(qk.stream_stable) == 0 and c.xlen(qk.stream_canary) == 0
             and held == 0)
 
 
@@ -56,10 +59,13 @@ def stop_all(procs: list[subprocess.Popen]) -> None:
 
 
 @pytest.mark.slow
-def test_sigkill_loses_nothing(real_conn) -> None:
+@pytest.mark.parametrize("backend", ["lists", "streams"])
+def test_sigkill_loses_nothing(real_conn, backend: str) -> None:
     """10,000 jobs, 10% random handler failures, two workers SIGKILLed mid-run: every job id
-    ends acknowledged or dead-lettered, none missing; duplicates are counted."""
+    ends acknowledged or dead-lettered, none missing; duplicates are counted. On streams the
+    killed workers' pending entries are reclaimed (XAUTOCLAIM) by the live ones."""
     conn = real_conn
+    queue_config.configure(conn, "payments", backend=backend)
     n = 10_000
     ids = [r.job_id for r in Producer(conn).enqueue_many("payments", [{"n": i} for i in range(n)])]
     common = ["payments", "--version", "v1", "--handler", "tests.handlers:flaky",
@@ -83,7 +89,7 @@ def test_sigkill_loses_nothing(real_conn) -> None:
         assert not missing, f"{len(missing)} jobs lost"
         assert finished == set(ids)
         duplicates = len(done) - len(set(done))
-        print(f"\n10,000 jobs, 2 SIGKILLs: {len(set(done))} acknowledged, {len(dead)} "
+        print(f"\n{backend}: 10,000 jobs, 2 SIGKILLs: {len(set(done))} acknowledged, {len(dead)} "
               f"dead-lettered, {duplicates} duplicate runs")
         # duplicates come only from jobs the killed workers held (prefetch 32 each at most)
         assert duplicates <= 2 * 32 + 2 * 4
@@ -137,22 +143,37 @@ def test_second_signal_exits_at_once_and_reaper_recovers(real_conn) -> None:
         stop_all([p])
 
 
-def test_rolled_back_version_stops_fetching_within_one_heartbeat(real_conn) -> None:
+def waiting(conn, queue: str, lane: str) -> int:
+    """Jobs of a lane no worker has taken yet: the list's length, or on streams the entries
+    after the consumer group's last-delivered id."""
+    qk = conn.keys.queue(queue)
+    c = conn.client
+    if queue_config.read_config(conn, queue).backend == "lists":
+        return c.llen(qk.lane(lane))
+    key = qk.stream(lane)
+    groups = c.xinfo_groups(key) if c.exists(key) else []
+    last = groups[0]["last-delivered-id"] if groups else "0-0"
+    return len(c.xrange(key, f"({last}", "+"))
+
+
+@pytest.mark.parametrize("backend", ["lists", "streams"])
+def test_rolled_back_version_stops_fetching_within_one_heartbeat(real_conn, backend) -> None:
     conn = real_conn
-    queue_config.configure(conn, "payments", stable_version="v1", canary_version="v2")
+    queue_config.configure(conn, "payments", stable_version="v1", canary_version="v2",
+                           backend=backend)
     queue_config.set_weight(conn, "payments", 10_000)
     Producer(conn).enqueue_many("payments", [{"n": i} for i in range(400)])
     p = start_worker(conn, "payments", "--version", "v2", "--handler", "tests.handlers:slow",
                      "--concurrency", "2", env={"SLOW_S": "0.05"})
     qk = conn.keys.queue("payments")
     try:
-        wait_for(lambda: conn.client.llen(qk.lane_canary) < 390, 30, "canary work to start")
+        wait_for(lambda: waiting(conn, "payments", "canary") < 390, 30, "canary work to start")
         conn.scripts.call("rollback_canary", [qk.config, qk.tenant_weights, qk.rolled_back],
                           ["", 1])
         time.sleep(HEARTBEAT)
-        left = conn.client.llen(qk.lane_canary)
+        left = waiting(conn, "payments", "canary")
         time.sleep(3 * HEARTBEAT)
-        assert conn.client.llen(qk.lane_canary) == left, "still fetching after a heartbeat"
+        assert waiting(conn, "payments", "canary") == left, "still fetching after a heartbeat"
         wait_for(lambda: any(w["state"] == "retiring" for w in service.list_workers(conn)),
                  5, "state retiring")
         assert p.poll() is None  # it retires, it does not exit

@@ -67,7 +67,8 @@ class QueueInfo(Out):
 class QueueConfigureIn(In):
     """`pycanary queue configure`: fields left out are unchanged; at least one is needed."""
 
-    backend: StrictStr | None = Field(None, description="lists (streams: not implemented yet)")
+    backend: StrictStr | None = Field(None, description="lists or streams, chosen before first use "
+                                               "(refused once the queue holds jobs)")
     max_weight: Percent | None = Field(None, description="guard: highest canary percent allowed")
     stable_version: StrictStr | None = None
     canary_version: StrictStr | None = Field(

@@ -138,7 +138,10 @@ def queue_configure(
     ctx: typer.Context,
     queue: Annotated[str, typer.Argument(help="Queue name.", callback=_queue_arg)],
     backend: Annotated[
-        str | None, typer.Option("--backend", help="lists (streams: not implemented yet).")
+        str | None, typer.Option("--backend", help=(
+            "lists (default) or streams (a stream and consumer group per lane); chosen "
+            "before first use, refused once the queue holds jobs; streams needs a Redis "
+            "server, not memory://."))
     ] = None,
     max_weight: Annotated[
         str | None, typer.Option("--max-weight", help="Guard: highest canary percent allowed.")

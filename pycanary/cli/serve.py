@@ -284,6 +284,10 @@ def demo(
                                  "embedded memory:// server.")
     ] = None,
     rate: Annotated[float, typer.Option("--rate", help="Jobs enqueued per second.")] = 150.0,
+    backend: Annotated[
+        str, typer.Option("--backend", help="lists (default) or streams (needs --redis-url: "
+                          "the embedded server cannot run the Streams scripts).")
+    ] = "lists",
     keep: Annotated[
         bool, typer.Option("--keep", help="Leave the demo's keys on the server afterwards "
                            "(the summary says under which prefix).")
@@ -305,7 +309,7 @@ def demo(
     url = redis_url or root.get("redis_url") or "memory://"
     live = sys.stdout.isatty() and not as_json
     result = run_demo(url, prefix=_state(ctx).prefix, keep=keep, scenario=scenario,
-                      speed=speed, rate=rate, live=live,
+                      speed=speed, rate=rate, live=live, backend=backend,
                       log=None if live or as_json else typer.echo)
     if as_json:
         typer.echo(json.dumps(result.to_dict(), indent=2, default=str))

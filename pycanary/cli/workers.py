@@ -72,7 +72,7 @@ def worker(
     import logging
     import os
 
-    from ..worker import Worker, check_prefetch, load_handler
+    from ..worker import check_prefetch, load_handler
 
     for q in queues:
         validation.queue_name(q)
@@ -95,7 +95,9 @@ def worker(
     if os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())  # like uvicorn: module:function from the current dir
     fn = load_handler(handler)
-    w = Worker(_state(ctx).conn(), queues, version, fn, concurrency=concurrency, lane=lane,
+    conn = _state(ctx).conn()
+    engine = service.worker_class(conn, list(queues))  # Worker, or StreamWorker on streams
+    w = engine(conn, queues, version, fn, concurrency=concurrency, lane=lane,
                schemas=service.parse_schemas(schemas), heartbeat_s=heartbeat,
                max_attempts=max_attempts, job_timeout_s=timeout, prefetch=prefetch,
                exit_when_retired=exit_when_retired)
