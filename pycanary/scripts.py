@@ -38,12 +38,21 @@ class Script:
     sha: str
 
 
-def _expand(text: str, includes: Path, seen: tuple[str, ...] = ()) -> str:
+def _expand(text: str, includes: Path, seen: tuple[str, ...] = (),
+            done: set[str] | None = None) -> str:
+    """Replace each ``-- @include NAME`` by the include's text, once per script: an include
+    already expanded (say guard_core, pulled in by two others) is not defined again, since
+    every top-level ``local function`` costs a closure on every call of the script."""
+    done = set() if done is None else done
+
     def repl(m: re.Match[str]) -> str:
         name = m.group(1)
         if name in seen:
             raise RuntimeError(f"include cycle: {' -> '.join((*seen, name))}")
-        return _expand((includes / f"{name}.lua").read_text(), includes, (*seen, name))
+        if name in done:
+            return f"-- (@include {name}: expanded above)"
+        done.add(name)
+        return _expand((includes / f"{name}.lua").read_text(), includes, (*seen, name), done)
 
     return _INCLUDE.sub(repl, text)
 
