@@ -31,7 +31,7 @@ local function backlog_refusal(cfg, lane, lane_key, adding, lane_index)
   local held, bad = checked_call(lane_index or (lane == 'canary' and 4 or 3), 'list', 'LLEN', lane_key)
   if bad then return bad end
   if held + adding <= limit then return nil end
-  local queue = string.match(config_key, '{(.-)}') or config_key
-  return guard_fail(-14, 'queue ' .. queue .. ': the ' .. lane .. ' lane holds ' .. held ..
-    ' jobs, max_backlog is ' .. limit .. '; ' .. adding .. ' more refused, nothing enqueued')
+  local queue = string.match(KEYS[1], '{(.-)}') or KEYS[1] -- globals: fewer upvalues (guard_core)
+  return redis.error_reply('PYCANARY -14 queue ' .. queue .. ': the ' .. lane .. ' lane holds ' ..
+    held .. ' jobs, max_backlog is ' .. limit .. '; ' .. adding .. ' more refused, nothing enqueued')
 end
