@@ -103,3 +103,52 @@ def test_a_connection_the_server_closed_is_replaced(private) -> None:
         producer.close()
     finally:
         conn.close()
+
+
+def test_threads_share_a_producer(real_conn) -> None:
+    """Eight threads on one Producer: one uses the kept connection at a time, the others
+    borrow from the pool; every job lands once, every reply is the caller's own."""
+    import threading
+
+    producer = Producer(real_conn, rng=random.Random(3))
+    results: list[list] = [[] for _ in range(8)]
+
+    def run(n: int) -> None:
+        for i in range(150):
+            results[n].append(producer.enqueue("payments", {"t": n, "i": i}))
+
+    threads = [threading.Thread(target=run, args=(n,)) for n in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    ids = [r.job_id for rs in results for r in rs]
+    assert len(ids) == len(set(ids)) == 1200
+    qk = real_conn.keys.queue("payments")
+    assert real_conn.client.llen(qk.lane_stable) == 1200
+    producer.close()
+
+
+def test_a_forked_child_takes_its_own_connection(real_conn) -> None:
+    """A child forked after the parent enqueued must not talk on the parent's socket."""
+    import os
+
+    producer = Producer(real_conn, rng=random.Random(4))
+    producer.enqueue("payments", {"who": "parent"})
+    bound = producer._routes["payments"]
+    parent_conn = bound._conn
+    assert parent_conn is not None
+    pid = os.fork()
+    if pid == 0:  # the child: enqueue, exit without running the parent's clean-up
+        code = 1
+        try:
+            producer.enqueue("payments", {"who": "child"})
+            code = 0 if bound._conn is not parent_conn else 2
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    producer.enqueue("payments", {"who": "parent again"})
+    qk = real_conn.keys.queue("payments")
+    assert real_conn.client.llen(qk.lane_stable) == 3
+    producer.close()
