@@ -280,13 +280,20 @@ class Producer:
             keys = [*keys, self.conn.keys.queue(queue).idem(jid)]
             args = (*args, self._idem_ttl_ms)
             call_keys = keys
-            lane, weight, salt_now, _n, *_dup = self._with_retries(
+            reply = self._with_retries(
                 lambda: self.scripts.call("route_enqueue", call_keys, args), [jid],
                 idempotent=True)
         else:
+            # no record, so this producer does not retry (retries > 0 implies a record): one
+            # send, its error mapped as _with_retries maps it, without its closure per job
             route = self._routes.get(queue) or self._route(queue, keys)
-            lane, weight, salt_now, _n, *_dup = self._with_retries(
-                lambda: route(*args), [jid], idempotent=False)
+            try:
+                reply = route(*args)
+            except PycanaryError:
+                raise
+            except Exception as exc:  # redis-py's errors, mapped in one place
+                raise map_redis_error(exc, job_ids=[jid]) from None
+        lane, weight, salt_now = reply[0], reply[1], reply[2]
         if salt_now != salt:
             self._salts[queue] = salt_now
         if tenant is None:
