@@ -25,8 +25,9 @@
           (KEYS[6]) is answered, never refused.
 
   The hot path (issue 15): arguments are checked first (no Redis call), then each read checks
-  its own key's type (a failing HMGET/HGET/GET/LLEN is answered -13 naming the key), and only
-  KEYS[5] gets a TYPE call, so that LPUSH + HINCRBY land together; the LPUSH is the first write
+  its own key's type (a failing HMGET/GET/LLEN is answered -13 naming the key; a tenant's job
+  TYPE-checks KEYS[2] before reading its weight), KEYS[5] gets a TYPE call, so that LPUSH +
+  HINCRBY land together, and the LPUSH is the first write
   and checks the lane itself (a WRONGTYPE there has written nothing). A key the call does not
   touch (the other lane; tenant_weights without a tenant) is not checked.
 ]]

@@ -140,9 +140,13 @@ class Producer:
         return own, Scripts(own)
 
     def close(self) -> None:
-        """Release the producer's own connections (not the shared client's)."""
+        """Release the producer's own connections (not the shared client's). Its client was
+        given its pool, so ``close`` alone would leave the pool's sockets open (redis-py closes
+        only a pool it made): the pool is disconnected too, with the connection a bound
+        route_enqueue keeps checked out."""
         if self.client is not self.conn.client:
             self.client.close()
+            self.client.connection_pool.disconnect()
 
     def _queue_keys(self, queue: str) -> list[str]:
         """Validate a queue name once, register it in the queue index, return its KEYS."""

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import random
 import re
+import time
 from pathlib import Path
 
 import pytest
@@ -152,3 +153,21 @@ def test_a_forked_child_takes_its_own_connection(real_conn) -> None:
     qk = real_conn.keys.queue("payments")
     assert real_conn.client.llen(qk.lane_stable) == 3
     producer.close()
+
+
+def test_close_releases_the_kept_connection(private) -> None:
+    conn = pycanary.connect(f"redis://127.0.0.1:{private.port}/0", prefix="bt")
+    try:
+        def producer_clients() -> int:  # every client but the test's own and conn's idle one
+            return sum(1 for c in private.client.client_list() if c["cmd"] == "evalsha")
+
+        producer = Producer(conn, rng=random.Random(5))
+        producer.enqueue("payments", {"n": 1})
+        assert producer_clients() == 1
+        producer.close()
+        deadline = time.monotonic() + 5
+        while producer_clients() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert producer_clients() == 0
+    finally:
+        conn.close()
