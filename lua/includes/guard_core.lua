@@ -10,14 +10,14 @@ local function guard_fail(code, why)
   return redis.error_reply('PYCANARY ' .. code .. ' ' .. why)
 end
 
--- spec: list of {KEYS index, expected type}; 'none' (missing) is always accepted.
--- Returns nil when every key is fine, else the reason.
+-- spec: list of {KEYS index, expected type[, older type also accepted]}; 'none' (missing) is
+-- always accepted. Returns nil when every key is fine, else the reason.
 local function bad_key_type(spec)
   for _, s in ipairs(spec) do
     local key = KEYS[s[1]]
     local t = redis.call('TYPE', key)
     if type(t) == 'table' then t = t['ok'] end
-    if t ~= 'none' and t ~= s[2] then
+    if t ~= 'none' and t ~= s[2] and t ~= s[3] then
       return 'KEYS[' .. s[1] .. '] ' .. key .. ' is a ' .. tostring(t) .. ', expected ' .. s[2]
     end
   end
