@@ -38,6 +38,7 @@ $(BENCH_STAMP): $(STAMP) pyproject.toml
 # a missed target is reported, and the next benchmark still runs.
 bench: $(BENCH_STAMP)
 	-$(PY) bench/route_latency.py
+	-$(PY) bench/route_server_time.py
 	-$(PY) bench/worker_throughput.py
 	-$(PY) bench/drain.py
 	-$(PY) bench/controller.py

@@ -19,36 +19,61 @@
 
   Returns {lane, weight_bp in force, salt in force, bucket or draw compared (-1 at weight 0),
            1 if KEYS[6] showed the job already landed (nothing pushed again) else 0}
-  Errors  (error reply "PYCANARY <code> why", before any write) -13 a key has the wrong type,
-          -4 a malformed argument, -14 the job's lane holds max_backlog jobs (config field;
-          0 or unset = no limit). A job already landed (KEYS[6]) is answered, never refused.
+  Errors  (error reply "PYCANARY <code> why", before any write) -13 a key the call reads or
+          writes has the wrong type, -4 a malformed argument, -14 the job's lane holds
+          max_backlog jobs (config field; 0 or unset = no limit). A job already landed
+          (KEYS[6]) is answered, never refused.
+
+  The hot path (issue 15): arguments are checked first (no Redis call), then each read checks
+  its own key's type (a failing HMGET/GET/LLEN is answered -13 naming the key; a tenant's job
+  TYPE-checks KEYS[2] before reading its weight), KEYS[5] gets a TYPE call, so that LPUSH +
+  HINCRBY land together, and the LPUSH is the first write
+  and checks the lane itself (a WRONGTYPE there has written nothing). A key the call does not
+  touch (the other lane; tenant_weights without a tenant) is not checked.
 ]]
 local rcall = redis.call
--- @include route_prologue
+-- @include route_core
 
-local ttl, refused = route_prologue(7)
-if refused then return refused end
 if #ARGV ~= (idem_key and 7 or 6) then return guard_fail(-4, 'expected 6 ARGV (7 with KEYS[6])') end
-if ARGV[1] == '' then return guard_fail(-4, 'ARGV[1] envelope is empty') end
-if int_arg(ARGV[4], 0, 9999) == nil then return guard_fail(-4, 'ARGV[4] draw must be 0..9999') end
-if ARGV[5] ~= '' and int_arg(ARGV[5], 0, 9999) == nil then
+local envelope, sticky_key, tenant, draw = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+local client_bucket, client_salt = ARGV[5], ARGV[6]
+if envelope == '' then return guard_fail(-4, 'ARGV[1] envelope is empty') end
+if int_arg(draw, 0, 9999) == nil then return guard_fail(-4, 'ARGV[4] draw must be 0..9999') end
+if client_bucket ~= '' and int_arg(client_bucket, 0, 9999) == nil then
   return guard_fail(-4, 'ARGV[5] client_bucket must be 0..9999 or empty')
 end
+local ttl
+if idem_key then
+  ttl = int_arg(ARGV[7], 1, 86400000)
+  if ttl == nil then return guard_fail(-4, 'ARGV[7] idem_ttl_ms must be 1..86400000') end
+end
 
-local cfg, garbled = route_config()
-if garbled then return garbled end
-local weight = effective_weight(cfg, tenant_key, ARGV[3])
+local cfg, refused = route_config()
+if refused then return refused end
+if tenant ~= '' and cfg[1] ~= '0' then -- effective_weight reads the tenant's weight
+  local bad = bad_key_type({{2, 'hash'}})
+  if bad then return guard_fail(-13, bad) end
+end
+local weight = effective_weight(cfg, tenant_key, tenant)
 if weight == nil then return guard_fail(-4, 'tenant weight is not an integer') end
 if idem_key then
-  local first = rcall('GET', idem_key)
+  local first, bad = checked_call(6, 'string', 'GET', idem_key)
+  if bad then return bad end
   if first then return {first, weight, cfg[4] or '', -1, 1} end
 end
-local lane, n = decide_lane(cfg, weight, ARGV[2], ARGV[4], ARGV[5], ARGV[6])
-local lane_key = lane == 'canary' and canary_key or stable_key
-local full = backlog_refusal(cfg, lane, lane_key, 1)
-if full then return full end
+local lane, n = decide_lane(cfg, weight, sticky_key, draw, client_bucket, client_salt)
+local lane_index = lane == 'canary' and 4 or 3
+local lane_key = KEYS[lane_index]
+refused = backlog_refusal(cfg, lane, lane_key, 1, lane_index)
+if refused then return refused end
 
-rcall('LPUSH', lane_key, ARGV[1])
+local routed_type = rcall('TYPE', routed_key) -- HINCRBY below must not fail
+routed_type = type(routed_type) == 'table' and routed_type['ok'] or routed_type
+if routed_type ~= 'hash' and routed_type ~= 'none' then
+  return guard_fail(-13, bad_key_type({{5, 'hash'}}))
+end
+local _, bad = checked_call(lane_index, 'list', 'LPUSH', lane_key, envelope) -- the first write
+if bad then return bad end
 rcall('HINCRBY', routed_key, lane, 1)
 if idem_key then rcall('SET', idem_key, lane, 'PX', ttl) end
 return {lane, weight, cfg[4] or '', n, 0}

@@ -22,7 +22,7 @@ from .errors import (
 from .ids import uuid7, uuid7_many
 from .job import MAX_NESTING, check_nesting, encode_payload, render_envelope
 from .routing import StickyHasher
-from .scripts import Scripts
+from .scripts import BoundScript, Scripts
 
 DEFAULT_MAX_PAYLOAD_BYTES = 1024 * 1024
 #: Jobs per route_enqueue_many call; bounded so no script call runs long.
@@ -109,6 +109,11 @@ class Producer:
         self._weights: dict[str, int] = {}
         self._queues: dict[str, list[str]] = {}  # validated and registered -> routing KEYS
         self._streams: dict[str, bool] = {}  # queue -> uses the Streams backend
+        # queue -> route_enqueue with the queue's KEYS bound (EVALSHA head built once), for
+        # jobs without an idempotency record; only on the real registry (a stand-in that
+        # records calls, as bench/route_latency.py's, sees every call through .call)
+        self._routes: dict[str, Callable[..., Any]] = {}
+        self._bind = type(self.scripts) is Scripts
         self._hasher = StickyHasher()
 
     @staticmethod
@@ -137,9 +142,13 @@ class Producer:
         return own, Scripts(own)
 
     def close(self) -> None:
-        """Release the producer's own connections (not the shared client's)."""
+        """Release the producer's own connections (not the shared client's). Its client was
+        given its pool, so ``close`` alone would leave the pool's sockets open (redis-py closes
+        only a pool it made): the pool is disconnected too, with the connection a bound
+        route_enqueue keeps checked out."""
         if self.client is not self.conn.client:
             self.client.close()
+            self.client.connection_pool.disconnect()
 
     def _queue_keys(self, queue: str) -> list[str]:
         """Validate a queue name once, register it in the queue index, return its KEYS."""
@@ -159,6 +168,14 @@ class Producer:
                 lambda: self.client.hget(self.conn.keys.queue(queue).config, "backend"),
                 [], idempotent=True) == "streams"
         return keys
+
+    def _route(self, queue: str, keys: list[str]) -> Callable[..., Any]:
+        """route_enqueue for the queue's jobs without an idempotency record."""
+        if not self._bind:
+            return lambda *args: self.scripts.call("route_enqueue", keys, args)
+        route: BoundScript = self.scripts.bound("route_enqueue", keys)
+        self._routes[queue] = route
+        return route
 
     def _with_retries(self, send: Callable[[], Any], job_ids: list[str], *,
                       idempotent: bool) -> Any:
@@ -273,15 +290,27 @@ class Producer:
         if idem:
             keys = [*keys, self.conn.keys.queue(queue).idem(jid)]
             args = (*args, self._idem_ttl_ms)
-        script = "route_enqueue"
-        if self._streams.get(queue):  # Streams backend: the same contract, XADD to a stream
-            script, args = "route_xadd", tuple(streams_backend.route_args(
-                args[:6], args[6] if idem else None))
-            keys = [*self.conn.keys.queue(queue).stream_routing(), *keys[5:]]
-        call_keys = keys
-        lane, weight, salt_now, _n, *_dup = self._with_retries(
-            lambda: self.scripts.call(script, call_keys, args), [jid],
-            idempotent=idem)
+        streams = self._streams.get(queue)
+        if idem or streams:
+            script = "route_enqueue"
+            if streams:  # Streams backend: the same contract, XADD to a stream
+                script, args = "route_xadd", tuple(streams_backend.route_args(
+                    args[:6], args[6] if idem else None))
+                keys = [*self.conn.keys.queue(queue).stream_routing(), *keys[5:]]
+            call_keys = keys
+            reply = self._with_retries(
+                lambda: self.scripts.call(script, call_keys, args), [jid], idempotent=idem)
+        else:
+            # no record, so this producer does not retry (retries > 0 implies a record): one
+            # send, its error mapped as _with_retries maps it, without its closure per job
+            route = self._routes.get(queue) or self._route(queue, keys)
+            try:
+                reply = route(*args)
+            except PycanaryError:
+                raise
+            except Exception as exc:  # redis-py's errors, mapped in one place
+                raise map_redis_error(exc, job_ids=[jid]) from None
+        lane, weight, salt_now = reply[0], reply[1], reply[2]
         if salt_now != salt:
             self._salts[queue] = salt_now
         if tenant is None:

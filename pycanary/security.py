@@ -21,7 +21,10 @@ from .errors import ValidationError
 from .keys import DEFAULT_PREFIX
 from .scripts import load_all
 
-_CALL = re.compile(r"""(?:rcall|redis\.call|redis\.pcall)\(\s*['"]([A-Za-z]+)['"]""")
+#: A command a script runs: rcall('X', ...), redis.call / redis.pcall / rpcall, and guard_core's
+#: checked_call(i, 'type', 'X', ...) (a pcall that maps WRONGTYPE to -13).
+_CALL = re.compile(r"""(?:(?:rcall|redis\.call|redis\.pcall|rpcall)\(|"""
+                   r"""checked_call\([^,()]*(?:\([^()]*\))?[^,()]*,\s*['"]\w+['"]\s*,)\s*['"]([A-Za-z]+)['"]""")
 
 #: Read commands the Python side issues outside scripts (status, worker lane refresh, controller
 #: reads, registry reads). Key patterns decide on which keys they are allowed.

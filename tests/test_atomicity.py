@@ -361,6 +361,18 @@ def _wrong_value(conn, key: str, expected: str) -> None:
         c.set(key, "not-a-" + expected)
 
 
+def _args_touching(conn, name: str, key: str, args: list) -> list:
+    """ARGV of a call that reads or writes ``key``. route_enqueue checks a key's type through
+    its own read or write of it (issue 15: no TYPE call per key on the hot path), so the other
+    lane and tenant_weights (read only for a tenant's job) are checked by calls that use them."""
+    qk = conn.keys.queue("payments")
+    if name == "route_enqueue" and key == qk.tenant_weights:
+        return [args[0], args[1], "acme", *args[3:]]
+    if name == "route_enqueue" and key == qk.lane_canary:
+        return [*args[:4], "5", "", *args[6:]]  # bucket 5 < the seeded weight 100: canary
+    return args
+
+
 def test_every_owned_script_refuses_wrong_key_types_changing_nothing(real_conn) -> None:
     conn = real_conn
     calls = _typed_calls(conn.keys)
@@ -371,7 +383,7 @@ def test_every_owned_script_refuses_wrong_key_types_changing_nothing(real_conn) 
             _wrong_value(conn, key, expected)
             before = _snapshot(conn)
             with pytest.raises(WrongTypeError) as exc:
-                _call(conn, name, [k for k, _ in typed], args)
+                _call(conn, name, [k for k, _ in typed], _args_touching(conn, name, key, args))
             assert key in str(exc.value), (name, key, str(exc.value))
             assert not isinstance(exc.value, _redis.exceptions.ResponseError)
             assert _snapshot(conn) == before, (name, key)
@@ -379,6 +391,23 @@ def test_every_owned_script_refuses_wrong_key_types_changing_nothing(real_conn) 
             for k, _ in typed:
                 conn.client.delete(k)
     assert checked == sum(len(t) for t, _ in calls.values()) == 109
+
+
+def test_route_enqueue_leaves_keys_it_does_not_touch_unchecked(real_conn) -> None:
+    """The other lane (and tenant_weights, for a job without a tenant) is neither read nor
+    written by route_enqueue, so its type does not stop the job: it lands, counted once."""
+    conn = real_conn
+    qk = conn.keys.queue("payments")
+    typed, args = _typed_calls(conn.keys)["route_enqueue"]
+    for key in (qk.lane_canary, qk.tenant_weights):
+        _seed(conn)
+        _wrong_value(conn, key, "list" if key == qk.lane_canary else "hash")
+        lane, *_ = _call(conn, "route_enqueue", [k for k, _ in typed], args)
+        assert lane == "stable"
+        assert conn.client.llen(qk.lane_stable) == 2
+        assert conn.client.hget(qk.routed, "stable") == "1"
+        for k, _ in typed:
+            conn.client.delete(k)
 
 
 @pytest.mark.parametrize(("name", "index", "value"), _BAD_ARGS)

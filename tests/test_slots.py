@@ -26,7 +26,7 @@ from pycanary.job import Job
 from pycanary.leader import Leadership
 from pycanary.notify import Sender
 from pycanary.producer import Producer
-from pycanary.scripts import load_all
+from pycanary.scripts import BoundScript, load_all
 from pycanary.worker import Worker
 
 from .test_worker import run_until  # one helper that runs a worker until a condition holds
@@ -71,6 +71,16 @@ def recorder(monkeypatch: pytest.MonkeyPatch) -> Recorder:
             return _orig(self, *args, **kw)
 
         monkeypatch.setattr(cls, "execute_command", wrapped)
+    # Producer.enqueue's BoundScript sends on a connection itself, not through
+    # execute_command (issue 15): its calls are recorded where it sends them
+    orig_send = BoundScript._send
+
+    def send(self: Any, args: tuple[Any, ...], _orig: Any = orig_send) -> Any:
+        if self._pool is not None:  # the direct path (else execute_command, recorded above)
+            rec.record((*self._head, *args))
+        return _orig(self, args)
+
+    monkeypatch.setattr(BoundScript, "_send", send)
     return rec
 
 

@@ -1,32 +1,6 @@
--- Guards run before a script's first write, so a refused call changes nothing (the BullMQ
--- pattern). A refusal is an error reply "PYCANARY <code> <why>" (codes in pycanary/errors.py):
--- -13 a key holds another type, -4 an argument is malformed, -1 a weight is not 0..10000.
-
-local function guard_fail(code, why)
-  return redis.error_reply('PYCANARY ' .. code .. ' ' .. why)
-end
-
--- spec: list of {KEYS index, expected type[, older type also accepted]}; 'none' (missing) is
--- always accepted. Returns nil when every key is fine, else the reason.
-local function bad_key_type(spec)
-  for _, s in ipairs(spec) do
-    local key = KEYS[s[1]]
-    local t = rcall('TYPE', key)
-    if type(t) == 'table' then t = t['ok'] end
-    if t ~= 'none' and t ~= s[2] and t ~= s[3] then
-      return 'KEYS[' .. s[1] .. '] ' .. key .. ' is a ' .. tostring(t) .. ', expected ' .. s[2]
-    end
-  end
-  return nil
-end
-
--- An integer string within lo..hi (hi may be nil), or nil.
-local function int_arg(s, lo, hi)
-  if type(s) ~= 'string' or not string.match(s, '^%-?%d+$') then return nil end
-  local n = tonumber(s)
-  if n == nil or (lo ~= nil and n < lo) or (hi ~= nil and n > hi) then return nil end
-  return n
-end
+-- Guards shared by the scripts: guard_core (guard_fail, bad_key_type, int_arg, stored_int_ok,
+-- checked_call) and the argument and fence checks of the config and deployment scripts.
+-- @include guard_core
 
 -- ARGV from index i: n, then n field/value pairs, all present. Returns the index after them,
 -- or nil when n is not a count or the pairs run past the end of ARGV (limit = last usable index).
@@ -52,11 +26,6 @@ local function fence_peek(fence_key, epoch)
   local cur = tonumber(rcall('GET', fence_key) or '0') or 0
   if e == nil or e < cur then return false, false end
   return true, e > cur
-end
-
--- A stored number (config field, fence) that another client may have garbled.
-local function stored_int_ok(v)
-  return v == false or v == nil or int_arg(v) ~= nil
 end
 
 -- The epoch argument (ARGV[1]) and the stored fence of a fenced deployment script, checked

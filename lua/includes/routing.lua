@@ -4,7 +4,7 @@ local function effective_weight(cfg, tenant_key, tenant)
   if cfg[1] == '0' then return 0 end
   local w = tonumber(cfg[2]) or 0
   if tenant ~= '' then
-    local tw = rcall('HGET', tenant_key, tenant)
+    local tw = redis.call('HGET', tenant_key, tenant) -- a global, not an upvalue (guard_core)
     if tw then w = tonumber(tw) end
   end
   return w
