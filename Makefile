@@ -41,6 +41,7 @@ bench: $(BENCH_STAMP)
 	-$(PY) bench/route_server_time.py
 	-$(PY) bench/worker_throughput.py
 	-$(PY) bench/drain.py
+	-$(PY) bench/streams.py
 	-$(PY) bench/controller.py
 	-$(PY) bench/analysis_quality.py
 	-$(PY) bench/load.py

@@ -50,6 +50,7 @@ from prometheus_client.utils import floatToGoString
 from . import defaults, histogram, leader, metrics, registry, service
 from .connection import Connection
 from .deployments import ACTIVE_STATES
+from .drain import broker_backlogs
 from .keys import LANES
 
 #: Outcomes exported by pycanary_jobs_processed_total. `ok` and `failed` count attempts;
@@ -181,7 +182,9 @@ class RedisCollector(Collector):
             pipe.llen(qk.dlq)
             for lane in LANES:
                 pipe.zcard(qk.delayed(lane))
+            pipe.hgetall(qk.broker)
         replies = iter(pipe.execute())
+        bindings: dict[str, dict[str, str]] = {}
         for qs in queues:
             (weight, stable, canary), (dep_id, state, dep_stable, dep_canary) = (
                 next(replies), next(replies))
@@ -193,10 +196,17 @@ class RedisCollector(Collector):
             former, rolled_back = next(replies), next(replies)
             qs.dlq = int(next(replies))
             qs.delayed = {lane: int(next(replies)) for lane in LANES}
+            bindings[qs.name] = next(replies)
             qs.versions = {v for v in (stable, canary, dep_stable, dep_canary) if v}
             qs.versions |= set(former) | set(rolled_back)
             qs.versions |= {w.version for w in workers if qs.name in w.queues}
             qs.versions.discard("?")  # a worker whose meta was lost
+
+        # a Celery or RQ queue (pycanary/integrations/): its jobs wait in the broker's lists,
+        # counted in the depth gauge as status and the controller count them
+        by_name = {qs.name: qs for qs in queues}
+        for (name, lane), n in broker_backlogs(self.conn, bindings).items():
+            by_name[name].depth[lane] = by_name[name].depth.get(lane, 0) + n
 
         pairs = [(qs, v, lane) for qs in queues for v in sorted(qs.versions) for lane in LANES]
         pipe = client.pipeline(transaction=False)

@@ -160,3 +160,13 @@ def test_a_bound_queue_reports_the_broker_backlog(conn) -> None:
     assert drain.broker_backlogs(conn, {"payments": conn.client.hgetall(
         conn.keys.queue("payments").broker), "other": {}}) == {
         ("payments", "stable"): 3, ("payments", "canary"): 1}
+    # and the /metrics depth gauge, the same figures
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from pycanary import prom
+
+    text = prom.render(conn).decode()
+    got = {s.labels["lane"]: s.value for fam in text_string_to_metric_families(text)
+           if fam.name == "pycanary_queue_depth" for s in fam.samples
+           if s.labels.get("queue") == "payments"}
+    assert got == {"stable": 4.0, "canary": 1.0}
