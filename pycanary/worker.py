@@ -992,27 +992,25 @@ class Worker:
         for o in self._acks:
             groups.setdefault((o.running.queue, o.running.lane), []).append(o)
         for (q, lane), outs in groups.items():
-            args: list[Any] = [self.keep_s]
+            name, keys, args = self._ack_call(q, lane, slot)
             for o in outs:
-                args += (o.running.raw, metrics.bucket_us(o.run_us),
+                args += (self._job_ref(o.running), metrics.bucket_us(o.run_us),
                          metrics.bucket_us(o.running.wait_us), *_job_fields(o))
-            calls.append(("ack_jobs", self.conn.keys.queue(q).ack_keys(
-                self.id, self.version, lane, slot), args))
+            calls.append((name, keys, args))
             what.append(("ack", outs))
         fgroups: dict[tuple[str, str], list[_Outcome]] = {}
         for o in self._fails:
             fgroups.setdefault((o.running.queue, o.running.lane), []).append(o)
         for (q, lane), outs in fgroups.items():
-            args = [self.keep_s]
+            name, keys, args = self._fail_call(q, lane, slot)
             for o in outs:
-                args += (o.running.raw, o.outcome, o.next, o.due, metrics.bucket_us(o.run_us),
-                         metrics.bucket_us(o.running.wait_us), *_job_fields(o))
-            calls.append(("fail_jobs", self.conn.keys.queue(q).fail_keys(
-                self.id, self.version, lane, slot), args))
+                args += (self._job_ref(o.running), o.outcome, o.next, o.due,
+                         metrics.bucket_us(o.run_us), metrics.bucket_us(o.running.wait_us),
+                         *_job_fields(o))
+            calls.append((name, keys, args))
             what.append(("fail", outs))
         for q, lane in lanes:
-            calls.append(("fetch_jobs", self.conn.keys.queue(q).fetch_keys(self.id, lane),
-                          [want, self.version, self.id, lane]))
+            calls.append(self._fetch_call(q, lane, want))
             what.append(("fetch", (q, lane)))
         results = self._execute(calls)
         error: Exception | None = None
@@ -1032,7 +1030,7 @@ class Worker:
             recorded.update(id(o) for o in item)
             self.stats.late += int(res[1])
             for o in item:
-                self._unhold(o.running.queue, o.running.raw)
+                self._unhold(o.running.queue, self._job_ref(o.running))
             if kind == "ack":
                 self.stats.done += len(item)
             else:
@@ -1050,19 +1048,42 @@ class Worker:
                     self._assignments[q] = LaneAssignment(
                         None, "retiring", f"version {self.version} was rolled back")
                     continue
-                good, bad = res
-                for raw in good:
-                    self._accept(q, lane, raw)
-                for hexed in bad:
-                    self._accept(q, lane, bytes.fromhex(hexed))
-                got += len(good) + len(bad)
+                got += self._accept_fetched(q, lane, res)
         except BaseException:
-            self._needs_reconcile = True  # the rest of the batch is adopted from the list
+            # the rest of the batch is adopted from the processing list (the PEL on streams)
+            self._needs_reconcile = True
             raise
         if error is not None:
             raise error
         self._pause = ERROR_PAUSE_S
         return got
+
+    # -- the backend's script calls (backends/stream_worker.py overrides these) ------------
+    def _job_ref(self, r: _Running) -> str:
+        """How the ack/fail scripts and the held counts name a job: its envelope here."""
+        return r.raw
+
+    def _ack_call(self, q: str, lane: str, slot: int) -> tuple[str, list[str], list[Any]]:
+        """(script, KEYS, leading ARGV) of one lane's acks; the jobs' fields follow."""
+        return "ack_jobs", self.conn.keys.queue(q).ack_keys(self.id, self.version, lane,
+                                                            slot), [self.keep_s]
+
+    def _fail_call(self, q: str, lane: str, slot: int) -> tuple[str, list[str], list[Any]]:
+        return "fail_jobs", self.conn.keys.queue(q).fail_keys(self.id, self.version, lane,
+                                                              slot), [self.keep_s]
+
+    def _fetch_call(self, q: str, lane: str, want: int) -> tuple[str, list[str], list[Any]]:
+        return "fetch_jobs", self.conn.keys.queue(q).fetch_keys(self.id, lane), [
+            want, self.version, self.id, lane]
+
+    def _accept_fetched(self, q: str, lane: str, res: Any) -> int:
+        """Take what one fetch returned (envelopes; those not UTF-8 come hex-encoded)."""
+        good, bad = res
+        for raw in good:
+            self._accept(q, lane, raw)
+        for hexed in bad:
+            self._accept(q, lane, bytes.fromhex(hexed))
+        return len(good) + len(bad)
 
     def _release(self) -> bool:
         """Exit: record what can be recorded and give back what was not started; True when

@@ -31,16 +31,11 @@ from typing import Any
 import redis
 
 from .. import defaults, metrics
-from ..errors import VERSION_ROLLED_BACK, ScriptError
 from ..job import Envelope, encode_json
 from ..keys import STREAM_GROUP
 from ..worker import (
     BOUNCE_PAUSE_S,
-    ERROR_PAUSE_S,
-    LaneAssignment,
     Worker,
-    _job_fields,
-    _Outcome,
     _Running,
     _text,
 )
@@ -182,92 +177,32 @@ class StreamWorker(Worker):
                 got += 1
         return got
 
-    def _sync(self, want: int) -> int:
-        """One pipeline: ack_stream and fail_stream what finished, fetch_stream up to
-        ``want`` more. Outcomes leave the buffer only once their script ran."""
-        lanes = self._active_lanes() if want > 0 else []
-        if not self._acks and not self._fails and not lanes:
-            return 0
-        slot = metrics.slot_of(defaults.now_ms(), self.slot_s)
-        calls: list[tuple[str, list[str], list[Any]]] = []
-        what: list[tuple[str, Any]] = []
-        groups: dict[tuple[str, str], list[_Outcome]] = {}
-        for o in self._acks:
-            groups.setdefault((o.running.queue, o.running.lane), []).append(o)
-        for (q, lane), outs in groups.items():
-            args: list[Any] = [self.keep_s, STREAM_GROUP, self.id]
-            for o in outs:
-                args += (o.running.entry_id, metrics.bucket_us(o.run_us),
-                         metrics.bucket_us(o.running.wait_us), *_job_fields(o))
-            calls.append(("ack_stream", self.conn.keys.queue(q).stream_ack_keys(
-                self.version, lane, slot), args))
-            what.append(("ack", outs))
-        fgroups: dict[tuple[str, str], list[_Outcome]] = {}
-        for o in self._fails:
-            fgroups.setdefault((o.running.queue, o.running.lane), []).append(o)
-        for (q, lane), outs in fgroups.items():
-            args = [self.keep_s, STREAM_GROUP, self.id]
-            for o in outs:
-                args += (o.running.entry_id, o.outcome, o.next, o.due,
-                         metrics.bucket_us(o.run_us), metrics.bucket_us(o.running.wait_us),
-                         *_job_fields(o))
-            calls.append(("fail_stream", self.conn.keys.queue(q).stream_fail_keys(
-                self.version, lane, slot), args))
-            what.append(("fail", outs))
-        for q, lane in lanes:
-            calls.append(("fetch_stream", self.conn.keys.queue(q).stream_fetch_keys(lane),
-                          [min(want, streams.MAX_FETCH), self.version, STREAM_GROUP, self.id]))
-            what.append(("fetch", (q, lane)))
-        results = self._execute(calls)
-        error: Exception | None = None
-        recorded: set[int] = set()
-        fetched: list[tuple[str, str, Any]] = []
-        for (kind, item), (name, _k, _a), res in zip(what, calls, results, strict=True):
-            if isinstance(res, Exception):
-                error = error or res
-                continue
-            if isinstance(res, int) and res < 0 and not (
-                    kind == "fetch" and res == VERSION_ROLLED_BACK):
-                error = error or ScriptError(f"{name} failed with code {res}")
-                continue
-            if kind == "fetch":
-                fetched.append((*item, res))
-                continue
-            recorded.update(id(o) for o in item)
-            self.stats.late += int(res[1])
-            for o in item:
-                self._unhold(o.running.queue, o.running.entry_id)
-            if kind == "ack":
-                self.stats.done += len(item)
-            else:
-                self.stats.failed += len(item)
-                self.stats.retried += sum(o.outcome == "retry" for o in item)
-                self.stats.dead += sum(o.outcome == "dead" for o in item)
-        if recorded:
-            self._acks = [o for o in self._acks if id(o) not in recorded]
-            self._fails = [o for o in self._fails if id(o) not in recorded]
-        self._first_buffered = time.monotonic() if (self._acks or self._fails) else 0.0
-        got = 0
-        try:
-            for q, lane, res in fetched:
-                if isinstance(res, int):  # VERSION_ROLLED_BACK
-                    self._assignments[q] = LaneAssignment(
-                        None, "retiring", f"version {self.version} was rolled back")
-                    continue
-                good, bad = res
-                entries = streams._entries(good, lane) + [
-                    streams.Entry(streams._text(bad[i]), bytes.fromhex(streams._text(bad[i + 1])),
-                                  lane) for i in range(0, len(bad), 2)]
-                for entry in entries:
-                    self._accept_entry(q, lane, entry)
-                got += len(entries)
-        except BaseException:
-            self._needs_reconcile = True  # the rest of the batch is adopted from the PEL
-            raise
-        if error is not None:
-            raise error
-        self._pause = ERROR_PAUSE_S
-        return got
+    # -- the Streams scripts behind Worker._sync ----------------------------------------------
+    def _job_ref(self, r: _Running) -> str:
+        """The scripts name a held job by its entry id (the envelope is in the stream)."""
+        return r.entry_id
+
+    def _ack_call(self, q: str, lane: str, slot: int) -> tuple[str, list[str], list[Any]]:
+        return "ack_stream", self.conn.keys.queue(q).stream_ack_keys(self.version, lane, slot), [
+            self.keep_s, STREAM_GROUP, self.id]
+
+    def _fail_call(self, q: str, lane: str, slot: int) -> tuple[str, list[str], list[Any]]:
+        return "fail_stream", self.conn.keys.queue(q).stream_fail_keys(
+            self.version, lane, slot), [self.keep_s, STREAM_GROUP, self.id]
+
+    def _fetch_call(self, q: str, lane: str, want: int) -> tuple[str, list[str], list[Any]]:
+        return "fetch_stream", self.conn.keys.queue(q).stream_fetch_keys(lane), [
+            min(want, streams.MAX_FETCH), self.version, STREAM_GROUP, self.id]
+
+    def _accept_fetched(self, q: str, lane: str, res: Any) -> int:
+        """fetch_stream's entries: (id, envelope) pairs; those not UTF-8 come hex-encoded."""
+        good, bad = res
+        entries = streams._entries(good, lane) + [
+            streams.Entry(streams._text(bad[i]), bytes.fromhex(streams._text(bad[i + 1])),
+                          lane) for i in range(0, len(bad), 2)]
+        for entry in entries:
+            self._accept_entry(q, lane, entry)
+        return len(entries)
 
     # -- giving back -----------------------------------------------------------------------
     def _give_back(self, runs: list[_Running]) -> Counter[str]:
